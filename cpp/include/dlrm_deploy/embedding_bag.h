@@ -1,0 +1,150 @@
+/*
+ * dlrm-deploy kernel core: the one C ABI every adapter (ONNX Runtime op, TensorRT plugin, torch op)
+ * calls. Plain C so that ctypes, the ORT custom-op library and the TensorRT plugin share it.
+ *
+ * The op (see docs/op_contract.md): a table-batched EmbeddingBag.
+ *   weights  packed tables, table t's rows after table t-1's (or the "hot-first" layout, below).
+ *            fp32/fp16/bf16: [total_rows, dim] elements.
+ *            int8 row-wise:  [total_rows, dd_row_bytes()] bytes; a row is dim uint8 codes, then an
+ *            fp32 scale and an fp32 bias (value = scale * code + bias), zero-padded to 16 bytes.
+ *   indices  all lookups, table-major: table 0's bags, then table 1's; ids are rows local to a table.
+ *   offsets  start of each bag in indices, table-major (bag b of table t is entry t*B + b);
+ *            T*B entries (the last bag ends at num_indices) or T*B+1 with include_last_offset.
+ *   per_sample_weights  optional fp32, one per index (sum mode only).
+ *   output   [B, T*dim]: bag b of table t pooled into columns t*dim .. t*dim+dim-1.
+ * Sums run in fp32 in index order; mean divides by the bag length (an empty bag gives zeros).
+ *
+ * Every entry point returns DD_OK (0) or an error code, and writes a readable message into msg
+ * (when msg is not NULL).
+ */
+#ifndef DLRM_DEPLOY_EMBEDDING_BAG_H_
+#define DLRM_DEPLOY_EMBEDDING_BAG_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define DD_API __declspec(dllexport)
+#else
+#define DD_API __attribute__((visibility("default")))
+#endif
+
+#define DD_MAX_TABLES 256
+#define DD_MSG_LEN 512
+
+typedef enum { DD_OK = 0, DD_ERR_CONFIG = 1, DD_ERR_INPUT = 2, DD_ERR_CUDA = 3, DD_ERR_UNSUPPORTED = 4 } dd_status;
+
+typedef enum { DD_FP32 = 0, DD_FP16 = 1, DD_BF16 = 2, DD_INT8 = 3 } dd_dtype; /* DD_INT8: row-wise */
+typedef enum { DD_SUM = 0, DD_MEAN = 1 } dd_mode;
+typedef enum { DD_INT32 = 0, DD_INT64 = 1 } dd_index_type;
+typedef enum {
+  DD_AUTO = 0,      /* fastest correct kernel for GPU, dtype and shape */
+  DD_BASELINE = 1,  /* PyTorch's EmbeddingBag forward structure: thread per feature, 32x8 blocks */
+  DD_OCCUPANCY = 2, /* baseline with the per-architecture register cap */
+  DD_PREFETCH = 3,  /* baseline with register prefetch of the next prefetch_distance lookups */
+  DD_L2PIN = 4,     /* baseline with hot rows kept in L2 */
+  DD_COMBINED = 5,  /* occupancy + prefetch + l2pin */
+  DD_NUM_VARIANTS = 6
+} dd_variant;
+
+/* Bounds checking. CHECKED validates on the GPU and reports through the return status (one stream
+ * synchronisation per call); DEFERRED validates, zeroes bad bags' bad lookups and records the first
+ * error in the workspace for dd_read_error (no synchronisation: for CUDA-graph/TensorRT use);
+ * UNCHECKED trusts the input (fastest; bad input is undefined behaviour). */
+typedef enum { DD_UNCHECKED = 0, DD_CHECKED = 1, DD_DEFERRED = 2 } dd_check;
+
+/* The op's attributes: everything fixed at export/build time. Shapes known only per call
+ * (number of indices and offsets) are arguments of dd_forward_*. */
+typedef struct dd_config {
+  int32_t num_tables;                 /* T, 1..DD_MAX_TABLES */
+  int32_t dim;                        /* D, embedding columns of every table */
+  int64_t table_rows[DD_MAX_TABLES];  /* rows of each table */
+  int32_t dtype;                      /* dd_dtype of the table storage */
+  int32_t out_dtype;                  /* DD_FP32, DD_FP16 or DD_BF16 */
+  int32_t mode;                       /* dd_mode */
+  int32_t index_type;                 /* dd_index_type of indices and offsets */
+  int32_t include_last_offset;        /* 1: offsets has T*B+1 entries */
+  int32_t variant;                    /* dd_variant */
+  int32_t prefetch_distance;          /* lookups in flight per thread; 0 = the variant's default */
+  int64_t pinned_rows;                /* hottest rows per table (a hot prefix after reordering) */
+  int32_t hot_first;                  /* 1: all tables' hot prefixes stored first (see below) */
+  int32_t check;                      /* dd_check */
+} dd_config;
+/* hot_first layout: rows [0, T*P) hold each table's first P = pinned_rows rows (table t at t*P),
+ * then each table's remaining rows in table order. One contiguous hot region lets the
+ * persisting-L2 access-policy window cover the hot rows of every table. */
+
+/* One attribute of the op contract, for adapters that derive their schema from it. */
+typedef struct dd_field {
+  const char* name;
+  int32_t kind;           /* 0 int, 1 string, 2 list of ints */
+  const char* default_value; /* as text; "" for required fields */
+  const char* doc;
+} dd_field;
+
+DD_API const char* dd_version(void);
+
+/* The op contract's attributes, in order. *count receives their number. */
+DD_API const dd_field* dd_fields(int32_t* count);
+
+/* Defaults for every attribute (num_tables 0 = unset). */
+DD_API void dd_config_init(dd_config* cfg);
+
+/* Sets one attribute by its contract name: the single attribute parser of the project. */
+DD_API int dd_config_set_int(dd_config* cfg, const char* name, int64_t value, char* msg, size_t msg_len);
+DD_API int dd_config_set_string(dd_config* cfg, const char* name, const char* value, char* msg, size_t msg_len);
+DD_API int dd_config_set_ints(dd_config* cfg, const char* name, const int64_t* values, int64_t n, char* msg,
+                              size_t msg_len);
+
+/* Checks the attributes against each other. */
+DD_API int dd_config_validate(const dd_config* cfg, char* msg, size_t msg_len);
+
+/* Names <-> enum values ("fp32", "sum", "int64", "auto", ...). Return -1 for an unknown name. */
+DD_API int dd_parse_name(const char* kind, const char* name); /* kind: dtype|mode|index_type|variant|check */
+DD_API const char* dd_name(const char* kind, int value);
+
+/* Bytes of one stored row, total rows of the packed blob, and bytes of the whole blob. */
+DD_API int64_t dd_row_bytes(const dd_config* cfg);
+DD_API int64_t dd_total_rows(const dd_config* cfg);
+
+/* Batch size B from the number of offsets; -1 (and msg) when it does not divide. */
+DD_API int64_t dd_batch_size(const dd_config* cfg, int64_t num_offsets, char* msg, size_t msg_len);
+
+/* Device workspace the CUDA forward needs, in bytes (error record and hot-row bookkeeping). */
+DD_API size_t dd_workspace_size(const dd_config* cfg);
+
+/* CPU reference: the contract's exact semantics, sequential fp32 sums in index order.
+ * Bad input (in any check mode) returns DD_ERR_INPUT with the first offending position. */
+DD_API int dd_forward_cpu(const dd_config* cfg, const void* weights, const void* indices, const void* offsets,
+                          const float* per_sample_weights, int64_t num_indices, int64_t num_offsets, void* output,
+                          char* msg, size_t msg_len);
+
+/* CUDA forward on stream (a cudaStream_t; NULL = legacy default stream). All pointers are device
+ * pointers; workspace has dd_workspace_size bytes (NULL allowed when check == DD_UNCHECKED).
+ * Returns DD_ERR_UNSUPPORTED in a build without CUDA. */
+DD_API int dd_forward_cuda(const dd_config* cfg, const void* weights, const void* indices, const void* offsets,
+                           const float* per_sample_weights, int64_t num_indices, int64_t num_offsets, void* output,
+                           void* workspace, void* stream, char* msg, size_t msg_len);
+
+/* For DD_DEFERRED: synchronises stream, reads the error record from workspace and clears it. */
+DD_API int dd_read_error(const dd_config* cfg, void* workspace, void* stream, char* msg, size_t msg_len);
+
+/* Sets up persisting L2 for the hot rows (cudaLimitPersistingL2CacheSize, process-wide): call once
+ * at initialisation, not per launch. Returns the bytes reserved in *reserved. */
+DD_API int dd_setup_l2_persistence(const dd_config* cfg, size_t* reserved, char* msg, size_t msg_len);
+
+/* 1 when the library was built with CUDA and a device is visible. */
+DD_API int dd_cuda_available(void);
+
+/* The kernel the variant resolves to for this config on the current device (for logs/benchmarks). */
+DD_API const char* dd_describe_kernel(const dd_config* cfg, char* buf, size_t buf_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DLRM_DEPLOY_EMBEDDING_BAG_H_ */

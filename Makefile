@@ -26,9 +26,11 @@ $(VENV)/.stamp: pyproject.toml
 venv: $(VENV)/.stamp
 
 # Third-party headers for the adapters (never committed): ONNX Runtime's C API from Debian's
-# libonnxruntime-dev unless ONNXRUNTIME_ROOT is set.
+# libonnxruntime-dev unless ONNXRUNTIME_ROOT is set; TensorRT's from TENSORRT_ROOT or a TensorRT
+# OSS checkout (TRT_OSS=...), else the TensorRT plugin is skipped with a printed reason.
 headers:
 	bash scripts/fetch_ort_headers.sh
+	bash scripts/fetch_trt_headers.sh
 
 build: venv headers
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY)) $(CMAKE_ARGS)

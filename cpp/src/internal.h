@@ -1,0 +1,127 @@
+// Pieces shared by the CPU reference and the CUDA kernels: row addressing, element decoding,
+// the error record. Written once, used on host and device so both sides compute the same thing.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "dlrm_deploy/embedding_bag.h"
+
+#if defined(__CUDACC__)
+#define DD_HD __host__ __device__ __forceinline__
+#else
+#define DD_HD inline
+#endif
+
+namespace dd {
+
+int fail(int code, char* msg, size_t len, const char* fmt, ...);
+
+// First bad input the kernel met (device side: the workspace). code 0 = none.
+enum ErrorCode : int32_t { kNoError = 0, kIndexOutOfRange = 1, kOffsetDecreasing = 2, kOffsetPastEnd = 3, kOffsetNegative = 4 };
+struct ErrorRecord {
+  int32_t code;
+  int32_t table;
+  int64_t position;  // index position (lookups) or bag number (offsets)
+  int64_t value;     // the offending index or offset
+  int64_t limit;     // rows of the table or number of indices
+};
+
+// Per-table addressing of the packed blob: local row id -> global row.
+// Plain layout: base[t] + id. hot_first: ids below `split` live in the shared hot region at
+// hot_base + t*split + id; the rest at cold_base[t] + id (cold_base already subtracts split).
+struct Tables {
+  int32_t num_tables;
+  int64_t split;  // pinned_rows when hot_first, else 0
+  int64_t rows[DD_MAX_TABLES];
+  int64_t cold_base[DD_MAX_TABLES];
+};
+
+inline void make_tables(const dd_config& c, Tables* t) {
+  t->num_tables = c.num_tables;
+  t->split = c.hot_first ? c.pinned_rows : 0;
+  int64_t cold = (int64_t)c.num_tables * t->split;
+  for (int i = 0; i < c.num_tables; ++i) {
+    t->rows[i] = c.table_rows[i];
+    t->cold_base[i] = cold - t->split;
+    cold += c.table_rows[i] - t->split;
+  }
+}
+
+DD_HD int64_t global_row(const Tables& t, int table, int64_t id) {
+  return id < t.split ? (int64_t)table * t.split + id : t.cold_base[table] + id;
+}
+
+// Decoding one stored element to fp32, identical on host and device.
+DD_HD float half_bits_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do { man <<= 1; ++e; } while ((man & 0x400u) == 0);
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+DD_HD float bf16_bits_to_float(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// fp32 -> fp16/bf16 bits with round-to-nearest-even (the host twin of __float2half_rn).
+inline uint16_t float_to_half_bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u));
+  if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // rounds to infinity
+  if (absx < 0x38800000u) {                                   // result is subnormal or zero
+    if (absx < 0x33000000u) return (uint16_t)sign;            // below half the smallest subnormal
+    uint32_t e = absx >> 23;
+    uint32_t m = (absx & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126 - e;  // 14 + (113 - e) - 1 ... places the value in units of 2^-24
+    uint32_t q = m >> (shift);
+    uint32_t rem = m & ((1u << shift) - 1);
+    uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u))) ++q;
+    return (uint16_t)(sign | q);
+  }
+  uint32_t r = absx - 0x38000000u;  // rebias exponent 127 -> 15
+  uint32_t q = r >> 13, rem = r & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (q & 1u))) ++q;
+  return (uint16_t)(sign | q);
+}
+
+inline uint16_t float_to_bf16_bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);  // quiet NaN
+  uint32_t lsb = (x >> 16) & 1u;
+  x += 0x7fffu + lsb;
+  return (uint16_t)(x >> 16);
+}
+
+std::string error_message(const ErrorRecord& e);
+
+// Checks shared by the CPU and CUDA forwards (config, shapes, argument combinations); sets *batch.
+int check_call(const dd_config* cfg, const void* weights, const void* indices, const void* offsets, const float* psw,
+               int64_t num_indices, int64_t num_offsets, const void* output, int64_t* batch, char* msg, size_t len);
+
+}  // namespace dd

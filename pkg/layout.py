@@ -1,0 +1,68 @@
+"""Packing tables into the op's weight blob (docs/op_contract.md): plain or hot-first row order,
+and int8 row-wise quantization. numpy only, so export, tests and benchmarks share one copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .contract import int8_row_bytes
+
+
+def quantize_int8_rowwise(table):
+    """[rows, dim] float -> [rows, row_bytes] uint8 rows: dim codes, fp32 scale, fp32 bias, zero pad.
+
+    scale = (max - min) / 255 and bias = min per row, code = round((x - bias) / scale); a constant
+    row gets scale 1 (codes 0). Dequantized value = scale * code + bias (within scale / 2 of x).
+    Takes and returns a numpy array, or a torch tensor (on its device: quantize big tables on the GPU).
+    """
+    import torch
+
+    as_numpy = not isinstance(table, torch.Tensor)
+    t = torch.as_tensor(table).to(torch.float32)
+    rows, dim = t.shape
+    if dim % 4:
+        raise ValueError(f"int8 row-wise tables need dim divisible by 4, got {dim}")
+    lo, hi = t.amin(dim=1), t.amax(dim=1)
+    scale = (hi - lo) / 255.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    codes = torch.clamp(torch.round((t - lo[:, None]) / scale[:, None]), 0, 255).to(torch.uint8)
+    out = torch.zeros((rows, int8_row_bytes(dim)), dtype=torch.uint8, device=t.device)
+    out[:, :dim] = codes
+    out[:, dim:dim + 8] = torch.stack([scale, lo], dim=1).contiguous().view(torch.uint8)
+    return out.cpu().numpy() if as_numpy else out
+
+
+def dequantize_int8_rowwise(rows: np.ndarray, dim: int) -> np.ndarray:
+    """Inverse view of quantize_int8_rowwise: [rows, row_bytes] uint8 -> [rows, dim] float64 values."""
+    codes = rows[:, :dim].astype(np.float64)
+    scale = rows[:, dim:dim + 4].copy().view(np.float32).astype(np.float64)
+    bias = rows[:, dim + 4:dim + 8].copy().view(np.float32).astype(np.float64)
+    return codes * scale + bias
+
+
+def pack_tables(tables: list[np.ndarray], pinned_rows: int = 0, hot_first: bool = False) -> np.ndarray:
+    """Concatenates per-table row arrays (same width and dtype) into the op's weight blob.
+
+    Plain: table t's rows follow table t-1's. hot_first: first each table's first pinned_rows
+    rows (table t at rows t*P .. t*P+P-1), then each table's remaining rows in table order.
+    """
+    if not hot_first or pinned_rows == 0:
+        return np.ascontiguousarray(np.concatenate(tables, axis=0))
+    if any(t.shape[0] < pinned_rows for t in tables):
+        raise ValueError("hot_first: every table needs at least pinned_rows rows")
+    hot = [t[:pinned_rows] for t in tables]
+    cold = [t[pinned_rows:] for t in tables]
+    return np.ascontiguousarray(np.concatenate(hot + cold, axis=0))
+
+
+def frequency_order(indices: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by descending lookup count in a sample of indices (ties by row id).
+
+    Returns (order, remap): new row r holds old row order[r]; old id i becomes remap[i].
+    """
+    counts = np.bincount(np.asarray(indices, dtype=np.int64), minlength=rows)[:rows]
+    order = np.lexsort((np.arange(rows), -counts)).astype(np.int64)
+    remap = np.empty(rows, dtype=np.int64)
+    remap[order] = np.arange(rows, dtype=np.int64)
+    return order, remap

@@ -1,0 +1,174 @@
+"""ctypes binding of the kernel core's C ABI (cpp/include/dlrm_deploy/embedding_bag.h).
+
+Attributes go through the core's own parser (dd_config_set_*), so Python, ONNX Runtime and
+TensorRT accept and reject exactly the same attribute values.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+from ._lib import core_library_path
+
+MAX_TABLES = 256
+MSG_LEN = 512
+DTYPES = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
+INDEX_TYPES = {"int32": 0, "int64": 1}
+
+
+class Config(ctypes.Structure):
+    """Mirror of dd_config."""
+
+    _fields_ = [
+        ("num_tables", ctypes.c_int32),
+        ("dim", ctypes.c_int32),
+        ("table_rows", ctypes.c_int64 * MAX_TABLES),
+        ("dtype", ctypes.c_int32),
+        ("out_dtype", ctypes.c_int32),
+        ("mode", ctypes.c_int32),
+        ("index_type", ctypes.c_int32),
+        ("include_last_offset", ctypes.c_int32),
+        ("variant", ctypes.c_int32),
+        ("prefetch_distance", ctypes.c_int32),
+        ("pinned_rows", ctypes.c_int64),
+        ("hot_first", ctypes.c_int32),
+        ("check", ctypes.c_int32),
+    ]
+
+
+class Field(ctypes.Structure):
+    """Mirror of dd_field."""
+
+    _fields_ = [("name", ctypes.c_char_p), ("kind", ctypes.c_int32), ("default_value", ctypes.c_char_p),
+                ("doc", ctypes.c_char_p)]
+
+
+class CoreError(RuntimeError):
+    """An error status from the kernel core, with its message."""
+
+
+@functools.lru_cache(maxsize=None)
+def lib() -> ctypes.CDLL:
+    """The loaded core library with argument types declared."""
+    L = ctypes.CDLL(core_library_path())
+    P, I64, SZ, S = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t, ctypes.c_char_p
+    C = ctypes.POINTER(Config)
+    sig = {
+        "dd_version": (S, []),
+        "dd_fields": (ctypes.POINTER(Field), [ctypes.POINTER(ctypes.c_int32)]),
+        "dd_config_init": (None, [C]),
+        "dd_config_set_int": (ctypes.c_int, [C, S, I64, P, SZ]),
+        "dd_config_set_string": (ctypes.c_int, [C, S, S, P, SZ]),
+        "dd_config_set_ints": (ctypes.c_int, [C, S, ctypes.POINTER(I64), I64, P, SZ]),
+        "dd_config_validate": (ctypes.c_int, [C, P, SZ]),
+        "dd_row_bytes": (I64, [C]),
+        "dd_total_rows": (I64, [C]),
+        "dd_batch_size": (I64, [C, I64, P, SZ]),
+        "dd_workspace_size": (SZ, [C]),
+        "dd_forward_cpu": (ctypes.c_int, [C, P, P, P, P, I64, I64, P, P, SZ]),
+        "dd_forward_cuda": (ctypes.c_int, [C, P, P, P, P, I64, I64, P, P, P, P, SZ]),
+        "dd_read_error": (ctypes.c_int, [C, P, P, P, SZ]),
+        "dd_setup_l2_persistence": (ctypes.c_int, [C, ctypes.POINTER(SZ), P, SZ]),
+        "dd_cuda_available": (ctypes.c_int, []),
+        "dd_describe_kernel": (S, [C, P, SZ]),
+    }
+    for name, (res, args) in sig.items():
+        f = getattr(L, name)
+        f.restype, f.argtypes = res, args
+    return L
+
+
+def _check(rc: int, buf) -> None:
+    if rc != 0:
+        raise CoreError(buf.value.decode(errors="replace") or f"dlrm-deploy core error {rc}")
+
+
+def fields() -> list[tuple[str, int, str]]:
+    """The contract's attributes as compiled into the core: (name, kind, default)."""
+    n = ctypes.c_int32()
+    arr = lib().dd_fields(ctypes.byref(n))
+    return [(arr[i].name.decode(), arr[i].kind, arr[i].default_value.decode()) for i in range(n.value)]
+
+
+def make_config(attrs: dict, index_type: str = "int64") -> Config:
+    """A validated dd_config from contract attributes (names as in pkg/contract.py); unset
+    attributes keep the contract defaults. Raises CoreError with the core's message."""
+    L = lib()
+    cfg = Config()
+    L.dd_config_init(ctypes.byref(cfg))
+    buf = ctypes.create_string_buffer(MSG_LEN)
+    kinds = {name: kind for name, kind, _ in fields()}
+    for name, value in attrs.items():
+        kind = kinds.get(name)
+        if kind is None:
+            raise CoreError(f"unknown attribute '{name}'; known: {sorted(kinds)}")
+        if kind == 2:
+            vals = [int(v) for v in value]
+            arr = (ctypes.c_int64 * max(1, len(vals)))(*vals)
+            rc = L.dd_config_set_ints(ctypes.byref(cfg), name.encode(), arr, len(vals), buf, MSG_LEN)
+        elif kind == 1:
+            rc = L.dd_config_set_string(ctypes.byref(cfg), name.encode(), str(value).encode(), buf, MSG_LEN)
+        else:
+            rc = L.dd_config_set_int(ctypes.byref(cfg), name.encode(), int(value), buf, MSG_LEN)
+        _check(rc, buf)
+    if index_type not in INDEX_TYPES:
+        raise CoreError(f"indices must be int32 or int64, got {index_type}")
+    cfg.index_type = INDEX_TYPES[index_type]
+    _check(L.dd_config_validate(ctypes.byref(cfg), buf, MSG_LEN), buf)
+    return cfg
+
+
+def row_bytes(cfg: Config) -> int:
+    """Bytes of one stored row of the packed weights."""
+    return int(lib().dd_row_bytes(ctypes.byref(cfg)))
+
+
+def batch_size(cfg: Config, num_offsets: int) -> int:
+    """Batch size implied by the number of offsets; raises CoreError when it does not divide."""
+    buf = ctypes.create_string_buffer(MSG_LEN)
+    b = lib().dd_batch_size(ctypes.byref(cfg), num_offsets, buf, MSG_LEN)
+    if b < 0:
+        raise CoreError(buf.value.decode())
+    return int(b)
+
+
+def workspace_size(cfg: Config) -> int:
+    """Device workspace bytes dd_forward_cuda needs."""
+    return int(lib().dd_workspace_size(ctypes.byref(cfg)))
+
+
+def forward_cpu(cfg: Config, weights: int, indices: int, offsets: int, psw: int | None, num_indices: int,
+                num_offsets: int, output: int) -> None:
+    """CPU reference on raw host pointers."""
+    buf = ctypes.create_string_buffer(MSG_LEN)
+    _check(lib().dd_forward_cpu(ctypes.byref(cfg), weights, indices, offsets, psw, num_indices, num_offsets, output,
+                                buf, MSG_LEN), buf)
+
+
+def forward_cuda(cfg: Config, weights: int, indices: int, offsets: int, psw: int | None, num_indices: int,
+                 num_offsets: int, output: int, workspace: int | None, stream: int) -> None:
+    """CUDA kernels on raw device pointers and a cudaStream_t (as an int)."""
+    buf = ctypes.create_string_buffer(MSG_LEN)
+    _check(lib().dd_forward_cuda(ctypes.byref(cfg), weights, indices, offsets, psw, num_indices, num_offsets, output,
+                                 workspace, stream, buf, MSG_LEN), buf)
+
+
+def setup_l2_persistence(cfg: Config) -> int:
+    """Reserves persisting L2 for the config's hot rows (process-wide); returns bytes reserved."""
+    got = ctypes.c_size_t()
+    buf = ctypes.create_string_buffer(MSG_LEN)
+    _check(lib().dd_setup_l2_persistence(ctypes.byref(cfg), ctypes.byref(got), buf, MSG_LEN), buf)
+    return int(got.value)
+
+
+def cuda_available() -> bool:
+    """True when the core was built with CUDA and a GPU is visible."""
+    return bool(lib().dd_cuda_available())
+
+
+def describe_kernel(cfg: Config) -> str:
+    """The kernel (and its parameters) the config's variant resolves to."""
+    buf = ctypes.create_string_buffer(256)
+    lib().dd_describe_kernel(ctypes.byref(cfg), buf, 256)
+    return buf.value.decode()

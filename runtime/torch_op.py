@@ -1,0 +1,145 @@
+"""The torch op ``torch.ops.dlrm_deploy.embedding_bag`` and the drop-in function
+:func:`embedding_bag`.
+
+The op's schema is derived from the op contract (``dlrm_deploy.contract.FIELDS``): tensors
+(weight, indices, offsets, per_sample_weights) followed by every contract attribute in order.
+CPU tensors run the core's CPU reference, CUDA tensors the core's kernels on the current CUDA
+stream; a fake (meta) implementation lets torch.export, the ONNX exporter and torch.compile trace it.
+Importing this module registers the op once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dlrm_deploy import contract
+
+from . import _core
+
+_TORCH_TYPES = {contract.INT: "int", contract.STRING: "str", contract.INTS: "int[]"}
+_OUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.uint8}
+
+
+def _schema() -> str:
+    def default(f):
+        if f.default == "":
+            return ""
+        return f'="{f.default}"' if f.kind == contract.STRING else f"={f.default}"
+
+    attrs = ", ".join(f"{_TORCH_TYPES[f.kind]} {f.name}{default(f)}" for f in contract.FIELDS)
+    return f"(Tensor weight, Tensor indices, Tensor offsets, Tensor? per_sample_weights, {attrs}) -> Tensor"
+
+
+QUALNAME = f"{contract.DOMAIN}::embedding_bag"
+
+if not hasattr(torch.ops, contract.DOMAIN) or not hasattr(getattr(torch.ops, contract.DOMAIN), "embedding_bag"):
+    torch.library.define(QUALNAME, _schema())
+
+_ATTR_NAMES = [f.name for f in contract.FIELDS]
+
+
+def _attrs(args, kwargs) -> dict:
+    """Contract attributes from the op's trailing arguments (positional or by name)."""
+    attrs = dict(zip(_ATTR_NAMES, args))
+    attrs.update(kwargs)
+    return contract.validate_attributes(attrs)
+
+
+def _prepare(weight, indices, offsets, psw, attrs):
+    """Validates tensor dtypes/shapes against the attributes; returns (config, batch)."""
+    if indices.dim() != 1 or offsets.dim() != 1:
+        raise ValueError(f"indices and offsets must be 1-D (got {indices.dim()}-D and {offsets.dim()}-D)")
+    if indices.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"indices must be int32 or int64, got {indices.dtype}")
+    if offsets.dtype != indices.dtype:
+        raise TypeError(f"offsets ({offsets.dtype}) must have the dtype of indices ({indices.dtype})")
+    cfg = _core.make_config(attrs, "int32" if indices.dtype == torch.int32 else "int64")
+    want = _WEIGHT_DTYPES[attrs["dtype"]]
+    if weight.dtype != want:
+        raise TypeError(f"dtype={attrs['dtype']} needs a {want} weight tensor, got {weight.dtype}")
+    rows = sum(int(r) for r in attrs["table_rows"])
+    width = _core.row_bytes(cfg) if attrs["dtype"] == "int8" else int(attrs["dim"])
+    if weight.dim() != 2 or weight.shape[0] != rows or weight.shape[1] != width:
+        raise ValueError(f"weight must be [{rows}, {width}] for table_rows={list(attrs['table_rows'])}, "
+                         f"dim={attrs['dim']}, dtype={attrs['dtype']}; got {list(weight.shape)}")
+    if psw is not None:
+        if psw.dtype != torch.float32 or psw.shape != indices.shape:
+            raise ValueError(f"per_sample_weights must be float32 of shape {list(indices.shape)}, "
+                             f"got {psw.dtype} {list(psw.shape)}")
+    batch = _core.batch_size(cfg, offsets.numel())
+    return cfg, batch
+
+
+def _run(weight, indices, offsets, psw, *args, **kwargs):
+    attrs = _attrs(args, kwargs)
+    cfg, batch = _prepare(weight, indices, offsets, psw, attrs)
+    T, D = len(attrs["table_rows"]), int(attrs["dim"])
+    out = torch.empty((batch, T * D), dtype=_OUT_DTYPES[attrs["out_dtype"]], device=weight.device)
+    tensors = [weight, indices, offsets] + ([psw] if psw is not None else [])
+    if any(t.device != weight.device for t in tensors):
+        raise ValueError("weight, indices, offsets and per_sample_weights must be on one device")
+    weight, indices, offsets = weight.contiguous(), indices.contiguous(), offsets.contiguous()
+    psw = psw.contiguous() if psw is not None else None
+    ptr = (lambda t: t.data_ptr() if t is not None and t.numel() else None)
+    try:
+        if weight.is_cuda:
+            ws = torch.empty(_core.workspace_size(cfg), dtype=torch.uint8, device=weight.device)
+            stream = torch.cuda.current_stream(weight.device).cuda_stream
+            _core.forward_cuda(cfg, ptr(weight), ptr(indices), ptr(offsets), ptr(psw), indices.numel(),
+                               offsets.numel(), ptr(out), ws.data_ptr(), stream)
+        else:
+            _core.forward_cpu(cfg, ptr(weight), ptr(indices), ptr(offsets), ptr(psw), indices.numel(), offsets.numel(),
+                              ptr(out))
+    except _core.CoreError as e:
+        raise RuntimeError(f"dlrm_deploy.embedding_bag: {e}") from None
+    return out
+
+
+torch.library.impl(QUALNAME, "CPU")(_run)
+torch.library.impl(QUALNAME, "CUDA")(_run)
+
+
+@torch.library.register_fake(QUALNAME)
+def _fake(weight, indices, offsets, per_sample_weights, *args, **kwargs):
+    attrs = _attrs(args, kwargs)
+    T, D = len(attrs["table_rows"]), int(attrs["dim"])
+    bags = offsets.shape[0] - int(attrs["include_last_offset"])
+    batch = bags // T
+    return weight.new_empty((batch, T * D), dtype=_OUT_DTYPES[attrs["out_dtype"]])
+
+
+def op_call(weight, indices, offsets, per_sample_weights=None, **attrs):
+    """Calls torch.ops.dlrm_deploy.embedding_bag with contract attributes by name
+    (defaults from the contract for the ones left out)."""
+    full = contract.validate_attributes(attrs)
+    return torch.ops.dlrm_deploy.embedding_bag(weight, indices, offsets, per_sample_weights,
+                                               *[full[n] for n in _ATTR_NAMES])
+
+
+def embedding_bag(input, weight, offsets, mode="sum", per_sample_weights=None, include_last_offset=False,
+                  **kernel_options):
+    """Drop-in for ``torch.nn.functional.embedding_bag`` (1-D ``input`` + ``offsets`` form) on our
+    kernels. Note the default ``mode="sum"`` (PyTorch's default is "mean").
+
+    input: 1-D int32/int64 row ids; weight: [rows, dim] fp32/fp16/bf16 (or uint8 int8 row-wise rows
+    with ``dtype="int8", dim=...`` in kernel_options); offsets: bag starts.
+    kernel_options: any other contract attribute (variant, prefetch_distance, pinned_rows, check, ...).
+    Returns [bags, dim] in the weight's dtype (fp32 for int8 tables) unless out_dtype is given.
+    Bad input raises RuntimeError (check="checked", the default).
+    """
+    if input.dim() != 1:
+        raise ValueError("embedding_bag: only the 1-D input + offsets form is supported")
+    if mode not in contract.MODES:
+        raise ValueError(f"embedding_bag: mode must be one of {contract.MODES}, got {mode!r}")
+    dtype = kernel_options.pop("dtype", None) or {torch.float32: "fp32", torch.float16: "fp16",
+                                                  torch.bfloat16: "bf16"}.get(weight.dtype)
+    if dtype is None:
+        raise TypeError(f"embedding_bag: unsupported weight dtype {weight.dtype} (int8 tables: pass dtype='int8')")
+    dim = kernel_options.pop("dim", None) or weight.shape[1]
+    out_dtype = kernel_options.pop("out_dtype", "fp32" if dtype == "int8" else dtype)
+    if offsets.dtype != input.dtype:
+        offsets = offsets.to(input.dtype)
+    return op_call(weight, input, offsets, per_sample_weights, table_rows=[weight.shape[0]], dim=dim, dtype=dtype,
+                   out_dtype=out_dtype, mode=mode, include_last_offset=int(bool(include_last_offset)),
+                   **kernel_options)

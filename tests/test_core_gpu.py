@@ -1,0 +1,119 @@
+"""Kernel core on the GPU: every variant x dtype against the float64 reference and the CPU
+reference (bit-exact where one lane group walks a whole bag), bad input in checked and deferred
+mode. Skipped without a GPU."""
+
+import pytest
+import torch
+
+from cases import assert_close, make_case, run_op
+from dlrm_deploy import contract
+from dlrm_deploy.runtime import _core
+
+pytestmark = pytest.mark.gpu
+
+VARIANTS = list(contract.VARIANTS)
+DTYPES = list(contract.DTYPES)
+
+
+def _cpu_and_gpu(case):
+    cpu = run_op(case)
+    gpu_case = case.to("cuda")
+    gpu = run_op(gpu_case)
+    torch.cuda.synchronize()
+    return cpu, gpu.cpu()
+
+
+def _exact_expected(case, variant):
+    """Whether the GPU sums in the CPU reference's order (see embedding_bag_cuda.cu)."""
+    if variant != "auto":
+        return True
+    cfg = _core.make_config(case.attrs)
+    return "groups=1," in _core.describe_kernel(cfg)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [4, 16, 64, 128, 256, 100])
+def test_variants_match_reference(variant, dtype, dim):
+    if dtype == "int8" and dim % 4:
+        pytest.skip("int8 needs dim % 4 == 0")
+    for seed, kw in enumerate([dict(), dict(mode="mean"), dict(weighted=True, include_last_offset=1),
+                               dict(index_dtype=torch.int32, lengths="fixed", max_len=150)]):
+        kw = {"max_len": 40, **kw}
+        case = make_case(seed=seed, tables=(300, 500, 70), dim=dim, batch=33, dtype=dtype, variant=variant, **kw)
+        cpu, gpu = _cpu_and_gpu(case)
+        assert_close(case, gpu)
+        if _exact_expected(case, variant):
+            assert torch.equal(cpu, gpu), f"not bit-exact: max diff {(cpu.double() - gpu.double()).abs().max()}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_empty_one_and_huge_bags(variant):
+    for lengths, max_len in (("fixed", 0), ("one", 1), ("fixed", 5000), ("random", 9)):
+        case = make_case(seed=1, tables=(1000, 64), dim=32, batch=5, variant=variant, lengths=lengths,
+                         max_len=max_len)
+        cpu, gpu = _cpu_and_gpu(case)
+        assert_close(case, gpu)
+        assert torch.equal(cpu, gpu)
+
+
+@pytest.mark.parametrize("variant", ["auto", "l2pin", "combined"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pinned_rows_both_layouts(variant, dtype):
+    for hot_first in (0, 1):
+        case = make_case(seed=2, tables=(400, 300), dim=64, batch=40, dtype=dtype, variant=variant, pinned_rows=50,
+                         hot_first=hot_first, max_len=30)
+        if hot_first:
+            _core.setup_l2_persistence(_core.make_config(case.attrs))
+        cpu, gpu = _cpu_and_gpu(case)
+        assert_close(case, gpu)
+
+
+@pytest.mark.parametrize("out_dtype", ["fp16", "bf16"])
+def test_half_outputs_bit_exact(out_dtype):
+    case = make_case(seed=4, dim=128, batch=16, out_dtype=out_dtype, max_len=20)
+    cpu, gpu = _cpu_and_gpu(case)
+    assert torch.equal(cpu, gpu)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bad_input_checked_raises(variant):
+    w = torch.randn(100, 64, device="cuda")
+    for idx, off, msg in (([0, 5, 100], [0, 1], "out of range"), ([1, -3], [0, 1], "index -3"),
+                          ([0, 1, 2], [0, 2, 1], "non-decreasing"), ([0, 1], [0, 7], "past the end")):
+        with pytest.raises(RuntimeError, match=msg):
+            from dlrm_deploy.runtime.torch_op import op_call
+
+            op_call(w, torch.tensor(idx, device="cuda"), torch.tensor(off, device="cuda"), table_rows=[100], dim=64,
+                    variant=variant)
+    out = op_call(w, torch.tensor([1, 2], device="cuda"), torch.tensor([0], device="cuda"), table_rows=[100], dim=64,
+                  variant=variant)
+    torch.testing.assert_close(out[0], w[1] + w[2])
+
+
+def test_deferred_mode_records_without_sync():
+    cfg = _core.make_config(dict(table_rows=[100], dim=64, check="deferred"))
+    w = torch.randn(100, 64, device="cuda")
+    idx = torch.tensor([1, 500, 2], device="cuda")
+    off = torch.tensor([0], device="cuda")
+    out = torch.empty(1, 64, device="cuda")
+    ws = torch.zeros(_core.workspace_size(cfg), dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    _core.forward_cuda(cfg, w.data_ptr(), idx.data_ptr(), off.data_ptr(), None, 3, 1, out.data_ptr(), ws.data_ptr(),
+                       stream)
+    buf = __import__("ctypes").create_string_buffer(512)
+    rc = _core.lib().dd_read_error(__import__("ctypes").byref(cfg), ws.data_ptr(), stream, buf, 512)
+    assert rc == 2 and b"index 500 at position 1" in buf.value
+    torch.testing.assert_close(out[0], w[1] + w[2])  # the bad lookup contributed zero
+    assert _core.lib().dd_read_error(__import__("ctypes").byref(cfg), ws.data_ptr(), stream, buf, 512) == 0
+
+
+def test_drop_in_on_cuda_equals_torch():
+    w = torch.randn(5000, 128, device="cuda")
+    idx = torch.randint(0, 5000, (20000,), device="cuda")
+    off = torch.arange(0, 20000, 100, device="cuda")
+    from dlrm_deploy.runtime.torch_op import embedding_bag
+
+    ours = embedding_bag(idx, w, off)
+    ref = torch.nn.functional.embedding_bag(idx, w, off, mode="sum")
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)

@@ -1,0 +1,330 @@
+// ONNX Runtime kernel of dlrm_deploy::EmbeddingBag (CPU and CUDA execution providers).
+#include "embedding_bag_op.h"
+
+#include <cinttypes>
+#include <cstdio>
+#include <memory>
+#include <vector>
+
+namespace dd_ort {
+namespace {
+
+const char* ElementTypeName(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "double";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED: return "undefined";
+    default: return "another type";
+  }
+}
+
+// ONNX element type that stores a table of dtype (dd_dtype) / an output of out_dtype.
+ONNXTensorElementDataType WeightsTypeOf(int32_t dtype) {
+  switch (dtype) {
+    case DD_FP32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    case DD_FP16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+    case DD_BF16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  }
+}
+
+OrtErrorCode ErrorCodeOf(int rc) {
+  switch (rc) {
+    case DD_ERR_CONFIG:
+    case DD_ERR_INPUT: return ORT_INVALID_ARGUMENT;
+    case DD_ERR_UNSUPPORTED: return ORT_NOT_IMPLEMENTED;
+    default: return ORT_FAIL;
+  }
+}
+
+// What an attribute of the node holds, found by asking ORT for each kind in turn (ORT's C API
+// has no call for an attribute's type; a failed query just means "not this kind").
+struct Attribute {
+  const char* kind = nullptr;  // "int", "string", "ints", "float", "floats"; nullptr: absent
+  int64_t i = 0;
+  std::string s;
+  std::vector<int64_t> ints;
+};
+
+bool Ok(const OrtApi& api, OrtStatus* status) {
+  if (status == nullptr) return true;
+  api.ReleaseStatus(status);
+  return false;
+}
+
+Attribute ReadAttribute(const OrtApi& api, const OrtKernelInfo* info, const char* name) {
+  Attribute a;
+  size_t size = 0;
+  float f = 0.0f;
+  if (Ok(api, api.KernelInfoGetAttribute_int64(info, name, &a.i))) {
+    a.kind = "int";
+  } else if (Ok(api, api.KernelInfoGetAttribute_string(info, name, nullptr, &size))) {
+    std::vector<char> buf(size + 1, '\0');
+    if (Ok(api, api.KernelInfoGetAttribute_string(info, name, buf.data(), &size))) {
+      a.kind = "string";
+      a.s = buf.data();
+    }
+  } else if (Ok(api, api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) {
+    a.ints.resize(size);
+    if (size == 0 || Ok(api, api.KernelInfoGetAttributeArray_int64(info, name, a.ints.data(), &size))) a.kind = "ints";
+  } else if (Ok(api, api.KernelInfoGetAttribute_float(info, name, &f))) {
+    a.kind = "float";
+  } else if (Ok(api, api.KernelInfoGetAttributeArray_float(info, name, nullptr, &size))) {
+    a.kind = "floats";
+  }
+  return a;
+}
+
+const char* const kKindNames[] = {"int", "string", "ints"};
+
+std::string ShapeText(const std::vector<int64_t>& dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Kernel
+
+EmbeddingBagKernel::EmbeddingBagKernel(const OrtKernelInfo* info, Provider provider,
+                                       ONNXTensorElementDataType weights_type, ONNXTensorElementDataType index_type,
+                                       OrtStatusPtr* status)
+    : provider_(provider), weights_type_(weights_type), index_type_(index_type) {
+  dd_config_init(&cfg_);
+  try {
+    *status = Init(info);
+  } catch (const Ort::Exception& e) {
+    *status = Error(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    *status = Error(ORT_FAIL, e.what());
+  }
+}
+
+EmbeddingBagKernel::~EmbeddingBagKernel() {
+  if (workspace_allocator_ != nullptr) {
+    if (persistent_workspace_ != nullptr) workspace_allocator_->Free(workspace_allocator_, persistent_workspace_);
+    Ort::GetApi().ReleaseAllocator(workspace_allocator_);
+  }
+}
+
+OrtStatusPtr EmbeddingBagKernel::Error(OrtErrorCode code, const std::string& what) const {
+  std::string text = "dlrm_deploy::EmbeddingBag";
+  if (!node_name_.empty()) text += " (node '" + node_name_ + "')";
+  text += ": " + what;
+  return Ort::GetApi().CreateStatus(code, text.c_str());
+}
+
+OrtStatusPtr EmbeddingBagKernel::Init(const OrtKernelInfo* info) {
+  const OrtApi& api = Ort::GetApi();
+  Ort::ConstKernelInfo kinfo(info);
+  node_name_ = kinfo.GetNodeName();
+
+  // Every attribute of the contract goes through the core's parser (dd_config_set_*).
+  char msg[DD_MSG_LEN] = {0};
+  int32_t num_fields = 0;
+  const dd_field* fields = dd_fields(&num_fields);
+  for (int32_t k = 0; k < num_fields; ++k) {
+    const dd_field& f = fields[k];
+    const Attribute a = ReadAttribute(api, info, f.name);
+    const char* want = kKindNames[f.kind];
+    if (a.kind == nullptr) {
+      if (f.default_value[0] == '\0')
+        return Error(ORT_INVALID_ARGUMENT, std::string("attribute '") + f.name + "' (" + want + ") is required: " + f.doc);
+      continue;  // dd_config_init holds the contract's default
+    }
+    if (std::string(a.kind) != want)
+      return Error(ORT_INVALID_ARGUMENT,
+                   std::string("attribute '") + f.name + "' must be of type " + want + ", got " + a.kind);
+    int rc = DD_OK;
+    switch (f.kind) {
+      case 0: rc = dd_config_set_int(&cfg_, f.name, a.i, msg, sizeof(msg)); break;
+      case 1: rc = dd_config_set_string(&cfg_, f.name, a.s.c_str(), msg, sizeof(msg)); break;
+      default: rc = dd_config_set_ints(&cfg_, f.name, a.ints.data(), (int64_t)a.ints.size(), msg, sizeof(msg)); break;
+    }
+    if (rc != DD_OK) return Error(ErrorCodeOf(rc), msg);
+  }
+  cfg_.index_type = index_type_ == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ? DD_INT32 : DD_INT64;
+  int rc = dd_config_validate(&cfg_, msg, sizeof(msg));
+  if (rc != DD_OK) return Error(ErrorCodeOf(rc), msg);
+
+  if (WeightsTypeOf(cfg_.dtype) != weights_type_)
+    return Error(ORT_INVALID_ARGUMENT, std::string("weights are ") + ElementTypeName(weights_type_) +
+                                           " but attribute dtype='" + dd_name("dtype", cfg_.dtype) + "' needs " +
+                                           ElementTypeName(WeightsTypeOf(cfg_.dtype)));
+  // The output's element type comes from the model (ORT cannot derive it from an attribute): it
+  // must agree with out_dtype, or the kernel would write the wrong element size.
+  const ONNXTensorElementDataType want_out = WeightsTypeOf(cfg_.out_dtype);
+  ONNXTensorElementDataType declared = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  try {
+    Ort::TypeInfo type_info = kinfo.GetOutputTypeInfo(0);
+    if (type_info.GetONNXType() == ONNX_TYPE_TENSOR)
+      declared = type_info.GetTensorTypeAndShapeInfo().GetElementType();
+  } catch (const Ort::Exception&) {
+    // type not known at kernel creation: checked again on every call
+  }
+  if (declared != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED && declared != want_out)
+    return Error(ORT_INVALID_ARGUMENT, std::string("the model declares the output as ") + ElementTypeName(declared) +
+                                           " but attribute out_dtype='" + dd_name("dtype", cfg_.out_dtype) +
+                                           "' produces " + ElementTypeName(want_out));
+
+  if (provider_ == Provider::kCuda && cfg_.check == DD_DEFERRED) {
+    Ort::ThrowOnError(api.KernelInfoGetAllocator(info, OrtMemTypeDefault, &workspace_allocator_));
+  }
+  return nullptr;
+}
+
+OrtStatusPtr EmbeddingBagKernel::ComputeV2(OrtKernelContext* context) {
+  try {
+    return Compute(context);
+  } catch (const Ort::Exception& e) {
+    return Error(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return Error(ORT_FAIL, e.what());
+  }
+}
+
+OrtStatusPtr EmbeddingBagKernel::Compute(OrtKernelContext* context) {
+  const OrtApi& api = Ort::GetApi();
+  Ort::KernelContext ctx(context);
+  const size_t num_inputs = ctx.GetInputCount();
+  Ort::ConstValue weights = ctx.GetInput(0);
+  Ort::ConstValue indices = ctx.GetInput(1);
+  Ort::ConstValue offsets = ctx.GetInput(2);
+  Ort::ConstValue psw = num_inputs > 3 ? ctx.GetInput(3) : Ort::ConstValue(nullptr);
+  if (!weights || !indices || !offsets) return Error(ORT_INVALID_ARGUMENT, "weights, indices and offsets are required");
+
+  // Shapes (element types are fixed by the registration ORT matched).
+  const int64_t T = cfg_.num_tables, D = cfg_.dim;
+  const std::vector<int64_t> wshape = weights.GetTensorTypeAndShapeInfo().GetShape();
+  const int64_t row_elems = cfg_.dtype == DD_INT8 ? dd_row_bytes(&cfg_) : D;
+  const int64_t total_rows = dd_total_rows(&cfg_);
+  if (wshape.size() != 2 || wshape[0] != total_rows || wshape[1] != row_elems)
+    return Error(ORT_INVALID_ARGUMENT, "weights have shape " + ShapeText(wshape) + "; expected [" +
+                                           std::to_string(total_rows) + ", " + std::to_string(row_elems) +
+                                           "] (sum of table_rows, " +
+                                           (cfg_.dtype == DD_INT8 ? "row bytes of int8 row-wise rows)" : "dim)"));
+  const std::vector<int64_t> ishape = indices.GetTensorTypeAndShapeInfo().GetShape();
+  if (ishape.size() != 1) return Error(ORT_INVALID_ARGUMENT, "indices must be 1-D, got shape " + ShapeText(ishape));
+  const std::vector<int64_t> oshape = offsets.GetTensorTypeAndShapeInfo().GetShape();
+  if (oshape.size() != 1) return Error(ORT_INVALID_ARGUMENT, "offsets must be 1-D, got shape " + ShapeText(oshape));
+  const int64_t num_indices = ishape[0], num_offsets = oshape[0];
+  const float* psw_data = nullptr;
+  if (psw) {
+    const std::vector<int64_t> pshape = psw.GetTensorTypeAndShapeInfo().GetShape();
+    if (pshape.size() != 1 || pshape[0] != num_indices)
+      return Error(ORT_INVALID_ARGUMENT, "per_sample_weights must have shape [" + std::to_string(num_indices) +
+                                             "] like indices, got " + ShapeText(pshape));
+    psw_data = psw.GetTensorData<float>();
+  }
+
+  char msg[DD_MSG_LEN] = {0};
+  const int64_t batch = dd_batch_size(&cfg_, num_offsets, msg, sizeof(msg));
+  if (batch < 0) return Error(ORT_INVALID_ARGUMENT, msg);
+  Ort::UnownedValue output = ctx.GetOutput(0, {batch, T * D});
+  const ONNXTensorElementDataType out_type = output.GetTensorTypeAndShapeInfo().GetElementType();
+  if (out_type != WeightsTypeOf(cfg_.out_dtype))
+    return Error(ORT_INVALID_ARGUMENT, std::string("the node's output is ") + ElementTypeName(out_type) +
+                                           " but attribute out_dtype='" + dd_name("dtype", cfg_.out_dtype) +
+                                           "' produces " + ElementTypeName(WeightsTypeOf(cfg_.out_dtype)));
+
+  const void* w = weights.GetTensorRawData();
+  const void* idx = indices.GetTensorRawData();
+  const void* off = offsets.GetTensorRawData();
+  void* out = output.GetTensorMutableRawData();
+  int rc = DD_OK;
+  if (provider_ == Provider::kCpu) {
+    rc = dd_forward_cpu(&cfg_, w, idx, off, psw_data, num_indices, num_offsets, out, msg, sizeof(msg));
+  } else {
+    void* stream = ctx.GetGPUComputeStream();
+    const size_t ws_bytes = dd_workspace_size(&cfg_);
+    if (cfg_.check == DD_DEFERRED) {
+      // Kept across calls: bad lookups contribute zeros without a synchronisation (the record
+      // is not reported through ORT; use check=checked for errors as statuses).
+      {
+        std::lock_guard<std::mutex> lock(workspace_mutex_);
+        if (persistent_workspace_ == nullptr) {
+          persistent_workspace_ = workspace_allocator_->Alloc(workspace_allocator_, ws_bytes);
+          if (persistent_workspace_ == nullptr) return Error(ORT_FAIL, "cannot allocate the kernel workspace");
+          char ignored[DD_MSG_LEN];
+          dd_read_error(&cfg_, persistent_workspace_, stream, ignored, sizeof(ignored));  // clears the record
+        }
+      }
+      rc = dd_forward_cuda(&cfg_, w, idx, off, psw_data, num_indices, num_offsets, out, persistent_workspace_, stream,
+                           msg, sizeof(msg));
+    } else if (cfg_.check == DD_CHECKED) {
+      // Per call, from the execution provider's (arena) allocator: concurrent runs never share it.
+      OrtAllocator* allocator = nullptr;
+      Ort::ThrowOnError(api.KernelContext_GetAllocator(context, output.GetTensorMemoryInfo(), &allocator));
+      void* ws = allocator->Alloc(allocator, ws_bytes);
+      if (ws == nullptr) {
+        api.ReleaseAllocator(allocator);
+        return Error(ORT_FAIL, "cannot allocate the kernel workspace");
+      }
+      // checked mode synchronises the stream before returning, so the workspace is free again.
+      rc = dd_forward_cuda(&cfg_, w, idx, off, psw_data, num_indices, num_offsets, out, ws, stream, msg, sizeof(msg));
+      allocator->Free(allocator, ws);
+      api.ReleaseAllocator(allocator);
+    } else {
+      rc = dd_forward_cuda(&cfg_, w, idx, off, psw_data, num_indices, num_offsets, out, nullptr, stream, msg,
+                           sizeof(msg));
+    }
+  }
+  if (rc != DD_OK) return Error(ErrorCodeOf(rc), msg);
+  return nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Op (schema side)
+
+EmbeddingBagOp::EmbeddingBagOp(Provider provider, ONNXTensorElementDataType weights_type,
+                               ONNXTensorElementDataType index_type)
+    : provider_(provider), weights_type_(weights_type), index_type_(index_type) {
+  // See kMinOrtApiVersion: ORT reads only the members that existed at this API version.
+  OrtCustomOp::version = kMinOrtApiVersion;
+}
+
+OrtStatusPtr EmbeddingBagOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+  OrtStatusPtr status = nullptr;
+  std::unique_ptr<EmbeddingBagKernel> k;
+  try {
+    k = std::make_unique<EmbeddingBagKernel>(info, provider_, weights_type_, index_type_, &status);
+  } catch (const std::exception& e) {
+    *kernel = nullptr;
+    return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+  }
+  if (status != nullptr) {
+    *kernel = nullptr;
+    return status;
+  }
+  *kernel = k.release();
+  return nullptr;
+}
+
+const char* EmbeddingBagOp::GetName() const { return "EmbeddingBag"; }
+
+const char* EmbeddingBagOp::GetExecutionProviderType() const {
+  return provider_ == Provider::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
+}
+
+ONNXTensorElementDataType EmbeddingBagOp::GetInputType(size_t index) const {
+  switch (index) {
+    case 0: return weights_type_;
+    case 1:
+    case 2: return index_type_;
+    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+}
+
+OrtCustomOpInputOutputCharacteristic EmbeddingBagOp::GetInputCharacteristic(size_t index) const {
+  return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+}
+
+}  // namespace dd_ort

@@ -1,0 +1,81 @@
+// ONNX Runtime adapter of dlrm_deploy::EmbeddingBag: translates ORT tensors and node attributes into
+// a dd_config plus pointers and calls the kernel core (dd_forward_cpu / dd_forward_cuda). No kernel
+// logic and no attribute parsing of its own live here.
+#pragma once
+
+#include <mutex>
+#include <string>
+
+#define ORT_API_MANUAL_INIT
+#include "onnxruntime_cxx_api.h"
+#undef ORT_API_MANUAL_INIT
+
+#include "dlrm_deploy/embedding_bag.h"
+
+namespace dd_ort {
+
+// Oldest ORT C API the library uses (ORT 1.18): OrtCustomOp::version and the OrtApi handed to
+// the C++ wrappers both say 18, so the library loads in ORT 1.18 and every newer release even
+// though it is compiled against newer headers.
+constexpr uint32_t kMinOrtApiVersion = 18;
+
+enum class Provider { kCpu, kCuda };
+
+class EmbeddingBagKernel {
+ public:
+  // Reads the attributes through the core's parser; *status is non-null (and the kernel unusable)
+  // when they are invalid or do not fit the node's input/output types.
+  EmbeddingBagKernel(const OrtKernelInfo* info, Provider provider, ONNXTensorElementDataType weights_type,
+                     ONNXTensorElementDataType index_type, OrtStatusPtr* status);
+  ~EmbeddingBagKernel();
+  EmbeddingBagKernel(const EmbeddingBagKernel&) = delete;
+  EmbeddingBagKernel& operator=(const EmbeddingBagKernel&) = delete;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context);
+
+ private:
+  OrtStatusPtr Init(const OrtKernelInfo* info);
+  OrtStatusPtr Compute(OrtKernelContext* context);
+  OrtStatusPtr Error(OrtErrorCode code, const std::string& what) const;
+
+  dd_config cfg_;
+  Provider provider_;
+  ONNXTensorElementDataType weights_type_;
+  ONNXTensorElementDataType index_type_;
+  std::string node_name_;
+  // check=deferred keeps its error record between calls: one device workspace per kernel,
+  // from the execution provider's allocator.
+  std::mutex workspace_mutex_;
+  OrtAllocator* workspace_allocator_ = nullptr;
+  void* persistent_workspace_ = nullptr;
+};
+
+// One registration of the op for one execution provider and one combination of input element
+// types (weights x indices/offsets). The types are fixed per registration so that ORT's type
+// inference never guesses the output type from an input: it follows the type the model declares
+// for the node's output (which must equal the out_dtype attribute; the kernel checks).
+struct EmbeddingBagOp : Ort::CustomOpBase<EmbeddingBagOp, EmbeddingBagKernel, /*WithStatus=*/true> {
+  EmbeddingBagOp(Provider provider, ONNXTensorElementDataType weights_type, ONNXTensorElementDataType index_type);
+
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+
+  const char* GetName() const;
+  const char* GetExecutionProviderType() const;
+
+  size_t GetInputTypeCount() const { return 4; }
+  ONNXTensorElementDataType GetInputType(size_t index) const;
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
+
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
+  // Marked optional only so that ORT accepts a dynamically typed output without a dynamically
+  // typed input; the kernel always produces it.
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const { return INPUT_OUTPUT_OPTIONAL; }
+
+ private:
+  Provider provider_;
+  ONNXTensorElementDataType weights_type_;
+  ONNXTensorElementDataType index_type_;
+};
+
+}  // namespace dd_ort

@@ -1,0 +1,370 @@
+"""ONNX Runtime sessions for models with the ``dlrm_deploy::EmbeddingBag`` op.
+
+``ort_session(path, device="cuda")`` registers the custom-op library (``libdlrm_deploy_ort.so``),
+chooses the execution providers and returns an :class:`OrtSession`: ``run(feeds)`` for numpy in,
+numpy out; on the GPU it uses I/O binding, and ``to_device`` + ``run_device`` / ``time_runs`` keep
+inputs on the device for benchmarks. ``node_providers(...)`` tells which execution provider ran
+each node (from ORT's profiler), e.g. to show that the custom op ran on CUDA, not on the CPU.
+
+bfloat16 tensors have no numpy type: pass them as ``uint16`` arrays of bf16 bits (or as
+``onnxruntime.OrtValue``); bfloat16 outputs come back widened to float32 (exactly).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pathlib
+import statistics
+import tempfile
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ._lib import _lib
+
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+OP_DOMAIN = "dlrm_deploy"
+OP_TYPE = "EmbeddingBag"
+
+# ONNX TensorProto element type <-> out_dtype of the contract
+_OUT_DTYPE_ELEM = {"fp32": 1, "fp16": 10, "bf16": 16}
+_BF16_ELEM = 16
+
+
+def custom_op_library() -> str:
+    """Path of the ONNX Runtime custom-op library (``libdlrm_deploy_ort.so``).
+
+    Raises FileNotFoundError (saying how to build it) when it is missing."""
+    return str(_lib("libdlrm_deploy_ort.so"))
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    """Execution providers of the installed onnxruntime package."""
+    return list(_ort().get_available_providers())
+
+
+def cuda_available() -> bool:
+    """True when onnxruntime has the CUDA execution provider (a GPU build, e.g. onnxruntime-gpu)."""
+    return CUDA_EP in available_providers()
+
+
+# ------------------------------------------------------------------------------------------------
+# Model preparation
+
+
+def _load_model(model) -> tuple[Any, pathlib.Path | None]:
+    """(ModelProto without external data loaded, folder of the model file or None)."""
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # the caller's model stays as it was
+        return copy, None
+    if isinstance(model, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(model)), None
+    path = pathlib.Path(model)
+    return onnx.load(str(path), load_external_data=False), path.resolve().parent
+
+
+def _typed_names(graph) -> set[str]:
+    names = set()
+    for vi in list(graph.value_info) + list(graph.output) + list(graph.input):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type != 0:
+            names.add(vi.name)
+    names.update(init.name for init in graph.initializer)
+    return names
+
+
+def declare_output_types(model_proto) -> int:
+    """Adds a value_info with the element type given by ``out_dtype`` for every EmbeddingBag output
+    whose type the model does not declare; returns how many were added.
+
+    ONNX Runtime cannot derive a custom op's output type from an attribute, so the type must be in
+    the model (the exporter writes it; this fills it in for hand-made or stripped models)."""
+    import onnx
+    from onnx import helper
+
+    added = 0
+
+    def visit(graph):
+        nonlocal added
+        typed = _typed_names(graph)
+        for node in graph.node:
+            for attr in node.attribute:  # subgraphs (If/Loop bodies)
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        visit(g)
+            if node.domain != OP_DOMAIN or node.op_type != OP_TYPE or not node.output or not node.output[0]:
+                continue
+            if node.output[0] in typed:
+                continue
+            out_dtype = "fp32"
+            for attr in node.attribute:
+                if attr.name == "out_dtype":
+                    out_dtype = helper.get_attribute_value(attr).decode()
+            elem = _OUT_DTYPE_ELEM.get(out_dtype)
+            if elem is None:
+                continue  # the kernel reports the bad attribute
+            graph.value_info.append(helper.make_tensor_value_info(node.output[0], elem, None))
+            added += 1
+
+    visit(model_proto.graph)
+    return added
+
+
+# ------------------------------------------------------------------------------------------------
+# Sessions
+
+
+def _session_options(log_severity_level: int | None, profile_prefix: str | None, options: Mapping[str, Any]):
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(custom_op_library())
+    if log_severity_level is not None:
+        so.log_severity_level = int(log_severity_level)
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    for key, value in options.items():
+        if not hasattr(so, key):
+            raise TypeError(f"ort_session: unknown SessionOptions attribute '{key}'")
+        setattr(so, key, value)
+    return so
+
+
+def _providers_for(device: str, providers, device_id: int, provider_options) -> list:
+    if providers is not None:
+        return list(providers)
+    if device == "cpu":
+        return [CPU_EP]
+    if device == "cuda":
+        if not cuda_available():
+            raise RuntimeError(
+                "device='cuda' needs onnxruntime with the CUDAExecutionProvider, but this onnxruntime offers "
+                f"{available_providers()}: install the GPU build (pip install onnxruntime-gpu, matching your CUDA) "
+                "or use device='cpu'")
+        opts = {"device_id": device_id}
+        opts.update(provider_options or {})
+        return [(CUDA_EP, opts), CPU_EP]
+    raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+
+
+def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *, device_id: int = 0,
+                provider_options: Mapping[str, Any] | None = None, log_severity_level: int | None = None,
+                profile_prefix: str | None = None, **session_options) -> "OrtSession":
+    """Creates an ONNX Runtime session with the dlrm_deploy custom ops registered.
+
+    path: an .onnx file (external data next to it is found), serialized bytes or an onnx.ModelProto.
+    device: "cuda" (CUDA execution provider first, CPU for what CUDA lacks; raises RuntimeError when
+      onnxruntime has no CUDAExecutionProvider) or "cpu".
+    providers: explicit ORT providers list (overrides device's choice; the device still decides
+      where run() binds inputs and outputs).
+    device_id: GPU ordinal for the CUDA execution provider; provider_options: more CUDA EP options.
+    log_severity_level: ORT log level of this session (0 verbose .. 4 fatal).
+    profile_prefix: enables ORT's profiler (file name prefix); see node_providers().
+    session_options: attributes of onnxruntime.SessionOptions, e.g. intra_op_num_threads=4.
+    """
+    ort = _ort()
+    provider_list = _providers_for(device, providers, device_id, provider_options)
+    so = _session_options(log_severity_level, profile_prefix, session_options)
+    proto, folder = _load_model(path)
+    patched = declare_output_types(proto) > 0
+    if folder is None:
+        session = ort.InferenceSession(proto.SerializeToString(), sess_options=so, providers=provider_list)
+    elif not patched:
+        session = ort.InferenceSession(str(path), sess_options=so, providers=provider_list)
+    else:
+        # The patched model must sit beside its external data (ORT only reads data files from the
+        # model's own folder): a temporary file there, removed once the session holds the model.
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{pathlib.Path(path).stem}.", suffix=".onnx", dir=folder)
+        except OSError as e:
+            raise RuntimeError(f"{path}: the EmbeddingBag output type is not declared in the model and its folder is "
+                               f"not writable ({e}); save the model after dlrm_deploy.runtime.ort."
+                               "declare_output_types(model)") from e
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(proto.SerializeToString())
+            session = ort.InferenceSession(tmp, sess_options=so, providers=provider_list)
+        finally:
+            os.unlink(tmp)
+    if device == "cuda" and providers is None and CUDA_EP not in session.get_providers():
+        raise RuntimeError(f"the CUDA execution provider did not load (session providers: {session.get_providers()}); "
+                           "check the CUDA/cuDNN libraries onnxruntime-gpu needs (see its warnings above)")
+    return OrtSession(session, device=device, device_id=device_id)
+
+
+def _bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _to_numpy(value) -> np.ndarray:
+    """numpy copy of a CPU OrtValue (bfloat16 widened to float32)."""
+    if value.data_type() == "tensor(bfloat16)":
+        shape = tuple(value.shape())
+        n = int(np.prod(shape, dtype=np.int64))
+        if n == 0:
+            return np.zeros(shape, np.float32)
+        raw = (ctypes.c_uint16 * n).from_address(value.data_ptr())
+        return _bf16_bits_to_float32(np.frombuffer(raw, dtype=np.uint16).copy().reshape(shape))
+    return value.numpy()
+
+
+class OrtSession:
+    """A session plus the plumbing to feed it numpy arrays on the CPU or the GPU.
+
+    Attributes: session (the onnxruntime.InferenceSession), input_names, output_names, device
+    ("cuda" or "cpu"), device_id."""
+
+    def __init__(self, session, device: str = "cpu", device_id: int = 0):
+        self.session = session
+        self.device = device
+        self.device_id = device_id
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+        self._input_types = {i.name: i.type for i in session.get_inputs()}
+        self._output_types = {o.name: o.type for o in session.get_outputs()}
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers of the session, in priority order."""
+        return self.session.get_providers()
+
+    def _ortvalue(self, name: str, value, device: str):
+        ort = _ort()
+        if isinstance(value, ort.OrtValue):
+            return value
+        arr = np.ascontiguousarray(value)
+        if self._input_types.get(name) == "tensor(bfloat16)":
+            if arr.dtype == np.float32:  # round to nearest even
+                u = arr.view(np.uint32)
+                arr = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+            if arr.dtype != np.uint16:
+                raise TypeError(f"input '{name}' is bfloat16: pass uint16 bf16 bits or float32, got {arr.dtype}")
+            return self._bf16_value(arr, device)
+        return ort.OrtValue.ortvalue_from_numpy(arr, device, self.device_id)
+
+    def _bf16_value(self, bits: np.ndarray, device: str):
+        ort = _ort()
+        if not hasattr(ort.OrtValue, "ortvalue_from_numpy_with_onnx_type"):
+            raise TypeError(f"bfloat16 inputs need onnxruntime >= 1.20 (this is {ort.__version__}); store bfloat16 "
+                            "tables as initializers in the model instead")
+        host = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, _BF16_ELEM)
+        if device == "cpu":
+            return host
+        try:  # onnx element types in ortvalue_from_shape_and_type: newer onnxruntime releases
+            dev = ort.OrtValue.ortvalue_from_shape_and_type(list(bits.shape), _BF16_ELEM, device, self.device_id)
+            dev.update_inplace(bits)
+            return dev
+        except (TypeError, RuntimeError, ValueError):
+            return host  # ORT copies it to the device on each run
+
+    def _check_feeds(self, feeds: Mapping[str, Any]) -> None:
+        missing = [n for n in self.input_names if n not in feeds]
+        unknown = [n for n in feeds if n not in self._input_types]
+        if missing or unknown:
+            raise KeyError(f"feeds: missing inputs {missing}, unknown inputs {unknown}; the model's inputs are "
+                           f"{self.input_names}")
+
+    def to_device(self, feeds: Mapping[str, Any]) -> dict:
+        """Copies feeds once to the session's device; returns {name: OrtValue} for run_device."""
+        self._check_feeds(feeds)
+        return {name: self._ortvalue(name, value, self.device) for name, value in feeds.items()}
+
+    def _binding(self, device_feeds: Mapping[str, Any]):
+        binding = self.session.io_binding()
+        for name, value in device_feeds.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            # bfloat16 outputs land on the host: numpy has no type for them on the device either
+            on_device = self.device if self._output_types.get(name) != "tensor(bfloat16)" else "cpu"
+            binding.bind_output(name, on_device, self.device_id if on_device != "cpu" else 0)
+        return binding
+
+    def run_device(self, device_feeds: Mapping[str, Any], binding=None) -> list:
+        """Runs on inputs already on the device (from to_device); returns the outputs as OrtValues
+        where ORT put them (on the GPU for device="cuda"). Pass the binding returned by
+        make_binding to reuse it across calls."""
+        binding = binding if binding is not None else self._binding(device_feeds)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+    def make_binding(self, device_feeds: Mapping[str, Any]):
+        """An I/O binding of device_feeds and device-side outputs, reusable by run_device."""
+        return self._binding(device_feeds)
+
+    def run(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
+        """Runs the model on numpy feeds ({input name: array}); returns the outputs as numpy arrays
+        in output_names order. On the GPU inputs are copied to the device once per call and outputs
+        are bound on the device (I/O binding), then copied back."""
+        self._check_feeds(feeds)
+        if self.device == "cpu":
+            values = {name: self._ortvalue(name, value, "cpu") for name, value in feeds.items()}
+            outputs = self.session.run_with_ort_values(self.output_names, values)
+            return [_to_numpy(v) for v in outputs]
+        outputs = self.run_device(self.to_device(feeds))
+        return [_to_numpy(v) for v in outputs]  # OrtValue.numpy() copies device tensors to the host
+
+    def time_runs(self, feeds: Mapping[str, Any], runs: int = 100, warmup: int = 10) -> dict:
+        """Times `runs` inferences after `warmup` ones, inputs copied to the device once.
+
+        Returns {"median_ms", "min_ms", "max_ms", "mean_ms", "runs"}: wall-clock milliseconds per
+        run, each run including ORT's end-of-run stream synchronisation."""
+        if runs < 1:
+            raise ValueError("runs must be >= 1")
+        device_feeds = self.to_device(feeds)
+        binding = self.make_binding(device_feeds)
+        for _ in range(max(0, warmup)):
+            self.run_device(device_feeds, binding)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.run_device(device_feeds, binding)
+            times.append((time.perf_counter() - start) * 1e3)
+        return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+                "mean_ms": statistics.fmean(times), "runs": runs}
+
+
+# ------------------------------------------------------------------------------------------------
+# Node placement
+
+
+def node_providers(path, feeds: Mapping[str, Any], device: str = "cuda", **kw) -> dict[str, dict]:
+    """Which execution provider ran each node: runs the model once with ORT's profiler on and
+    reads the profile. Returns {node name: {"op_type": ..., "provider": ...}} (node names as ORT
+    reports them; unnamed nodes get ORT's generated names). kw goes to ort_session."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = ort_session(path, device=device, profile_prefix=os.path.join(tmp, "dd_profile"), **kw)
+        sess.run(feeds)
+        profile = sess.session.end_profiling()
+        with open(profile) as f:
+            events = json.load(f)
+    placement: dict[str, dict] = {}
+    for ev in events:
+        args = ev.get("args") or {}
+        if ev.get("cat") != "Node" or "provider" not in args:
+            continue
+        name = ev.get("name", "")
+        for suffix in ("_kernel_time", "_fence_before", "_fence_after"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+        placement[name] = {"op_type": args.get("op_name", ""), "provider": args["provider"]}
+    return placement
+
+
+def op_providers(placement: Mapping[str, Mapping[str, str]], op_type: str = OP_TYPE) -> set[str]:
+    """The providers that ran nodes of op_type, from node_providers' result."""
+    return {p["provider"] for p in placement.values() if p.get("op_type") == op_type}
+

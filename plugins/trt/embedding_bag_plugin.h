@@ -1,0 +1,140 @@
+// TensorRT adapter of the kernel core: the `EmbeddingBag` IPluginV3 plugin and its creator.
+//
+// Name, namespace and version equal the ONNX node's op type, domain and `plugin_version` default, so
+// TensorRT's ONNX parser picks this plugin for the exported nodes with no change to the ONNX file.
+// Fields are the op contract's attributes (dd_fields()); their values go through the core's single
+// attribute parser (dd_config_set_*). Kernel logic stays in the core (dd_forward_cuda).
+#pragma once
+
+#include <NvInferRuntime.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dlrm_deploy/embedding_bag.h"
+
+namespace dlrm_deploy_trt {
+
+// The op contract's identity (pkg/contract.py: OP_TYPE, DOMAIN, OP_VERSION; a test checks they agree).
+constexpr char kPluginName[] = "EmbeddingBag";
+constexpr char kPluginNamespace[] = "dlrm_deploy";
+constexpr char kPluginVersion[] = "1";
+
+// Logs through the logger TensorRT hands over with setLoggerFinder (stderr for warnings and errors
+// when there is none).
+void log(nvinfer1::ILogger::Severity severity, const char* fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
+
+// One attribute value, normalised: what createPlugin received (or the contract's default).
+struct FieldValue {
+  std::string name;
+  int32_t kind = 0;             // dd_field kind: 0 int, 1 string, 2 list of ints
+  std::vector<int64_t> ints;    // kind 0 (one value) and 2
+  std::string text;             // kind 1
+};
+
+// The first bad input of an enqueue in deferred check mode, copied from the device workspace into
+// pinned host memory behind the kernel and read without synchronising once that copy has finished.
+class DeferredErrors {
+ public:
+  DeferredErrors() = default;
+  DeferredErrors(const DeferredErrors&) = delete;
+  DeferredErrors& operator=(const DeferredErrors&) = delete;
+  ~DeferredErrors();
+
+  bool ready() const { return host_ != nullptr; }
+  // Allocates the pinned record and the event (not allowed inside enqueue); false on failure.
+  bool allocate() noexcept;
+  // Queues the copy of the record behind the launch on stream (and an event to poll when not capturing).
+  void after_launch(const void* workspace, cudaStream_t stream) noexcept;
+  // Logs an error recorded by an earlier enqueue whose copy has completed. Never blocks.
+  void poll(const std::string& layer) noexcept;
+  // Waits for the last copy and logs what it holds (teardown only).
+  void drain(const std::string& layer) noexcept;
+
+ private:
+  void report(const std::string& layer, const char* when) noexcept;
+  void* host_ = nullptr;  // dd::ErrorRecord in pinned host memory
+  cudaEvent_t done_ = nullptr;
+  bool pending_ = false;   // a copy with an event behind it was queued and not yet examined
+  bool captured_ = false;  // a copy was captured into a CUDA graph: replays write host_ without an event
+};
+
+class EmbeddingBagPlugin final : public nvinfer1::IPluginV3,
+                                 public nvinfer1::IPluginV3OneCore,
+                                 public nvinfer1::IPluginV3OneBuild,
+                                 public nvinfer1::IPluginV3OneRuntime {
+ public:
+  // Parses fields through the core; returns nullptr (and logs why) on bad fields.
+  static EmbeddingBagPlugin* create(const char* layer_name, const nvinfer1::PluginFieldCollection* fc) noexcept;
+  ~EmbeddingBagPlugin() override;
+
+  // IPluginV3
+  nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
+  nvinfer1::IPluginV3* clone() noexcept override;
+
+  // IPluginV3OneCore
+  const char* getPluginName() const noexcept override { return kPluginName; }
+  const char* getPluginVersion() const noexcept override { return kPluginVersion; }
+  const char* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+
+  // IPluginV3OneBuild
+  int32_t configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in, int32_t nb_inputs,
+                          const nvinfer1::DynamicPluginTensorDesc* out, int32_t nb_outputs) noexcept override;
+  int32_t getOutputDataTypes(nvinfer1::DataType* output_types, int32_t nb_outputs,
+                             const nvinfer1::DataType* input_types, int32_t nb_inputs) const noexcept override;
+  int32_t getOutputShapes(const nvinfer1::DimsExprs* inputs, int32_t nb_inputs, const nvinfer1::DimsExprs* shape_inputs,
+                          int32_t nb_shape_inputs, nvinfer1::DimsExprs* outputs, int32_t nb_outputs,
+                          nvinfer1::IExprBuilder& builder) noexcept override;
+  bool supportsFormatCombination(int32_t pos, const nvinfer1::DynamicPluginTensorDesc* in_out, int32_t nb_inputs,
+                                 int32_t nb_outputs) noexcept override;
+  int32_t getNbOutputs() const noexcept override { return 1; }
+  size_t getWorkspaceSize(const nvinfer1::DynamicPluginTensorDesc* inputs, int32_t nb_inputs,
+                          const nvinfer1::DynamicPluginTensorDesc* outputs, int32_t nb_outputs) const noexcept override;
+  const char* getMetadataString() noexcept override { return metadata_.c_str(); }
+
+  // IPluginV3OneRuntime
+  int32_t onShapeChange(const nvinfer1::PluginTensorDesc* in, int32_t nb_inputs, const nvinfer1::PluginTensorDesc* out,
+                        int32_t nb_outputs) noexcept override;
+  int32_t enqueue(const nvinfer1::PluginTensorDesc* input_desc, const nvinfer1::PluginTensorDesc* output_desc,
+                  const void* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+  nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
+  const nvinfer1::PluginFieldCollection* getFieldsToSerialize() noexcept override;
+
+ private:
+  EmbeddingBagPlugin(std::string layer_name, std::vector<FieldValue> values, const dd_config& cfg);
+  EmbeddingBagPlugin* copy() const noexcept;
+  // Checks ranks, types and (where known, >= 0) sizes of the tensors against the attributes.
+  bool check_tensors(const nvinfer1::PluginTensorDesc* in, int32_t nb_inputs, const nvinfer1::PluginTensorDesc* out,
+                     int32_t nb_outputs, bool concrete) noexcept;
+  void setup_l2() noexcept;
+  bool error(const char* fmt, ...) const noexcept __attribute__((format(printf, 2, 3)));
+
+  std::string layer_;
+  std::vector<FieldValue> values_;  // every contract field, in contract order
+  dd_config cfg_;
+  int32_t nb_inputs_ = 3;           // 4 with per_sample_weights
+  bool l2_done_ = false;
+  std::string metadata_;
+  std::vector<nvinfer1::PluginField> serialized_;
+  nvinfer1::PluginFieldCollection serialized_fc_{};
+  DeferredErrors errors_;
+};
+
+class EmbeddingBagCreator final : public nvinfer1::IPluginCreatorV3One {
+ public:
+  EmbeddingBagCreator();
+  nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
+                                    nvinfer1::TensorRTPhase phase) noexcept override;
+  const nvinfer1::PluginFieldCollection* getFieldNames() noexcept override { return &field_names_; }
+  const char* getPluginName() const noexcept override { return kPluginName; }
+  const char* getPluginVersion() const noexcept override { return kPluginVersion; }
+  const char* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+
+ private:
+  std::vector<nvinfer1::PluginField> fields_;
+  nvinfer1::PluginFieldCollection field_names_{};
+};
+
+}  // namespace dlrm_deploy_trt

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Sends one batch to a DLRM served by Triton (HTTP or gRPC) and compares the answer with ONNX Runtime
+run locally on the same ONNX file (through our custom-op library).
+
+    python scripts/triton_client.py --onnx dlrm.onnx --model dlrm --protocol grpc --url localhost:8001
+    python scripts/triton_client.py --onnx dlrm.onnx --model dlrm --protocol http --url localhost:8000
+
+The batch is valid for the model (row ids inside each table, table-major offsets), built from the ONNX
+file by ``dlrm_deploy.runtime.triton.sample_inputs``. Exit status 0 when every output matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def local_reference(onnx_path: str, inputs: dict, device: str) -> dict:
+    """Outputs of ONNX Runtime on this machine, with our custom-op library registered."""
+    try:
+        from dlrm_deploy.runtime import ort_session
+
+        sess = ort_session(onnx_path, device=device)
+    except (ImportError, AttributeError):  # fall back to plain onnxruntime + the library path
+        import onnxruntime as ort
+        from dlrm_deploy.runtime import custom_op_library
+
+        so = ort.SessionOptions()
+        so.register_custom_ops_library(custom_op_library())
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        sess = ort.InferenceSession(onnx_path, so, providers=providers)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, inputs)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--onnx", required=True, help="the ONNX file the served model was made from")
+    p.add_argument("--model", default="dlrm", help="model name in the repository (default dlrm)")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--url", help="host:port (default localhost:8001 for grpc, localhost:8000 for http)")
+    p.add_argument("--batch", type=int, default=64, help="samples in the batch (default 64)")
+    p.add_argument("--pooling", type=int, default=1, help="lookups per bag (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the local reference runs")
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=1e-5)
+    args = p.parse_args(argv)
+
+    from dlrm_deploy.runtime.triton import sample_inputs, triton_infer
+
+    url = args.url or ("localhost:8001" if args.protocol == "grpc" else "localhost:8000")
+    inputs = sample_inputs(args.onnx, batch=args.batch, pooling=args.pooling, seed=args.seed)
+    t0 = time.perf_counter()
+    served = triton_infer(inputs, args.model, url=url, protocol=args.protocol)
+    ms = (time.perf_counter() - t0) * 1e3
+    local = local_reference(args.onnx, inputs, args.device)
+
+    ok = True
+    print(f"{'output':<16} {'shape':<14} {'max abs diff':>14}  match   ({args.protocol} {url}, {ms:.1f} ms)")
+    for name, want in local.items():
+        got = served.get(name)
+        if got is None or got.shape != want.shape:
+            print(f"{name:<16} {str(None if got is None else got.shape):<14} {'-':>14}  NO (shape {want.shape} expected)")
+            ok = False
+            continue
+        diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
+        match = np.allclose(got, want, rtol=args.rtol, atol=args.atol)
+        ok &= bool(match)
+        print(f"{name:<16} {str(tuple(got.shape)):<14} {diff:>14.3e}  {'yes' if match else 'NO'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,6 +26,16 @@ def _root():
     return pathlib.Path(__file__).resolve().parent.parent
 
 
+def test_op_identity_is_the_contract():
+    """ORT's domain/op name and TensorRT's plugin namespace/name/version all come from here."""
+    import ctypes
+
+    vals = [ctypes.c_char_p() for _ in range(3)]
+    _core.lib().dd_op_identity.argtypes = [ctypes.POINTER(ctypes.c_char_p)] * 3
+    _core.lib().dd_op_identity(*[ctypes.byref(v) for v in vals])
+    assert [v.value.decode() for v in vals] == [contract.DOMAIN, contract.OP_TYPE, str(contract.OP_VERSION)]
+
+
 def test_core_fields_match_python_contract():
     assert _core.fields() == [(f.name, f.kind, f.default) for f in contract.FIELDS]
 

@@ -45,13 +45,6 @@ def _trt_reason():
 # Without TensorRT
 # --------------------------------------------------------------------------------------------------
 
-def test_plugin_identity_is_the_contract():
-    """The parser finds the plugin by op type / domain / plugin_version: they must equal the contract's."""
-    header = (REPO / "plugins/trt/embedding_bag_plugin.h").read_text()
-    consts = dict(re.findall(r'constexpr char (kPlugin\w+)\[\] = "([^"]*)";', header))
-    assert consts == {"kPluginName": C.OP_TYPE, "kPluginNamespace": C.DOMAIN, "kPluginVersion": str(C.OP_VERSION)}
-
-
 def test_trt_build_cli_parses():
     from dlrm_deploy.cli import build_parser
 

@@ -187,4 +187,18 @@ int64_t dd_batch_size(const dd_config* c, int64_t num_offsets, char* msg, size_t
 
 size_t dd_workspace_size(const dd_config*) { return sizeof(dd::ErrorRecord); }
 
+int dd_format_error(const dd_error_record* rec, char* msg, size_t len) {
+  if (!rec || rec->code == dd::kNoError) {
+    if (msg && len) msg[0] = 0;
+    return DD_OK;
+  }
+  return fail(DD_ERR_INPUT, msg, len, "%s", dd::error_message(*rec).c_str());
+}
+
+void dd_op_identity(const char** domain, const char** op_type, const char** version) {
+  if (domain) *domain = DD_OP_DOMAIN;
+  if (op_type) *op_type = DD_OP_TYPE;
+  if (version) *version = DD_OP_VERSION;
+}
+
 }  // extern "C"

@@ -21,13 +21,9 @@ int fail(int code, char* msg, size_t len, const char* fmt, ...);
 
 // First bad input the kernel met (device side: the workspace). code 0 = none.
 enum ErrorCode : int32_t { kNoError = 0, kIndexOutOfRange = 1, kOffsetDecreasing = 2, kOffsetPastEnd = 3, kOffsetNegative = 4 };
-struct ErrorRecord {
-  int32_t code;
-  int32_t table;
-  int64_t position;  // index position (lookups) or bag number (offsets)
-  int64_t value;     // the offending index or offset
-  int64_t limit;     // rows of the table or number of indices
-};
+// position: index position (lookups) or bag number (offsets); value: the offending index or
+// offset; limit: rows of the table or number of indices.
+using ErrorRecord = dd_error_record;
 
 // Per-table addressing of the packed blob: local row id -> global row.
 // Plain layout: base[t] + id. hot_first: ids below `split` live in the shared hot region at

@@ -8,8 +8,6 @@
 
 namespace {
 
-const char kDomain[] = "dlrm_deploy";
-
 struct Registry {
   std::vector<std::unique_ptr<dd_ort::EmbeddingBagOp>> ops;
   Ort::CustomOpDomain domain{nullptr};
@@ -20,7 +18,9 @@ struct Registry {
 Registry& GetRegistry() {
   static Registry* registry = [] {
     auto* r = new Registry;
-    r->domain = Ort::CustomOpDomain(kDomain);
+    const char* domain = nullptr;
+    dd_op_identity(&domain, nullptr, nullptr);
+    r->domain = Ort::CustomOpDomain(domain);
     std::vector<dd_ort::Provider> providers = {dd_ort::Provider::kCpu};
 #ifdef DD_HAVE_CUDA
     providers.push_back(dd_ort::Provider::kCuda);

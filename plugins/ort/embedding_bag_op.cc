@@ -308,7 +308,11 @@ OrtStatusPtr EmbeddingBagOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo* 
   return nullptr;
 }
 
-const char* EmbeddingBagOp::GetName() const { return "EmbeddingBag"; }
+const char* EmbeddingBagOp::GetName() const {
+  const char* op_type = nullptr;
+  dd_op_identity(nullptr, &op_type, nullptr);
+  return op_type;
+}
 
 const char* EmbeddingBagOp::GetExecutionProviderType() const {
   return provider_ == Provider::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";

@@ -8,7 +8,6 @@
 #include <new>
 #include <utility>
 
-#include "internal.h"  // dd::ErrorRecord (the head of the workspace) and dd::error_message
 
 using nvinfer1::DataType;
 using nvinfer1::DimsExprs;
@@ -87,12 +86,12 @@ DeferredErrors::~DeferredErrors() {
 
 bool DeferredErrors::allocate() noexcept {
   if (host_) return true;
-  if (cudaHostAlloc(&host_, sizeof(dd::ErrorRecord), cudaHostAllocDefault) != cudaSuccess) {
+  if (cudaHostAlloc(&host_, sizeof(dd_error_record), cudaHostAllocDefault) != cudaSuccess) {
     cudaGetLastError();
     host_ = nullptr;
     return false;
   }
-  std::memset(host_, 0, sizeof(dd::ErrorRecord));
+  std::memset(host_, 0, sizeof(dd_error_record));
   if (cudaEventCreateWithFlags(&done_, cudaEventDisableTiming) != cudaSuccess) {
     cudaGetLastError();
     done_ = nullptr;
@@ -104,7 +103,7 @@ void DeferredErrors::after_launch(const void* workspace, cudaStream_t stream) no
   if (!host_) return;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   cudaStreamIsCapturing(stream, &capture);
-  cudaMemcpyAsync(host_, workspace, sizeof(dd::ErrorRecord), cudaMemcpyDeviceToHost, stream);
+  cudaMemcpyAsync(host_, workspace, sizeof(dd_error_record), cudaMemcpyDeviceToHost, stream);
   if (capture != cudaStreamCaptureStatusNone) {
     captured_ = true;  // a graph replay writes host_; no event can say when, so teardown reports it
   } else if (done_ && cudaEventRecord(done_, stream) == cudaSuccess) {
@@ -113,14 +112,14 @@ void DeferredErrors::after_launch(const void* workspace, cudaStream_t stream) no
 }
 
 void DeferredErrors::report(const std::string& layer, const char* when) noexcept {
-  auto* rec = static_cast<dd::ErrorRecord*>(host_);
-  if (rec->code == dd::kNoError) return;
-  std::string text = dd::error_message(*rec);
+  auto* rec = static_cast<dd_error_record*>(host_);
+  char text[DD_MSG_LEN];
+  if (dd_format_error(rec, text, sizeof(text)) == DD_OK) return;
   log(Severity::kERROR,
       "EmbeddingBag layer '%s': bad input in an earlier enqueue (%s; check=deferred: the bad lookups "
       "contributed zeros to their bags): %s",
-      layer.c_str(), when, text.c_str());
-  rec->code = dd::kNoError;
+      layer.c_str(), when, text);
+  rec->code = 0;
 }
 
 void DeferredErrors::poll(const std::string& layer) noexcept {

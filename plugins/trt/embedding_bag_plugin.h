@@ -17,10 +17,10 @@
 
 namespace dlrm_deploy_trt {
 
-// The op contract's identity (pkg/contract.py: OP_TYPE, DOMAIN, OP_VERSION; a test checks they agree).
-constexpr char kPluginName[] = "EmbeddingBag";
-constexpr char kPluginNamespace[] = "dlrm_deploy";
-constexpr char kPluginVersion[] = "1";
+// The op contract's identity, from the core (plugin name = op type, namespace = ONNX domain).
+inline const char* plugin_name() noexcept { const char* v; dd_op_identity(nullptr, &v, nullptr); return v; }
+inline const char* plugin_namespace() noexcept { const char* v; dd_op_identity(&v, nullptr, nullptr); return v; }
+inline const char* plugin_version() noexcept { const char* v; dd_op_identity(nullptr, nullptr, &v); return v; }
 
 // Logs through the logger TensorRT hands over with setLoggerFinder (stderr for warnings and errors
 // when there is none).
@@ -75,9 +75,9 @@ class EmbeddingBagPlugin final : public nvinfer1::IPluginV3,
   nvinfer1::IPluginV3* clone() noexcept override;
 
   // IPluginV3OneCore
-  const char* getPluginName() const noexcept override { return kPluginName; }
-  const char* getPluginVersion() const noexcept override { return kPluginVersion; }
-  const char* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+  const char* getPluginName() const noexcept override { return plugin_name(); }
+  const char* getPluginVersion() const noexcept override { return plugin_version(); }
+  const char* getPluginNamespace() const noexcept override { return plugin_namespace(); }
 
   // IPluginV3OneBuild
   int32_t configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in, int32_t nb_inputs,
@@ -128,9 +128,9 @@ class EmbeddingBagCreator final : public nvinfer1::IPluginCreatorV3One {
   nvinfer1::IPluginV3* createPlugin(const char* name, const nvinfer1::PluginFieldCollection* fc,
                                     nvinfer1::TensorRTPhase phase) noexcept override;
   const nvinfer1::PluginFieldCollection* getFieldNames() noexcept override { return &field_names_; }
-  const char* getPluginName() const noexcept override { return kPluginName; }
-  const char* getPluginVersion() const noexcept override { return kPluginVersion; }
-  const char* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+  const char* getPluginName() const noexcept override { return plugin_name(); }
+  const char* getPluginVersion() const noexcept override { return plugin_version(); }
+  const char* getPluginNamespace() const noexcept override { return plugin_namespace(); }
 
  private:
   std::vector<nvinfer1::PluginField> fields_;

@@ -130,6 +130,23 @@ DD_API int dd_forward_cuda(const dd_config* cfg, const void* weights, const void
                            const float* per_sample_weights, int64_t num_indices, int64_t num_offsets, void* output,
                            void* workspace, void* stream, char* msg, size_t msg_len);
 
+/* The error record at the head of the workspace (first bad input the kernel met; code 0 = none). */
+typedef struct dd_error_record {
+  int32_t code;
+  int32_t table;
+  int64_t position;
+  int64_t value;
+  int64_t limit;
+} dd_error_record;
+
+/* Formats an error record already copied to host memory. Returns DD_OK when it holds no error,
+ * else DD_ERR_INPUT with the message (for adapters that copy the record asynchronously). */
+DD_API int dd_format_error(const dd_error_record* record, char* msg, size_t msg_len);
+
+/* The op's identity from the contract: ONNX domain (= TensorRT plugin namespace), op type
+ * (= plugin name) and version. */
+DD_API void dd_op_identity(const char** domain, const char** op_type, const char** version);
+
 /* For DD_DEFERRED: synchronises stream, reads the error record from workspace and clears it. */
 DD_API int dd_read_error(const dd_config* cfg, void* workspace, void* stream, char* msg, size_t msg_len);
 

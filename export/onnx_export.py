@@ -1,0 +1,749 @@
+"""ONNX export of any torch module that uses ``nn.EmbeddingBag``, with our custom op.
+
+``export_onnx`` leaves the user's model untouched: it deep-copies it with every ``nn.EmbeddingBag``
+replaced by a ``DeployEmbeddingBag`` that calls ``torch.ops.dlrm_deploy.embedding_bag`` (tables
+converted to the storage dtype, optionally frequency-reordered with an index remap), exports the
+copy with torch's dynamo exporter (the op becomes one ``dlrm_deploy::EmbeddingBag`` node per table
+through a custom translation), then, with table batching on, fuses those nodes into one node per
+group of compatible tables over a packed table blob.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from dlrm_deploy import contract as C
+
+from .onnx_schema import register_onnx_schema
+from .tables import (DEFAULT_HOT_COVERAGE, DEFAULT_L2_BUDGET_BYTES, choose_pinned_rows, convert_table,
+                     hot_coverage, pack_tables, plan_hot_rows, profile_hot_rows, storage_row_bytes)
+
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights go to a .data file
+_OUT_DTYPE_OF = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_ATTR_NAMES = [f.name for f in C.FIELDS]
+
+
+def _torch_op():
+    """The registered torch op (importing the runtime module registers it)."""
+    import dlrm_deploy.runtime.torch_op  # noqa: F401
+
+    return torch.ops.dlrm_deploy.embedding_bag
+
+
+class DeployEmbeddingBag(nn.Module):
+    """An ``nn.EmbeddingBag`` replacement calling ``torch.ops.dlrm_deploy.embedding_bag``.
+
+    Holds the table in the op's storage form (``weight``: [rows, dim] fp32/fp16/bf16, or uint8
+    [rows, row_bytes] for int8) and, when rows were reordered by frequency, ``remap`` (int64 [rows]:
+    old row id -> stored row) applied to the ids before the lookup. forward accepts what
+    ``nn.EmbeddingBag.forward`` accepts: 1-D ids with offsets, or 2-D [B, L] ids without offsets.
+    """
+
+    def __init__(self, weight: torch.Tensor, *, rows: int, dim: int, dtype: str = "fp32", out_dtype: str = "fp32",
+                 mode: str = "sum", include_last_offset: bool = False, variant: str = "auto",
+                 prefetch_distance: int = 0, pinned_rows: int = 0, check: str = "checked",
+                 remap: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("remap", remap)
+        self.attrs = C.validate_attributes(dict(
+            table_rows=[int(rows)], dim=int(dim), dtype=dtype, out_dtype=out_dtype, mode=mode,
+            include_last_offset=int(bool(include_last_offset)), variant=variant,
+            prefetch_distance=int(prefetch_distance), pinned_rows=int(pinned_rows),
+            hot_first=int(pinned_rows > 0), check=check))
+
+    def extra_repr(self) -> str:
+        a = self.attrs
+        return (f"rows={a['table_rows'][0]}, dim={a['dim']}, dtype={a['dtype']}, mode={a['mode']}, "
+                f"variant={a['variant']}, pinned_rows={a['pinned_rows']}, remap={self.remap is not None}")
+
+    def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None,
+                per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        attrs = dict(self.attrs)
+        if input.dim() == 2:
+            if offsets is not None:
+                raise ValueError("offsets must be None when input is 2-D")
+            b, length = input.shape
+            offsets = torch.arange(0, b * length, length, dtype=input.dtype, device=input.device)
+            input = input.reshape(-1)
+            if per_sample_weights is not None:
+                per_sample_weights = per_sample_weights.reshape(-1)
+            attrs["include_last_offset"] = 0
+        elif input.dim() != 1 or offsets is None:
+            raise ValueError("input must be 1-D with offsets, or 2-D without")
+        if offsets.dtype != input.dtype:
+            offsets = offsets.to(input.dtype)
+        if self.remap is not None:
+            input = torch.index_select(self.remap, 0, input)
+            if input.dtype != offsets.dtype:
+                input = input.to(offsets.dtype)
+        if per_sample_weights is not None and per_sample_weights.dtype != torch.float32:
+            per_sample_weights = per_sample_weights.to(torch.float32)
+        return _torch_op()(self.weight, input, offsets, per_sample_weights, *[attrs[n] for n in _ATTR_NAMES])
+
+
+def _translate(weight, indices, offsets, per_sample_weights=None, table_rows=(), dim=0, dtype="fp32",
+               out_dtype="fp32", mode="sum", include_last_offset=0, variant="auto", prefetch_distance=0,
+               pinned_rows=0, hot_first=0, check="checked"):
+    """ONNX translation of the torch op: one dlrm_deploy::EmbeddingBag node."""
+    import onnxscript
+
+    op = onnxscript.values.Opset(C.DOMAIN, C.OP_VERSION)
+    inputs = [weight, indices, offsets] + ([per_sample_weights] if per_sample_weights is not None else [])
+    return op.EmbeddingBag(*inputs, table_rows=[int(r) for r in table_rows], dim=int(dim), dtype=dtype,
+                           out_dtype=out_dtype, mode=mode, include_last_offset=int(include_last_offset),
+                           variant=variant, prefetch_distance=int(prefetch_distance),
+                           pinned_rows=int(pinned_rows), hot_first=int(hot_first), check=check)
+
+
+@dataclass
+class TableInfo:
+    """One exported table: its module, rows, storage and hot-row statistics."""
+
+    module: str
+    rows: int
+    dim: int
+    dtype: str
+    mode: str
+    pinned_rows: int = 0
+    reordered: bool = False
+    sampled_lookups: int = 0
+    hot_coverage: float = 0.0  # share of sampled lookups served by the pinned rows
+
+
+@dataclass
+class ExportInfo:
+    """What ``export_onnx`` wrote: path, external data file, tables, op nodes and timings (s)."""
+
+    path: str
+    external_data: str | None
+    tables: list[TableInfo]
+    op_nodes: int
+    groups: list[list[str]] = field(default_factory=list)  # module names per op node
+    weight_bytes: int = 0
+    pinned_rows: int = 0
+    seconds: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [f"wrote {self.path}" + (f" (+ {self.external_data})" if self.external_data else ""),
+                 f"  {len(self.tables)} tables -> {self.op_nodes} {C.DOMAIN}::{C.OP_TYPE} node(s); "
+                 f"table bytes {self.weight_bytes / 2**20:.1f} MiB"]
+        if self.pinned_rows:
+            cov = [t.hot_coverage for t in self.tables if t.reordered]
+            lines.append(f"  pinned rows per table {self.pinned_rows} (sampled coverage "
+                         f"{100 * min(cov):.1f}..{100 * max(cov):.1f}%)" if cov else
+                         f"  pinned rows per table {self.pinned_rows}")
+        lines.append("  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+def _embedding_bags(model: nn.Module) -> list[tuple[str, nn.EmbeddingBag]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.EmbeddingBag)]
+
+
+def _check_supported(name: str, m: nn.EmbeddingBag) -> None:
+    if m.mode not in C.MODES:
+        raise NotImplementedError(f"{name}: mode='{m.mode}' is not supported (only {C.MODES})")
+    if m.max_norm is not None:
+        raise NotImplementedError(f"{name}: max_norm is not supported at inference export")
+    if m.padding_idx is not None:
+        raise NotImplementedError(f"{name}: padding_idx is not supported; drop padding ids from the bags or "
+                                  "give them per_sample_weights of 0")
+
+
+def swap_embedding_bags(model: nn.Module, *, dtype: str = "fp32", variant: str = "auto", prefetch_distance: int = 0,
+                        check: str = "checked", pinned_rows: int | dict = 0,
+                        hot_plans: dict | None = None) -> nn.Module:
+    """A deep copy of model with every nn.EmbeddingBag replaced by a ``DeployEmbeddingBag``.
+
+    dtype: table storage (fp32/fp16/bf16/int8); pinned_rows: hot rows per table (an int for all, or
+    {module name: int}); hot_plans: {module name: HotRowPlan} to reorder rows by frequency. The
+    output dtype stays the original table's dtype (fp32 for most models). Parameters other than the
+    tables are copied; the original model is not modified.
+    """
+    hot_plans = hot_plans or {}
+    memo = {}
+    for name, m in _embedding_bags(model):
+        _check_supported(name, m)
+        w = m.weight.detach()
+        plan = hot_plans.get(name)
+        remap = None
+        if plan is not None:
+            w = w[torch.from_numpy(plan.order)]
+            remap = torch.from_numpy(plan.remap)
+        p = pinned_rows.get(name, 0) if isinstance(pinned_rows, dict) else int(pinned_rows)
+        if p > m.num_embeddings:
+            raise ValueError(f"{name}: pinned_rows={p} exceeds its {m.num_embeddings} rows")
+        memo[id(m)] = DeployEmbeddingBag(
+            convert_table(w, dtype), rows=m.num_embeddings, dim=m.embedding_dim, dtype=dtype,
+            out_dtype=_OUT_DTYPE_OF.get(m.weight.dtype, "fp32"), mode=m.mode,
+            include_last_offset=m.include_last_offset, variant=variant, prefetch_distance=prefetch_distance,
+            pinned_rows=p, check=check, remap=remap)
+    # deepcopy with the replacements pre-seeded in the memo puts them wherever the originals were
+    # referenced (ModuleList, attributes, shared modules) without copying the original tables.
+    return copy.deepcopy(model, memo)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX graph pass: table batching
+
+
+def _value_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    types = {}
+    for v in list(graph.input) + list(graph.value_info) + list(graph.output):
+        types[v.name] = v.type
+    for t in graph.initializer:
+        tp = onnx.TypeProto()
+        tp.tensor_type.elem_type = t.data_type
+        for d in t.dims:
+            tp.tensor_type.shape.dim.add().dim_value = d
+        types[t.name] = tp
+    return types
+
+
+def _attrs_of(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else (list(v) if a.type == onnx.AttributeProto.INTS else v)
+    return C.validate_attributes(out)
+
+
+def _topo_sort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Nodes in an order where every producer precedes its consumers (otherwise as given)."""
+    producer = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            producer[o] = i
+    state = [0] * len(nodes)  # 0 new, 1 visiting, 2 done
+    order = []
+    for start in range(len(nodes)):
+        stack = [(start, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if expanded:
+                state[i] = 2
+                order.append(nodes[i])
+                continue
+            if state[i]:
+                continue
+            state[i] = 1
+            stack.append((i, True))
+            for inp in reversed(nodes[i].input):
+                j = producer.get(inp)
+                if j is not None and state[j] == 0:
+                    stack.append((j, False))
+    return order
+
+
+def _ancestors(nodes: list[onnx.NodeProto], targets: list[int]) -> dict[int, set[int]]:
+    """For each target node index, the target node indices it depends on (transitively)."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    memo: dict[int, frozenset] = {}
+    tset = set(targets)
+
+    def anc(i: int) -> frozenset:
+        if i in memo:
+            return memo[i]
+        result = set()
+        stack = [producer[x] for x in nodes[i].input if x in producer]
+        seen = set()
+        while stack:
+            j = stack.pop()
+            if j in seen:
+                continue
+            seen.add(j)
+            if j in tset:
+                result.add(j)
+            stack.extend(producer[x] for x in nodes[j].input if x in producer)
+        memo[i] = frozenset(result)
+        return memo[i]
+
+    return {t: set(anc(t)) for t in targets}
+
+
+class ExternalDataWriter:
+    """Writes big initializers straight into the external data file (protobuf cannot hold or copy
+    a message over 2 GB, e.g. the paper config's packed fp32 tables) and returns tensors that refer
+    to it; ``onnx.save_model(save_as_external_data=True)`` appends the remaining ones after them."""
+
+    ALIGN = 4096  # bytes; page-aligned tensors can be memory-mapped
+
+    def __init__(self, data_path: str, location: str):
+        self.data_path = data_path
+        self.location = location
+        if os.path.exists(data_path):
+            os.remove(data_path)  # onnx appends to an existing file
+
+    def add(self, name: str, data_type: int, array: np.ndarray) -> TensorProto:
+        """Appends array's bytes; returns a TensorProto (data_type, array's shape) referring to them."""
+        with open(self.data_path, "ab") as f:
+            offset = f.tell()
+            pad = -offset % self.ALIGN
+            f.write(b"\0" * pad)
+            offset += pad
+            mv = memoryview(np.ascontiguousarray(array)).cast("B")
+            for start in range(0, len(mv), 1 << 28):
+                f.write(mv[start:start + (1 << 28)])
+        t = TensorProto(name=name, data_type=data_type, dims=list(array.shape))
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", self.location), ("offset", str(offset)), ("length", str(len(mv)))):
+            t.external_data.add(key=k, value=v)
+        return t
+
+
+def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = None) -> list[list[int]]:
+    """Fuses the model's single-table dlrm_deploy::EmbeddingBag nodes into one node per group.
+
+    A group shares dim, mode, storage and output dtype, kernel options, pinned_rows, index type and
+    the presence of per-sample weights, and no member depends on another's output. Each fused node
+    reads the packed tables (one initializer; ``hot_first`` when pinned_rows > 0), the concatenated
+    ids and the table-major offsets (each table's offsets plus the ids of the tables before it,
+    computed in the graph so any bag lengths work; include_last_offset=0), and a Split restores the
+    original outputs. Returns the original node positions of each fused group (in the old order).
+    """
+    graph = model.graph
+    nodes = list(graph.node)
+    inits = {t.name: t for t in graph.initializer}
+    types = _value_types(graph)
+    ops = [i for i, n in enumerate(nodes) if n.domain == C.DOMAIN and n.op_type == C.OP_TYPE]
+    if len(ops) < 2:
+        return [[i] for i in ops]
+    deps = _ancestors(nodes, ops)
+
+    def key(i):
+        n = nodes[i]
+        a = _attrs_of(n)
+        if len(a["table_rows"]) != 1 or n.input[0] not in inits:
+            return None
+        idx_t = types.get(n.input[1])
+        if idx_t is None or idx_t.tensor_type.elem_type not in (TensorProto.INT32, TensorProto.INT64):
+            return None
+        has_psw = len(n.input) > 3 and n.input[3] != ""
+        return (a["dim"], a["dtype"], a["out_dtype"], a["mode"], a["variant"], a["prefetch_distance"],
+                a["pinned_rows"], a["check"], idx_t.tensor_type.elem_type, has_psw, inits[n.input[0]].data_type)
+
+    groups: list[tuple[tuple, list[int]]] = []
+    for i in ops:
+        k = key(i)
+        if k is None:
+            groups.append((None, [i]))
+            continue
+        for gk, members in groups:
+            if gk == k and not any(m in deps[i] or i in deps[m] for m in members):
+                members.append(i)
+                break
+        else:
+            groups.append((k, [i]))
+
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}  # position of a group's first node -> its nodes
+    removed: set[int] = set()
+    new_inits: list[TensorProto] = []
+    used_weights: set[str] = set()
+    for gi, (gk, members) in enumerate(groups):
+        if gk is None or len(members) < 2:
+            continue
+        dim, index_elem = gk[0], gk[8]
+        first = _attrs_of(nodes[members[0]])
+        pinned = first["pinned_rows"]
+        tag = f"dd_group{gi}"
+        ns: list[onnx.NodeProto] = []
+        arrays, rows = [], []
+        for m in members:
+            n = nodes[m]
+            a = numpy_helper.to_array(inits[n.input[0]])
+            arrays.append(np.ascontiguousarray(a).view(np.uint8).reshape(a.shape[0], -1))
+            rows.append(int(a.shape[0]))
+            used_weights.add(n.input[0])
+        blob = pack_tables(arrays, pinned, hot_first=pinned > 0)
+        del arrays
+        w0 = inits[nodes[members[0]].input[0]]
+        shape = [blob.shape[0], int(w0.dims[1])]
+        if writer is not None:
+            packed = writer.add(f"{tag}_weights", w0.data_type, blob.reshape(shape[0], -1))
+            packed.dims[:] = shape
+        else:
+            packed = TensorProto(name=f"{tag}_weights", data_type=w0.data_type, dims=shape, raw_data=blob.tobytes())
+        del blob
+        new_inits.append(packed)
+
+        idx_names, off_names, psw_names = [], [], []
+        base = None  # ids of the tables before this one, int64 [1]
+        for j, m in enumerate(members):
+            n = nodes[m]
+            a = _attrs_of(n)
+            idx, off = n.input[1], n.input[2]
+            idx_names.append(idx)
+            if len(n.input) > 3 and n.input[3]:
+                psw_names.append(n.input[3])
+            if a["include_last_offset"]:
+                sliced = f"{tag}_off{j}_bags"
+                ns.append(helper.make_node("Slice", [off, f"{tag}_zero", f"{tag}_minus1", f"{tag}_zero"], [sliced]))
+                off = sliced
+            if base is not None:
+                shifted = f"{tag}_off{j}_shifted"
+                b = base
+                if index_elem == TensorProto.INT32:
+                    b = f"{tag}_base{j}_i32"
+                    ns.append(helper.make_node("Cast", [base], [b], to=TensorProto.INT32))
+                ns.append(helper.make_node("Add", [off, b], [shifted]))
+                off = shifted
+            off_names.append(off)
+            if j < len(members) - 1:
+                count = f"{tag}_n{j}"
+                ns.append(helper.make_node("Shape", [idx], [count]))
+                if base is None:
+                    base = count
+                else:
+                    nb = f"{tag}_base{j + 1}"
+                    ns.append(helper.make_node("Add", [base, count], [nb]))
+                    base = nb
+        if any(n.op_type == "Slice" for n in ns):
+            new_inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), f"{tag}_zero"))
+            new_inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{tag}_minus1"))
+        new_inits.append(numpy_helper.from_array(np.array([dim] * len(members), dtype=np.int64), f"{tag}_split"))
+        ns.append(helper.make_node("Concat", idx_names, [f"{tag}_indices"], axis=0))
+        ns.append(helper.make_node("Concat", off_names, [f"{tag}_offsets"], axis=0))
+        op_inputs = [packed.name, f"{tag}_indices", f"{tag}_offsets"]
+        if psw_names:
+            ns.append(helper.make_node("Concat", psw_names, [f"{tag}_psw"], axis=0))
+            op_inputs.append(f"{tag}_psw")
+        attrs = dict(first, table_rows=rows, include_last_offset=0, hot_first=int(pinned > 0))
+        out = f"{tag}_output"
+        ns.append(helper.make_node(C.OP_TYPE, op_inputs, [out], name=f"{tag}_embedding_bag", domain=C.DOMAIN,
+                                   **{k: attrs[k] for k in _ATTR_NAMES}))
+        ns.append(helper.make_node("Split", [out, f"{tag}_split"], [nodes[m].output[0] for m in members], axis=1))
+        # The fused output's shape: [B, T*D] with the batch symbol of the members' outputs.
+        batch_dim = None
+        vi = {v.name: v for v in graph.value_info}
+        t0 = vi.get(nodes[members[0]].output[0])
+        if t0 is not None and t0.type.tensor_type.shape.dim:
+            batch_dim = t0.type.tensor_type.shape.dim[0]
+        out_vi = helper.make_tensor_value_info(out, types[nodes[members[0]].output[0]].tensor_type.elem_type
+                                               if nodes[members[0]].output[0] in types else TensorProto.FLOAT,
+                                               [None, dim * len(members)])
+        if batch_dim is not None:
+            out_vi.type.tensor_type.shape.dim[0].CopyFrom(batch_dim)
+        graph.value_info.append(out_vi)
+        new_nodes[members[0]] = ns
+        removed.update(members)
+
+    if not removed:
+        return [[i] for i in ops]
+    still_used = {x for i, n in enumerate(nodes) if i not in removed for x in n.input}
+    rebuilt = []
+    for i, n in enumerate(nodes):
+        if i in new_nodes:
+            rebuilt.extend(new_nodes[i])
+        if i not in removed:
+            rebuilt.append(n)
+    rebuilt = _topo_sort(rebuilt)
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+    # Remove the packed tables' initializers in place (copying a message re-serialises it).
+    for k in reversed(range(len(graph.initializer))):
+        name = graph.initializer[k].name
+        if name in used_weights and name not in still_used:
+            del graph.initializer[k]
+    for t in new_inits:
+        graph.initializer.append(t)  # copies; new ones are small (big ones are external references)
+    _fold_split_concat(graph)
+    return [members for _k, members in groups]
+
+
+def _fold_split_concat(graph: onnx.GraphProto) -> None:
+    """Concat(..., split outputs in order, ...) along axis 1 -> Concat(..., fused output, ...): DLRM
+    concatenates the pooled tables again right away, so the Split's copy can go."""
+    outputs = {o.name for o in graph.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    dead = []
+    for split in [n for n in graph.node if n.op_type == "Split" and n.input[0].endswith("_output")
+                  and n.input[0].startswith("dd_group")]:
+        outs = list(split.output)
+        users = {id(c): c for o in outs for c in consumers.get(o, [])}
+        if len(users) != 1 or any(o in outputs for o in outs):
+            continue
+        cat = next(iter(users.values()))
+        axis = next((a.i for a in cat.attribute if a.name == "axis"), None)
+        ins = list(cat.input)
+        if cat.op_type != "Concat" or axis not in (1, -1) or any(ins.count(o) != 1 for o in outs):
+            continue
+        start = ins.index(outs[0])
+        if ins[start:start + len(outs)] != outs:
+            continue
+        ins[start:start + len(outs)] = [split.input[0]]
+        del cat.input[:]
+        cat.input.extend(ins)
+        dead.append(split)
+    for n in dead:
+        graph.node.remove(n)
+    used = {x for n in graph.node for x in n.input}
+    for k in reversed(range(len(graph.initializer))):
+        t = graph.initializer[k]
+        if t.name.startswith("dd_group") and t.name not in used:
+            del graph.initializer[k]
+    produced = {o for n in graph.node for o in n.output}
+    stale = [v for v in graph.value_info if v.name not in produced]
+    for v in stale:
+        graph.value_info.remove(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def _tensor_bytes(t: TensorProto) -> int:
+    if t.data_location == TensorProto.EXTERNAL:
+        return int(next((e.value for e in t.external_data if e.key == "length"), 0))
+    return len(t.raw_data)
+
+
+def _op_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == C.DOMAIN and n.op_type == C.OP_TYPE]
+
+
+def _batch_symbol(model: onnx.ModelProto) -> str | None:
+    """The symbolic first dimension of the first graph input (the batch in DLRM-like models)."""
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_param"):
+            return dims[0].dim_param
+    return None
+
+
+def _annotate_outputs(model: onnx.ModelProto) -> None:
+    """value_info for every op output: [B, T*D] with B the batch symbol where one is known."""
+    graph = model.graph
+    known = {v.name for v in graph.value_info} | {v.name for v in graph.output}
+    types = _value_types(graph)
+    for n in _op_nodes(model):
+        if n.output[0] in known:
+            continue
+        a = _attrs_of(n)
+        elem = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}[a["out_dtype"]]
+        graph.value_info.append(helper.make_tensor_value_info(
+            n.output[0], elem, [_batch_symbol(model), len(a["table_rows"]) * a["dim"]]))
+
+
+def _input_source(model: onnx.ModelProto):
+    """A function: value name -> the graph input it comes from through remap Gathers, Casts and
+    Slices (None when computed otherwise)."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inputs = {v.name for v in graph.input}
+
+    def source(name):
+        seen = 0
+        while name not in inputs and name in producer and seen < 16:
+            n = producer[name]
+            if n.op_type == "Gather":
+                name = n.input[1]
+            elif n.op_type in ("Cast", "Identity", "Reshape", "Slice"):
+                name = n.input[0]
+            else:
+                return None
+            seen += 1
+        return name if name in inputs else None
+
+    return source
+
+
+def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike, *, dtype: str = "fp32",
+                variant: str = "auto", prefetch_distance: int = 0, table_batching: bool = True,
+                hot_rows_from=None, pinned_rows: int | None = None, hot_coverage_target: float = DEFAULT_HOT_COVERAGE,
+                l2_budget_bytes: int = DEFAULT_L2_BUDGET_BYTES, check: str = "checked", opset: int = 18,
+                input_names: list[str] | None = None, output_names: list[str] | None = None,
+                dynamic_shapes=None, external_data: bool | None = None, validate: bool = True,
+                progress=None) -> ExportInfo:
+    """Exports model to ONNX at path with every nn.EmbeddingBag as ``dlrm_deploy::EmbeddingBag``.
+
+    model: any torch module using nn.EmbeddingBag (mode sum or mean, with or without
+      per_sample_weights, either include_last_offset); it is not modified.
+    example_inputs: a tuple of forward's positional arguments (tensors, or lists/tuples of them);
+      ONNX inputs follow their flattened order. The first dimension of every input (batch, number of
+      ids) stays dynamic where the model allows, the others are fixed (batch >= 2 recommended, so
+      the batch is not specialised to 1); pass dynamic_shapes to choose otherwise.
+    dtype: table storage fp32|fp16|bf16|int8 (int8 = row-wise, see ``quantize_int8_rowwise``);
+      the op's output keeps the model's dtype.
+    variant, prefetch_distance (lookups), check: op attributes (see docs/op_contract.md).
+    table_batching: fuse the tables into one op node per compatible group (packed blob); False
+      keeps one node per table.
+    hot_rows_from: a sample of ids (see ``profile_hot_rows``: trace path, id tensors or model inputs);
+      rows are reordered by descending frequency, ids remapped in the graph, and ``pinned_rows`` hot
+      rows per table are marked for L2 (default: the fewest covering ``hot_coverage_target`` of the
+      sampled lookups, capped so all tables' pinned rows fit ``l2_budget_bytes`` bytes).
+    pinned_rows: hot rows per table (overrides the automatic choice; without hot_rows_from the
+      tables are assumed already ordered hottest first).
+    opset: default-domain opset; the op's domain is imported at version 1.
+    external_data: write initializers to ``<path>.data``; default when they exceed 1 GiB (required
+      above 2 GB).
+    validate: run onnx.checker.check_model(full_check=True) on the written file.
+    progress: callable taking a message string (e.g. print), or None.
+    Returns an ExportInfo.
+    """
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    seconds = {}
+    if dtype not in C.DTYPES:
+        raise ValueError(f"dtype must be one of {C.DTYPES}, got {dtype!r}")
+    C.validate_attributes(dict(table_rows=[1], dim=1, variant=variant, check=check))
+    register_onnx_schema()
+    op = _torch_op()
+    path = os.fspath(path)
+    model = model.eval()
+    bags = _embedding_bags(model)
+    if not bags:
+        warnings.warn("model has no nn.EmbeddingBag: exporting it without the custom op")
+    for name, m in bags:
+        _check_supported(name, m)
+
+    # Hot rows: per-table frequency order, one pinned_rows for all tables.
+    plans = {}
+    pinned: dict[str, int] = {}
+    if hot_rows_from is not None:
+        say("profiling hot rows ...")
+        counts = profile_hot_rows(model, hot_rows_from)
+        plans = {n: plan_hot_rows(c) for n, c in counts.items()}
+        if pinned_rows is None:
+            row_bytes = max(storage_row_bytes(m.embedding_dim, dtype) for n, m in bags if n in counts)
+            p = choose_pinned_rows(list(counts.values()), row_bytes, coverage=hot_coverage_target,
+                                   l2_budget_bytes=l2_budget_bytes)
+        else:
+            p = int(pinned_rows)
+        pinned = {n: min(p, m.num_embeddings) for n, m in bags if n in counts}
+        seconds["profile"] = time.perf_counter() - t0
+    elif pinned_rows:
+        pinned = {n: int(pinned_rows) for n, _m in bags}
+
+    say(f"swapping {len(bags)} nn.EmbeddingBag module(s) for {C.DOMAIN}::{C.OP_TYPE} (tables {dtype}) ...")
+    t = time.perf_counter()
+    swapped = swap_embedding_bags(model, dtype=dtype, variant=variant, prefetch_distance=prefetch_distance,
+                                  check=check, pinned_rows=pinned, hot_plans=plans).eval()
+    seconds["swap"] = time.perf_counter() - t
+
+    say("tracing and converting with torch.onnx (dynamo) ...")
+    t = time.perf_counter()
+    if dynamic_shapes is None:
+        auto = torch.export.Dim.AUTO
+        dynamic_shapes = torch.utils._pytree.tree_map(
+            lambda x: {0: auto} if isinstance(x, torch.Tensor) and x.dim() > 0 else None,
+            tuple(example_inputs))
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                swapped, tuple(example_inputs), dynamo=True, opset_version=opset, input_names=input_names,
+                output_names=output_names, dynamic_shapes=dynamic_shapes,
+                custom_translation_table={op.default: _translate}, optimize=True, verbose=False)
+            proto = program.model_proto
+        del program
+    finally:
+        quiet.setLevel(level)
+    seconds["export"] = time.perf_counter() - t
+
+    for inp in proto.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            warnings.warn(f"ONNX input '{inp.name}' has a fixed first dimension {dims[0].dim_value}: the "
+                          "model specialised it (export with a batch >= 2 and varied sizes)")
+
+    # Op node -> module: by the table initializer's name (the module path + ".weight"), else by order.
+    source = _input_source(proto)
+    per_table_nodes = _op_nodes(proto)
+    by_weight = {f"{name}.weight": (name, m) for name, m in bags}
+    if all(n.input[0] in by_weight for n in per_table_nodes):
+        node_bags = [by_weight[n.input[0]] for n in per_table_nodes]
+    else:
+        node_bags = bags[:len(per_table_nodes)]
+    table_map = []
+    for (name, m), n in zip(node_bags, per_table_nodes):
+        table_map.append({"module": name, "rows": m.num_embeddings, "dim": m.embedding_dim,
+                          "indices": source(n.input[1]), "offsets": source(n.input[2]),
+                          "include_last_offset": int(m.include_last_offset), "reordered": name in plans})
+
+    weight_bytes = sum(_tensor_bytes(t) for t in proto.graph.initializer)
+    if external_data is None:
+        external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    data_name = os.path.basename(path) + ".data" if external_data else None
+    writer = None
+    if external_data:
+        writer = ExternalDataWriter(os.path.join(os.path.dirname(os.path.abspath(path)), data_name), data_name)
+
+    groups = [[name] for name, _m in node_bags]
+    if table_batching and len(per_table_nodes) > 1:
+        say("batching tables into one op node per group ...")
+        t = time.perf_counter()
+        pos_to_module = {}
+        k = 0
+        for i, n in enumerate(proto.graph.node):
+            if n.domain == C.DOMAIN and n.op_type == C.OP_TYPE:
+                pos_to_module[i] = node_bags[k][0]
+                k += 1
+        groups = [[pos_to_module[p] for p in g] for g in batch_tables(proto, writer)]
+        seconds["batch"] = time.perf_counter() - t
+    _annotate_outputs(proto)
+
+    proto.producer_name = "dlrm_deploy"
+    meta = {"dlrm_deploy.tables": json.dumps(table_map),
+            "dlrm_deploy.export": json.dumps({"dtype": dtype, "variant": variant, "prefetch_distance": prefetch_distance,
+                                              "table_batching": bool(table_batching), "check": check,
+                                              "pinned_rows": max(pinned.values(), default=0)})}
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    if not any(o.domain == C.DOMAIN for o in proto.opset_import):
+        proto.opset_import.add(domain=C.DOMAIN, version=C.OP_VERSION)
+
+    weight_bytes = sum(_tensor_bytes(t) for t in proto.graph.initializer)
+    say(f"saving {path} ({weight_bytes / 2**20:.1f} MiB of initializers"
+        + (", external data)" if external_data else ")") + " ...")
+    t = time.perf_counter()
+    if external_data:
+        if writer is None or not os.path.exists(writer.data_path):
+            open(os.path.join(os.path.dirname(os.path.abspath(path)), data_name), "wb").close()
+        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+    else:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+        onnx.save_model(proto, path)
+    seconds["save"] = time.perf_counter() - t
+    op_nodes = _op_nodes(proto)
+    if validate:
+        t = time.perf_counter()
+        say("checking with onnx.checker (full_check) ...")
+        onnx.checker.check_model(path, full_check=True)
+        seconds["check"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+
+    tables = []
+    for name, m in bags:
+        plan = plans.get(name)
+        p = pinned.get(name, 0)
+        tables.append(TableInfo(module=name, rows=m.num_embeddings, dim=m.embedding_dim, dtype=dtype, mode=m.mode,
+                                pinned_rows=p, reordered=plan is not None,
+                                sampled_lookups=int(plan.counts.sum()) if plan is not None else 0,
+                                hot_coverage=hot_coverage(plan.counts, p) if plan is not None else 0.0))
+    info = ExportInfo(path=path, external_data=data_name, tables=tables, op_nodes=len(op_nodes),
+                      groups=groups, weight_bytes=weight_bytes,
+                      pinned_rows=max(pinned.values(), default=0), seconds=seconds)
+    say(info.summary())
+    return info

@@ -1,0 +1,89 @@
+"""The ONNX schema of ``dlrm_deploy::EmbeddingBag``, derived from the op contract.
+
+Registering it (``register_onnx_schema()``) lets the onnx checker validate the node (attribute
+names and types, input count, element types) and gives ONNX shape inference the output shape
+``[B, T*D]`` (B is known only when the number of offsets is a number, not a symbol).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import defs
+
+from dlrm_deploy import contract as C
+
+_ONNX_ELEM = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
+
+
+def _attr_value(ctx, name: str, default):
+    attr = ctx.get_attribute(name)
+    if attr is None:
+        return default
+    return onnx.helper.get_attribute_value(attr)
+
+
+def _infer(ctx) -> None:
+    """Output: [B, T*D] of out_dtype, B = (num_offsets - include_last_offset) / T when known."""
+    table_rows = _attr_value(ctx, "table_rows", [])
+    dim = _attr_value(ctx, "dim", 0)
+    out_dtype = _attr_value(ctx, "out_dtype", C.FIELD_BY_NAME["out_dtype"].default)
+    if isinstance(out_dtype, bytes):
+        out_dtype = out_dtype.decode()
+    ilo = int(_attr_value(ctx, "include_last_offset", 0))
+    num_tables = len(table_rows)
+    batch_dim = onnx.TensorShapeProto.Dimension()
+    offsets_type = ctx.get_input_type(2) if ctx.has_input(2) else None
+    if offsets_type is not None and offsets_type.tensor_type.HasField("shape"):
+        dims = offsets_type.tensor_type.shape.dim
+        if len(dims) == 1 and dims[0].HasField("dim_value") and num_tables > 0:
+            n = dims[0].dim_value - ilo
+            if n >= 0 and n % num_tables == 0:
+                batch_dim.dim_value = n // num_tables
+    out = onnx.TypeProto()
+    out.tensor_type.elem_type = _ONNX_ELEM.get(out_dtype, onnx.TensorProto.FLOAT)
+    out.tensor_type.shape.dim.append(batch_dim)
+    d = out.tensor_type.shape.dim.add()
+    if num_tables > 0 and dim > 0:
+        d.dim_value = num_tables * dim
+    ctx.set_output_type(0, out)
+
+
+def build_onnx_schema() -> defs.OpSchema:
+    """The OpSchema of the op: inputs, type constraints and attributes from ``dlrm_deploy.contract``."""
+    fp = defs.OpSchema.FormalParameter
+    optional = defs.OpSchema.FormalParameterOption.Optional
+    attr_type = {C.INT: defs.OpSchema.AttrType.INT, C.STRING: defs.OpSchema.AttrType.STRING,
+                 C.INTS: defs.OpSchema.AttrType.INTS}
+    type_var = {"weights": "W", "indices": "I", "offsets": "I", "per_sample_weights": "P"}
+    inputs = [fp(name, type_var[name], doc, param_option=optional if "optional" in types else
+                 defs.OpSchema.FormalParameterOption.Single)
+              for name, types, doc in C.INPUTS]
+    outputs = [fp(name, "O", doc) for name, _types, doc in C.OUTPUTS]
+    constraints = [
+        ("W", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(uint8)"], "table storage"),
+        ("I", ["tensor(int32)", "tensor(int64)"], "index and offset type"),
+        ("P", ["tensor(float)"], "per-sample weights"),
+        ("O", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "output (out_dtype)"),
+    ]
+    attrs = []
+    for f in C.FIELDS:
+        if f.default == "":
+            attrs.append(defs.OpSchema.Attribute(f.name, attr_type[f.kind], f.doc, required=True))
+        else:
+            value = int(f.default) if f.kind == C.INT else f.default
+            attrs.append(defs.OpSchema.Attribute(f.name, onnx.helper.make_attribute(f.name, value), f.doc))
+    schema = defs.OpSchema(C.OP_TYPE, C.DOMAIN, C.OP_VERSION,
+                           "Table-batched EmbeddingBag (see docs/op_contract.md).",
+                           inputs=inputs, outputs=outputs, type_constraints=constraints, attributes=attrs)
+    schema.set_type_and_shape_inference_function(_infer)
+    return schema
+
+
+def register_onnx_schema() -> None:
+    """Registers the op's schema with the onnx package of this process (idempotent)."""
+    try:
+        defs.get_schema(C.OP_TYPE, C.OP_VERSION, C.DOMAIN)
+        return
+    except defs.SchemaError:
+        pass
+    defs.register_schema(build_onnx_schema())

@@ -54,7 +54,8 @@ def test_empty_one_and_huge_bags(variant):
                          max_len=max_len)
         cpu, gpu = _cpu_and_gpu(case)
         assert_close(case, gpu)
-        assert torch.equal(cpu, gpu)
+        if _exact_expected(case, variant):
+            assert torch.equal(cpu, gpu)
 
 
 @pytest.mark.parametrize("variant", ["auto", "l2pin", "combined"])

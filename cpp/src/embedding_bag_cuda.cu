@@ -6,10 +6,12 @@
 //    an evict_last prefetch pass). Variants baseline/occupancy/prefetch/l2pin/combined.
 //  - warp_kernel: what `auto` runs. A warp (or a group of lanes) per bag and column slice, 4-16
 //    byte vector loads of whole rows, U independent row loads in flight per lane, the next 32
-//    indices fetched while the current ones are consumed, hot-row cache hints when pinned_rows > 0.
+//    indices fetched while the current ones are consumed; with pinned_rows and the hot_first
+//    layout, a persisting-L2 access-policy window over the hot rows.
 // Both add each bag's rows in index order in fp32, so results equal the CPU reference bit for bit
-// whenever one lane group covers a bag (every fp32 shape, fp16 with 8-byte loads, int8 with 4-byte
-// loads); the several-groups-per-warp layout (small rows) reduces in a fixed tree order instead.
+// whenever one lane group covers a whole row (rows of 64..512 bytes, e.g. fp32 D=16..128); when a
+// row takes fewer lanes (fp16 and int8 at D=128, small D) several lane groups share a bag and their
+// partial sums are added in a fixed tree order instead (within the tests' tolerance).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -39,7 +41,6 @@ namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kBlock = 256;
-constexpr int64_t kHotBit = int64_t(1) << 62;  // marks a hot row inside a shuffled row number
 
 struct Params {
   const uint8_t* weights;
@@ -249,22 +250,29 @@ __global__ void prefetch_hot_rows(const Params p) {
 // ---- family 2 (auto): vector loads, warp per bag and column slice ----
 // lanes: lanes covering one row slice (<= 32); groups: lookups handled side by side in a warp
 // (32/lanes when a row needs fewer than 32 lanes); slices: column slices per bag.
-// agg > 0 (pinned_rows > 0: ids are frequency ranks): lookups of the agg hottest rows are counted
-// in shared memory instead of loaded, then each of those rows is loaded once per bag and added
-// with its count (or summed per-sample weight): skewed bags repeat their hottest rows many times.
+// Lean per lookup: one 32-bit shuffle of the row number, one wide multiply, one vector load.
+// (Measured on H100, docs/benchmarks.md: cache-priority hints and shared-memory counting of the
+// hottest rows made skewed batches slower here, so this kernel has neither.)
+// Resident blocks per SM the register budget is cut for, per dtype and unroll: the most that
+// compiles without spills (ptxas -v) for 16-byte loads.
+template <int DT, int U>
+constexpr int warp_min_blocks() {
+  if (DT == DD_INT8) return U >= 8 ? 1 : 2;
+  if (DT == DD_FP32) return U >= 8 ? 3 : 4;
+  return U >= 8 ? 2 : 4;
+}
+
 template <int DT, typename IdxT, int VB, int U>
-__global__ void __launch_bounds__(kBlock, 2) warp_kernel(const Params p, int lanes, int groups, int slices, int agg) {
+__global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, U>()) warp_kernel(const Params p, int lanes, int groups, int slices) {
   constexpr int E = VB / Storage<DT>::kSize;  // elements per lane per row
   using RawT = typename Raw<VB>::T;
-  extern __shared__ float agg_counts[];  // [warps per block][agg]
   const IdxT* idx = static_cast<const IdxT*>(p.indices);
   const int lane = threadIdx.x & 31;
-  float* counts = agg_counts + (threadIdx.x >> 5) * agg;
   const int gsize = groups > 1 ? lanes : 32;
   const int g = lane / gsize;
   const int s = lane - g * gsize;
-  const bool pinning = p.pinned > 0;
-  const uint64_t pol_hot = policy(pinning, pinning), pol_cold = policy(false, pinning);
+  const uint64_t pol = policy(false, false);
+  const uint32_t row_bytes = (uint32_t)p.row_bytes;
   const int64_t total_bags = (int64_t)p.tab.num_tables * p.batch;
   const int64_t units = total_bags * slices;
   const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
@@ -279,30 +287,33 @@ __global__ void __launch_bounds__(kBlock, 2) warp_kernel(const Params p, int lan
     const uint8_t* col = p.weights + chunk * VB;
     int64_t start, end;
     bag_range<IdxT>(p, bag, t, lane == 0 && slice == 0, start, end);
-    for (int k = lane; k < agg; k += 32) counts[k] = 0.0f;
-    __syncwarp();
 
-    // Byte offset of lookup base+lane's row (bit 62 = hot row) and its weight; -1 = nothing to load.
-    auto fetch_index = [&](int64_t base, int64_t& off, float& w) {
-      off = -1;
+    // Global row of lookup base+lane (kSkip = nothing to add) and its weight.
+    constexpr uint32_t kSkip = 0xffffffffu;
+    auto fetch_index = [&](int64_t base, uint32_t& row, float& w) {
+      row = kSkip;
       w = 1.0f;
       if (base + lane < end) {
         const int64_t id = (int64_t)idx[base + lane];
         if (p.psw) w = p.psw[base + lane];
         if (p.check && (id < 0 || id >= rows)) {
           if (slice == 0) record(p.err, kIndexOutOfRange, t, base + lane, id, rows);
-        } else if (id < agg) {
-          atomicAdd(&counts[id], w);
         } else {
-          off = global_row(p.tab, t, id) * p.row_bytes | (id < p.pinned ? kHotBit : 0);
+          row = (uint32_t)global_row(p.tab, t, id);
         }
       }
     };
     float acc[E];
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[e] = 0.0f;
-    // Adds the n lookups held by lanes 0..n-1 (offset my_off, weight my_w), U loads in flight.
-    auto consume = [&](int64_t my_off, float my_w, int n, bool weighted) {
+    uint32_t next_row;
+    float next_w;
+    fetch_index(start, next_row, next_w);
+    for (int64_t base = start; base < end; base += 32) {
+      const uint32_t my_row = next_row;
+      const float my_w = next_w;
+      const int n = (int)min((int64_t)32, end - base);
+      fetch_index(base + 32, next_row, next_w);  // in flight while this batch is summed
       for (int j0 = 0; j0 < n; j0 += groups * U) {
         RawT v[U];
         float2 sb[U];
@@ -311,14 +322,13 @@ __global__ void __launch_bounds__(kBlock, 2) warp_kernel(const Params p, int lan
 #pragma unroll
         for (int k = 0; k < U; ++k) {
           const int j = j0 + k * groups + g;
-          const int64_t r = __shfl_sync(kFull, my_off, j & 31);
-          w[k] = weighted ? __shfl_sync(kFull, my_w, j & 31) : 1.0f;
-          ok[k] = active && j < n && r >= 0;
+          const uint32_t r = __shfl_sync(kFull, my_row, j & 31);
+          w[k] = p.psw ? __shfl_sync(kFull, my_w, j & 31) : 1.0f;
+          ok[k] = active && j < n && r != kSkip;
           if (ok[k]) {
-            const uint64_t pol = (r & kHotBit) ? pol_hot : pol_cold;
-            const int64_t row = r & ~kHotBit;
-            v[k] = ld<VB>(col + row, pol);
-            if constexpr (DT == DD_INT8) sb[k] = ld_scale_bias(p.weights + row + p.dim, pol);
+            const uint64_t off = (uint64_t)r * row_bytes;  // one IMAD.WIDE
+            v[k] = ld<VB>(col + off, pol);
+            if constexpr (DT == DD_INT8) sb[k] = ld_scale_bias(p.weights + off + p.dim, pol);
           }
         }
 #pragma unroll
@@ -327,29 +337,10 @@ __global__ void __launch_bounds__(kBlock, 2) warp_kernel(const Params p, int lan
             float x[E];
             decode<DT, VB>(v[k], DT == DD_INT8 ? sb[k] : make_float2(0.f, 0.f), x);
 #pragma unroll
-            for (int e = 0; e < E; ++e) acc[e] = weighted ? fmaf(w[k], x[e], acc[e]) : acc[e] + x[e];
+            for (int e = 0; e < E; ++e) acc[e] = p.psw ? fmaf(w[k], x[e], acc[e]) : acc[e] + x[e];
           }
         }
       }
-    };
-    int64_t next_off;
-    float next_w;
-    fetch_index(start, next_off, next_w);
-    for (int64_t base = start; base < end; base += 32) {
-      const int64_t my_off = next_off;
-      const float my_w = next_w;
-      const int n = (int)min((int64_t)32, end - base);
-      fetch_index(base + 32, next_off, next_w);  // in flight while this batch is summed
-      consume(my_off, my_w, n, p.psw != nullptr);
-    }
-    if (agg > 0) {  // the aggregated hottest rows, each loaded once with its count
-      __syncwarp();
-      for (int k0 = 0; k0 < agg; k0 += 32) {
-        const float c = k0 + lane < agg ? counts[k0 + lane] : 0.0f;
-        const int64_t off = c != 0.0f ? (global_row(p.tab, t, k0 + lane) * p.row_bytes | kHotBit) : -1;
-        if (__ballot_sync(kFull, c != 0.0f)) consume(off, c, min(32, agg - k0), true);
-      }
-      __syncwarp();
     }
     if (groups > 1) {
 #pragma unroll
@@ -405,7 +396,6 @@ struct Plan {
   bool warp;    // warp_kernel (auto) or bag_kernel
   int vb = 0, lanes = 0, groups = 1, slices = 1;
   int pd = 0;
-  int agg = 0;     // hottest rows counted in shared memory (warp_kernel)
   int unroll = 8;  // row loads in flight per lane (warp_kernel)
 };
 
@@ -422,9 +412,9 @@ Plan make_plan(const dd_config& c, const void* weights) {
   const int64_t data_bytes = (int64_t)c.dim * esize;
   const int64_t row_bytes = dd_row_bytes(&c);
   const uintptr_t addr = reinterpret_cast<uintptr_t>(weights);
-  // Vector width: the widest that divides the row data, the row stride and the base address;
-  // 2-byte tables default to 8 bytes so that a warp covers a 128-column row in index order.
-  int want = env_int("DLRM_DEPLOY_VEC_BYTES", (esize == 2 && data_bytes % 256 == 0 && data_bytes <= 256) ? 8 : 16);
+  // Vector width: the widest that divides the row data, the row stride and the base address
+  // (16 bytes measured fastest for every dtype at D=128 on H100, docs/benchmarks.md).
+  int want = env_int("DLRM_DEPLOY_VEC_BYTES", 16);
   for (int vb : {16, 8, 4}) {
     if (vb > want) continue;
     if (data_bytes % vb == 0 && row_bytes % vb == 0 && addr % vb == 0) {
@@ -432,7 +422,9 @@ Plan make_plan(const dd_config& c, const void* weights) {
       break;
     }
   }
-  if (pl.warp && pl.vb == 0) {  // odd shapes: the thread-per-feature kernel with every policy
+  // warp_kernel shuffles 32-bit row numbers: larger blobs go to the thread-per-feature kernel.
+  const bool small_blob = dd_total_rows(&c) < 0xffffffffLL && row_bytes < 0xffffffffLL;
+  if (pl.warp && (pl.vb == 0 || !small_blob)) {  // odd shapes: the thread-per-feature kernel with every policy
     pl.warp = false;
     pl.variant = DD_COMBINED;
   }
@@ -444,10 +436,7 @@ Plan make_plan(const dd_config& c, const void* weights) {
       pl.slices = (pl.lanes + 31) / 32;
     }
   }
-  // int8 rows decode 16 values per 16-byte load: fewer loads in flight keep registers for occupancy.
-  pl.unroll = env_int("DLRM_DEPLOY_UNROLL", c.dtype == DD_INT8 ? 4 : 8) <= 4 ? 4 : 8;
-  if (pl.warp && c.pinned_rows > 0)
-    pl.agg = (int)std::min<int64_t>(c.pinned_rows, std::max(0, env_int("DLRM_DEPLOY_AGG_ROWS", 256)));
+  pl.unroll = env_int("DLRM_DEPLOY_UNROLL", 8) <= 4 ? 4 : 8;
   pl.pd = c.prefetch_distance ? c.prefetch_distance : 8;
   pl.pd = pl.pd <= 4 ? 4 : pl.pd <= 8 ? 8 : 16;  // compiled distances
   return pl;
@@ -498,10 +487,8 @@ int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const Devi
     const int64_t units = bags * pl.slices;
     const int64_t blocks = std::min<int64_t>((units * 32 + kBlock - 1) / kBlock, 1 << 24);
     const dim3 grid((unsigned)std::max<int64_t>(blocks, 1)), block(kBlock);
-    const size_t smem = (size_t)pl.agg * sizeof(float) * (kBlock / 32);
-    auto go = [&](void (*kernel)(Params, int, int, int, int)) {
-      return launch_kernel(kernel, grid, block, smem, p, c, d, stream, window, msg, len, pl.lanes, pl.groups,
-                           pl.slices, pl.agg);
+    auto go = [&](void (*kernel)(Params, int, int, int)) {
+      return launch_kernel(kernel, grid, block, 0, p, c, d, stream, window, msg, len, pl.lanes, pl.groups, pl.slices);
     };
     if (pl.unroll == 4) {
       switch (pl.vb) {
@@ -651,8 +638,8 @@ const char* dd_describe_kernel(const dd_config* cfg, char* buf, size_t len) {
   if (!buf || !len) return buf;
   const dd::Plan pl = dd::make_plan(*cfg, nullptr);
   if (pl.warp)
-    snprintf(buf, len, "warp_kernel(vec=%dB, lanes=%d, groups=%d, slices=%d, unroll=%d, hot_agg=%d)", pl.vb,
-             pl.lanes, pl.groups, pl.slices, pl.unroll, pl.agg);
+    snprintf(buf, len, "warp_kernel(vec=%dB, lanes=%d, groups=%d, slices=%d, unroll=%d)", pl.vb, pl.lanes,
+             pl.groups, pl.slices, pl.unroll);
   else
     snprintf(buf, len, "bag_kernel(%s, prefetch=%d)", dd_name("variant", pl.variant),
              (pl.variant == DD_PREFETCH || pl.variant == DD_COMBINED) ? pl.pd : 0);

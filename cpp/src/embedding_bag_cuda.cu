@@ -436,7 +436,9 @@ Plan make_plan(const dd_config& c, const void* weights) {
       pl.slices = (pl.lanes + 31) / 32;
     }
   }
-  pl.unroll = env_int("DLRM_DEPLOY_UNROLL", 8) <= 4 ? 4 : 8;
+  // Loads in flight per lane, measured on H100 (docs/benchmarks.md): 2-byte tables gain from the
+  // extra occupancy of 4 on skewed batches, fp32 and int8 from 8.
+  pl.unroll = env_int("DLRM_DEPLOY_UNROLL", esize == 2 ? 4 : 8) <= 4 ? 4 : 8;
   pl.pd = c.prefetch_distance ? c.prefetch_distance : 8;
   pl.pd = pl.pd <= 4 ? 4 : pl.pd <= 8 ? 8 : 16;  // compiled distances
   return pl;

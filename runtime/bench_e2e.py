@@ -197,7 +197,7 @@ def tbe_inputs(indices, offsets, device):
     for i, o in zip(indices, offsets):
         starts.append(o.to(torch.int64) + base)
         base += i.numel()
-    off = torch.cat(starts + [torch.tensor([base])]).to(torch.int32).to(device)
+    off = torch.cat([s.to(device) for s in starts] + [torch.tensor([base], device=device)]).to(torch.int32)
     return ids, off
 
 
@@ -333,6 +333,8 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
         ort_options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
     cuda = device == "cuda"
+    if cuda:  # like for like: PyTorch's fp32 matmuls do not use TF32 by default, ORT's CUDA provider does
+        ort_options["provider_options"] = {"use_tf32": "0"}
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         if v not in C.VARIANTS:

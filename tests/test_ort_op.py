@@ -215,8 +215,10 @@ def run_case(device, dtype, mode, include_last_offset, index, psw=False, out_dty
     (out,) = sess.run(feeds)
     ref = reference(values, indices, offsets, ROWS, mode, weights, include_last_offset, pinned_rows, hot_first,
                     out_dtype)
-    # fp32 adds in index order are exact; int8 dequantisation and per-sample weights use FMAs in C
-    check(out, ref, exact=(dtype != "int8" and not psw), out_dtype=out_dtype)
+    # The CPU op adds in index order (exact against this reference; int8 dequantisation and per-sample
+    # weights use FMAs). The CUDA kernel may split a bag over lane groups when a row is short (see
+    # embedding_bag_cuda.cu; test_core_gpu.py checks where it is bit-exact), so CUDA gets a tolerance.
+    check(out, ref, exact=(device == "cpu" and dtype != "int8" and not psw), out_dtype=out_dtype)
     return sess, feeds, ref
 
 
@@ -473,7 +475,7 @@ def test_cuda_device_resident_timing():
     dev = sess.to_device(feeds)
     (out,) = sess.run_device(dev)
     assert out.device_name().lower() == "cuda"
-    np.testing.assert_array_equal(out.numpy(), reference(values, indices, offsets, ROWS))
+    check(out.numpy(), reference(values, indices, offsets, ROWS), exact=False)
     t = sess.time_runs(feeds, runs=5, warmup=2)
     assert t["min_ms"] > 0
 
@@ -487,4 +489,4 @@ def test_cuda_bad_input_is_an_error_and_the_session_survives(good, what):
     with pytest.raises(Exception, match=BAD_FEEDS[what]):
         sess.run(_bad_feeds(feeds, what))
     (out,) = sess.run(feeds)
-    np.testing.assert_array_equal(out, ref)
+    check(out, ref, exact=False)

@@ -10,6 +10,8 @@ Importing this module registers the op once.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from dlrm_deploy import contract
@@ -46,6 +48,12 @@ def _attrs(args, kwargs) -> dict:
     return contract.validate_attributes(attrs)
 
 
+@functools.lru_cache(maxsize=256)
+def _config(attr_items: tuple, index_type: str):
+    """The core's config for one attribute set, parsed once (the op is called per batch)."""
+    return _core.make_config({k: list(v) if isinstance(v, tuple) else v for k, v in attr_items}, index_type)
+
+
 def _prepare(weight, indices, offsets, psw, attrs):
     """Validates tensor dtypes/shapes against the attributes; returns (config, batch)."""
     if indices.dim() != 1 or offsets.dim() != 1:
@@ -54,7 +62,8 @@ def _prepare(weight, indices, offsets, psw, attrs):
         raise TypeError(f"indices must be int32 or int64, got {indices.dtype}")
     if offsets.dtype != indices.dtype:
         raise TypeError(f"offsets ({offsets.dtype}) must have the dtype of indices ({indices.dtype})")
-    cfg = _core.make_config(attrs, "int32" if indices.dtype == torch.int32 else "int64")
+    cfg = _config(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items()),
+                  "int32" if indices.dtype == torch.int32 else "int64")
     want = _WEIGHT_DTYPES[attrs["dtype"]]
     if weight.dtype != want:
         raise TypeError(f"dtype={attrs['dtype']} needs a {want} weight tensor, got {weight.dtype}")

@@ -127,9 +127,10 @@ def export_stock(model, example, path: str) -> None:
         quiet.setLevel(level)
 
 
-def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None = None) -> None:
-    """Copies the ONNX file src to dst with every op node's variant (and prefetch distance) set;
-    external data stays where it is (dst must be in src's folder)."""
+def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None = None,
+                 check: str | None = None) -> None:
+    """Copies the ONNX file src to dst with every op node's variant (and prefetch distance, bounds
+    check mode) set; external data stays where it is (dst must be in src's folder)."""
     import onnx
 
     m = onnx.load(src, load_external_data=False)
@@ -140,6 +141,10 @@ def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None
                     a.s = variant.encode()
                 elif a.name == "prefetch_distance" and prefetch_distance is not None:
                     a.i = int(prefetch_distance)
+            if check is not None:
+                for a in [a for a in n.attribute if a.name == "check"]:
+                    n.attribute.remove(a)
+                n.attribute.append(onnx.helper.make_attribute("check", check))
     onnx.save(m, dst)
 
 
@@ -289,6 +294,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hot-rows", choices=("auto", "on", "off"), default="auto",
                         help="profile hot rows (reorder + pin) from a fresh sample of --indices; auto: on "
                              "unless --indices uniform")
+    parser.add_argument("--checks", default="checked",
+                        help="comma list of the op's bounds-check modes to time (checked|deferred|unchecked)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per row (>= 30 for reported numbers)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs first")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
@@ -339,6 +346,10 @@ def main(args: argparse.Namespace) -> int:
     for v in variants:
         if v not in C.VARIANTS:
             raise SystemExit(f"unknown variant '{v}'; known: {C.VARIANTS}")
+    checks = [c.strip() for c in args.checks.split(",") if c.strip()]
+    for c in checks:
+        if c not in C.CHECKS:
+            raise SystemExit(f"unknown check mode '{c}'; known: {C.CHECKS}")
     hot = args.hot_rows == "on" or (args.hot_rows == "auto" and args.indices != "uniform")
     json_path = args.json or os.path.join("results", f"e2e_{cfg.name}_{args.dtype}.json")
     plot_path = args.plot or os.path.splitext(json_path)[0] + ".png"
@@ -422,10 +433,13 @@ def main(args: argparse.Namespace) -> int:
                            hot_rows_from=sample, validate=cfg.table_bytes() < (1 << 30),
                            progress=lambda m: _say("    " + m.replace("\n", "\n    ")))
         _say(f"    exported in {time.perf_counter() - t:.1f}s; pinned rows per table {info.pinned_rows}")
-        for v in variants:
-            path = os.path.join(workdir, f"dlrm_deploy_{v}.onnx")
-            with_variant(ours, path, v)
-            run_ort(f"ORT {prov} + dlrm_deploy op ({args.dtype}, {v})", "ort-dlrm_deploy", args.dtype, path, v)
+        for chk in checks:
+            for v in variants:
+                path = os.path.join(workdir, f"dlrm_deploy_{v}_{chk}.onnx")
+                with_variant(ours, path, v, check=chk)
+                label = v if chk == "checked" else f"{v}, check={chk}"
+                run_ort(f"ORT {prov} + dlrm_deploy op ({args.dtype}, {label})", "ort-dlrm_deploy", args.dtype, path,
+                        v)
 
         # 4. FBGEMM TBE.
         if not args.no_fbgemm:

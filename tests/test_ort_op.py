@@ -490,3 +490,20 @@ def test_cuda_bad_input_is_an_error_and_the_session_survives(good, what):
         sess.run(_bad_feeds(feeds, what))
     (out,) = sess.run(feeds)
     check(out, ref, exact=False)
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_deferred_reports_at_a_later_run(good, capfd):
+    """check=deferred never synchronises: the bad run succeeds (bad lookups add zeros) and a later
+    run writes the error to stderr, once; the session stays usable."""
+    feeds, ref = good
+    sess = session(make_model(dict(table_rows=ROWS, dim=DIM, check="deferred"), shapes=False), "cuda",
+                   log_severity_level=4)
+    sess.run(_bad_feeds(feeds, "index_out_of_range"))
+    (out,) = sess.run(feeds)
+    check(out, ref, exact=False)
+    err = capfd.readouterr().err
+    assert "bad input in an earlier run" in err and "out of range for table 1" in err
+    sess.run(feeds)
+    assert "bad input" not in capfd.readouterr().err  # reported once, record cleared

@@ -20,6 +20,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include "internal.h"
@@ -610,6 +611,67 @@ int dd_read_error(const dd_config*, void* workspace, void* stream_ptr, char* msg
   if (rec.code) return fail(DD_ERR_INPUT, msg, len, "%s", dd::error_message(rec).c_str());
   if (msg && len) msg[0] = 0;
   return DD_OK;
+}
+
+struct dd_deferred {
+  dd_error_record* host = nullptr;  // pinned
+  cudaEvent_t done = nullptr;
+  bool pending = false;   // a copy with an event behind it was queued and not yet examined
+  bool captured = false;  // a copy was captured into a CUDA graph: replays write host, no event says when
+};
+
+dd_deferred* dd_deferred_create(char* msg, size_t len) {
+  auto* d = new dd_deferred;
+  cudaError_t e = cudaHostAlloc(reinterpret_cast<void**>(&d->host), sizeof(dd_error_record), cudaHostAllocDefault);
+  if (e == cudaSuccess) e = cudaEventCreateWithFlags(&d->done, cudaEventDisableTiming);
+  if (e != cudaSuccess) {
+    dd::cuda_fail(e, "setting up deferred error reports", msg, len);
+    dd_deferred_destroy(d);
+    return nullptr;
+  }
+  std::memset(d->host, 0, sizeof(dd_error_record));
+  return d;
+}
+
+void dd_deferred_destroy(dd_deferred* d) {
+  if (!d) return;
+  if (d->done) cudaEventDestroy(d->done);
+  if (d->host) cudaFreeHost(d->host);
+  delete d;
+}
+
+int dd_deferred_after_launch(dd_deferred* d, const void* workspace, void* stream_ptr, char* msg, size_t len) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaStreamIsCapturing(stream, &capture);
+  cudaError_t e = cudaMemcpyAsync(d->host, workspace, sizeof(dd_error_record), cudaMemcpyDeviceToHost, stream);
+  if (e != cudaSuccess) return dd::cuda_fail(e, "queueing the error-record copy", msg, len);
+  if (capture != cudaStreamCaptureStatusNone) {
+    d->captured = true;
+  } else {
+    e = cudaEventRecord(d->done, stream);
+    if (e != cudaSuccess) return dd::cuda_fail(e, "recording the error-record event", msg, len);
+    d->pending = true;
+  }
+  return DD_OK;
+}
+
+int dd_deferred_poll(dd_deferred* d, void* workspace, void* stream_ptr, int wait, char* msg, size_t len) {
+  if (msg && len) msg[0] = 0;
+  if (d->pending) {
+    cudaError_t e = wait ? cudaEventSynchronize(d->done) : cudaEventQuery(d->done);
+    if (e == cudaErrorNotReady) return DD_OK;  // still running: looked at next time
+    if (e != cudaSuccess) return dd::cuda_fail(e, "waiting for the error-record copy", msg, len);
+    d->pending = false;
+  } else if (!(wait && d->captured)) {
+    return DD_OK;
+  }
+  const int rc = dd_format_error(d->host, msg, len);
+  if (rc != DD_OK) {
+    d->host->code = 0;
+    if (workspace) cudaMemsetAsync(workspace, 0, sizeof(dd_error_record), static_cast<cudaStream_t>(stream_ptr));
+  }
+  return rc;
 }
 
 int dd_setup_l2_persistence(const dd_config* cfg, size_t* reserved, char* msg, size_t len) {

@@ -15,6 +15,18 @@ int dd_setup_l2_persistence(const dd_config*, size_t* reserved, char* msg, size_
   if (reserved) *reserved = 0;
   return fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
 }
+dd_deferred* dd_deferred_create(char* msg, size_t len) {
+  fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
+  return nullptr;
+}
+void dd_deferred_destroy(dd_deferred*) {}
+int dd_deferred_after_launch(dd_deferred*, const void*, void*, char* msg, size_t len) {
+  return fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
+}
+int dd_deferred_poll(dd_deferred*, void*, void*, int, char* msg, size_t len) {
+  if (msg && len) msg[0] = 0;
+  return DD_OK;
+}
 int dd_cuda_available(void) { return 0; }
 const char* dd_describe_kernel(const dd_config*, char* buf, size_t len) {
   if (buf && len) snprintf(buf, len, "cpu-reference");

@@ -109,10 +109,21 @@ EmbeddingBagKernel::EmbeddingBagKernel(const OrtKernelInfo* info, Provider provi
 }
 
 EmbeddingBagKernel::~EmbeddingBagKernel() {
+  if (deferred_ != nullptr) {
+    char text[DD_MSG_LEN];
+    if (dd_deferred_poll(deferred_, nullptr, nullptr, 1, text, sizeof(text)) == DD_ERR_INPUT) ReportDeferred(text);
+    dd_deferred_destroy(deferred_);
+  }
   if (workspace_allocator_ != nullptr) {
     if (persistent_workspace_ != nullptr) workspace_allocator_->Free(workspace_allocator_, persistent_workspace_);
     Ort::GetApi().ReleaseAllocator(workspace_allocator_);
   }
+}
+
+void EmbeddingBagKernel::ReportDeferred(const char* text) const {
+  std::fprintf(stderr, "dlrm_deploy::EmbeddingBag%s%s%s: bad input in an earlier run (check=deferred: its bad lookups "
+               "contributed zeros): %s\n", node_name_.empty() ? "" : " (node '", node_name_.c_str(),
+               node_name_.empty() ? "" : "')", text);
 }
 
 OrtStatusPtr EmbeddingBagKernel::Error(OrtErrorCode code, const std::string& what) const {
@@ -177,6 +188,9 @@ OrtStatusPtr EmbeddingBagKernel::Init(const OrtKernelInfo* info) {
 
   if (provider_ == Provider::kCuda && cfg_.check == DD_DEFERRED) {
     Ort::ThrowOnError(api.KernelInfoGetAllocator(info, OrtMemTypeDefault, &workspace_allocator_));
+    char msg[DD_MSG_LEN];
+    deferred_ = dd_deferred_create(msg, sizeof(msg));
+    if (deferred_ == nullptr) return Error(ORT_FAIL, msg);
   }
   return nullptr;
 }
@@ -246,19 +260,22 @@ OrtStatusPtr EmbeddingBagKernel::Compute(OrtKernelContext* context) {
     void* stream = ctx.GetGPUComputeStream();
     const size_t ws_bytes = dd_workspace_size(&cfg_);
     if (cfg_.check == DD_DEFERRED) {
-      // Kept across calls: bad lookups contribute zeros without a synchronisation (the record
-      // is not reported through ORT; use check=checked for errors as statuses).
-      {
-        std::lock_guard<std::mutex> lock(workspace_mutex_);
-        if (persistent_workspace_ == nullptr) {
-          persistent_workspace_ = workspace_allocator_->Alloc(workspace_allocator_, ws_bytes);
-          if (persistent_workspace_ == nullptr) return Error(ORT_FAIL, "cannot allocate the kernel workspace");
-          char ignored[DD_MSG_LEN];
-          dd_read_error(&cfg_, persistent_workspace_, stream, ignored, sizeof(ignored));  // clears the record
-        }
+      // Kept across calls: bad lookups contribute zeros without a synchronisation; the record's
+      // host copy is examined at a later run (never blocking) and reported on stderr, since this
+      // run's status cannot carry it (use check=checked for errors as statuses).
+      std::lock_guard<std::mutex> lock(workspace_mutex_);
+      if (persistent_workspace_ == nullptr) {
+        persistent_workspace_ = workspace_allocator_->Alloc(workspace_allocator_, ws_bytes);
+        if (persistent_workspace_ == nullptr) return Error(ORT_FAIL, "cannot allocate the kernel workspace");
+        char ignored[DD_MSG_LEN];
+        dd_read_error(&cfg_, persistent_workspace_, stream, ignored, sizeof(ignored));  // clears the record
       }
+      char earlier[DD_MSG_LEN];
+      if (dd_deferred_poll(deferred_, persistent_workspace_, stream, 0, earlier, sizeof(earlier)) == DD_ERR_INPUT)
+        ReportDeferred(earlier);
       rc = dd_forward_cuda(&cfg_, w, idx, off, psw_data, num_indices, num_offsets, out, persistent_workspace_, stream,
                            msg, sizeof(msg));
+      if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, sizeof(msg));
     } else if (cfg_.check == DD_CHECKED) {
       // Per call, from the execution provider's (arena) allocator: concurrent runs never share it.
       OrtAllocator* allocator = nullptr;

@@ -37,6 +37,8 @@ class EmbeddingBagKernel {
   OrtStatusPtr Init(const OrtKernelInfo* info);
   OrtStatusPtr Compute(OrtKernelContext* context);
   OrtStatusPtr Error(OrtErrorCode code, const std::string& what) const;
+  // Writes an earlier run's bad input (check=deferred) to stderr.
+  void ReportDeferred(const char* text) const;
 
   dd_config cfg_;
   Provider provider_;
@@ -48,6 +50,8 @@ class EmbeddingBagKernel {
   std::mutex workspace_mutex_;
   OrtAllocator* workspace_allocator_ = nullptr;
   void* persistent_workspace_ = nullptr;
+  // ... and reports an earlier run's bad input (on stderr) at a later run, without synchronising.
+  dd_deferred* deferred_ = nullptr;
 };
 
 // One registration of the op for one execution provider and one combination of input element

@@ -79,66 +79,47 @@ bool read_ints(const PluginField& f, std::vector<int64_t>* out) {
 // ---------------------------------------------------------------------------------------------
 // Deferred error reporting
 
-DeferredErrors::~DeferredErrors() {
-  if (done_) cudaEventDestroy(done_);
-  if (host_) cudaFreeHost(host_);
-}
+DeferredErrors::~DeferredErrors() { dd_deferred_destroy(d_); }
 
 bool DeferredErrors::allocate() noexcept {
-  if (host_) return true;
-  if (cudaHostAlloc(&host_, sizeof(dd_error_record), cudaHostAllocDefault) != cudaSuccess) {
-    cudaGetLastError();
-    host_ = nullptr;
-    return false;
-  }
-  std::memset(host_, 0, sizeof(dd_error_record));
-  if (cudaEventCreateWithFlags(&done_, cudaEventDisableTiming) != cudaSuccess) {
-    cudaGetLastError();
-    done_ = nullptr;
-  }
-  return true;
+  if (d_) return true;
+  char msg[DD_MSG_LEN];
+  d_ = dd_deferred_create(msg, sizeof(msg));
+  return d_ != nullptr;
 }
 
 void DeferredErrors::after_launch(const void* workspace, cudaStream_t stream) noexcept {
-  if (!host_) return;
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  cudaStreamIsCapturing(stream, &capture);
-  cudaMemcpyAsync(host_, workspace, sizeof(dd_error_record), cudaMemcpyDeviceToHost, stream);
-  if (capture != cudaStreamCaptureStatusNone) {
-    captured_ = true;  // a graph replay writes host_; no event can say when, so teardown reports it
-  } else if (done_ && cudaEventRecord(done_, stream) == cudaSuccess) {
-    pending_ = true;
-  }
+  if (!d_) return;
+  char msg[DD_MSG_LEN];
+  if (dd_deferred_after_launch(d_, workspace, stream, msg, sizeof(msg)) != DD_OK)
+    log(Severity::kWARNING, "EmbeddingBag: deferred error report not queued: %s", msg);
 }
 
-void DeferredErrors::report(const std::string& layer, const char* when) noexcept {
-  auto* rec = static_cast<dd_error_record*>(host_);
-  char text[DD_MSG_LEN];
-  if (dd_format_error(rec, text, sizeof(text)) == DD_OK) return;
+void DeferredErrors::report(int rc, const char* text, const std::string& layer, const char* when) noexcept {
+  if (rc == DD_OK) return;
+  if (rc != DD_ERR_INPUT) {
+    log(Severity::kWARNING, "EmbeddingBag layer '%s': deferred error report unavailable: %s", layer.c_str(), text);
+    return;
+  }
   log(Severity::kERROR,
       "EmbeddingBag layer '%s': bad input in an earlier enqueue (%s; check=deferred: the bad lookups "
       "contributed zeros to their bags): %s",
       layer.c_str(), when, text);
-  rec->code = 0;
 }
 
 void DeferredErrors::poll(const std::string& layer) noexcept {
-  if (!pending_) return;
-  cudaError_t st = cudaEventQuery(done_);
-  if (st == cudaErrorNotReady) return;  // still running: examined at a later enqueue or at teardown
-  if (st != cudaSuccess) cudaGetLastError();
-  pending_ = false;
-  report(layer, "reported at the next enqueue");
+  if (!d_) return;
+  char text[DD_MSG_LEN];
+  // The plugin clears the device record before every launch itself: nothing to clear here.
+  const int rc = dd_deferred_poll(d_, nullptr, nullptr, 0, text, sizeof(text));
+  report(rc, text, layer, "reported at the next enqueue");
 }
 
 void DeferredErrors::drain(const std::string& layer) noexcept {
-  if (pending_) {
-    if (cudaEventSynchronize(done_) != cudaSuccess) cudaGetLastError();
-    pending_ = false;
-    report(layer, "reported at teardown");
-  } else if (captured_) {
-    report(layer, "captured in a CUDA graph, reported at teardown");
-  }
+  if (!d_) return;
+  char text[DD_MSG_LEN];
+  const int rc = dd_deferred_poll(d_, nullptr, nullptr, 1, text, sizeof(text));
+  report(rc, text, layer, "reported at teardown");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -43,8 +43,8 @@ class DeferredErrors {
   DeferredErrors& operator=(const DeferredErrors&) = delete;
   ~DeferredErrors();
 
-  bool ready() const { return host_ != nullptr; }
-  // Allocates the pinned record and the event (not allowed inside enqueue); false on failure.
+  bool ready() const { return d_ != nullptr; }
+  // Sets up the core's deferred reporting (not allowed inside enqueue); false on failure.
   bool allocate() noexcept;
   // Queues the copy of the record behind the launch on stream (and an event to poll when not capturing).
   void after_launch(const void* workspace, cudaStream_t stream) noexcept;
@@ -54,11 +54,8 @@ class DeferredErrors {
   void drain(const std::string& layer) noexcept;
 
  private:
-  void report(const std::string& layer, const char* when) noexcept;
-  void* host_ = nullptr;  // dd::ErrorRecord in pinned host memory
-  cudaEvent_t done_ = nullptr;
-  bool pending_ = false;   // a copy with an event behind it was queued and not yet examined
-  bool captured_ = false;  // a copy was captured into a CUDA graph: replays write host_ without an event
+  void report(int rc, const char* text, const std::string& layer, const char* when) noexcept;
+  dd_deferred* d_ = nullptr;  // the core's pinned record copy + event
 };
 
 class EmbeddingBagPlugin final : public nvinfer1::IPluginV3,

@@ -147,6 +147,22 @@ DD_API int dd_format_error(const dd_error_record* record, char* msg, size_t msg_
  * (= plugin name) and version. */
 DD_API void dd_op_identity(const char** domain, const char** op_type, const char** version);
 
+/* Reporting for check=deferred without synchronising: a pinned host copy of the error record and an
+ * event. Create it outside the hot path (not inside TensorRT's enqueue); NULL on failure. */
+typedef struct dd_deferred dd_deferred;
+DD_API dd_deferred* dd_deferred_create(char* msg, size_t msg_len);
+DD_API void dd_deferred_destroy(dd_deferred* d);
+
+/* Queues behind the launch on stream a copy of workspace's error record to the host, and an event
+ * (none while the stream is being captured into a CUDA graph). Never synchronises. */
+DD_API int dd_deferred_after_launch(dd_deferred* d, const void* workspace, void* stream, char* msg, size_t msg_len);
+
+/* DD_ERR_INPUT with the message when an earlier launch's copy has arrived and holds bad input; the
+ * report is consumed and, when workspace is not NULL, the device record is cleared on stream.
+ * wait = 0 never blocks (an unfinished copy is looked at next time); wait = 1 waits for the last
+ * copy (teardown; also reports a copy captured into a CUDA graph). DD_OK otherwise. */
+DD_API int dd_deferred_poll(dd_deferred* d, void* workspace, void* stream, int wait, char* msg, size_t msg_len);
+
 /* For DD_DEFERRED: synchronises stream, reads the error record from workspace and clears it. */
 DD_API int dd_read_error(const dd_config* cfg, void* workspace, void* stream, char* msg, size_t msg_len);
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU machine: the ONNX Runtime op on the CUDA provider (onnxruntime-gpu installed into /tmp/site,
-# e.g. by .gpu/tools/join-wheel.sh), the demo on CUDA, then the kernel benchmark.
+# GPU machine: the ONNX Runtime op on the CUDA provider (onnxruntime-gpu installed beforehand into
+# /tmp/site), then the demo on CUDA.
 #   bash scripts/gpu_ort.sh            (after scripts/gpu_core.sh built ./build)
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -23,7 +23,7 @@ def _attr_value(ctx, name: str, default):
 
 
 def _infer(ctx) -> None:
-    """Output: [B, T*D] of out_dtype, B = (num_offsets - include_last_offset) / T when known."""
+    """Output: [B, T*D] of out_dtype; B from the (first table's) offsets when its length is known."""
     table_rows = _attr_value(ctx, "table_rows", [])
     dim = _attr_value(ctx, "dim", 0)
     out_dtype = _attr_value(ctx, "out_dtype", C.FIELD_BY_NAME["out_dtype"].default)
@@ -31,14 +31,17 @@ def _infer(ctx) -> None:
         out_dtype = out_dtype.decode()
     ilo = int(_attr_value(ctx, "include_last_offset", 0))
     num_tables = len(table_rows)
+    n = ctx.get_num_inputs()
+    per_table = num_tables > 0 and n in (1 + 2 * num_tables, 1 + 3 * num_tables)
+    offsets_at, per = (1 + num_tables, 1) if per_table else (2, num_tables)
     batch_dim = onnx.TensorShapeProto.Dimension()
-    offsets_type = ctx.get_input_type(2) if ctx.has_input(2) else None
+    offsets_type = ctx.get_input_type(offsets_at) if n > offsets_at and ctx.has_input(offsets_at) else None
     if offsets_type is not None and offsets_type.tensor_type.HasField("shape"):
         dims = offsets_type.tensor_type.shape.dim
         if len(dims) == 1 and dims[0].HasField("dim_value") and num_tables > 0:
-            n = dims[0].dim_value - ilo
-            if n >= 0 and n % num_tables == 0:
-                batch_dim.dim_value = n // num_tables
+            bags = dims[0].dim_value - ilo
+            if bags >= 0 and bags % per == 0:
+                batch_dim.dim_value = bags // per
     out = onnx.TypeProto()
     out.tensor_type.elem_type = _ONNX_ELEM.get(out_dtype, onnx.TensorProto.FLOAT)
     out.tensor_type.shape.dim.append(batch_dim)
@@ -51,18 +54,18 @@ def _infer(ctx) -> None:
 def build_onnx_schema() -> defs.OpSchema:
     """The OpSchema of the op: inputs, type constraints and attributes from ``dlrm_deploy.contract``."""
     fp = defs.OpSchema.FormalParameter
-    optional = defs.OpSchema.FormalParameterOption.Optional
+    option = defs.OpSchema.FormalParameterOption
     attr_type = {C.INT: defs.OpSchema.AttrType.INT, C.STRING: defs.OpSchema.AttrType.STRING,
                  C.INTS: defs.OpSchema.AttrType.INTS}
-    type_var = {"weights": "W", "indices": "I", "offsets": "I", "per_sample_weights": "P"}
-    inputs = [fp(name, type_var[name], doc, param_option=optional if "optional" in types else
-                 defs.OpSchema.FormalParameterOption.Single)
-              for name, types, doc in C.INPUTS]
+    # One heterogeneous variadic input for all of them (weights, indices, further lookups, see
+    # C.INPUTS): the ORT op and the TensorRT plugin check each input's type and shape themselves,
+    # and torch's ONNX exporter binds positional arguments correctly only to a leading variadic.
+    doc = "; ".join(f"{name} ({types}): {d}" for name, types, d in C.INPUTS)
+    inputs = [fp("inputs", "V", doc, param_option=option.Variadic, is_homogeneous=False, min_arity=3)]
     outputs = [fp(name, "O", doc) for name, _types, doc in C.OUTPUTS]
     constraints = [
-        ("W", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(uint8)"], "table storage"),
-        ("I", ["tensor(int32)", "tensor(int64)"], "index and offset type"),
-        ("P", ["tensor(float)"], "per-sample weights"),
+        ("V", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(uint8)", "tensor(int32)",
+               "tensor(int64)"], "tables, ids, offsets, per-sample weights"),
         ("O", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "output (out_dtype)"),
     ]
     attrs = []

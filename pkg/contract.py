@@ -41,7 +41,7 @@ FIELDS: tuple[Field, ...] = (
     Field("dtype", STRING, "fp32", "table storage: " + "|".join(DTYPES) + " (int8 = row-wise, fp32 scale and bias per row)"),
     Field("out_dtype", STRING, "fp32", "output element type: " + "|".join(OUT_DTYPES)),
     Field("mode", STRING, "sum", "pooling: " + "|".join(MODES)),
-    Field("include_last_offset", INT, "0", "1: offsets holds T*B+1 entries, the last one = number of indices"),
+    Field("include_last_offset", INT, "0", "1: each table's offsets end with the end of its last bag (B+1 entries; packed form: T*B+1)"),
     Field("variant", STRING, "auto", "kernel: " + "|".join(VARIANTS)),
     Field("prefetch_distance", INT, "0", "lookups in flight per thread for prefetch/combined (0 = default)"),
     Field("pinned_rows", INT, "0", "hot rows per table kept in L2 (a prefix after frequency reordering)"),
@@ -51,12 +51,15 @@ FIELDS: tuple[Field, ...] = (
 
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
-# Inputs and outputs, in order (name, element types, doc).
+# Inputs and outputs, in order (name, element types, doc). Two forms of the lookups: per-table
+# (what the exporter writes; T = 1 is both forms) and packed (FBGEMM-style concatenation).
 INPUTS = (
     ("weights", "float|float16|bfloat16|uint8", "packed tables: [total_rows, D], or [total_rows, row_bytes] uint8 for int8"),
-    ("indices", "int32|int64", "[N] row ids local to their table, table-major"),
-    ("offsets", "int32|int64 (same as indices)", "[T*B] or [T*B+1] bag starts, table-major"),
-    ("per_sample_weights", "float (optional)", "[N] weight of each lookup (sum mode only)"),
+    ("indices", "int32|int64", "per-table form: table 0's [N_0] ids; packed form: [N] ids of every table, table-major"),
+    ("lookups", "variadic: int32|int64 (as indices), then float",
+     "per-table form: indices of tables 1..T-1, offsets of tables 0..T-1 ([B], or [B+1] with include_last_offset), "
+     "optionally per_sample_weights of tables 0..T-1 ([N_t] each); packed form: offsets [T*B] or [T*B+1], "
+     "optionally per_sample_weights [N]"),
 )
 OUTPUTS = (("output", "float|float16|bfloat16 (out_dtype)", "[B, T*D] pooled bags, table t in columns t*D..t*D+D-1"),)
 

@@ -62,12 +62,27 @@ def reference_embedding_bag(weights, indices, offsets, per_sample_weights=None, 
 class EmbeddingBag(OpRun):
     op_domain = C.DOMAIN
 
-    def _run(self, weights, indices, offsets, per_sample_weights=None, **attrs):
+    def _run(self, weights, *lookups, **attrs):
         a = {}
         for att in self.onnx_node.attribute:
             v = onnx.helper.get_attribute_value(att)
             a[att.name] = v.decode() if isinstance(v, bytes) else v
         a = C.validate_attributes({k: list(v) if k == "table_rows" else v for k, v in a.items()})
+        T = len(a["table_rows"])
+        if T > 1 and len(lookups) in (2 * T, 3 * T):  # per-table form -> packed form (valid inputs)
+            ids, offs, psws, base = [], [], [], 0
+            for t in range(T):
+                idx, off = lookups[t], lookups[T + t]
+                bags = len(off) - a["include_last_offset"]
+                end = int(off[bags]) if a["include_last_offset"] else len(idx)
+                ids.append(idx[:end])
+                offs.append(off[:bags] + base)
+                if len(lookups) == 3 * T:
+                    psws.append(lookups[2 * T + t][:end])
+                base += end
+            lookups = (np.concatenate(ids), np.concatenate(offs)) + ((np.concatenate(psws),) if psws else ())
+            a["include_last_offset"] = 0
+        indices, offsets, per_sample_weights = (tuple(lookups) + (None,))[:3]
         return (reference_embedding_bag(weights, indices, offsets, per_sample_weights, **a),)
 
 

@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 
 #include "internal.h"
@@ -43,16 +44,16 @@ namespace {
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kBlock = 256;
 
+// Passed by value (about 14 KB: kernel parameters above 4 KB need CUDA 12.1 and sm_70+), so a
+// launch captured into a CUDA graph carries every table's pointers and sizes with it.
 struct Params {
   const uint8_t* weights;
-  const void* indices;
-  const void* offsets;
-  const float* psw;
   void* out;
   ErrorRecord* err;
-  int64_t num_indices, num_offsets, batch, row_bytes, pinned;
+  int64_t batch, row_bytes, pinned;
   int32_t dim, mode, out_dtype, check;
   Tables tab;
+  Lookups lk;
 };
 
 // ---- memory access with L2 eviction-priority hints (sm_80+) ----
@@ -146,23 +147,16 @@ __device__ __forceinline__ void record(ErrorRecord* e, int32_t code, int32_t tab
   }
 }
 
+// Bag b of table t: [start, end) of the table's ids; a bad bag is reported and counts as empty.
 template <typename IdxT>
-__device__ __forceinline__ void bag_range(const Params& p, int64_t bag, int t, bool report, int64_t& start,
+__device__ __forceinline__ void bag_range(const Params& p, int t, int64_t b, bool report, int64_t& start,
                                           int64_t& end) {
-  const IdxT* off = static_cast<const IdxT*>(p.offsets);
-  start = (int64_t)off[bag];
-  end = bag + 1 < p.num_offsets ? (int64_t)off[bag + 1] : p.num_indices;
-  if (p.check) {
-    int32_t code = 0;
-    int64_t value = 0;
-    if (start < 0) { code = kOffsetNegative; value = start; }
-    else if (end > p.num_indices) { code = kOffsetPastEnd; value = end; }
-    else if (start > p.num_indices) { code = kOffsetPastEnd; value = start; }
-    else if (end < start) { code = kOffsetDecreasing; value = end; }
-    if (code) {
-      if (report) record(p.err, code, t, bag, value, p.num_indices);
-      start = end = 0;
-    }
+  const TableIO& io = p.lk.io[t];
+  int64_t value = 0;
+  const int32_t code = bag_bounds<IdxT>(io, b, !p.lk.packed || t == 0, &start, &end, &value);
+  if (p.check && code) {
+    if (report) record(p.err, code, t, p.lk.packed ? (int64_t)t * p.batch + b : b, value, io.num_idx);
+    start = end = 0;
   }
 }
 
@@ -176,7 +170,6 @@ __device__ __forceinline__ void store(const Params& p, int64_t pos, float v) {
 template <int DT, typename IdxT, int PD, int MinBlocks, bool Hint>
 __global__ void __launch_bounds__(kBlock, (MinBlocks < 0 ? DD_OCC_MIN_BLOCKS : MinBlocks))
     bag_kernel(const Params p) {
-  const IdxT* idx = static_cast<const IdxT*>(p.indices);
   const int D = p.dim;
   const int chunks_per_bag = (D + 31) / 32;
   const int64_t num_chunks = (int64_t)p.tab.num_tables * p.batch * chunks_per_bag;
@@ -190,12 +183,14 @@ __global__ void __launch_bounds__(kBlock, (MinBlocks < 0 ? DD_OCC_MIN_BLOCKS : M
     const int t = (int)(bag / p.batch);
     const int64_t b = bag - (int64_t)t * p.batch;
     const int64_t rows = p.tab.rows[t];
+    const IdxT* idx = static_cast<const IdxT*>(p.lk.io[t].idx);
+    const float* psw = p.lk.io[t].psw;
     int64_t start, end;
-    bag_range<IdxT>(p, bag, t, threadIdx.x == 0, start, end);
+    bag_range<IdxT>(p, t, b, threadIdx.x == 0, start, end);
     // One lookup: its index, bounds check, element and weight.
     auto fetch = [&](int64_t i, float& v, float& w) {
       const int64_t id = (int64_t)idx[i];
-      w = p.psw ? p.psw[i] : 1.0f;
+      w = psw ? psw[i] : 1.0f;
       if (p.check && (id < 0 || id >= rows)) {
         if (feature == 0) record(p.err, kIndexOutOfRange, t, i, id, rows);
         v = 0.0f;
@@ -210,7 +205,7 @@ __global__ void __launch_bounds__(kBlock, (MinBlocks < 0 ? DD_OCC_MIN_BLOCKS : M
       for (int64_t i = start; i < end; ++i) {
         float v, w;
         fetch(i, v, w);
-        acc = p.psw ? fmaf(w, v, acc) : acc + v;
+        acc = psw ? fmaf(w, v, acc) : acc + v;
       }
     } else {
       // Register prefetch: lookups i+1..i+PD are in flight while lookup i is added.
@@ -222,7 +217,7 @@ __global__ void __launch_bounds__(kBlock, (MinBlocks < 0 ? DD_OCC_MIN_BLOCKS : M
 #pragma unroll
         for (int k = 0; k < PD; ++k) {
           if (i + k < end) {
-            acc = p.psw ? fmaf(w[k], v[k], acc) : acc + v[k];
+            acc = psw ? fmaf(w[k], v[k], acc) : acc + v[k];
             if (i + k + PD < end) fetch(i + k + PD, v[k], w[k]);
           }
         }
@@ -267,7 +262,6 @@ template <int DT, typename IdxT, int VB, int U>
 __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, U>()) warp_kernel(const Params p, int lanes, int groups, int slices) {
   constexpr int E = VB / Storage<DT>::kSize;  // elements per lane per row
   using RawT = typename Raw<VB>::T;
-  const IdxT* idx = static_cast<const IdxT*>(p.indices);
   const int lane = threadIdx.x & 31;
   const int gsize = groups > 1 ? lanes : 32;
   const int g = lane / gsize;
@@ -286,8 +280,10 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, U>()) warp_kernel(
     const int chunk = (groups > 1 ? 0 : slice * 32) + s;  // which VB-byte piece of the row
     const bool active = chunk * E < p.dim;
     const uint8_t* col = p.weights + chunk * VB;
+    const IdxT* idx = static_cast<const IdxT*>(p.lk.io[t].idx);
+    const float* psw = p.lk.io[t].psw;
     int64_t start, end;
-    bag_range<IdxT>(p, bag, t, lane == 0 && slice == 0, start, end);
+    bag_range<IdxT>(p, t, b, lane == 0 && slice == 0, start, end);
 
     // Global row of lookup base+lane (kSkip = nothing to add) and its weight.
     constexpr uint32_t kSkip = 0xffffffffu;
@@ -296,7 +292,7 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, U>()) warp_kernel(
       w = 1.0f;
       if (base + lane < end) {
         const int64_t id = (int64_t)idx[base + lane];
-        if (p.psw) w = p.psw[base + lane];
+        if (psw) w = psw[base + lane];
         if (p.check && (id < 0 || id >= rows)) {
           if (slice == 0) record(p.err, kIndexOutOfRange, t, base + lane, id, rows);
         } else {
@@ -324,7 +320,7 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, U>()) warp_kernel(
         for (int k = 0; k < U; ++k) {
           const int j = j0 + k * groups + g;
           const uint32_t r = __shfl_sync(kFull, my_row, j & 31);
-          w[k] = p.psw ? __shfl_sync(kFull, my_w, j & 31) : 1.0f;
+          w[k] = psw ? __shfl_sync(kFull, my_w, j & 31) : 1.0f;
           ok[k] = active && j < n && r != kSkip;
           if (ok[k]) {
             const uint64_t off = (uint64_t)r * row_bytes;  // one IMAD.WIDE
@@ -338,7 +334,7 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, U>()) warp_kernel(
             float x[E];
             decode<DT, VB>(v[k], DT == DD_INT8 ? sb[k] : make_float2(0.f, 0.f), x);
 #pragma unroll
-            for (int e = 0; e < E; ++e) acc[e] = p.psw ? fmaf(w[k], x[e], acc[e]) : acc[e] + x[e];
+            for (int e = 0; e < E; ++e) acc[e] = psw ? fmaf(w[k], x[e], acc[e]) : acc[e] + x[e];
           }
         }
       }
@@ -552,52 +548,73 @@ using dd::fail;
 
 extern "C" {
 
-int dd_forward_cuda(const dd_config* cfg, const void* weights, const void* indices, const void* offsets,
-                    const float* psw, int64_t num_indices, int64_t num_offsets, void* output, void* workspace,
-                    void* stream_ptr, char* msg, size_t len) {
-  int64_t batch = 0;
-  int rc = dd::check_call(cfg, weights, indices, offsets, psw, num_indices, num_offsets, output, &batch, msg, len);
-  if (rc) return rc;
-  if (batch == 0) return DD_OK;
+}  // extern "C"
+
+namespace dd {
+namespace {
+
+// Both forms' launch: view holds the call's per-table tensors, already checked on the host.
+int forward_cuda_view(const dd_config* cfg, const void* weights, const Lookups& view, void* output, void* workspace,
+                      void* stream_ptr, const dd_table_lookups* names, char* msg, size_t len) {
+  if (view.batch == 0) return DD_OK;
   if (cfg->check != DD_UNCHECKED && !workspace)
     return fail(DD_ERR_CONFIG, msg, len, "check=%s needs a workspace of dd_workspace_size() bytes",
                 dd_name("check", cfg->check));
-  dd::DeviceInfo dev;
-  if ((rc = dd::device_info(&dev, msg, len))) return rc;
+  DeviceInfo dev;
+  int rc = device_info(&dev, msg, len);
+  if (rc) return rc;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  dd::Params p;
-  p.weights = static_cast<const uint8_t*>(weights);
-  p.indices = indices;
-  p.offsets = offsets;
-  p.psw = psw;
-  p.out = output;
-  p.err = static_cast<dd::ErrorRecord*>(workspace);
-  p.num_indices = num_indices;
-  p.num_offsets = num_offsets;
-  p.batch = batch;
-  p.row_bytes = dd_row_bytes(cfg);
-  p.pinned = cfg->pinned_rows;
-  p.dim = cfg->dim;
-  p.mode = cfg->mode;
-  p.out_dtype = cfg->out_dtype;
-  p.check = cfg->check != DD_UNCHECKED;
-  dd::make_tables(*cfg, &p.tab);
+  auto p = std::make_unique<Params>();
+  p->weights = static_cast<const uint8_t*>(weights);
+  p->out = output;
+  p->err = static_cast<ErrorRecord*>(workspace);
+  p->batch = view.batch;
+  p->row_bytes = dd_row_bytes(cfg);
+  p->pinned = cfg->pinned_rows;
+  p->dim = cfg->dim;
+  p->mode = cfg->mode;
+  p->out_dtype = cfg->out_dtype;
+  p->check = cfg->check != DD_UNCHECKED;
+  make_tables(*cfg, &p->tab);
+  p->lk = view;
   if (cfg->check == DD_CHECKED) {
-    cudaError_t e = cudaMemsetAsync(workspace, 0, sizeof(dd::ErrorRecord), stream);
-    if (e != cudaSuccess) return dd::cuda_fail(e, "clearing the error record", msg, len);
+    cudaError_t e = cudaMemsetAsync(workspace, 0, sizeof(ErrorRecord), stream);
+    if (e != cudaSuccess) return cuda_fail(e, "clearing the error record", msg, len);
   }
-  const dd::Plan pl = dd::make_plan(*cfg, weights);
-  rc = cfg->index_type == DD_INT32 ? dd::launch_index<int32_t>(p, *cfg, pl, dev, stream, msg, len)
-                                   : dd::launch_index<int64_t>(p, *cfg, pl, dev, stream, msg, len);
+  const Plan pl = make_plan(*cfg, weights);
+  rc = cfg->index_type == DD_INT32 ? launch_index<int32_t>(*p, *cfg, pl, dev, stream, msg, len)
+                                   : launch_index<int64_t>(*p, *cfg, pl, dev, stream, msg, len);
   if (rc) return rc;
   if (cfg->check == DD_CHECKED) {
-    dd::ErrorRecord rec;
+    ErrorRecord rec;
     cudaError_t e = cudaMemcpyAsync(&rec, workspace, sizeof(rec), cudaMemcpyDeviceToHost, stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-    if (e != cudaSuccess) return dd::cuda_fail(e, "reading the error record", msg, len);
-    if (rec.code) return fail(DD_ERR_INPUT, msg, len, "%s", dd::error_message(rec).c_str());
+    if (e != cudaSuccess) return cuda_fail(e, "reading the error record", msg, len);
+    if (rec.code) return fail(DD_ERR_INPUT, msg, len, "%s", error_message(rec, names).c_str());
   }
   return DD_OK;
+}
+
+}  // namespace
+}  // namespace dd
+
+extern "C" {
+
+int dd_forward_cuda(const dd_config* cfg, const void* weights, const void* indices, const void* offsets,
+                    const float* psw, int64_t num_indices, int64_t num_offsets, void* output, void* workspace,
+                    void* stream_ptr, char* msg, size_t len) {
+  auto view = std::make_unique<dd::Lookups>();
+  int rc = dd::check_call(cfg, weights, indices, offsets, psw, num_indices, num_offsets, output, view.get(), msg, len);
+  if (rc) return rc;
+  return dd::forward_cuda_view(cfg, weights, *view, output, workspace, stream_ptr, nullptr, msg, len);
+}
+
+int dd_forward_tables_cuda(const dd_config* cfg, const void* weights, const dd_table_lookups* tables, void* output,
+                           void* workspace, void* stream_ptr, char* msg, size_t len) {
+  auto view = std::make_unique<dd::Lookups>();
+  int rc = dd::check_tables_call(cfg, weights, tables, output, view.get(), msg, len);
+  if (rc) return rc;
+  return dd::forward_cuda_view(cfg, weights, *view, output, workspace, stream_ptr, tables, msg, len);
 }
 
 int dd_read_error(const dd_config*, void* workspace, void* stream_ptr, char* msg, size_t len) {

@@ -8,6 +8,10 @@ int dd_forward_cuda(const dd_config*, const void*, const void*, const void*, con
                     void*, void*, char* msg, size_t len) {
   return fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
 }
+int dd_forward_tables_cuda(const dd_config*, const void*, const dd_table_lookups*, void*, void*, void*, char* msg,
+                           size_t len) {
+  return fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
+}
 int dd_read_error(const dd_config*, void*, void*, char* msg, size_t len) {
   return fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
 }

@@ -20,7 +20,10 @@ namespace dd {
 int fail(int code, char* msg, size_t len, const char* fmt, ...);
 
 // First bad input the kernel met (device side: the workspace). code 0 = none.
-enum ErrorCode : int32_t { kNoError = 0, kIndexOutOfRange = 1, kOffsetDecreasing = 2, kOffsetPastEnd = 3, kOffsetNegative = 4 };
+enum ErrorCode : int32_t {
+  kNoError = 0, kIndexOutOfRange = 1, kOffsetDecreasing = 2, kOffsetPastEnd = 3, kOffsetNegative = 4,
+  kFirstOffsetNotZero = 5
+};
 // position: index position (lookups) or bag number (offsets); value: the offending index or
 // offset; limit: rows of the table or number of indices.
 using ErrorRecord = dd_error_record;
@@ -114,10 +117,49 @@ inline uint16_t float_to_bf16_bits(float f) {
   return (uint16_t)(x >> 16);
 }
 
-std::string error_message(const ErrorRecord& e);
+// One table's lookups as the kernels read them. The packed form is the per-table form with every
+// table pointing into the concatenated tensors (offsets at t*B, ids from position 0); only its
+// first table's first offset must then be 0.
+struct TableIO {
+  const void* idx;
+  const void* off;
+  const float* psw;
+  int64_t num_idx;
+  int64_t num_off;  // entries from off[0] to the end of the offsets tensor
+};
 
-// Checks shared by the CPU and CUDA forwards (config, shapes, argument combinations); sets *batch.
+struct Lookups {
+  int64_t batch;
+  int32_t packed;
+  TableIO io[DD_MAX_TABLES];
+};
+
+// Bag b of one table: its ids are [*start, *end) of io.idx. Returns an ErrorCode (0 = valid) and
+// the offending offset in *value. The one offset check of the CPU reference and the CUDA kernels.
+template <typename IdxT>
+DD_HD int32_t bag_bounds(const TableIO& io, int64_t b, bool first, int64_t* start, int64_t* end, int64_t* value) {
+  const IdxT* off = static_cast<const IdxT*>(io.off);
+  const int64_t s = (int64_t)off[b];
+  const int64_t e = b + 1 < io.num_off ? (int64_t)off[b + 1] : io.num_idx;
+  *start = s;
+  *end = e;
+  if (s < 0) { *value = s; return kOffsetNegative; }
+  if (first && b == 0 && s != 0) { *value = s; return kFirstOffsetNotZero; }
+  if (e > io.num_idx) { *value = e; return kOffsetPastEnd; }
+  if (s > io.num_idx) { *value = s; return kOffsetPastEnd; }
+  if (e < s) { *value = e; return kOffsetDecreasing; }
+  return kNoError;
+}
+
+// The message of an error record; with the call's lookups (per-table form), named after the
+// tables' inputs.
+std::string error_message(const ErrorRecord& e, const dd_table_lookups* tables = nullptr);
+
+// Checks shared by the CPU and CUDA forwards (config, shapes, argument combinations) and the
+// per-table view of the call's tensors.
 int check_call(const dd_config* cfg, const void* weights, const void* indices, const void* offsets, const float* psw,
-               int64_t num_indices, int64_t num_offsets, const void* output, int64_t* batch, char* msg, size_t len);
+               int64_t num_indices, int64_t num_offsets, const void* output, Lookups* view, char* msg, size_t len);
+int check_tables_call(const dd_config* cfg, const void* weights, const dd_table_lookups* tables, const void* output,
+                      Lookups* view, char* msg, size_t len);
 
 }  // namespace dd

@@ -137,6 +137,7 @@ OrtStatusPtr EmbeddingBagKernel::Init(const OrtKernelInfo* info) {
   const OrtApi& api = Ort::GetApi();
   Ort::ConstKernelInfo kinfo(info);
   node_name_ = kinfo.GetNodeName();
+  for (size_t i = 0; i < kinfo.GetInputCount(); ++i) input_names_.push_back(kinfo.GetInputName(i));
 
   // Every attribute of the contract goes through the core's parser (dd_config_set_*).
   char msg[DD_MSG_LEN] = {0};
@@ -186,6 +187,24 @@ OrtStatusPtr EmbeddingBagKernel::Init(const OrtKernelInfo* info) {
                                            " but attribute out_dtype='" + dd_name("dtype", cfg_.out_dtype) +
                                            "' produces " + ElementTypeName(want_out));
 
+  // The variadic inputs' element types, where the model declares them (else checked per call).
+  const size_t n = kinfo.GetInputCount(), T = (size_t)cfg_.num_tables;
+  const bool per_table = n == 1 + 2 * T || n == 1 + 3 * T;
+  const size_t index_inputs = per_table ? 2 * T : 2;
+  for (size_t i = 2; i < n; ++i) {
+    const ONNXTensorElementDataType want = i <= index_inputs ? index_type_ : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    ONNXTensorElementDataType got = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    try {
+      Ort::TypeInfo ti = kinfo.GetInputTypeInfo(i);
+      if (ti.GetONNXType() == ONNX_TYPE_TENSOR) got = ti.GetTensorTypeAndShapeInfo().GetElementType();
+    } catch (const Ort::Exception&) {
+    }
+    if (got != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED && got != want)
+      return Error(ORT_INVALID_ARGUMENT, "input " + std::to_string(i) + " ('" + input_names_[i] + "') is " +
+                                             ElementTypeName(got) + "; expected " + ElementTypeName(want) +
+                                             (i <= index_inputs ? " (the type of the first indices input)" : ""));
+  }
+
   if (provider_ == Provider::kCuda && cfg_.check == DD_DEFERRED) {
     Ort::ThrowOnError(api.KernelInfoGetAllocator(info, OrtMemTypeDefault, &workspace_allocator_));
     char msg[DD_MSG_LEN];
@@ -205,18 +224,66 @@ OrtStatusPtr EmbeddingBagKernel::ComputeV2(OrtKernelContext* context) {
   }
 }
 
+OrtStatusPtr EmbeddingBagKernel::GatherTables(Ort::KernelContext& ctx, std::vector<dd_table_lookups>* tables) const {
+  const size_t T = (size_t)cfg_.num_tables, n = ctx.GetInputCount();
+  const bool weighted = n == 1 + 3 * T;
+  tables->assign(T, dd_table_lookups{});
+  auto name = [&](size_t i) { return i < input_names_.size() ? input_names_[i].c_str() : nullptr; };
+  auto tensor = [&](size_t i, ONNXTensorElementDataType want, const char* what, size_t t, int64_t* length,
+                    const void** data) -> OrtStatusPtr {
+    Ort::ConstValue v = ctx.GetInput(i);
+    const std::string label = std::string(what) + " '" + (name(i) ? name(i) : "?") + "' (table " + std::to_string(t) + ")";
+    if (!v) return Error(ORT_INVALID_ARGUMENT, label + " is missing");
+    const auto info = v.GetTensorTypeAndShapeInfo();
+    if (info.GetElementType() != want)
+      return Error(ORT_INVALID_ARGUMENT, label + " is " + ElementTypeName(info.GetElementType()) + "; expected " +
+                                             ElementTypeName(want) + " like the first indices input");
+    const std::vector<int64_t> shape = info.GetShape();
+    if (shape.size() != 1) return Error(ORT_INVALID_ARGUMENT, label + " must be 1-D, got shape " + ShapeText(shape));
+    *length = shape[0];
+    *data = v.GetTensorRawData();
+    return nullptr;
+  };
+  for (size_t t = 0; t < T; ++t) {
+    dd_table_lookups& tl = (*tables)[t];
+    const void* p = nullptr;
+    if (OrtStatusPtr st = tensor(1 + t, index_type_, "indices", t, &tl.num_indices, &p)) return st;
+    tl.indices = p;
+    if (OrtStatusPtr st = tensor(1 + T + t, index_type_, "offsets", t, &tl.num_offsets, &p)) return st;
+    tl.offsets = p;
+    tl.indices_name = name(1 + t);
+    tl.offsets_name = name(1 + T + t);
+    if (weighted) {
+      int64_t count = 0;
+      if (OrtStatusPtr st = tensor(1 + 2 * T + t, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "per_sample_weights", t,
+                                   &count, &p))
+        return st;
+      if (count != tl.num_indices)
+        return Error(ORT_INVALID_ARGUMENT, std::string("per_sample_weights must have shape [") +
+                                               std::to_string(tl.num_indices) + "] like indices '" +
+                                               (tl.indices_name ? tl.indices_name : "?") + "', got [" +
+                                               std::to_string(count) + "]");
+      tl.per_sample_weights = static_cast<const float*>(p);
+    }
+  }
+  return nullptr;
+}
+
 OrtStatusPtr EmbeddingBagKernel::Compute(OrtKernelContext* context) {
-  const OrtApi& api = Ort::GetApi();
   Ort::KernelContext ctx(context);
   const size_t num_inputs = ctx.GetInputCount();
+  const size_t T = (size_t)cfg_.num_tables;
+  // Per-table form: 1 + 2T or 1 + 3T inputs (T = 1: the same as the packed form's 3 or 4).
+  const bool per_table = num_inputs == 1 + 2 * T || num_inputs == 1 + 3 * T;
+  if (!per_table && num_inputs != 3 && num_inputs != 4)
+    return Error(ORT_INVALID_ARGUMENT, "expected weights then " + std::to_string(T) + " indices, " +
+                                           std::to_string(T) + " offsets and optionally " + std::to_string(T) +
+                                           " per_sample_weights inputs (or the packed form's indices, offsets "
+                                           "[, per_sample_weights]); got " + std::to_string(num_inputs) + " inputs");
   Ort::ConstValue weights = ctx.GetInput(0);
-  Ort::ConstValue indices = ctx.GetInput(1);
-  Ort::ConstValue offsets = ctx.GetInput(2);
-  Ort::ConstValue psw = num_inputs > 3 ? ctx.GetInput(3) : Ort::ConstValue(nullptr);
-  if (!weights || !indices || !offsets) return Error(ORT_INVALID_ARGUMENT, "weights, indices and offsets are required");
+  if (!weights) return Error(ORT_INVALID_ARGUMENT, "weights are required");
 
-  // Shapes (element types are fixed by the registration ORT matched).
-  const int64_t T = cfg_.num_tables, D = cfg_.dim;
+  const int64_t D = cfg_.dim;
   const std::vector<int64_t> wshape = weights.GetTensorTypeAndShapeInfo().GetShape();
   const int64_t row_elems = cfg_.dtype == DD_INT8 ? dd_row_bytes(&cfg_) : D;
   const int64_t total_rows = dd_total_rows(&cfg_);
@@ -225,38 +292,71 @@ OrtStatusPtr EmbeddingBagKernel::Compute(OrtKernelContext* context) {
                                            std::to_string(total_rows) + ", " + std::to_string(row_elems) +
                                            "] (sum of table_rows, " +
                                            (cfg_.dtype == DD_INT8 ? "row bytes of int8 row-wise rows)" : "dim)"));
-  const std::vector<int64_t> ishape = indices.GetTensorTypeAndShapeInfo().GetShape();
-  if (ishape.size() != 1) return Error(ORT_INVALID_ARGUMENT, "indices must be 1-D, got shape " + ShapeText(ishape));
-  const std::vector<int64_t> oshape = offsets.GetTensorTypeAndShapeInfo().GetShape();
-  if (oshape.size() != 1) return Error(ORT_INVALID_ARGUMENT, "offsets must be 1-D, got shape " + ShapeText(oshape));
-  const int64_t num_indices = ishape[0], num_offsets = oshape[0];
-  const float* psw_data = nullptr;
-  if (psw) {
-    const std::vector<int64_t> pshape = psw.GetTensorTypeAndShapeInfo().GetShape();
-    if (pshape.size() != 1 || pshape[0] != num_indices)
-      return Error(ORT_INVALID_ARGUMENT, "per_sample_weights must have shape [" + std::to_string(num_indices) +
-                                             "] like indices, got " + ShapeText(pshape));
-    psw_data = psw.GetTensorData<float>();
-  }
-
   char msg[DD_MSG_LEN] = {0};
-  const int64_t batch = dd_batch_size(&cfg_, num_offsets, msg, sizeof(msg));
-  if (batch < 0) return Error(ORT_INVALID_ARGUMENT, msg);
-  Ort::UnownedValue output = ctx.GetOutput(0, {batch, T * D});
+  std::vector<dd_table_lookups> tables;
+  const void *idx = nullptr, *off = nullptr;
+  const float* psw_data = nullptr;
+  int64_t num_indices = 0, num_offsets = 0, batch = 0;
+  if (per_table) {
+    if (OrtStatusPtr st = GatherTables(ctx, &tables)) return st;
+    batch = tables[0].num_offsets - cfg_.include_last_offset;
+    if (batch < 0) batch = 0;  // the core names the table and the problem
+  } else {
+    Ort::ConstValue indices = ctx.GetInput(1), offsets = ctx.GetInput(2);
+    Ort::ConstValue psw = num_inputs > 3 ? ctx.GetInput(3) : Ort::ConstValue(nullptr);
+    if (!indices || !offsets) return Error(ORT_INVALID_ARGUMENT, "indices and offsets are required");
+    const std::vector<int64_t> ishape = indices.GetTensorTypeAndShapeInfo().GetShape();
+    if (ishape.size() != 1) return Error(ORT_INVALID_ARGUMENT, "indices must be 1-D, got shape " + ShapeText(ishape));
+    const auto oinfo = offsets.GetTensorTypeAndShapeInfo();
+    if (oinfo.GetElementType() != index_type_)
+      return Error(ORT_INVALID_ARGUMENT, std::string("offsets are ") + ElementTypeName(oinfo.GetElementType()) +
+                                             "; expected the type of indices");
+    const std::vector<int64_t> oshape = oinfo.GetShape();
+    if (oshape.size() != 1) return Error(ORT_INVALID_ARGUMENT, "offsets must be 1-D, got shape " + ShapeText(oshape));
+    num_indices = ishape[0];
+    num_offsets = oshape[0];
+    if (psw) {
+      const auto pinfo = psw.GetTensorTypeAndShapeInfo();
+      const std::vector<int64_t> pshape = pinfo.GetShape();
+      if (pinfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || pshape.size() != 1 ||
+          pshape[0] != num_indices)
+        return Error(ORT_INVALID_ARGUMENT, "per_sample_weights must have shape [" + std::to_string(num_indices) +
+                                               "] like indices (float), got " + ShapeText(pshape));
+      psw_data = psw.GetTensorData<float>();
+    }
+    batch = dd_batch_size(&cfg_, num_offsets, msg, sizeof(msg));
+    if (batch < 0) return Error(ORT_INVALID_ARGUMENT, msg);
+    idx = indices.GetTensorRawData();
+    off = offsets.GetTensorRawData();
+  }
+  Ort::UnownedValue output = ctx.GetOutput(0, {batch, (int64_t)T * D});
   const ONNXTensorElementDataType out_type = output.GetTensorTypeAndShapeInfo().GetElementType();
   if (out_type != WeightsTypeOf(cfg_.out_dtype))
     return Error(ORT_INVALID_ARGUMENT, std::string("the node's output is ") + ElementTypeName(out_type) +
                                            " but attribute out_dtype='" + dd_name("dtype", cfg_.out_dtype) +
                                            "' produces " + ElementTypeName(WeightsTypeOf(cfg_.out_dtype)));
+  return Launch(context, weights.GetTensorRawData(), idx, off, psw_data, num_indices, num_offsets,
+                per_table ? &tables : nullptr, output.GetTensorMutableRawData(), msg);
+}
 
-  const void* w = weights.GetTensorRawData();
-  const void* idx = indices.GetTensorRawData();
-  const void* off = offsets.GetTensorRawData();
-  void* out = output.GetTensorMutableRawData();
+// Runs the core on this provider (per-table form when tables is not null, else packed).
+OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w, const void* idx, const void* off,
+                                        const float* psw, int64_t num_indices, int64_t num_offsets,
+                                        const std::vector<dd_table_lookups>* tables, void* out, char* msg) {
+  const OrtApi& api = Ort::GetApi();
+  auto forward = [&](void* ws, void* stream) {
+    if (provider_ == Provider::kCpu)
+      return tables ? dd_forward_tables_cpu(&cfg_, w, tables->data(), out, msg, DD_MSG_LEN)
+                    : dd_forward_cpu(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, msg, DD_MSG_LEN);
+    return tables ? dd_forward_tables_cuda(&cfg_, w, tables->data(), out, ws, stream, msg, DD_MSG_LEN)
+                  : dd_forward_cuda(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, ws, stream, msg,
+                                    DD_MSG_LEN);
+  };
   int rc = DD_OK;
   if (provider_ == Provider::kCpu) {
-    rc = dd_forward_cpu(&cfg_, w, idx, off, psw_data, num_indices, num_offsets, out, msg, sizeof(msg));
+    rc = forward(nullptr, nullptr);
   } else {
+    Ort::KernelContext ctx(context);
     void* stream = ctx.GetGPUComputeStream();
     const size_t ws_bytes = dd_workspace_size(&cfg_);
     if (cfg_.check == DD_DEFERRED) {
@@ -273,25 +373,24 @@ OrtStatusPtr EmbeddingBagKernel::Compute(OrtKernelContext* context) {
       char earlier[DD_MSG_LEN];
       if (dd_deferred_poll(deferred_, persistent_workspace_, stream, 0, earlier, sizeof(earlier)) == DD_ERR_INPUT)
         ReportDeferred(earlier);
-      rc = dd_forward_cuda(&cfg_, w, idx, off, psw_data, num_indices, num_offsets, out, persistent_workspace_, stream,
-                           msg, sizeof(msg));
-      if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, sizeof(msg));
+      rc = forward(persistent_workspace_, stream);
+      if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, DD_MSG_LEN);
     } else if (cfg_.check == DD_CHECKED) {
       // Per call, from the execution provider's (arena) allocator: concurrent runs never share it.
       OrtAllocator* allocator = nullptr;
-      Ort::ThrowOnError(api.KernelContext_GetAllocator(context, output.GetTensorMemoryInfo(), &allocator));
+      Ort::ConstValue w0 = ctx.GetInput(0);
+      Ort::ThrowOnError(api.KernelContext_GetAllocator(context, w0.GetTensorMemoryInfo(), &allocator));
       void* ws = allocator->Alloc(allocator, ws_bytes);
       if (ws == nullptr) {
         api.ReleaseAllocator(allocator);
         return Error(ORT_FAIL, "cannot allocate the kernel workspace");
       }
       // checked mode synchronises the stream before returning, so the workspace is free again.
-      rc = dd_forward_cuda(&cfg_, w, idx, off, psw_data, num_indices, num_offsets, out, ws, stream, msg, sizeof(msg));
+      rc = forward(ws, stream);
       allocator->Free(allocator, ws);
       api.ReleaseAllocator(allocator);
     } else {
-      rc = dd_forward_cuda(&cfg_, w, idx, off, psw_data, num_indices, num_offsets, out, nullptr, stream, msg,
-                           sizeof(msg));
+      rc = forward(nullptr, stream);
     }
   }
   if (rc != DD_OK) return Error(ErrorCodeOf(rc), msg);
@@ -338,14 +437,13 @@ const char* EmbeddingBagOp::GetExecutionProviderType() const {
 ONNXTensorElementDataType EmbeddingBagOp::GetInputType(size_t index) const {
   switch (index) {
     case 0: return weights_type_;
-    case 1:
-    case 2: return index_type_;
-    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    case 1: return index_type_;
+    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // heterogeneous variadic
   }
 }
 
 OrtCustomOpInputOutputCharacteristic EmbeddingBagOp::GetInputCharacteristic(size_t index) const {
-  return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  return index == 2 ? INPUT_OUTPUT_VARIADIC : INPUT_OUTPUT_REQUIRED;
 }
 
 }  // namespace dd_ort

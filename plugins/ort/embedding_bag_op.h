@@ -5,6 +5,7 @@
 
 #include <mutex>
 #include <string>
+#include <vector>
 
 #define ORT_API_MANUAL_INIT
 #include "onnxruntime_cxx_api.h"
@@ -37,6 +38,11 @@ class EmbeddingBagKernel {
   OrtStatusPtr Init(const OrtKernelInfo* info);
   OrtStatusPtr Compute(OrtKernelContext* context);
   OrtStatusPtr Error(OrtErrorCode code, const std::string& what) const;
+  // The call's tensors in the core's per-table form (checks ranks, types and lengths).
+  OrtStatusPtr GatherTables(Ort::KernelContext& ctx, std::vector<dd_table_lookups>* tables) const;
+  OrtStatusPtr Launch(OrtKernelContext* context, const void* weights, const void* indices, const void* offsets,
+                      const float* psw, int64_t num_indices, int64_t num_offsets,
+                      const std::vector<dd_table_lookups>* tables, void* out, char* msg);
   // Writes an earlier run's bad input (check=deferred) to stderr.
   void ReportDeferred(const char* text) const;
 
@@ -45,6 +51,7 @@ class EmbeddingBagKernel {
   ONNXTensorElementDataType weights_type_;
   ONNXTensorElementDataType index_type_;
   std::string node_name_;
+  std::vector<std::string> input_names_;  // the node's input names, for error messages
   // check=deferred keeps its error record between calls: one device workspace per kernel,
   // from the execution provider's allocator.
   std::mutex workspace_mutex_;
@@ -66,9 +73,14 @@ struct EmbeddingBagOp : Ort::CustomOpBase<EmbeddingBagOp, EmbeddingBagKernel, /*
   const char* GetName() const;
   const char* GetExecutionProviderType() const;
 
-  size_t GetInputTypeCount() const { return 4; }
+  // weights, table 0's indices, then the rest: a heterogeneous variadic input (per-table form:
+  // every table's indices, then every table's offsets, then optionally every table's
+  // per-sample weights; packed form: offsets [, per_sample_weights]). The kernel checks types.
+  size_t GetInputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetInputType(size_t index) const;
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
+  int GetVariadicInputMinArity() const { return 1; }
+  bool GetVariadicInputHomogeneity() const { return false; }
 
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }

@@ -14,6 +14,15 @@
  *   output   [B, T*dim]: bag b of table t pooled into columns t*dim .. t*dim+dim-1.
  * Sums run in fp32 in index order; mean divides by the bag length (an empty bag gives zeros).
  *
+ * Two forms of a call's lookups:
+ *   per-table (dd_forward_tables_*): each table's own indices, offsets and per-sample weights,
+ *     exactly as nn.EmbeddingBag takes them: offsets[0] == 0, offsets non-decreasing and at most
+ *     the table's number of ids; without include_last_offset the last bag ends at that table's
+ *     last id, with it at offsets[B] (ids after it are ignored, as in PyTorch). Errors name the
+ *     table (or its input names) and the position inside that table's tensors.
+ *   packed (dd_forward_*): the concatenation above, as FBGEMM's TBE takes it: offsets index the
+ *     concatenated indices, the first offset is 0 and every bag ends where the next one starts.
+ *
  * Every entry point returns DD_OK (0) or an error code, and writes a readable message into msg
  * (when msg is not NULL).
  */
@@ -123,6 +132,25 @@ DD_API int dd_forward_cpu(const dd_config* cfg, const void* weights, const void*
                           const float* per_sample_weights, int64_t num_indices, int64_t num_offsets, void* output,
                           char* msg, size_t msg_len);
 
+/* One table's lookups of one call (per-table form). Every table of a call has the same number of
+ * bags B = num_offsets - include_last_offset. */
+typedef struct dd_table_lookups {
+  const void* indices;              /* num_indices ids (index_type), rows of this table */
+  const void* offsets;              /* num_offsets bag starts (index_type) */
+  const float* per_sample_weights;  /* NULL, or one fp32 weight per id (mode sum) */
+  int64_t num_indices;
+  int64_t num_offsets;
+  const char* indices_name;         /* names for error messages (the model's input names); */
+  const char* offsets_name;         /* NULL: "indices of table t", "offsets of table t" */
+} dd_table_lookups;
+
+/* The per-table forms of dd_forward_cpu / dd_forward_cuda: tables has cfg->num_tables entries
+ * (host memory; the pointers in it are host resp. device pointers). Same output, same modes. */
+DD_API int dd_forward_tables_cpu(const dd_config* cfg, const void* weights, const dd_table_lookups* tables,
+                                 void* output, char* msg, size_t msg_len);
+DD_API int dd_forward_tables_cuda(const dd_config* cfg, const void* weights, const dd_table_lookups* tables,
+                                  void* output, void* workspace, void* stream, char* msg, size_t msg_len);
+
 /* CUDA forward on stream (a cudaStream_t; NULL = legacy default stream). All pointers are device
  * pointers; workspace has dd_workspace_size bytes (NULL allowed when check == DD_UNCHECKED).
  * Returns DD_ERR_UNSUPPORTED in a build without CUDA. */
@@ -130,7 +158,9 @@ DD_API int dd_forward_cuda(const dd_config* cfg, const void* weights, const void
                            const float* per_sample_weights, int64_t num_indices, int64_t num_offsets, void* output,
                            void* workspace, void* stream, char* msg, size_t msg_len);
 
-/* The error record at the head of the workspace (first bad input the kernel met; code 0 = none). */
+/* The error record at the head of the workspace (first bad input the kernel met; code 0 = none).
+ * position: the id's position (index errors) or the bag (offset errors) inside the table's own
+ * tensors in the per-table form, inside the concatenated tensors in the packed form. */
 typedef struct dd_error_record {
   int32_t code;
   int32_t table;

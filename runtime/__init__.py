@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from ._lib import core_library_path, library_dir  # noqa: F401
 
-__all__ = ["core_library_path", "library_dir", "embedding_bag", "custom_op_library", "ort_session",
+__all__ = ["core_library_path", "library_dir", "embedding_bag", "embedding_bag_tables", "custom_op_library", "ort_session",
            "trt_plugin_library", "build_trt_engine", "trt_session", "triton_repo"]
 
 _LAZY = {
     "embedding_bag": "torch_op",
+    "embedding_bag_tables": "torch_op",
     "custom_op_library": "ort",
     "ort_session": "ort",
     "trt_plugin_library": "trt",

@@ -44,6 +44,14 @@ class Field(ctypes.Structure):
                 ("doc", ctypes.c_char_p)]
 
 
+class TableLookups(ctypes.Structure):
+    """Mirror of dd_table_lookups: one table's tensors of a per-table call."""
+
+    _fields_ = [("indices", ctypes.c_void_p), ("offsets", ctypes.c_void_p), ("per_sample_weights", ctypes.c_void_p),
+                ("num_indices", ctypes.c_int64), ("num_offsets", ctypes.c_int64), ("indices_name", ctypes.c_char_p),
+                ("offsets_name", ctypes.c_char_p)]
+
+
 class CoreError(RuntimeError):
     """An error status from the kernel core, with its message."""
 
@@ -68,6 +76,8 @@ def lib() -> ctypes.CDLL:
         "dd_workspace_size": (SZ, [C]),
         "dd_forward_cpu": (ctypes.c_int, [C, P, P, P, P, I64, I64, P, P, SZ]),
         "dd_forward_cuda": (ctypes.c_int, [C, P, P, P, P, I64, I64, P, P, P, P, SZ]),
+        "dd_forward_tables_cpu": (ctypes.c_int, [C, P, ctypes.POINTER(TableLookups), P, P, SZ]),
+        "dd_forward_tables_cuda": (ctypes.c_int, [C, P, ctypes.POINTER(TableLookups), P, P, P, P, SZ]),
         "dd_read_error": (ctypes.c_int, [C, P, P, P, SZ]),
         "dd_setup_l2_persistence": (ctypes.c_int, [C, ctypes.POINTER(SZ), P, SZ]),
         "dd_cuda_available": (ctypes.c_int, []),
@@ -152,6 +162,31 @@ def forward_cuda(cfg: Config, weights: int, indices: int, offsets: int, psw: int
     buf = ctypes.create_string_buffer(MSG_LEN)
     _check(lib().dd_forward_cuda(ctypes.byref(cfg), weights, indices, offsets, psw, num_indices, num_offsets, output,
                                  workspace, stream, buf, MSG_LEN), buf)
+
+
+def table_lookups(tables: list[tuple]) -> ctypes.Array:
+    """dd_table_lookups[T] from (indices_ptr, offsets_ptr, psw_ptr or None, num_indices, num_offsets[,
+    indices_name, offsets_name]) tuples (pointers as ints)."""
+    arr = (TableLookups * len(tables))()
+    for t, entry in enumerate(tables):
+        idx, off, psw, n_idx, n_off = entry[:5]
+        names = [n.encode() if n else None for n in (list(entry[5:7]) + [None, None])[:2]]
+        arr[t] = TableLookups(idx, off, psw, n_idx, n_off, names[0], names[1])
+    return arr
+
+
+def forward_tables_cpu(cfg: Config, weights: int, tables: ctypes.Array, output: int) -> None:
+    """CPU reference of the per-table form (tables from ``table_lookups``, host pointers)."""
+    buf = ctypes.create_string_buffer(MSG_LEN)
+    _check(lib().dd_forward_tables_cpu(ctypes.byref(cfg), weights, tables, output, buf, MSG_LEN), buf)
+
+
+def forward_tables_cuda(cfg: Config, weights: int, tables: ctypes.Array, output: int, workspace: int | None,
+                        stream: int) -> None:
+    """CUDA kernels on the per-table form (device pointers in tables) and a cudaStream_t (an int)."""
+    buf = ctypes.create_string_buffer(MSG_LEN)
+    _check(lib().dd_forward_tables_cuda(ctypes.byref(cfg), weights, tables, output, workspace, stream, buf, MSG_LEN),
+           buf)
 
 
 def setup_l2_persistence(cfg: Config) -> int:

@@ -62,8 +62,19 @@ def _prepare(weight, indices, offsets, psw, attrs):
         raise TypeError(f"indices must be int32 or int64, got {indices.dtype}")
     if offsets.dtype != indices.dtype:
         raise TypeError(f"offsets ({offsets.dtype}) must have the dtype of indices ({indices.dtype})")
+    cfg = _weight_config(weight, attrs, indices.dtype)
+    if psw is not None:
+        if psw.dtype != torch.float32 or psw.shape != indices.shape:
+            raise ValueError(f"per_sample_weights must be float32 of shape {list(indices.shape)}, "
+                             f"got {psw.dtype} {list(psw.shape)}")
+    batch = _core.batch_size(cfg, offsets.numel())
+    return cfg, batch
+
+
+def _weight_config(weight, attrs, index_dtype):
+    """The core's config for attrs and the index dtype, after checking the weight against it."""
     cfg = _config(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items()),
-                  "int32" if indices.dtype == torch.int32 else "int64")
+                  "int32" if index_dtype == torch.int32 else "int64")
     want = _WEIGHT_DTYPES[attrs["dtype"]]
     if weight.dtype != want:
         raise TypeError(f"dtype={attrs['dtype']} needs a {want} weight tensor, got {weight.dtype}")
@@ -72,12 +83,7 @@ def _prepare(weight, indices, offsets, psw, attrs):
     if weight.dim() != 2 or weight.shape[0] != rows or weight.shape[1] != width:
         raise ValueError(f"weight must be [{rows}, {width}] for table_rows={list(attrs['table_rows'])}, "
                          f"dim={attrs['dim']}, dtype={attrs['dtype']}; got {list(weight.shape)}")
-    if psw is not None:
-        if psw.dtype != torch.float32 or psw.shape != indices.shape:
-            raise ValueError(f"per_sample_weights must be float32 of shape {list(indices.shape)}, "
-                             f"got {psw.dtype} {list(psw.shape)}")
-    batch = _core.batch_size(cfg, offsets.numel())
-    return cfg, batch
+    return cfg
 
 
 def _run(weight, indices, offsets, psw, *args, **kwargs):
@@ -124,6 +130,38 @@ def op_call(weight, indices, offsets, per_sample_weights=None, **attrs):
     full = contract.validate_attributes(attrs)
     return torch.ops.dlrm_deploy.embedding_bag(weight, indices, offsets, per_sample_weights,
                                                *[full[n] for n in _ATTR_NAMES])
+
+
+def embedding_bag_tables(weight, indices, offsets, per_sample_weights=None, **attrs):
+    """The op's per-table form on CPU or CUDA tensors: lists of T tensors, each table's ids and
+    offsets exactly as nn.EmbeddingBag takes them (1-D, offsets[0] == 0; B or B+1 entries with
+    include_last_offset), over the packed weight. attrs: contract attributes (table_rows, dim, ...).
+    Returns [B, T*D]. Bad input raises RuntimeError naming the table (check="checked")."""
+    full = contract.validate_attributes(attrs)
+    T, D = len(full["table_rows"]), int(full["dim"])
+    psw = per_sample_weights or [None] * T
+    if not (len(indices) == len(offsets) == len(psw) == T):
+        raise ValueError(f"expected {T} indices, offsets (and per_sample_weights) tensors, one per table")
+    cfg = _weight_config(weight, full, indices[0].dtype)
+    ptr = (lambda t: t.data_ptr() if t is not None and t.numel() else None)
+    tensors = [(i.contiguous(), o.contiguous(), None if p is None else p.contiguous())
+               for i, o, p in zip(indices, offsets, psw)]
+    for i, o, p in tensors:
+        if i.dtype != indices[0].dtype or o.dtype != i.dtype or i.device != weight.device or o.device != weight.device:
+            raise TypeError("every table's indices and offsets need the dtype of the first indices and the weight's device")
+    batch = max(0, offsets[0].numel() - int(full["include_last_offset"]))
+    out = torch.empty((batch, T * D), dtype=_OUT_DTYPES[full["out_dtype"]], device=weight.device)
+    table_arr = _core.table_lookups([(ptr(i), ptr(o), ptr(p), i.numel(), o.numel()) for i, o, p in tensors])
+    try:
+        if weight.is_cuda:
+            ws = torch.empty(_core.workspace_size(cfg), dtype=torch.uint8, device=weight.device)
+            stream = torch.cuda.current_stream(weight.device).cuda_stream
+            _core.forward_tables_cuda(cfg, ptr(weight), table_arr, ptr(out), ws.data_ptr(), stream)
+        else:
+            _core.forward_tables_cpu(cfg, ptr(weight), table_arr, ptr(out))
+    except _core.CoreError as e:
+        raise RuntimeError(f"dlrm_deploy.embedding_bag: {e}") from None
+    return out
 
 
 def embedding_bag(input, weight, offsets, mode="sum", per_sample_weights=None, include_last_offset=False,

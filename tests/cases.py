@@ -110,3 +110,39 @@ def assert_close(case: Case, out: torch.Tensor, rel: float = 1e-5) -> None:
     bad = err > tol
     assert not bad.any(), (f"{bad.sum()} of {bad.size} elements off; worst err {err.max():.3g} "
                            f"(tol there {tol.flat[np.argmax(err)]:.3g})")
+
+
+def per_table(case: Case, trailing: int = 0) -> tuple[list, list, list | None]:
+    """The case's lookups in the op's per-table form: each table's own ids and local offsets (B, or
+    B+1 with include_last_offset; then `trailing` extra ids after the last offset, which PyTorch
+    and the op ignore)."""
+    a = case.attrs
+    T, ilo = len(a["table_rows"]), int(a["include_last_offset"])
+    off = case.offsets.long()
+    batch = (off.numel() - ilo) // T
+    n = case.indices.numel()
+    idx_l, off_l, psw_l = [], [], []
+    for t in range(T):
+        lo = int(off[t * batch]) if batch else 0
+        hi = int(off[(t + 1) * batch]) if (t + 1) * batch < off.numel() else n
+        ids = case.indices[lo:hi]
+        local = (off[t * batch:(t + 1) * batch] - lo).to(case.indices.dtype)
+        if ilo:
+            local = torch.cat([local, torch.tensor([hi - lo], dtype=local.dtype)])
+            if trailing:
+                ids = torch.cat([ids, torch.zeros(trailing, dtype=ids.dtype)])
+        idx_l.append(ids)
+        off_l.append(local)
+        if case.psw is not None:
+            w = case.psw[lo:hi]
+            psw_l.append(torch.cat([w, torch.ones(len(ids) - len(w))]) if len(ids) > len(w) else w)
+    return idx_l, off_l, (psw_l if case.psw is not None else None)
+
+
+def run_op_tables(case: Case, idx_l, off_l, psw_l) -> torch.Tensor:
+    """The op's per-table form on the case's weight and the given per-table tensors."""
+    from dlrm_deploy.runtime.torch_op import embedding_bag_tables
+
+    dev = case.weight.device
+    mv = (lambda ts: None if ts is None else [t.to(dev) for t in ts])
+    return embedding_bag_tables(case.weight, mv(idx_l), mv(off_l), mv(psw_l), **case.attrs)

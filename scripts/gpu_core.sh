@@ -12,9 +12,9 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="80-re
 grep "dlrm-deploy:" "$OUT/cmake.log"
 source scripts/gpu_env.sh build
 export PYTHONUNBUFFERED=1
-python3 -m pytest -q -x tests/test_core.py tests/test_core_gpu.py 2>&1 | tee "$OUT/pytest_core.log" | tail -15
+python3 -m pytest -q -x tests/test_core.py tests/test_core_gpu.py tests/test_core_tables.py 2>&1 | tee "$OUT/pytest_core.log" | tail -15
 if [ "$MODE" != quick ]; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests/test_core_gpu.py \
+  compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests/test_core_gpu.py tests/test_core_tables.py \
     -k "not huge" -p no:cacheprovider > "$OUT/memcheck.log" 2>&1; echo "memcheck exit $?" | tee -a "$OUT/memcheck.log"
   tail -3 "$OUT/memcheck.log"
 fi

@@ -117,6 +117,7 @@ def per_table(case: Case, trailing: int = 0) -> tuple[list, list, list | None]:
     B+1 with include_last_offset; then `trailing` extra ids after the last offset, which PyTorch
     and the op ignore)."""
     a = case.attrs
+    case = case.to("cpu")
     T, ilo = len(a["table_rows"]), int(a["include_last_offset"])
     off = case.offsets.long()
     batch = (off.numel() - ilo) // T

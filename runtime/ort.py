@@ -163,7 +163,7 @@ def _providers_for(device: str, providers, device_id: int, provider_options) -> 
 
 def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *, device_id: int = 0,
                 provider_options: Mapping[str, Any] | None = None, log_severity_level: int | None = None,
-                profile_prefix: str | None = None, **session_options) -> "OrtSession":
+                profile_prefix: str | None = None, cuda_graph: bool = False, **session_options) -> "OrtSession":
     """Creates an ONNX Runtime session with the dlrm_deploy custom ops registered.
 
     path: an .onnx file (external data next to it is found), serialized bytes or an onnx.ModelProto.
@@ -174,9 +174,16 @@ def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *
     device_id: GPU ordinal for the CUDA execution provider; provider_options: more CUDA EP options.
     log_severity_level: ORT log level of this session (0 verbose .. 4 fatal).
     profile_prefix: enables ORT's profiler (file name prefix); see node_providers().
+    cuda_graph: (device="cuda") capture each input-shape bucket's run into a CUDA graph (ORT's
+      enable_cuda_graph) and replay it: inputs are copied into fixed device buffers, outputs read
+      from fixed ones. Bounds checks stay on: check=checked errors of a replay are raised by run().
     session_options: attributes of onnxruntime.SessionOptions, e.g. intra_op_num_threads=4.
     """
     ort = _ort()
+    if cuda_graph:
+        if device != "cuda":
+            raise ValueError("cuda_graph=True needs device='cuda'")
+        provider_options = dict(provider_options or {}, enable_cuda_graph="1")
     provider_list = _providers_for(device, providers, device_id, provider_options)
     so = _session_options(log_severity_level, profile_prefix, session_options)
     proto, folder = _load_model(path)
@@ -203,7 +210,7 @@ def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *
     if device == "cuda" and providers is None and CUDA_EP not in session.get_providers():
         raise RuntimeError(f"the CUDA execution provider did not load (session providers: {session.get_providers()}); "
                            "check the CUDA/cuDNN libraries onnxruntime-gpu needs (see its warnings above)")
-    return OrtSession(session, device=device, device_id=device_id)
+    return OrtSession(session, device=device, device_id=device_id, cuda_graph=cuda_graph)
 
 
 def _bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -228,10 +235,16 @@ class OrtSession:
     Attributes: session (the onnxruntime.InferenceSession), input_names, output_names, device
     ("cuda" or "cpu"), device_id."""
 
-    def __init__(self, session, device: str = "cpu", device_id: int = 0):
+    # CUDA graphs captured per session at most (one per input-shape bucket); serving code pads
+    # requests to a few bucket sizes (see docs/onnxruntime.md).
+    MAX_GRAPHS = 16
+
+    def __init__(self, session, device: str = "cpu", device_id: int = 0, cuda_graph: bool = False):
         self.session = session
         self.device = device
         self.device_id = device_id
+        self.cuda_graph = cuda_graph
+        self._graphs: dict[tuple, _GraphSlot] = {}
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
         self._input_types = {i.name: i.type for i in session.get_inputs()}
@@ -310,6 +323,12 @@ class OrtSession:
         in output_names order. On the GPU inputs are copied to the device once per call and outputs
         are bound on the device (I/O binding), then copied back."""
         self._check_feeds(feeds)
+        if self.cuda_graph:
+            slot = self._graph_slot(feeds)
+            for name in self.input_names:
+                slot.inputs[name].update_inplace(np.ascontiguousarray(feeds[name]))
+            self._replay(slot)
+            return [_to_numpy(slot.outputs[n]) for n in self.output_names]
         if self.device == "cpu":
             values = {name: self._ortvalue(name, value, "cpu") for name, value in feeds.items()}
             outputs = self.session.run_with_ort_values(self.output_names, values)
@@ -324,17 +343,100 @@ class OrtSession:
         run, each run including ORT's end-of-run stream synchronisation."""
         if runs < 1:
             raise ValueError("runs must be >= 1")
+        if self.cuda_graph:
+            self._check_feeds(feeds)
+            slot = self._graph_slot(feeds)
+            for name in self.input_names:
+                slot.inputs[name].update_inplace(np.ascontiguousarray(feeds[name]))
+            return _time(lambda: self._replay(slot), runs, warmup)
         device_feeds = self.to_device(feeds)
         binding = self.make_binding(device_feeds)
-        for _ in range(max(0, warmup)):
-            self.run_device(device_feeds, binding)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            self.run_device(device_feeds, binding)
-            times.append((time.perf_counter() - start) * 1e3)
-        return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-                "mean_ms": statistics.fmean(times), "runs": runs}
+        return _time(lambda: self.run_device(device_feeds, binding), runs, warmup)
+
+    # -- CUDA graphs --------------------------------------------------------------------------
+
+    def _graph_slot(self, feeds: Mapping[str, Any]) -> "_GraphSlot":
+        """The fixed buffers, binding and graph id of feeds' shape bucket (made on first use: one
+        run outside any graph tells the output shapes, later runs capture and replay)."""
+        ort = _ort()
+        arrays = {n: np.ascontiguousarray(feeds[n]) for n in self.input_names}
+        if any(self._input_types.get(n) == "tensor(bfloat16)" for n in arrays):
+            raise TypeError("cuda_graph=True does not take bfloat16 inputs; store bf16 tables as initializers")
+        key = tuple((n, a.shape, a.dtype.str) for n, a in arrays.items())
+        slot = self._graphs.get(key)
+        if slot is not None:
+            return slot
+        if len(self._graphs) >= self.MAX_GRAPHS:
+            raise RuntimeError(f"cuda_graph: more than {self.MAX_GRAPHS} input-shape buckets; pad requests to a few "
+                               "fixed batch sizes (docs/onnxruntime.md)")
+        inputs = {n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for n, a in arrays.items()}
+        probe = self.session.io_binding()
+        for n, v in inputs.items():
+            probe.bind_ortvalue_input(n, v)
+        for n in self.output_names:
+            probe.bind_output(n, "cuda", self.device_id)
+        self.session.run_with_iobinding(probe, _run_options(-1))  # outside any graph: output shapes
+        outputs = {n: ort.OrtValue.ortvalue_from_shape_and_type(v.shape(), _numpy_dtype(v.data_type()), "cuda",
+                                                                self.device_id)
+                   for n, v in zip(self.output_names, probe.get_outputs())}
+        binding = self.session.io_binding()
+        for n, v in inputs.items():
+            binding.bind_ortvalue_input(n, v)
+        for n, v in outputs.items():
+            binding.bind_ortvalue_output(n, v)
+        slot = _GraphSlot(inputs, outputs, binding, _run_options(len(self._graphs)))
+        self._graphs[key] = slot
+        return slot
+
+    def _replay(self, slot: "_GraphSlot") -> None:
+        self.session.run_with_iobinding(slot.binding, slot.run_options)
+        raise_captured_error()
+
+
+class _GraphSlot:
+    """One shape bucket of a CUDA-graph session: fixed input/output OrtValues, their binding and
+    the run options naming its graph."""
+
+    def __init__(self, inputs: dict, outputs: dict, binding, run_options):
+        self.inputs, self.outputs, self.binding, self.run_options = inputs, outputs, binding, run_options
+
+
+def _run_options(graph_id: int):
+    ro = _ort().RunOptions()
+    ro.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run outside any CUDA graph
+    return ro
+
+
+def _numpy_dtype(onnx_type: str):
+    table = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+             "tensor(int32)": np.int32, "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
+    if onnx_type not in table:
+        raise TypeError(f"cuda_graph: unsupported output type {onnx_type}")
+    return table[onnx_type]
+
+
+def raise_captured_error() -> None:
+    """Raises RuntimeError with the first bad input that a check=checked EmbeddingBag met in the
+    last CUDA-graph replay of this process (the op cannot fail a replayed run itself)."""
+    lib = ctypes.CDLL(custom_op_library())  # the instance ONNX Runtime loaded: same path, same handle
+    buf = ctypes.create_string_buffer(512)
+    fn = lib.dd_ort_captured_error
+    fn.argtypes, fn.restype = [ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int
+    if fn(buf, len(buf)) != 0:
+        raise RuntimeError(buf.value.decode(errors="replace"))
+
+
+def _time(fn, runs: int, warmup: int) -> dict:
+    """Wall-clock ms of fn over runs after warmup calls: median, min, max, mean."""
+    for _ in range(max(0, warmup)):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+            "mean_ms": statistics.fmean(times), "runs": runs}
 
 
 # ------------------------------------------------------------------------------------------------

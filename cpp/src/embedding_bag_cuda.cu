@@ -617,6 +617,12 @@ int dd_forward_tables_cuda(const dd_config* cfg, const void* weights, const dd_t
   return dd::forward_cuda_view(cfg, weights, *view, output, workspace, stream_ptr, tables, msg, len);
 }
 
+int dd_clear_error(void* workspace, void* stream_ptr, char* msg, size_t len) {
+  if (!workspace) return fail(DD_ERR_CONFIG, msg, len, "no workspace");
+  cudaError_t e = cudaMemsetAsync(workspace, 0, sizeof(dd::ErrorRecord), static_cast<cudaStream_t>(stream_ptr));
+  return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "clearing the error record", msg, len);
+}
+
 int dd_read_error(const dd_config*, void* workspace, void* stream_ptr, char* msg, size_t len) {
   if (!workspace) return fail(DD_ERR_CONFIG, msg, len, "no workspace");
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
@@ -708,6 +714,12 @@ int dd_setup_l2_persistence(const dd_config* cfg, size_t* reserved, char* msg, s
   }
   if (reserved) *reserved = current;
   return DD_OK;
+}
+
+int dd_stream_capturing(void* stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status) != cudaSuccess) return 0;
+  return status == cudaStreamCaptureStatusActive ? 1 : 0;
 }
 
 int dd_cuda_available(void) {

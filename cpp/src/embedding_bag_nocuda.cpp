@@ -12,6 +12,9 @@ int dd_forward_tables_cuda(const dd_config*, const void*, const dd_table_lookups
                            size_t len) {
   return fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
 }
+int dd_clear_error(void*, void*, char* msg, size_t len) {
+  return fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
+}
 int dd_read_error(const dd_config*, void*, void*, char* msg, size_t len) {
   return fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
 }
@@ -31,6 +34,7 @@ int dd_deferred_poll(dd_deferred*, void*, void*, int, char* msg, size_t len) {
   if (msg && len) msg[0] = 0;
   return DD_OK;
 }
+int dd_stream_capturing(void*) { return 0; }
 int dd_cuda_available(void) { return 0; }
 const char* dd_describe_kernel(const dd_config*, char* buf, size_t len) {
   if (buf && len) snprintf(buf, len, "cpu-reference");

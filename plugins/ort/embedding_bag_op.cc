@@ -4,6 +4,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <memory>
+#include <set>
 #include <vector>
 
 namespace dd_ort {
@@ -109,6 +110,7 @@ EmbeddingBagKernel::EmbeddingBagKernel(const OrtKernelInfo* info, Provider provi
 }
 
 EmbeddingBagKernel::~EmbeddingBagKernel() {
+  ForgetCaptured();
   if (deferred_ != nullptr) {
     char text[DD_MSG_LEN];
     if (dd_deferred_poll(deferred_, nullptr, nullptr, 1, text, sizeof(text)) == DD_ERR_INPUT) ReportDeferred(text);
@@ -205,8 +207,9 @@ OrtStatusPtr EmbeddingBagKernel::Init(const OrtKernelInfo* info) {
                                              (i <= index_inputs ? " (the type of the first indices input)" : ""));
   }
 
-  if (provider_ == Provider::kCuda && cfg_.check == DD_DEFERRED) {
+  if (provider_ == Provider::kCuda && cfg_.check != DD_UNCHECKED)
     Ort::ThrowOnError(api.KernelInfoGetAllocator(info, OrtMemTypeDefault, &workspace_allocator_));
+  if (provider_ == Provider::kCuda && cfg_.check == DD_DEFERRED) {
     char msg[DD_MSG_LEN];
     deferred_ = dd_deferred_create(msg, sizeof(msg));
     if (deferred_ == nullptr) return Error(ORT_FAIL, msg);
@@ -344,17 +347,17 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
                                         const float* psw, int64_t num_indices, int64_t num_offsets,
                                         const std::vector<dd_table_lookups>* tables, void* out, char* msg) {
   const OrtApi& api = Ort::GetApi();
-  auto forward = [&](void* ws, void* stream) {
+  auto forward = [&](void* ws, void* stream, const dd_config* cfg) {
     if (provider_ == Provider::kCpu)
-      return tables ? dd_forward_tables_cpu(&cfg_, w, tables->data(), out, msg, DD_MSG_LEN)
-                    : dd_forward_cpu(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, msg, DD_MSG_LEN);
-    return tables ? dd_forward_tables_cuda(&cfg_, w, tables->data(), out, ws, stream, msg, DD_MSG_LEN)
-                  : dd_forward_cuda(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, ws, stream, msg,
+      return tables ? dd_forward_tables_cpu(cfg, w, tables->data(), out, msg, DD_MSG_LEN)
+                    : dd_forward_cpu(cfg, w, idx, off, psw, num_indices, num_offsets, out, msg, DD_MSG_LEN);
+    return tables ? dd_forward_tables_cuda(cfg, w, tables->data(), out, ws, stream, msg, DD_MSG_LEN)
+                  : dd_forward_cuda(cfg, w, idx, off, psw, num_indices, num_offsets, out, ws, stream, msg,
                                     DD_MSG_LEN);
   };
   int rc = DD_OK;
   if (provider_ == Provider::kCpu) {
-    rc = forward(nullptr, nullptr);
+    rc = forward(nullptr, nullptr, &cfg_);
   } else {
     Ort::KernelContext ctx(context);
     void* stream = ctx.GetGPUComputeStream();
@@ -373,9 +376,14 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
       char earlier[DD_MSG_LEN];
       if (dd_deferred_poll(deferred_, persistent_workspace_, stream, 0, earlier, sizeof(earlier)) == DD_ERR_INPUT)
         ReportDeferred(earlier);
-      rc = forward(persistent_workspace_, stream);
+      rc = forward(persistent_workspace_, stream, &cfg_);
       if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, DD_MSG_LEN);
+    } else if (cfg_.check == DD_CHECKED && dd_stream_capturing(stream)) {
+      rc = LaunchCaptured(forward, stream, msg);
     } else if (cfg_.check == DD_CHECKED) {
+      // What a CUDA-graph capture will need, made now: capture forbids allocating (ORT runs the
+      // model normally before it captures).
+      if (OrtStatusPtr st = PrepareCapture(stream)) return st;
       // Per call, from the execution provider's (arena) allocator: concurrent runs never share it.
       OrtAllocator* allocator = nullptr;
       Ort::ConstValue w0 = ctx.GetInput(0);
@@ -386,15 +394,69 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
         return Error(ORT_FAIL, "cannot allocate the kernel workspace");
       }
       // checked mode synchronises the stream before returning, so the workspace is free again.
-      rc = forward(ws, stream);
+      rc = forward(ws, stream, &cfg_);
       allocator->Free(allocator, ws);
       api.ReleaseAllocator(allocator);
     } else {
-      rc = forward(nullptr, stream);
+      rc = forward(nullptr, stream, &cfg_);
     }
   }
   if (rc != DD_OK) return Error(ErrorCodeOf(rc), msg);
   return nullptr;
+}
+
+// check=checked inside a CUDA graph: ORT captures the run once and replays it without calling
+// Compute again, so the kernel cannot return a status per replay. The captured work clears the
+// error record, validates as deferred does (bad lookups add zeros, nothing out of bounds) and
+// copies the record to pinned host memory behind the launch; after each replay,
+// dd_ort_captured_error() (called by dlrm_deploy's OrtSession) reads those copies and reports the
+// first error of that replay.
+namespace {
+std::mutex g_captured_mutex;
+std::set<const EmbeddingBagKernel*> g_captured;
+}  // namespace
+
+OrtStatusPtr EmbeddingBagKernel::PrepareCapture(void* stream) {
+  std::lock_guard<std::mutex> lock(workspace_mutex_);
+  if (workspace_allocator_ == nullptr || deferred_ != nullptr) return nullptr;
+  char text[DD_MSG_LEN];
+  persistent_workspace_ = workspace_allocator_->Alloc(workspace_allocator_, dd_workspace_size(&cfg_));
+  if (persistent_workspace_ == nullptr) return Error(ORT_FAIL, "cannot allocate the kernel workspace");
+  if (dd_clear_error(persistent_workspace_, stream, text, sizeof(text)) != DD_OK) return Error(ORT_FAIL, text);
+  deferred_ = dd_deferred_create(text, sizeof(text));
+  return deferred_ == nullptr ? Error(ORT_FAIL, text) : nullptr;
+}
+
+template <typename Forward>
+int EmbeddingBagKernel::LaunchCaptured(Forward& forward, void* stream, char* msg) {
+  std::lock_guard<std::mutex> lock(workspace_mutex_);
+  if (persistent_workspace_ == nullptr || deferred_ == nullptr)
+    return std::snprintf(msg, DD_MSG_LEN, "check=checked in a CUDA graph needs one regular run before capture "
+                                          "(ONNX Runtime makes one)"), DD_ERR_CONFIG;
+  dd_config cfg = cfg_;
+  cfg.check = DD_DEFERRED;
+  int rc = dd_clear_error(persistent_workspace_, stream, msg, DD_MSG_LEN);
+  if (rc == DD_OK) rc = forward(persistent_workspace_, stream, &cfg);
+  if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, DD_MSG_LEN);
+  if (rc == DD_OK) {
+    std::lock_guard<std::mutex> reg(g_captured_mutex);
+    g_captured.insert(this);
+  }
+  return rc;
+}
+
+int EmbeddingBagKernel::CapturedError(char* msg, size_t len) const {
+  char text[DD_MSG_LEN];
+  if (deferred_ == nullptr || dd_deferred_poll(deferred_, nullptr, nullptr, 1, text, sizeof(text)) != DD_ERR_INPUT)
+    return DD_OK;
+  std::snprintf(msg, len, "dlrm_deploy::EmbeddingBag%s%s%s: %s", node_name_.empty() ? "" : " (node '",
+                node_name_.c_str(), node_name_.empty() ? "" : "')", text);
+  return DD_ERR_INPUT;
+}
+
+void EmbeddingBagKernel::ForgetCaptured() const {
+  std::lock_guard<std::mutex> reg(g_captured_mutex);
+  g_captured.erase(this);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -447,3 +509,16 @@ OrtCustomOpInputOutputCharacteristic EmbeddingBagOp::GetInputCharacteristic(size
 }
 
 }  // namespace dd_ort
+
+// The first bad input of the last CUDA-graph replay of any check=checked kernel (see
+// LaunchCaptured): DD_ERR_INPUT with the message, or DD_OK. Call after the replay finished (ONNX
+// Runtime's Run returns after synchronising). Each report is returned once.
+extern "C" __attribute__((visibility("default"))) int dd_ort_captured_error(char* msg, size_t len) {
+  std::lock_guard<std::mutex> reg(dd_ort::g_captured_mutex);
+  for (const dd_ort::EmbeddingBagKernel* k : dd_ort::g_captured) {
+    const int rc = k->CapturedError(msg, len);
+    if (rc != DD_OK) return rc;
+  }
+  if (msg && len) msg[0] = 0;
+  return DD_OK;
+}

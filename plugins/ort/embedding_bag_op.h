@@ -33,6 +33,9 @@ class EmbeddingBagKernel {
   EmbeddingBagKernel& operator=(const EmbeddingBagKernel&) = delete;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
+  // check=checked captured into a CUDA graph: the last replay's first bad input (DD_ERR_INPUT and
+  // msg) or DD_OK; each report once.
+  int CapturedError(char* msg, size_t len) const;
 
  private:
   OrtStatusPtr Init(const OrtKernelInfo* info);
@@ -43,6 +46,11 @@ class EmbeddingBagKernel {
   OrtStatusPtr Launch(OrtKernelContext* context, const void* weights, const void* indices, const void* offsets,
                       const float* psw, int64_t num_indices, int64_t num_offsets,
                       const std::vector<dd_table_lookups>* tables, void* out, char* msg);
+  // Persistent workspace and pinned record for a later capture (outside capture only).
+  OrtStatusPtr PrepareCapture(void* stream);
+  template <typename Forward>
+  int LaunchCaptured(Forward& forward, void* stream, char* msg);
+  void ForgetCaptured() const;
   // Writes an earlier run's bad input (check=deferred) to stderr.
   void ReportDeferred(const char* text) const;
 

@@ -126,7 +126,8 @@ DD_API int64_t dd_batch_size(const dd_config* cfg, int64_t num_offsets, char* ms
 /* Device workspace the CUDA forward needs, in bytes (error record and hot-row bookkeeping). */
 DD_API size_t dd_workspace_size(const dd_config* cfg);
 
-/* CPU reference: the contract's exact semantics, sequential fp32 sums in index order.
+/* CPU forward: the contract's exact semantics, fp32 sums in index order per bag (bit-exact with
+ * dd_forward_cpu_reference), vectorised over D, on the calling thread.
  * Bad input (in any check mode) returns DD_ERR_INPUT with the first offending position. */
 DD_API int dd_forward_cpu(const dd_config* cfg, const void* weights, const void* indices, const void* offsets,
                           const float* per_sample_weights, int64_t num_indices, int64_t num_offsets, void* output,
@@ -150,6 +151,29 @@ DD_API int dd_forward_tables_cpu(const dd_config* cfg, const void* weights, cons
                                  void* output, char* msg, size_t msg_len);
 DD_API int dd_forward_tables_cuda(const dd_config* cfg, const void* weights, const dd_table_lookups* tables,
                                   void* output, void* workspace, void* stream, char* msg, size_t msg_len);
+
+/* Multi-threaded CPU forward. parallel_for(ctx, n, body, arg) must call body(arg, begin, end) on
+ * ranges that together cover [0, n) exactly once, on any threads, concurrently or not, and return
+ * when all have finished (ONNX Runtime's adapter hands it the intra-op thread pool). NULL runs
+ * everything on the calling thread. Work is split across bags and tables only, so the output is
+ * bit-exact with the single-threaded forward; with bad input the error reported is that of the
+ * lowest (table, bag), as in the sequential reference. */
+typedef void (*dd_range_fn)(void* arg, int64_t begin, int64_t end);
+typedef void (*dd_parallel_for_fn)(void* ctx, int64_t n, dd_range_fn body, void* arg);
+DD_API int dd_forward_cpu_parallel(const dd_config* cfg, const void* weights, const void* indices,
+                                   const void* offsets, const float* per_sample_weights, int64_t num_indices,
+                                   int64_t num_offsets, void* output, dd_parallel_for_fn parallel_for,
+                                   void* parallel_ctx, char* msg, size_t msg_len);
+DD_API int dd_forward_tables_cpu_parallel(const dd_config* cfg, const void* weights, const dd_table_lookups* tables,
+                                          void* output, dd_parallel_for_fn parallel_for, void* parallel_ctx,
+                                          char* msg, size_t msg_len);
+
+/* The sequential CPU reference (one element at a time): what the tests compare every forward with. */
+DD_API int dd_forward_cpu_reference(const dd_config* cfg, const void* weights, const void* indices,
+                                    const void* offsets, const float* per_sample_weights, int64_t num_indices,
+                                    int64_t num_offsets, void* output, char* msg, size_t msg_len);
+DD_API int dd_forward_tables_cpu_reference(const dd_config* cfg, const void* weights,
+                                           const dd_table_lookups* tables, void* output, char* msg, size_t msg_len);
 
 /* CUDA forward on stream (a cudaStream_t; NULL = legacy default stream). All pointers are device
  * pointers; workspace has dd_workspace_size bytes (NULL allowed when check == DD_UNCHECKED).
@@ -193,12 +217,19 @@ DD_API int dd_deferred_after_launch(dd_deferred* d, const void* workspace, void*
  * copy (teardown; also reports a copy captured into a CUDA graph). DD_OK otherwise. */
 DD_API int dd_deferred_poll(dd_deferred* d, void* workspace, void* stream, int wait, char* msg, size_t msg_len);
 
+/* Clears the error record at the head of workspace, queued on stream (capturable). */
+DD_API int dd_clear_error(void* workspace, void* stream, char* msg, size_t msg_len);
+
 /* For DD_DEFERRED: synchronises stream, reads the error record from workspace and clears it. */
 DD_API int dd_read_error(const dd_config* cfg, void* workspace, void* stream, char* msg, size_t msg_len);
 
 /* Sets up persisting L2 for the hot rows (cudaLimitPersistingL2CacheSize, process-wide): call once
  * at initialisation, not per launch. Returns the bytes reserved in *reserved. */
 DD_API int dd_setup_l2_persistence(const dd_config* cfg, size_t* reserved, char* msg, size_t msg_len);
+
+/* 1 while stream (a cudaStream_t) is being captured into a CUDA graph, else 0: adapters then avoid
+ * what capture forbids (synchronisation, allocation). */
+DD_API int dd_stream_capturing(void* stream);
 
 /* 1 when the library was built with CUDA and a device is visible. */
 DD_API int dd_cuda_available(void);

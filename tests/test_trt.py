@@ -214,6 +214,86 @@ def test_engine_build_and_run(tmp_path, dtype, mode, ilo):
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def _tiny_per_table_model(path, mode="sum", include_last_offset=0, weighted=False):
+    """One EmbeddingBag node in the per-table form: weights, indices_t, offsets_t[, psw_t] per table."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((sum(TABLE_ROWS), DIM)).astype(np.float32)
+    T = len(TABLE_ROWS)
+    names = [f"indices_{t}" for t in range(T)] + [f"offsets_{t}" for t in range(T)]
+    if weighted:
+        names += [f"psw_{t}" for t in range(T)]
+    node = helper.make_node(C.OP_TYPE, ["weights", *names], ["out"], domain=C.DOMAIN, table_rows=TABLE_ROWS, dim=DIM,
+                            mode=mode, include_last_offset=include_last_offset)
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT if n.startswith("psw") else TensorProto.INT64,
+                                           [n.replace("offsets", "O").replace("indices", "N").replace("psw", "N")])
+              for n in names]
+    graph = helper.make_graph([node], "tiny_per_table", inputs,
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", T * DIM])],
+                              [numpy_helper.from_array(w, "weights")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(C.DOMAIN, 1)])
+    onnx.save(model, str(path))
+    return w
+
+
+def _per_table_inputs(batch, include_last_offset, weighted, trailing=2, seed=1):
+    """Each table's own ids (1..5 per bag), offsets from 0 and weights; with include_last_offset the
+    last offset ends the last bag and `trailing` ids follow it (ignored, as in PyTorch)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for t, rows in enumerate(TABLE_ROWS):
+        lengths = rng.integers(1, 6, batch)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        extra = trailing if include_last_offset else 0
+        feeds[f"indices_{t}"] = rng.integers(0, rows, int(offsets[-1]) + extra).astype(np.int64)
+        feeds[f"offsets_{t}"] = (offsets if include_last_offset else offsets[:-1]).astype(np.int64)
+        if weighted:
+            feeds[f"psw_{t}"] = rng.standard_normal(len(feeds[f"indices_{t}"])).astype(np.float32)
+    return feeds
+
+
+def _per_table_reference(w, mode, feeds, batch, include_last_offset):
+    base = np.cumsum([0] + TABLE_ROWS)
+    out = np.zeros((batch, len(TABLE_ROWS) * DIM), np.float32)
+    for t in range(len(TABLE_ROWS)):
+        ids, off = feeds[f"indices_{t}"], feeds[f"offsets_{t}"]
+        psw = feeds.get(f"psw_{t}")
+        ends = list(off[1:]) + ([] if include_last_offset else [len(ids)])
+        for b in range(batch):
+            s, e = off[b], ends[b]
+            if e > s:
+                rows = w[base[t] + ids[s:e]]
+                if psw is not None:
+                    rows = rows * psw[s:e, None]
+                out[b, t * DIM:(t + 1) * DIM] = rows.sum(0) if mode == "sum" else rows.mean(0)
+    return out
+
+
+@requires_trt
+@pytest.mark.trt
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode,ilo,weighted", [("sum", 0, True), ("mean", 1, False), ("sum", 1, True)])
+def test_engine_per_table_form(tmp_path, mode, ilo, weighted):
+    """The exporter's per-table form (each table's own indices, offsets and weights) builds and runs."""
+    from dlrm_deploy.runtime.trt import build_trt_engine
+
+    onnx_path = tmp_path / "tiny_per_table.onnx"
+    w = _tiny_per_table_model(onnx_path, mode, ilo, weighted)
+    max_batch, max_ids = 64, 64 * 5 + 2
+    shapes = {}
+    for t in range(len(TABLE_ROWS)):
+        shapes[f"offsets_{t}"] = ([1 + ilo], [16 + ilo], [max_batch + ilo])
+        for name in (f"indices_{t}",) + ((f"psw_{t}",) if weighted else ()):
+            shapes[name] = ([1], [16 * 3], [max_ids])
+    plan = build_trt_engine(onnx_path, tmp_path / "tiny_per_table.plan", max_batch=max_batch, opt_batch=16,
+                            shapes=shapes)
+    sess = _session(plan)
+    for batch in (1, 16, 64):
+        feeds = _per_table_inputs(batch, ilo, weighted)
+        (out,) = sess.run(feeds)
+        ref = _per_table_reference(w, mode, feeds, batch, ilo)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
 @requires_trt
 @pytest.mark.trt
 @pytest.mark.gpu

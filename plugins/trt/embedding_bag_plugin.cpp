@@ -23,8 +23,7 @@ using Severity = nvinfer1::ILogger::Severity;
 namespace dlrm_deploy_trt {
 namespace {
 
-constexpr int kWeights = 0, kIndices = 1, kOffsets = 2, kPerSampleWeights = 3;
-const char* const kInputNames[] = {"weights", "indices", "offsets", "per_sample_weights"};
+constexpr int32_t kWeights = 0;
 
 const char* type_name(DataType t) {
   switch (t) {
@@ -74,7 +73,47 @@ bool read_ints(const PluginField& f, std::vector<int64_t>* out) {
   return true;
 }
 
+// An input's name in messages, as the core names a table's tensors ("offsets of table 2").
+struct Label {
+  char text[64];
+};
+Label input_label(const InputLayout& layout, int32_t pos) {
+  Label l{};
+  if (pos == kWeights) {
+    std::snprintf(l.text, sizeof(l.text), "weights");
+    return l;
+  }
+  const char* kind = "per_sample_weights";
+  int32_t table = pos - layout.weights(0);
+  if (pos < layout.offsets(0)) {
+    kind = "indices";
+    table = pos - layout.indices(0);
+  } else if (pos < layout.weights(0)) {
+    kind = "offsets";
+    table = pos - layout.offsets(0);
+  }
+  if (layout.per_table) std::snprintf(l.text, sizeof(l.text), "%s of table %d", kind, table);
+  else std::snprintf(l.text, sizeof(l.text), "%s", kind);
+  return l;
+}
+
 }  // namespace
+
+InputLayout InputLayout::of(int32_t num_tables, int32_t nb_inputs) noexcept {
+  InputLayout l;
+  const int32_t T = num_tables;
+  if (T < 1) return l;
+  if (nb_inputs == 1 + 2 * T || nb_inputs == 1 + 3 * T) {
+    l.valid = l.per_table = true;
+    l.groups = T;
+    l.weighted = nb_inputs == 1 + 3 * T;
+  } else if (nb_inputs == 3 || nb_inputs == 4) {  // packed (T > 1; T = 1 matched above)
+    l.valid = true;
+    l.groups = 1;
+    l.weighted = nb_inputs == 4;
+  }
+  return l;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Deferred error reporting
@@ -126,7 +165,8 @@ void DeferredErrors::drain(const std::string& layer) noexcept {
 // The plugin
 
 EmbeddingBagPlugin::EmbeddingBagPlugin(std::string layer_name, std::vector<FieldValue> values, const dd_config& cfg)
-    : layer_(std::move(layer_name)), values_(std::move(values)), cfg_(cfg) {
+    : layer_(std::move(layer_name)), values_(std::move(values)), cfg_(cfg),
+      tables_(static_cast<size_t>(cfg.num_tables > 0 ? cfg.num_tables : 0)) {
   char buf[512];
   std::snprintf(buf, sizeof(buf), "tables=%d dim=%d dtype=%s out_dtype=%s mode=%s variant=%s check=%s pinned_rows=%lld",
                 cfg_.num_tables, cfg_.dim, dd_name("dtype", cfg_.dtype), dd_name("out_dtype", cfg_.out_dtype),
@@ -219,7 +259,7 @@ EmbeddingBagPlugin* EmbeddingBagPlugin::create(const char* layer_name, const Plu
 
 EmbeddingBagPlugin* EmbeddingBagPlugin::copy() const noexcept {
   auto* p = new (std::nothrow) EmbeddingBagPlugin(layer_, values_, cfg_);
-  if (p) p->nb_inputs_ = nb_inputs_;
+  if (p) p->layout_ = layout_;
   return p;
 }
 
@@ -234,23 +274,39 @@ nvinfer1::IPluginCapability* EmbeddingBagPlugin::getCapabilityInterface(nvinfer1
 
 nvinfer1::IPluginV3* EmbeddingBagPlugin::clone() noexcept { return copy(); }
 
+InputLayout EmbeddingBagPlugin::layout_for(int32_t nb_inputs, int32_t nb_outputs) const noexcept {
+  if (nb_outputs != 1) return error("has one output, got %d", nb_outputs), InputLayout{};
+  const InputLayout l = InputLayout::of(cfg_.num_tables, nb_inputs);
+  if (l.valid) return l;
+  const int32_t T = cfg_.num_tables;
+  if (T == 1)
+    error("expects 3 or 4 inputs (weights, indices, offsets[, per_sample_weights]), got %d", nb_inputs);
+  else
+    error("expects weights, then the %d tables' indices, their offsets and optionally their per_sample_weights "
+          "(%d or %d inputs), or the packed form's weights, indices, offsets[, per_sample_weights] (3 or 4 inputs); "
+          "got %d inputs", T, 1 + 2 * T, 1 + 3 * T, nb_inputs);
+  return l;
+}
+
 bool EmbeddingBagPlugin::check_tensors(const PluginTensorDesc* in, int32_t nb_inputs, const PluginTensorDesc* out,
                                        int32_t nb_outputs, bool concrete) noexcept {
-  if (nb_inputs != 3 && nb_inputs != 4)
-    return error("expects 3 or 4 inputs (weights, indices, offsets[, per_sample_weights]), got %d", nb_inputs);
-  if (nb_outputs != 1) return error("has one output, got %d", nb_outputs);
+  const InputLayout l = layout_for(nb_inputs, nb_outputs);
+  if (!l.valid) return false;
   for (int32_t i = 0; i < nb_inputs; ++i)
-    if (in[i].format != TensorFormat::kLINEAR) return error("input '%s' must have the linear format", kInputNames[i]);
+    if (in[i].format != TensorFormat::kLINEAR) return error("%s must have the linear format", input_label(l, i).text);
   if (!weights_type_ok(cfg_.dtype, in[kWeights].type))
     return error("weights are %s but dtype=%s needs %s", type_name(in[kWeights].type), dd_name("dtype", cfg_.dtype),
                  cfg_.dtype == DD_INT8 ? "uint8 [rows, row_bytes]" : type_name(output_type(cfg_.dtype)));
-  if (!index_type(in[kIndices].type)) return error("indices must be int32 or int64, got %s", type_name(in[kIndices].type));
-  if (in[kOffsets].type != in[kIndices].type)
-    return error("offsets (%s) must have the element type of indices (%s)", type_name(in[kOffsets].type),
-                 type_name(in[kIndices].type));
-  if (nb_inputs == 4 && in[kPerSampleWeights].type != DataType::kFLOAT)
-    return error("per_sample_weights must be float32, got %s", type_name(in[kPerSampleWeights].type));
-  if (nb_inputs == 4 && cfg_.mode != DD_SUM) return error("per_sample_weights need mode=sum (as in PyTorch)");
+  const DataType it = in[l.indices(0)].type;
+  if (!index_type(it)) return error("%s must be int32 or int64, got %s", input_label(l, l.indices(0)).text, type_name(it));
+  for (int32_t i = l.indices(0) + 1; i < l.index_inputs_end(); ++i)
+    if (in[i].type != it)
+      return error("%s (%s) must have the element type of %s (%s)", input_label(l, i).text, type_name(in[i].type),
+                   input_label(l, l.indices(0)).text, type_name(it));
+  for (int32_t g = 0; l.weighted && g < l.groups; ++g)
+    if (in[l.weights(g)].type != DataType::kFLOAT)
+      return error("%s must be float32, got %s", input_label(l, l.weights(g)).text, type_name(in[l.weights(g)].type));
+  if (l.weighted && cfg_.mode != DD_SUM) return error("per_sample_weights need mode=sum (as in PyTorch)");
   if (out[0].type != output_type(cfg_.out_dtype))
     return error("output is %s but out_dtype=%s", type_name(out[0].type), dd_name("out_dtype", cfg_.out_dtype));
 
@@ -264,45 +320,74 @@ bool EmbeddingBagPlugin::check_tensors(const PluginTensorDesc* in, int32_t nb_in
   if (w.d[0] >= 0 && w.d[0] != dd_total_rows(&cfg_))
     return error("weights have %lld rows; table_rows add up to %lld", static_cast<long long>(w.d[0]),
                  static_cast<long long>(dd_total_rows(&cfg_)));
-  for (int32_t i = kIndices; i < nb_inputs; ++i)
-    if (in[i].dims.nbDims != 1) return error("%s must have rank 1, got rank %d", kInputNames[i], in[i].dims.nbDims);
-  const int64_t n = in[kIndices].dims.d[0];
-  if (nb_inputs == 4 && n >= 0 && in[kPerSampleWeights].dims.d[0] >= 0 && in[kPerSampleWeights].dims.d[0] != n)
-    return error("per_sample_weights has %lld entries, indices %lld",
-                 static_cast<long long>(in[kPerSampleWeights].dims.d[0]), static_cast<long long>(n));
-  if (concrete) {
-    char msg[DD_MSG_LEN];
-    const int64_t batch = dd_batch_size(&cfg_, in[kOffsets].dims.d[0], msg, sizeof(msg));
-    if (batch < 0) return error("%s", msg);
-    if (out[0].dims.nbDims != 2 || out[0].dims.d[0] != batch ||
-        out[0].dims.d[1] != static_cast<int64_t>(cfg_.num_tables) * cfg_.dim)
-      return error("output must be [%lld, %lld]", static_cast<long long>(batch),
-                   static_cast<long long>(cfg_.num_tables) * cfg_.dim);
+  for (int32_t i = l.indices(0); i < nb_inputs; ++i)
+    if (in[i].dims.nbDims != 1) return error("%s must have rank 1, got rank %d", input_label(l, i).text, in[i].dims.nbDims);
+  for (int32_t g = 0; l.weighted && g < l.groups; ++g) {
+    const int64_t n = in[l.indices(g)].dims.d[0], m = in[l.weights(g)].dims.d[0];
+    if (n >= 0 && m >= 0 && m != n)
+      return error("%s has %lld entries, %s %lld", input_label(l, l.weights(g)).text, static_cast<long long>(m),
+                   input_label(l, l.indices(g)).text, static_cast<long long>(n));
   }
+  return check_bags(in, l, out, concrete);
+}
+
+bool EmbeddingBagPlugin::check_bags(const PluginTensorDesc* in, const InputLayout& l, const PluginTensorDesc* out,
+                                    bool concrete) noexcept {
+  const int64_t ilo = cfg_.include_last_offset ? 1 : 0;
+  int64_t batch = -1;
+  if (l.per_table) {
+    // Every table has one bag per sample: B + include_last_offset offsets each.
+    const int64_t first = in[l.offsets(0)].dims.d[0];
+    for (int32_t g = 0; g < l.groups; ++g) {
+      const int64_t n = in[l.offsets(g)].dims.d[0];
+      if (n < 0) continue;  // not known yet (build time)
+      if (n < ilo) return error("%s is empty; include_last_offset=1 needs batch + 1 entries", input_label(l, l.offsets(g)).text);
+      if (first >= 0 && n != first)
+        return error("%s holds %lld bags but %s %lld: every table needs one bag per sample",
+                     input_label(l, l.offsets(g)).text, static_cast<long long>(n - ilo),
+                     input_label(l, l.offsets(0)).text, static_cast<long long>(first - ilo));
+    }
+    batch = first >= 0 ? first - ilo : -1;
+  } else if (concrete) {
+    char msg[DD_MSG_LEN];
+    batch = dd_batch_size(&cfg_, in[l.offsets(0)].dims.d[0], msg, sizeof(msg));
+    if (batch < 0) return error("%s", msg);
+  }
+  if (concrete && (batch < 0 || out[0].dims.nbDims != 2 || out[0].dims.d[0] != batch ||
+                   out[0].dims.d[1] != static_cast<int64_t>(cfg_.num_tables) * cfg_.dim))
+    return error("output must be [%lld, %lld]", static_cast<long long>(batch),
+                 static_cast<long long>(cfg_.num_tables) * cfg_.dim);
   return true;
 }
 
 int32_t EmbeddingBagPlugin::configurePlugin(const DynamicPluginTensorDesc* in, int32_t nb_inputs,
                                             const DynamicPluginTensorDesc* out, int32_t nb_outputs) noexcept {
-  if (nb_inputs < 3 || nb_inputs > 4 || nb_outputs != 1)
-    return error("expects 3 or 4 inputs and 1 output, got %d and %d", nb_inputs, nb_outputs), 1;
-  PluginTensorDesc ins[4], outs[1];
-  for (int32_t i = 0; i < nb_inputs; ++i) ins[i] = in[i].desc;
-  outs[0] = out[0].desc;
-  if (!check_tensors(ins, nb_inputs, outs, nb_outputs, false)) return 1;
-  nb_inputs_ = nb_inputs;
-  cfg_.index_type = in[kIndices].desc.type == DataType::kINT64 ? DD_INT64 : DD_INT32;
+  const InputLayout l = layout_for(nb_inputs, nb_outputs);
+  if (!l.valid) return 1;
+  try {
+    std::vector<PluginTensorDesc> ins(static_cast<size_t>(nb_inputs));
+    for (int32_t i = 0; i < nb_inputs; ++i) ins[i] = in[i].desc;
+    const PluginTensorDesc outs[1] = {out[0].desc};
+    if (!check_tensors(ins.data(), nb_inputs, outs, nb_outputs, false)) return 1;
+  } catch (const std::bad_alloc&) {
+    return error("out of host memory"), 1;
+  }
+  layout_ = l;
+  cfg_.index_type = in[l.indices(0)].desc.type == DataType::kINT64 ? DD_INT64 : DD_INT32;
   setup_l2();
   return 0;
 }
 
 int32_t EmbeddingBagPlugin::getOutputDataTypes(DataType* output_types, int32_t nb_outputs, const DataType* input_types,
                                                int32_t nb_inputs) const noexcept {
-  if (nb_outputs != 1 || nb_inputs < 3 || nb_inputs > 4)
-    return error("expects 3 or 4 inputs and 1 output, got %d and %d", nb_inputs, nb_outputs), 1;
-  if (!index_type(input_types[kIndices]) || input_types[kOffsets] != input_types[kIndices])
-    return error("indices and offsets must both be int32 or both int64 (got %s and %s)",
-                 type_name(input_types[kIndices]), type_name(input_types[kOffsets])), 1;
+  const InputLayout l = layout_for(nb_inputs, nb_outputs);
+  if (!l.valid) return 1;
+  const DataType it = input_types[l.indices(0)];
+  if (!index_type(it)) return error("indices must be int32 or int64, got %s", type_name(it)), 1;
+  for (int32_t i = l.indices(0) + 1; i < l.index_inputs_end(); ++i)
+    if (input_types[i] != it)
+      return error("%s (%s) must have the element type of %s (%s)", input_label(l, i).text, type_name(input_types[i]),
+                   input_label(l, l.indices(0)).text, type_name(it)), 1;
   output_types[0] = output_type(cfg_.out_dtype);
   return 0;
 }
@@ -310,14 +395,18 @@ int32_t EmbeddingBagPlugin::getOutputDataTypes(DataType* output_types, int32_t n
 int32_t EmbeddingBagPlugin::getOutputShapes(const DimsExprs* inputs, int32_t nb_inputs, const DimsExprs*, int32_t,
                                             DimsExprs* outputs, int32_t nb_outputs,
                                             nvinfer1::IExprBuilder& builder) noexcept {
-  if (nb_outputs != 1 || nb_inputs < 3 || nb_inputs > 4)
-    return error("expects 3 or 4 inputs and 1 output, got %d and %d", nb_inputs, nb_outputs), 1;
-  if (inputs[kOffsets].nbDims != 1) return error("offsets must have rank 1, got %d", inputs[kOffsets].nbDims), 1;
-  // B = (len(offsets) - include_last_offset) / T: bag b of table t is offsets entry t*B + b.
-  const IDimensionExpr* bags = inputs[kOffsets].d[0];
+  const InputLayout l = layout_for(nb_inputs, nb_outputs);
+  if (!l.valid) return 1;
+  const DimsExprs& offsets = inputs[l.offsets(0)];
+  if (offsets.nbDims != 1)
+    return error("%s must have rank 1, got %d", input_label(l, l.offsets(0)).text, offsets.nbDims), 1;
+  // Per-table form: B = len(offsets of table 0) - include_last_offset (onShapeChange checks that the
+  // other tables agree). Packed form: B = (len(offsets) - include_last_offset) / T, bag b of table t
+  // being offsets entry t*B + b.
+  const IDimensionExpr* bags = offsets.d[0];
   if (cfg_.include_last_offset)
     bags = builder.operation(nvinfer1::DimensionOperation::kSUB, *bags, *builder.constant(1));
-  const IDimensionExpr* batch = cfg_.num_tables == 1 ? bags
+  const IDimensionExpr* batch = l.per_table || cfg_.num_tables == 1 || !bags ? bags
       : builder.operation(nvinfer1::DimensionOperation::kFLOOR_DIV, *bags, *builder.constant(cfg_.num_tables));
   if (!batch) return error("could not build the output shape expression"), 1;
   outputs[0].nbDims = 2;
@@ -327,14 +416,17 @@ int32_t EmbeddingBagPlugin::getOutputShapes(const DimsExprs* inputs, int32_t nb_
 }
 
 bool EmbeddingBagPlugin::supportsFormatCombination(int32_t pos, const DynamicPluginTensorDesc* in_out,
-                                                   int32_t nb_inputs, int32_t) noexcept {
+                                                   int32_t nb_inputs, int32_t nb_outputs) noexcept {
+  const InputLayout l = InputLayout::of(cfg_.num_tables, nb_inputs);
+  if (!l.valid || nb_outputs != 1 || pos < 0 || pos > nb_inputs) return false;
   const PluginTensorDesc& d = in_out[pos].desc;
   if (d.format != TensorFormat::kLINEAR) return false;
   if (pos == kWeights) return weights_type_ok(cfg_.dtype, d.type);
-  if (pos == kIndices) return index_type(d.type);
-  if (pos == kOffsets) return d.type == in_out[kIndices].desc.type;
-  if (pos == kPerSampleWeights && pos < nb_inputs) return d.type == DataType::kFLOAT;
-  return pos == nb_inputs && d.type == output_type(cfg_.out_dtype);
+  // Every indices and offsets input has the first indices input's type.
+  if (pos == l.indices(0)) return index_type(d.type);
+  if (pos < l.index_inputs_end()) return d.type == in_out[l.indices(0)].desc.type;
+  if (pos < nb_inputs) return d.type == DataType::kFLOAT;  // per_sample_weights
+  return d.type == output_type(cfg_.out_dtype);
 }
 
 size_t EmbeddingBagPlugin::getWorkspaceSize(const DynamicPluginTensorDesc*, int32_t, const DynamicPluginTensorDesc*,
@@ -356,11 +448,9 @@ void EmbeddingBagPlugin::setup_l2() noexcept {
 
 int32_t EmbeddingBagPlugin::onShapeChange(const PluginTensorDesc* in, int32_t nb_inputs, const PluginTensorDesc* out,
                                           int32_t nb_outputs) noexcept {
-  if (nb_inputs < 3 || nb_inputs > 4 || nb_outputs != 1)
-    return error("expects 3 or 4 inputs and 1 output, got %d and %d", nb_inputs, nb_outputs), 1;
   if (!check_tensors(in, nb_inputs, out, nb_outputs, true)) return 1;
-  nb_inputs_ = nb_inputs;
-  cfg_.index_type = in[kIndices].type == DataType::kINT64 ? DD_INT64 : DD_INT32;
+  layout_ = InputLayout::of(cfg_.num_tables, nb_inputs);
+  cfg_.index_type = in[layout_.indices(0)].type == DataType::kINT64 ? DD_INT64 : DD_INT32;
   if (cfg_.check != DD_UNCHECKED && !errors_.ready() && !errors_.allocate())
     log(Severity::kWARNING, "EmbeddingBag layer '%s': no pinned memory for deferred error reports; bad input will "
         "still read nothing out of bounds but will not be logged", layer_.c_str());
@@ -371,8 +461,12 @@ int32_t EmbeddingBagPlugin::enqueue(const PluginTensorDesc* input_desc, const Pl
                                     const void* const* inputs, void* const* outputs, void* workspace,
                                     cudaStream_t stream) noexcept {
   errors_.poll(layer_);
+  const InputLayout& l = layout_;
+  if (!l.valid) return error("enqueue before configurePlugin/onShapeChange: the inputs' layout is unknown"), 1;
+  if (l.per_table && tables_.size() != static_cast<size_t>(l.groups))
+    return error("table buffer holds %zu tables, expected %d", tables_.size(), l.groups), 1;
   dd_config c = cfg_;
-  c.index_type = input_desc[kIndices].type == DataType::kINT64 ? DD_INT64 : DD_INT32;
+  c.index_type = input_desc[l.indices(0)].type == DataType::kINT64 ? DD_INT64 : DD_INT32;
   // No synchronisation inside enqueue (CUDA graphs, async execution): "checked" runs as "deferred".
   const bool checked = c.check != DD_UNCHECKED;
   if (checked) {
@@ -382,11 +476,26 @@ int32_t EmbeddingBagPlugin::enqueue(const PluginTensorDesc* input_desc, const Pl
     if (cudaMemsetAsync(workspace, 0, dd_workspace_size(&c), stream) != cudaSuccess)
       return error("cudaMemsetAsync of the workspace failed: %s", cudaGetErrorString(cudaGetLastError())), 1;
   }
-  const float* psw = nb_inputs_ == 4 ? static_cast<const float*>(inputs[kPerSampleWeights]) : nullptr;
   char msg[DD_MSG_LEN];
-  const int st = dd_forward_cuda(&c, inputs[kWeights], inputs[kIndices], inputs[kOffsets], psw,
-                                 input_desc[kIndices].dims.d[0], input_desc[kOffsets].dims.d[0], outputs[0], workspace,
-                                 stream, msg, sizeof(msg));
+  int st;
+  if (l.per_table) {
+    // Host structs of device pointers, in a buffer sized at construction: no allocation here.
+    for (int32_t g = 0; g < l.groups; ++g) {
+      dd_table_lookups& t = tables_[static_cast<size_t>(g)];
+      t.indices = inputs[l.indices(g)];
+      t.offsets = inputs[l.offsets(g)];
+      t.per_sample_weights = l.weighted ? static_cast<const float*>(inputs[l.weights(g)]) : nullptr;
+      t.num_indices = input_desc[l.indices(g)].dims.d[0];
+      t.num_offsets = input_desc[l.offsets(g)].dims.d[0];
+      t.indices_name = t.offsets_name = nullptr;  // TensorRT gives a plugin no tensor names
+    }
+    st = dd_forward_tables_cuda(&c, inputs[kWeights], tables_.data(), outputs[0], workspace, stream, msg, sizeof(msg));
+  } else {
+    const float* psw = l.weighted ? static_cast<const float*>(inputs[l.weights(0)]) : nullptr;
+    st = dd_forward_cuda(&c, inputs[kWeights], inputs[l.indices(0)], inputs[l.offsets(0)], psw,
+                         input_desc[l.indices(0)].dims.d[0], input_desc[l.offsets(0)].dims.d[0], outputs[0],
+                         workspace, stream, msg, sizeof(msg));
+  }
   if (st != DD_OK) return error("%s", msg), st;
   if (checked) errors_.after_launch(workspace, stream);
   return 0;

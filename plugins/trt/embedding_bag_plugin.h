@@ -26,6 +26,24 @@ inline const char* plugin_version() noexcept { const char* v; dd_op_identity(nul
 // when there is none).
 void log(nvinfer1::ILogger::Severity severity, const char* fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
 
+// Where a call's tensors sit among the plugin's inputs. The input count decides the form (op
+// contract): per-table (1 + 2T or 1 + 3T inputs: weights, every table's indices, every table's
+// offsets, optionally every table's per_sample_weights) or packed (3 or 4 inputs for T > 1:
+// weights, concatenated indices, table-major offsets[, per_sample_weights]). With T = 1 both are
+// the same 3 or 4 inputs; the per-table form is used.
+struct InputLayout {
+  bool valid = false;
+  bool per_table = false;
+  bool weighted = false;  // per_sample_weights present
+  int32_t groups = 0;     // tensors of each kind: T (per-table) or 1 (packed)
+  int32_t indices(int32_t g) const { return 1 + g; }
+  int32_t offsets(int32_t g) const { return 1 + groups + g; }
+  int32_t weights(int32_t g) const { return 1 + 2 * groups + g; }
+  int32_t index_inputs_end() const { return 1 + 2 * groups; }  // inputs 1 .. end-1 hold int ids/offsets
+  // The layout for nb_inputs inputs of a node with num_tables tables (valid = false: no form fits).
+  static InputLayout of(int32_t num_tables, int32_t nb_inputs) noexcept;
+};
+
 // One attribute value, normalised: what createPlugin received (or the contract's default).
 struct FieldValue {
   std::string name;
@@ -102,16 +120,23 @@ class EmbeddingBagPlugin final : public nvinfer1::IPluginV3,
  private:
   EmbeddingBagPlugin(std::string layer_name, std::vector<FieldValue> values, const dd_config& cfg);
   EmbeddingBagPlugin* copy() const noexcept;
-  // Checks ranks, types and (where known, >= 0) sizes of the tensors against the attributes.
+  // The layout for nb_inputs inputs; logs why and returns an invalid layout when no form fits.
+  InputLayout layout_for(int32_t nb_inputs, int32_t nb_outputs) const noexcept;
+  // Checks ranks, types and (where known, >= 0) sizes of the tensors against the attributes: every
+  // table's offsets give the same number of bags, per_sample_weights match their table's indices.
   bool check_tensors(const nvinfer1::PluginTensorDesc* in, int32_t nb_inputs, const nvinfer1::PluginTensorDesc* out,
                      int32_t nb_outputs, bool concrete) noexcept;
+  // Bags per table (all equal in the per-table form) and, when concrete, the output's [B, T*D].
+  bool check_bags(const nvinfer1::PluginTensorDesc* in, const InputLayout& layout, const nvinfer1::PluginTensorDesc* out,
+                  bool concrete) noexcept;
   void setup_l2() noexcept;
   bool error(const char* fmt, ...) const noexcept __attribute__((format(printf, 2, 3)));
 
   std::string layer_;
   std::vector<FieldValue> values_;  // every contract field, in contract order
   dd_config cfg_;
-  int32_t nb_inputs_ = 3;           // 4 with per_sample_weights
+  InputLayout layout_;              // from configurePlugin / onShapeChange
+  std::vector<dd_table_lookups> tables_;  // per-table form: one entry per table, filled by enqueue
   bool l2_done_ = false;
   std::string metadata_;
   std::vector<nvinfer1::PluginField> serialized_;

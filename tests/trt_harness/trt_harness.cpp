@@ -3,8 +3,9 @@
 // configurePlugin -> getOutputDataTypes/getOutputShapes (with an expression builder of our own) ->
 // getWorkspaceSize -> onShapeChange -> enqueue on a CUDA stream -> getFieldsToSerialize ->
 // createPlugin(serialized fields, runtime phase) -> attachToContext -> enqueue again. Every output
-// is checked against the core's CPU reference (dd_forward_cpu); bad fields, types and shapes must
-// fail cleanly, and bad indices must be logged (deferred check) without a synchronising enqueue.
+// is checked against the core's CPU reference (dd_forward_cpu for the packed form, dd_forward_tables_cpu
+// for the per-table form); bad fields, types and shapes must fail cleanly, and bad indices and offsets
+// must be logged (deferred check) without a synchronising enqueue.
 //
 //   dd_trt_harness [path/to/libdlrm_deploy_trt.so]      exit 0: pass, 1: failures
 // Without a CUDA device only the host-side paths run (and the summary line says so).
@@ -255,11 +256,18 @@ struct Case {
   int batch = 5;
   int64_t pinned_rows = 0;
   int hot_first = 0;
+  // Per-table form (1 + 2T or 1 + 3T inputs: each table's own ids, offsets and weights); else packed.
+  // T = 1 is the same 3 or 4 inputs either way.
+  bool per_table = false;
+  int trailing_ids = 0;  // per-table form with include_last_offset: ids after each table's last offset
+  int pooling = -1;      // ids per bag; -1: 0..6 at random (empty bags included)
+  int num_tables() const { return static_cast<int>(table_rows.size()); }
   std::string label() const {
     char buf[256];
-    std::snprintf(buf, sizeof(buf), "dtype=%s out=%s mode=%s idx=%s ilo=%d psw=%d check=%s variant=%s D=%d B=%d",
-                  dtype.c_str(), out_dtype.c_str(), mode.c_str(), int64_indices ? "int64" : "int32",
-                  include_last_offset, per_sample_weights, check.c_str(), variant.c_str(), dim, batch);
+    std::snprintf(buf, sizeof(buf), "%s T=%d dtype=%s out=%s mode=%s idx=%s ilo=%d%s psw=%d check=%s variant=%s D=%d B=%d",
+                  per_table ? "per-table" : "packed", num_tables(), dtype.c_str(), out_dtype.c_str(), mode.c_str(),
+                  int64_indices ? "int64" : "int32", include_last_offset, trailing_ids ? "+trailing" : "",
+                  per_sample_weights, check.c_str(), variant.c_str(), dim, batch);
     return buf;
   }
 };
@@ -289,9 +297,13 @@ DataType out_type(const std::string& d) {
 struct Problem {
   dd_config cfg;
   std::vector<uint8_t> weights;  // packed, row_bytes per row
+  // Packed form: concatenated ids and table-major offsets into them.
   std::vector<int64_t> indices;
   std::vector<int64_t> offsets;
   std::vector<float> psw;
+  // Per-table form: table t's own ids (local, from position 0), offsets and weights.
+  std::vector<std::vector<int64_t>> t_indices, t_offsets;
+  std::vector<std::vector<float>> t_psw;
   int64_t rows = 0, row_bytes = 0;
 };
 
@@ -327,18 +339,31 @@ Problem make_problem(const Case& c, std::mt19937& rng) {
       std::memcpy(row + c.dim + 4, &bias, 4);
     }
   }
-  // Table-major bags with 0..6 lookups each (empty bags included).
-  const int T = static_cast<int>(c.table_rows.size());
+  // Table-major bags with 0..6 lookups each (empty bags included), or c.pooling each.
+  const int T = c.num_tables();
+  if (c.per_table) {
+    p.t_indices.resize(T);
+    p.t_offsets.resize(T);
+    p.t_psw.resize(T);
+  }
   for (int t = 0; t < T; ++t) {
     std::uniform_int_distribution<int64_t> id(0, c.table_rows[t] - 1);
+    std::vector<int64_t>& ids = c.per_table ? p.t_indices[t] : p.indices;
+    std::vector<int64_t>& offs = c.per_table ? p.t_offsets[t] : p.offsets;
     for (int b = 0; b < c.batch; ++b) {
-      p.offsets.push_back(static_cast<int64_t>(p.indices.size()));
-      const int len = static_cast<int>(rng() % 7);
-      for (int k = 0; k < len; ++k) p.indices.push_back(id(rng));
+      offs.push_back(static_cast<int64_t>(ids.size()));
+      const int len = c.pooling >= 0 ? c.pooling : static_cast<int>(rng() % 7);
+      for (int k = 0; k < len; ++k) ids.push_back(id(rng));
     }
+    if (c.per_table && c.include_last_offset) {
+      offs.push_back(static_cast<int64_t>(ids.size()));
+      for (int k = 0; k < c.trailing_ids; ++k) ids.push_back(id(rng));  // ignored, as in PyTorch
+    }
+    if (c.per_table && c.per_sample_weights)
+      for (size_t i = 0; i < ids.size(); ++i) p.t_psw[t].push_back(val(rng));
   }
-  if (c.include_last_offset) p.offsets.push_back(static_cast<int64_t>(p.indices.size()));
-  if (c.per_sample_weights)
+  if (!c.per_table && c.include_last_offset) p.offsets.push_back(static_cast<int64_t>(p.indices.size()));
+  if (!c.per_table && c.per_sample_weights)
     for (size_t i = 0; i < p.indices.size(); ++i) p.psw.push_back(val(rng));
   return p;
 }
@@ -350,6 +375,70 @@ std::vector<uint8_t> index_bytes(const std::vector<int64_t>& v, bool int64) {
     else { int32_t x = static_cast<int32_t>(v[i]); std::memcpy(out.data() + 4 * i, &x, 4); }
   }
   return out;
+}
+
+std::vector<uint8_t> float_bytes(const std::vector<float>& v) {
+  std::vector<uint8_t> out(v.size() * sizeof(float));
+  if (!v.empty()) std::memcpy(out.data(), v.data(), out.size());
+  return out;
+}
+
+// Inputs 1.. (after the weights) as raw host bytes, in the plugin's input order.
+std::vector<std::vector<uint8_t>> lookup_bytes(const Case& c, const Problem& p) {
+  std::vector<std::vector<uint8_t>> in;
+  if (!c.per_table) {
+    in.push_back(index_bytes(p.indices, c.int64_indices));
+    in.push_back(index_bytes(p.offsets, c.int64_indices));
+    if (c.per_sample_weights) in.push_back(float_bytes(p.psw));
+    return in;
+  }
+  for (const auto& ids : p.t_indices) in.push_back(index_bytes(ids, c.int64_indices));
+  for (const auto& offs : p.t_offsets) in.push_back(index_bytes(offs, c.int64_indices));
+  if (c.per_sample_weights)
+    for (const auto& w : p.t_psw) in.push_back(float_bytes(w));
+  return in;
+}
+
+// The core's CPU reference on the host copies of the inputs (lookup_bytes order).
+int reference(const Case& c, const Problem& p, const std::vector<std::vector<uint8_t>>& in, void* out, char* msg,
+              size_t len) {
+  dd_config cfg = p.cfg;
+  if (!c.per_table)
+    return dd_forward_cpu(&cfg, p.weights.data(), in[0].data(), in[1].data(),
+                          c.per_sample_weights ? p.psw.data() : nullptr, static_cast<int64_t>(p.indices.size()),
+                          static_cast<int64_t>(p.offsets.size()), out, msg, len);
+  const size_t T = p.t_indices.size();
+  std::vector<dd_table_lookups> tables(T);
+  for (size_t t = 0; t < T; ++t) {
+    tables[t].indices = in[t].data();
+    tables[t].offsets = in[T + t].data();
+    tables[t].per_sample_weights = c.per_sample_weights ? p.t_psw[t].data() : nullptr;
+    tables[t].num_indices = static_cast<int64_t>(p.t_indices[t].size());
+    tables[t].num_offsets = static_cast<int64_t>(p.t_offsets[t].size());
+  }
+  return dd_forward_tables_cpu(&cfg, p.weights.data(), tables.data(), out, msg, len);
+}
+
+// The packed form of a valid per-table problem (trailing ids dropped): the same bags, concatenated.
+Case packed_case(const Case& c, const Problem& p, Problem* packed) {
+  Case pc = c;
+  pc.per_table = false;
+  pc.trailing_ids = 0;
+  *packed = p;
+  packed->indices.clear();
+  packed->offsets.clear();
+  packed->psw.clear();
+  const int64_t ilo = c.include_last_offset ? 1 : 0;
+  for (size_t t = 0; t < p.t_indices.size(); ++t) {
+    const int64_t base = static_cast<int64_t>(packed->indices.size());
+    const auto& offs = p.t_offsets[t];
+    const int64_t end = ilo ? offs.back() : static_cast<int64_t>(p.t_indices[t].size());
+    for (size_t b = 0; b + ilo < offs.size(); ++b) packed->offsets.push_back(base + offs[b]);
+    packed->indices.insert(packed->indices.end(), p.t_indices[t].begin(), p.t_indices[t].begin() + end);
+    if (c.per_sample_weights) packed->psw.insert(packed->psw.end(), p.t_psw[t].begin(), p.t_psw[t].begin() + end);
+  }
+  if (ilo) packed->offsets.push_back(static_cast<int64_t>(packed->indices.size()));
+  return pc;
 }
 
 float to_float(const uint8_t* p, const std::string& out_dtype) {
@@ -403,10 +492,18 @@ struct Tensors {
 Tensors tensors_for(const Case& c, const Problem& p) {
   Tensors t;
   const DataType it = c.int64_indices ? DataType::kINT64 : DataType::kINT32;
+  auto len = [](const auto& v) { return static_cast<int64_t>(v.size()); };
   t.in.push_back(desc(weights_type(c.dtype), {p.rows, c.dtype == "int8" ? p.row_bytes : c.dim}));
-  t.in.push_back(desc(it, {static_cast<int64_t>(p.indices.size())}));
-  t.in.push_back(desc(it, {static_cast<int64_t>(p.offsets.size())}));
-  if (c.per_sample_weights) t.in.push_back(desc(DataType::kFLOAT, {static_cast<int64_t>(p.psw.size())}));
+  if (c.per_table) {
+    for (const auto& ids : p.t_indices) t.in.push_back(desc(it, {len(ids)}));
+    for (const auto& offs : p.t_offsets) t.in.push_back(desc(it, {len(offs)}));
+    if (c.per_sample_weights)
+      for (const auto& w : p.t_psw) t.in.push_back(desc(DataType::kFLOAT, {len(w)}));
+  } else {
+    t.in.push_back(desc(it, {len(p.indices)}));
+    t.in.push_back(desc(it, {len(p.offsets)}));
+    if (c.per_sample_weights) t.in.push_back(desc(DataType::kFLOAT, {len(p.psw)}));
+  }
   t.out = desc(out_type(c.out_dtype), {c.batch, static_cast<int64_t>(c.table_rows.size()) * c.dim});
   return t;
 }
@@ -471,12 +568,36 @@ IPluginV3* build_phase(const Api& api, const Case& c, const Problem& p, const Te
     bad = io;
     bad[1].desc.format = TensorFormat::kCHW32;
     EXPECT(!build->supportsFormatCombination(1, bad.data(), nb_in, 1), "non-linear format accepted");
+    if (c.per_table) {  // every table's indices and offsets share the first indices' type; weights are float
+      const int32_t last_offsets = 2 * c.num_tables();
+      bad = io;
+      bad[last_offsets].desc.type = c.int64_indices ? DataType::kINT32 : DataType::kINT64;
+      EXPECT(!build->supportsFormatCombination(last_offsets, bad.data(), nb_in, 1), "last offsets' type != indices type accepted");
+      if (c.per_sample_weights) {
+        bad = io;
+        bad[nb_in - 1].desc.type = DataType::kHALF;
+        EXPECT(!build->supportsFormatCombination(nb_in - 1, bad.data(), nb_in, 1), "fp16 per_sample_weights accepted");
+      }
+    }
+    EXPECT(!build->supportsFormatCombination(0, io.data(), 2, 1), "2 inputs (a count of no form) accepted");
   }
   EXPECT(build->configurePlugin(io.data(), nb_in, &io[nb_in], 1) == 0, "configurePlugin failed for %s", c.label().c_str());
   EXPECT(build->getWorkspaceSize(io.data(), nb_in, &io[nb_in], 1) >= sizeof(dd::ErrorRecord), "workspace size");
   (void)p;
   return plugin;
 }
+
+// Device copies of the weights and the lookup tensors, and their pointers in the plugin's input order.
+struct Inputs {
+  std::vector<DeviceBuffer> buffers;
+  std::vector<const void*> ptrs;
+  Inputs(const Problem& p, const std::vector<std::vector<uint8_t>>& lookups) {
+    buffers.reserve(lookups.size() + 1);
+    buffers.emplace_back(p.weights.data(), p.weights.size());
+    for (const auto& h : lookups) buffers.emplace_back(h.data(), h.size());
+    for (const auto& b : buffers) ptrs.push_back(b.ptr);
+  }
+};
 
 // onShapeChange + enqueue + compare with the CPU reference. Returns the max abs error.
 double run_and_check(IPluginV3* plugin, const Case& c, const Problem& p, const Tensors& t, cudaStream_t stream,
@@ -491,29 +612,25 @@ double run_and_check(IPluginV3* plugin, const Case& c, const Problem& p, const T
   io.push_back(dyn(t.out, false));
   const size_t ws_bytes = build ? build->getWorkspaceSize(io.data(), nb_in, &io[nb_in], 1) : dd_workspace_size(&p.cfg);
 
-  const auto idx = index_bytes(p.indices, c.int64_indices);
-  const auto off = index_bytes(p.offsets, c.int64_indices);
-  DeviceBuffer w(p.weights.data(), p.weights.size()), di(idx.data(), idx.size()), doff(off.data(), off.size());
-  DeviceBuffer dpsw(p.psw.data(), p.psw.size() * sizeof(float));
+  const auto host = lookup_bytes(c, p);
+  EXPECT(host.size() + 1 == t.in.size(), "%zu inputs for %zu tensors", host.size() + 1, t.in.size());
+  Inputs dev(p, host);
   const size_t out_elem = c.out_dtype == "fp32" ? 4 : 2;
   const size_t out_bytes = static_cast<size_t>(c.batch) * c.table_rows.size() * c.dim * out_elem;
   DeviceBuffer dout(out_bytes), ws(ws_bytes);
   CUDA_OK(cudaMemset(dout.ptr, 0xff, out_bytes));  // NaN pattern: every element must be written
   CUDA_OK(cudaMemset(ws.ptr, 0xa5, ws_bytes));      // TensorRT's workspace is not zeroed either
-  const void* ins[4] = {w.ptr, di.ptr, doff.ptr, dpsw.ptr};
   void* outs[1] = {dout.ptr};
-  EXPECT(rt->enqueue(t.in.data(), &t.out, ins, outs, ws.ptr, stream) == 0, "enqueue (%s) %s", phase, c.label().c_str());
+  EXPECT(rt->enqueue(t.in.data(), &t.out, dev.ptrs.data(), outs, ws.ptr, stream) == 0, "enqueue (%s) %s", phase,
+         c.label().c_str());
   CUDA_OK(cudaStreamSynchronize(stream));
   std::vector<uint8_t> got(out_bytes);
   CUDA_OK(cudaMemcpy(got.data(), dout.ptr, out_bytes, cudaMemcpyDeviceToHost));
 
   std::vector<uint8_t> ref(out_bytes);
   char msg[DD_MSG_LEN];
-  dd_config cfg = p.cfg;
-  const int st = dd_forward_cpu(&cfg, p.weights.data(), idx.data(), off.data(), c.per_sample_weights ? p.psw.data() : nullptr,
-                                static_cast<int64_t>(p.indices.size()), static_cast<int64_t>(p.offsets.size()), ref.data(),
-                                msg, sizeof msg);
-  EXPECT(st == DD_OK, "dd_forward_cpu: %s", msg);
+  const int st = reference(c, p, host, ref.data(), msg, sizeof msg);
+  EXPECT(st == DD_OK, "CPU reference (%s form): %s", c.per_table ? "per-table" : "packed", msg);
   double max_err = 0;
   const size_t n = out_bytes / out_elem;
   const double tol_rel = c.out_dtype == "fp32" ? 1e-5 : c.out_dtype == "fp16" ? 2e-3 : 1.6e-2;
@@ -530,8 +647,21 @@ double run_and_check(IPluginV3* plugin, const Case& c, const Problem& p, const T
   return max_err;
 }
 
+// The per-table reference equals the packed one on the same bags (host-side: runs on any machine).
+void check_forms_agree(const Case& c, const Problem& p) {
+  Problem packed;
+  const Case pc = packed_case(c, p, &packed);
+  const size_t out_bytes = static_cast<size_t>(c.batch) * c.table_rows.size() * c.dim * (c.out_dtype == "fp32" ? 4 : 2);
+  std::vector<uint8_t> a(out_bytes), b(out_bytes);
+  char msg[DD_MSG_LEN] = {0};
+  EXPECT(reference(c, p, lookup_bytes(c, p), a.data(), msg, sizeof msg) == DD_OK, "per-table reference: %s", msg);
+  EXPECT(reference(pc, packed, lookup_bytes(pc, packed), b.data(), msg, sizeof msg) == DD_OK, "packed reference: %s", msg);
+  EXPECT(a == b, "per-table and packed references differ on the same bags (%s)", c.label().c_str());
+}
+
 void run_case(const Api& api, const Case& c, cudaStream_t stream, std::mt19937& rng) {
   Problem p = make_problem(c, rng);
+  if (c.per_table) check_forms_agree(c, p);
   Tensors t = tensors_for(c, p);
   IPluginV3* plugin = build_phase(api, c, p, t);
   if (!plugin) return;
@@ -602,9 +732,17 @@ void bad_fields(const Api& api) {
 }
 
 void bad_tensors(const Api& api, std::mt19937& rng) {
-  struct BadTensor { const char* what; Case c; std::function<void(Tensors&)> edit; bool concrete; };
+  struct BadTensor {
+    const char* what; Case c; std::function<void(Tensors&)> edit; bool concrete; const char* needle = nullptr;
+  };
   Case psw_mean;
   psw_mean.mode = "mean";
+  // Per-table form, T = 3: inputs weights, indices 1..3, offsets 4..6, per_sample_weights 7..9.
+  Case pt;
+  pt.per_table = true;
+  pt.per_sample_weights = true;
+  pt.include_last_offset = true;
+  pt.trailing_ids = 1;
   std::vector<BadTensor> cases = {
       {"fp16 weights for dtype=fp32", Case{}, [](Tensors& t) { t.in[0].type = DataType::kHALF; }, false},
       {"wrong column count", Case{}, [](Tensors& t) { t.in[0].dims.d[1] += 1; }, false},
@@ -616,6 +754,22 @@ void bad_tensors(const Api& api, std::mt19937& rng) {
        [](Tensors& t) { t.in.push_back(t.in[1]); t.in.back().type = DataType::kFLOAT; }, false},
       {"fp16 output for out_dtype=fp32", Case{}, [](Tensors& t) { t.out.type = DataType::kHALF; }, false},
       {"offsets count not a multiple of T", Case{}, [](Tensors& t) { t.in[2].dims.d[0] += 1; }, true},
+      {"per-table: table 1 with one bag fewer (runtime shapes)", pt, [](Tensors& t) { t.in[5].dims.d[0] -= 1; }, true,
+       "offsets of table 1 holds"},
+      {"per-table: table 2 with one bag more (build shapes)", pt, [](Tensors& t) { t.in[6].dims.d[0] += 1; }, false,
+       "every table needs one bag per sample"},
+      {"per-table: empty offsets of table 1 with include_last_offset", pt, [](Tensors& t) { t.in[5].dims.d[0] = 0; },
+       true, "offsets of table 1 is empty"},
+      {"per-table: int32 offsets of table 2 with int64 indices", pt,
+       [](Tensors& t) { t.in[6].type = DataType::kINT32; }, false, "offsets of table 2"},
+      {"per-table: int32 indices of table 1 with int64 indices of table 0", pt,
+       [](Tensors& t) { t.in[2].type = DataType::kINT32; }, false, "indices of table 1"},
+      {"per-table: per_sample_weights of table 2 longer than its indices", pt,
+       [](Tensors& t) { t.in[9].dims.d[0] += 1; }, false, "per_sample_weights of table 2"},
+      {"per-table: fp16 per_sample_weights of table 0", pt, [](Tensors& t) { t.in[7].type = DataType::kHALF; }, false,
+       "per_sample_weights of table 0"},
+      {"per-table: an input count of no form (9 for T=3)", pt, [](Tensors& t) { t.in.pop_back(); }, false, "got 9 inputs"},
+      {"per-table: output batch != bags", pt, [](Tensors& t) { t.out.dims.d[0] += 1; }, true, "output must be"},
   };
   for (auto& b : cases) {
     Problem p = make_problem(b.c, rng);
@@ -639,47 +793,129 @@ void bad_tensors(const Api& api, std::mt19937& rng) {
     auto errors = g_logger.take_errors();
     EXPECT(st != 0, "%s accepted", b.what);
     EXPECT(!errors.empty(), "no error logged for %s", b.what);
+    if (b.needle) EXPECT(logged(errors, b.needle), "no error naming '%s' logged for %s", b.needle, b.what);
     delete plugin;
   }
   std::printf("  ok  bad types and shapes fail in configurePlugin/onShapeChange with a logged reason\n");
 }
 
-// Deferred check: a bad index must not fail or block enqueue; it is logged at a later enqueue or at teardown.
-void bad_indices(const Api& api, cudaStream_t stream, std::mt19937& rng) {
+// An enqueue whose tables disagree on the number of bags (shapes TensorRT never hands over without
+// onShapeChange) is refused by the core before any launch, with a logged reason (host-side).
+void mismatched_bags_at_enqueue(const Api& api, std::mt19937& rng) {
+  Case c;
+  c.per_table = true;
+  c.check = "unchecked";  // no workspace clearing: nothing reaches the device
+  Problem p = make_problem(c, rng);
+  Tensors t = tensors_for(c, p);
+  IPluginV3* plugin = build_phase(api, c, p, t);
+  if (!plugin) return;
+  IPluginV3OneRuntime* rt = runtime_of(plugin);
+  const int32_t nb_in = static_cast<int32_t>(t.in.size());
+  EXPECT(rt->onShapeChange(t.in.data(), nb_in, &t.out, 1) == 0, "onShapeChange (per-table)");
+  t.in[1 + c.num_tables() + 2].dims.d[0] -= 1;  // offsets of table 2: one bag fewer
+  std::vector<uint8_t> dummy(64);
+  std::vector<const void*> ins(t.in.size(), dummy.data());  // never read: the core rejects the shapes first
+  void* outs[1] = {dummy.data()};
+  const int32_t st = rt->enqueue(t.in.data(), &t.out, ins.data(), outs, nullptr, nullptr);
+  auto errors = g_logger.take_errors();
+  EXPECT(st != 0, "enqueue accepted tables with different bag counts");
+  EXPECT(logged(errors, "offsets of table 2") && logged(errors, "one bag per sample"),
+         "no error naming offsets of table 2 logged (%zu errors)", errors.size());
+  delete plugin;
+  std::printf("  ok  per-table: tables with different bag counts are refused at enqueue too (no launch)\n");
+}
+
+// Deferred check: bad lookups must not fail or block enqueue; the first error is logged at the next
+// enqueue of the same plugin or at teardown, naming what was wrong. The CPU reference must reject the
+// same input with the same reason (that part runs on any machine).
+void expect_deferred(const Api& api, cudaStream_t stream, const Case& c, const Problem& bad, const char* what,
+                     const std::vector<const char*>& needles) {
+  const auto host = lookup_bytes(c, bad);
+  const size_t out_bytes = static_cast<size_t>(c.batch) * c.table_rows.size() * c.dim * (c.out_dtype == "fp32" ? 4 : 2);
+  {
+    std::vector<uint8_t> ref(out_bytes);
+    char msg[DD_MSG_LEN] = {0};
+    EXPECT(reference(c, bad, host, ref.data(), msg, sizeof msg) == DD_ERR_INPUT, "CPU reference accepted %s", what);
+    for (const char* n : needles) EXPECT(std::strstr(msg, n), "CPU reference on %s: '%s' not in: %s", what, n, msg);
+  }
+  if (!g_gpu) return;
+  Tensors t = tensors_for(c, bad);
+  const int32_t nb_in = static_cast<int32_t>(t.in.size());
   for (int at_teardown = 0; at_teardown < 2; ++at_teardown) {
-    Case c;
-    Problem p = make_problem(c, rng);
-    Problem bad = p;
-    if (bad.indices.empty()) bad.indices.push_back(0);  // lands in the last bag
-    bad.indices[bad.indices.size() / 2] = 1000000;  // past every table
-    Tensors t = tensors_for(c, bad);
     IPluginV3* plugin = build_phase(api, c, bad, t);
     if (!plugin) continue;
     IPluginV3OneRuntime* rt = runtime_of(plugin);
-    EXPECT(rt->onShapeChange(t.in.data(), static_cast<int32_t>(t.in.size()), &t.out, 1) == 0, "onShapeChange");
-    const auto idx = index_bytes(bad.indices, true);
-    const auto off = index_bytes(bad.offsets, true);
-    DeviceBuffer w(bad.weights.data(), bad.weights.size()), di(idx.data(), idx.size()), doff(off.data(), off.size());
-    DeviceBuffer dout(static_cast<size_t>(c.batch) * c.table_rows.size() * c.dim * 4), ws(dd_workspace_size(&bad.cfg));
-    const void* ins[3] = {w.ptr, di.ptr, doff.ptr};
+    EXPECT(rt->onShapeChange(t.in.data(), nb_in, &t.out, 1) == 0, "onShapeChange (%s)", what);
+    Inputs dev(bad, host);
+    DeviceBuffer dout(out_bytes), ws(dd_workspace_size(&bad.cfg));
     void* outs[1] = {dout.ptr};
-    EXPECT(rt->enqueue(t.in.data(), &t.out, ins, outs, ws.ptr, stream) == 0, "enqueue with a bad index must not fail");
+    EXPECT(rt->enqueue(t.in.data(), &t.out, dev.ptrs.data(), outs, ws.ptr, stream) == 0, "enqueue with %s must not fail",
+           what);
     CUDA_OK(cudaStreamSynchronize(stream));
     auto before = g_logger.take_errors();
-    EXPECT(before.empty(), "error logged inside the enqueue that launched (it would have needed a sync)");
+    EXPECT(before.empty(), "error logged inside the enqueue that launched %s (it would have needed a sync)", what);
     if (!at_teardown) {
-      EXPECT(rt->enqueue(t.in.data(), &t.out, ins, outs, ws.ptr, stream) == 0, "second enqueue");
+      EXPECT(rt->enqueue(t.in.data(), &t.out, dev.ptrs.data(), outs, ws.ptr, stream) == 0, "second enqueue (%s)", what);
       auto errors = g_logger.take_errors();
-      EXPECT(errors.size() == 1 && logged(errors, "next enqueue"), "bad index not logged at the next enqueue (%zu errors)",
+      EXPECT(errors.size() == 1 && logged(errors, "next enqueue"), "%s not logged at the next enqueue (%zu errors)", what,
              errors.size());
+      for (const char* n : needles) EXPECT(logged(errors, n), "%s: '%s' not in the logged error", what, n);
       CUDA_OK(cudaStreamSynchronize(stream));
     }
     delete plugin;
     auto errors = g_logger.take_errors();
-    EXPECT(errors.size() == 1 && logged(errors, "teardown"), "bad index not logged at teardown (%zu errors)",
+    EXPECT(errors.size() == 1 && logged(errors, "teardown"), "%s not logged at teardown (%zu errors)", what,
            errors.size());
+    for (const char* n : needles) EXPECT(logged(errors, n), "%s: '%s' not in the error logged at teardown", what, n);
   }
-  std::printf("  ok  bad indices (check=deferred): enqueue succeeds, the error is logged at the next enqueue/teardown\n");
+}
+
+void bad_lookups(const Api& api, cudaStream_t stream, std::mt19937& rng) {
+  {  // packed form: an index past every table
+    Case c;
+    Problem bad = make_problem(c, rng);
+    if (bad.indices.empty()) {  // lands in the last bag
+      bad.indices.push_back(0);
+      if (bad.psw.size()) bad.psw.push_back(1.f);
+    }
+    bad.indices[bad.indices.size() / 2] = 1000000;
+    expect_deferred(api, stream, c, bad, "a bad index (packed form)", {"out of range"});
+  }
+  // Per-table form, T = 3, two ids per bag: every error is that table's, at its own positions.
+  Case c;
+  c.per_table = true;
+  c.pooling = 2;
+  c.per_sample_weights = true;
+  {
+    Problem bad = make_problem(c, rng);
+    bad.t_indices[2][3] = c.table_rows[2] + 3;
+    expect_deferred(api, stream, c, bad, "a bad index in table 2 (per-table form)",
+                    {"out of range", "position 3 of indices of table 2"});
+  }
+  {
+    Problem bad = make_problem(c, rng);
+    bad.t_offsets[1][0] = 1;  // bag 0 of table 1 would be [1, 2)
+    expect_deferred(api, stream, c, bad, "first offset 1 in table 1 (per-table form)",
+                    {"first offset of offsets of table 1"});
+  }
+  {
+    Problem bad = make_problem(c, rng);
+    bad.t_offsets[2][c.batch - 1] = static_cast<int64_t>(bad.t_indices[2].size()) + 5;
+    expect_deferred(api, stream, c, bad, "an offset past the end of table 2's ids (per-table form)",
+                    {"past the end", "offsets of table 2"});
+  }
+  {  // include_last_offset: the end offset of table 0 past its ids
+    Case ilo = c;
+    ilo.include_last_offset = true;
+    ilo.int64_indices = false;
+    Problem bad = make_problem(ilo, rng);
+    bad.t_offsets[0].back() = static_cast<int64_t>(bad.t_indices[0].size()) + 1;
+    expect_deferred(api, stream, ilo, bad, "a last offset past the end of table 0's ids (per-table form, int32)",
+                    {"past the end", "offsets of table 0"});
+  }
+  std::printf("  ok  bad indices and offsets (check=deferred): %s\n",
+              g_gpu ? "enqueue succeeds, the error is logged at the next enqueue/teardown, naming the table"
+                    : "the CPU reference names the table (enqueue checks need a GPU)");
 }
 
 }  // namespace
@@ -775,11 +1011,63 @@ int main(int argc, char** argv) {
     c.check = "deferred";
     run_case(api, c, stream, rng);
   }
+  std::printf("per-table form (each table's own indices, offsets and per_sample_weights):\n");
+  {
+    Case c;
+    c.per_table = true;
+    c.per_sample_weights = true;
+    run_case(api, c, stream, rng);
+    c = Case{};  // include_last_offset with ids after each table's last offset (ignored, as in PyTorch)
+    c.per_table = true;
+    c.include_last_offset = true;
+    c.trailing_ids = 3;
+    c.per_sample_weights = true;
+    c.int64_indices = false;
+    c.dtype = "fp16";
+    run_case(api, c, stream, rng);
+    c = Case{};
+    c.per_table = true;
+    c.include_last_offset = true;
+    c.trailing_ids = 2;
+    c.mode = "mean";
+    c.dtype = "bf16";
+    c.out_dtype = "bf16";
+    run_case(api, c, stream, rng);
+    c = Case{};
+    c.per_table = true;
+    c.dtype = "int8";
+    c.per_sample_weights = true;
+    c.check = "unchecked";
+    c.int64_indices = false;
+    run_case(api, c, stream, rng);
+    c = Case{};  // several tables, wide rows, one launch
+    c.per_table = true;
+    c.table_rows = {1000, 2000, 30, 500, 70};
+    c.dim = 128;
+    c.batch = 64;
+    c.variant = "combined";
+    c.pinned_rows = 16;
+    c.hot_first = 1;
+    run_case(api, c, stream, rng);
+    c = Case{};  // empty batch: every table's offsets are [0]
+    c.per_table = true;
+    c.batch = 0;
+    c.include_last_offset = true;
+    c.trailing_ids = 2;
+    run_case(api, c, stream, rng);
+    c = Case{};  // T = 1: the per-table form is the old 3/4-input form
+    c.per_table = true;
+    c.table_rows = {90};
+    c.per_sample_weights = true;
+    c.include_last_offset = true;
+    run_case(api, c, stream, rng);
+  }
   std::printf("failure paths:\n");
   bad_fields(api);
   bad_tensors(api, rng);
+  mismatched_bags_at_enqueue(api, rng);
+  bad_lookups(api, stream, rng);
   if (g_gpu) {
-    bad_indices(api, stream, rng);
     CUDA_OK(cudaStreamDestroy(stream));
     const cudaError_t last = cudaDeviceSynchronize();
     EXPECT(last == cudaSuccess, "device error at exit: %s", cudaGetErrorString(last));

@@ -9,6 +9,12 @@ PY     := $(VENV)/bin/python
 # The CPU build of PyTorch for development machines and CI; override for a CUDA build,
 # e.g. `make TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
+# TorchRec for the export tests of TorchRec models (CPU): fbgemm-gpu-cpu matched to TORCH_SPEC, then
+# torchrec without its declared dependency (the CUDA fbgemm-gpu) and its small dependencies.
+# `make TORCHREC_SPEC= ...` skips them (those tests then skip).
+FBGEMM_SPEC ?= fbgemm-gpu-cpu==1.8.0
+TORCHREC_SPEC ?= torchrec==1.9.2
+TORCHREC_DEPS ?= tensordict torchmetrics tqdm pyre-extensions
 JOBS ?= 2
 CMAKE_ARGS ?=
 
@@ -21,6 +27,10 @@ $(VENV)/.stamp: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e '.[test]'
+	if [ -n "$(TORCHREC_SPEC)" ]; then \
+	  $(PY) -m pip install -q "$(FBGEMM_SPEC)" && \
+	  $(PY) -m pip install -q --no-deps "$(TORCHREC_SPEC)" && \
+	  $(PY) -m pip install -q $(TORCHREC_DEPS); fi
 	touch $@
 
 venv: $(VENV)/.stamp

@@ -10,10 +10,12 @@ group of compatible tables over a packed table blob.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,14 +23,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, external_data_helper, helper, numpy_helper
 from torch import nn
 
 from dlrm_deploy import contract as C
 
+from .model_inputs import default_dynamic_shapes, dumps, input_source, pin_specialised_dims, warn_fixed_dims
 from .onnx_schema import register_onnx_schema
 from .tables import (DEFAULT_HOT_COVERAGE, DEFAULT_L2_BUDGET_BYTES, choose_pinned_rows, convert_table,
                      hot_coverage, pack_tables, plan_hot_rows, profile_hot_rows, storage_row_bytes)
+from .torchrec_support import canonical_inputs, check_quantized, features_of_tables, kjt_inputs
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights go to a .data file
 _OUT_DTYPE_OF = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -541,27 +545,138 @@ def _annotate_outputs(model: onnx.ModelProto) -> None:
             n.output[0], elem, [_batch_symbol(model), len(a["table_rows"]) * a["dim"]]))
 
 
-def _input_source(model: onnx.ModelProto):
-    """A function: value name -> the graph input it comes from through remap Gathers, Casts and
-    Slices (None when computed otherwise)."""
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    inputs = {v.name for v in graph.input}
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """model in eval mode inside the block; every submodule's own training flag restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
-    def source(name):
-        seen = 0
-        while name not in inputs and name in producer and seen < 16:
-            n = producer[name]
-            if n.op_type == "Gather":
-                name = n.input[1]
-            elif n.op_type in ("Cast", "Identity", "Reshape", "Slice"):
-                name = n.input[0]
-            else:
-                return None
-            seen += 1
-        return name if name in inputs else None
 
-    return source
+@contextlib.contextmanager
+def _staged_output(path: str):
+    """A fresh folder beside path for the files being written; on success they are renamed into
+    place (the external data file first, then the .onnx; a ``<path>.data`` left by an earlier export
+    with external data is removed when this one has none), on failure removed: an export never leaves
+    a half-written or orphaned file. Yields the folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        yield stage
+        data_name = os.path.basename(path) + ".data"
+        if os.path.exists(os.path.join(stage, data_name)):
+            os.replace(os.path.join(stage, data_name), os.path.join(folder, data_name))
+        elif os.path.exists(os.path.join(folder, data_name)):
+            os.remove(os.path.join(folder, data_name))
+        os.replace(os.path.join(stage, os.path.basename(path)), os.path.abspath(path))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _save(proto: onnx.ModelProto, path: str, data_name: str | None) -> None:
+    """Writes proto to path; with data_name, initializers of 1 KiB or more go to that file beside it
+    (appended after what the table-batching writer put there)."""
+    if data_name is None:
+        onnx.save_model(onnx.shape_inference.infer_shapes(proto, strict_mode=False), path)
+        return
+    data_path = os.path.join(os.path.dirname(path), data_name)
+    if not os.path.exists(data_path):
+        open(data_path, "wb").close()
+    # Marked by hand: onnx.save_model(save_as_external_data=True) refuses a location that exists
+    # relative to the *current* folder, e.g. when exporting into it.
+    for t in proto.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL and t.HasField("raw_data") and len(t.raw_data) >= 1024:
+            external_data_helper.set_external_data(t, data_name)
+    onnx.save_model(proto, path)
+
+
+def _trace(swapped: nn.Module, example_inputs: tuple, *, opset: int, input_names, output_names,
+           dynamic_shapes) -> onnx.ModelProto:
+    """torch.onnx (dynamo) export of the swapped model: one op node per table. dynamic_shapes None:
+    every dimension ``Dim.AUTO`` (see ``default_dynamic_shapes``); dimensions torch.export
+    specialised are written as fixed values."""
+    if dynamic_shapes is None:
+        dynamic_shapes = default_dynamic_shapes(example_inputs)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                swapped, tuple(example_inputs), dynamo=True, opset_version=opset, input_names=input_names,
+                output_names=output_names, dynamic_shapes=dynamic_shapes,
+                custom_translation_table={_torch_op().default: _translate}, optimize=True, verbose=False)
+            proto = program.model_proto
+            exported = getattr(program, "exported_program", None)
+            pin_specialised_dims(proto, getattr(exported, "range_constraints", None))
+        del program, exported
+    finally:
+        quiet.setLevel(level)
+    return proto
+
+
+def _table_map(proto: onnx.ModelProto, model: nn.Module, bags: list, example_inputs: tuple,
+               plans: dict) -> tuple[list[dict], list[tuple[str, nn.EmbeddingBag]]]:
+    """Per op node of the traced graph: its module and where its ids and offsets come from (graph
+    inputs, a row of a stacked input, or a feature of a KeyedJaggedTensor input), for the file's
+    ``dlrm_deploy.tables`` metadata. Returns (entries, (module name, module) per node)."""
+    nodes = _op_nodes(proto)
+    by_weight = {f"{name}.weight": (name, m) for name, m in bags}
+    if all(n.input[0] in by_weight for n in nodes):
+        node_bags = [by_weight[n.input[0]] for n in nodes]
+    else:
+        node_bags = bags[:len(nodes)]
+    features = features_of_tables(model)
+    rows_of = {f: int(m.num_embeddings) for name, m in bags for f in features.get(name, [])}
+    init = {t.name for t in proto.graph.initializer}
+    kjts = kjt_inputs(example_inputs, [i.name for i in proto.graph.input if i.name not in init], rows_of)
+    source = input_source(proto)
+    seen: dict[str, int] = {}
+    entries = []
+    for (name, m), n in zip(node_bags, nodes):
+        (indices, indices_row), (offsets, offsets_row) = source(n.input[1]), source(n.input[2])
+        entry = {"module": name, "rows": int(m.num_embeddings), "dim": int(m.embedding_dim),
+                 "indices": indices, "offsets": offsets, "include_last_offset": int(m.include_last_offset),
+                 "reordered": name in plans}
+        if indices_row is not None:
+            entry["indices_row"] = indices_row
+        if offsets_row is not None:
+            entry["offsets_row"] = offsets_row
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        feature = features[name][k] if k < len(features.get(name, [])) else None
+        kjt = next((d for d in kjts if feature in d["keys"]), None)
+        if feature is not None and kjt is not None:
+            entry.update(indices=None, offsets=None, feature=feature, kjt=kjt)
+        entries.append(entry)
+    return entries, node_bags
+
+
+def _hot_rows(model: nn.Module, bags: list, hot_rows_from, pinned_rows, dtype: str, coverage: float,
+              l2_budget_bytes: int, say) -> tuple[dict, dict]:
+    """(hot-row plans {module: HotRowPlan}, pinned rows {module: rows}) for export_onnx; profiling
+    runs model in eval mode and restores its training flags."""
+    plans, pinned = {}, {}
+    if hot_rows_from is not None:
+        say("profiling hot rows ...")
+        with _eval_mode(model):
+            counts = profile_hot_rows(model, hot_rows_from)
+        plans = {n: plan_hot_rows(c) for n, c in counts.items()}
+        if pinned_rows is None:
+            row_bytes = max(storage_row_bytes(int(m.embedding_dim), dtype) for n, m in bags if n in counts)
+            p = choose_pinned_rows(list(counts.values()), row_bytes, coverage=coverage, l2_budget_bytes=l2_budget_bytes)
+        else:
+            p = int(pinned_rows)
+        pinned = {n: min(int(p), int(m.num_embeddings)) for n, m in bags if n in counts}
+    elif pinned_rows:
+        pinned = {n: int(pinned_rows) for n, _m in bags}
+    return plans, pinned
 
 
 def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike, *, dtype: str = "fp32",
@@ -574,11 +689,15 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     """Exports model to ONNX at path with every nn.EmbeddingBag as ``dlrm_deploy::EmbeddingBag``.
 
     model: any torch module using nn.EmbeddingBag (mode sum or mean, with or without
-      per_sample_weights, either include_last_offset); it is not modified.
-    example_inputs: a tuple of forward's positional arguments (tensors, or lists/tuples of them);
-      ONNX inputs follow their flattened order. The first dimension of every input (batch, number of
-      ids) stays dynamic where the model allows, the others are fixed (batch >= 2 recommended, so
-      the batch is not specialised to 1); pass dynamic_shapes to choose otherwise.
+      per_sample_weights, either include_last_offset; table sizes may be numpy integers), e.g.
+      facebookresearch's DLRM_Net or an unsharded TorchRec EmbeddingBagCollection / DLRM. It is not
+      modified (the export works on a copy; its training flags stay as they were).
+    example_inputs: a tuple of forward's positional arguments: tensors, lists/tuples/dicts of them,
+      TorchRec KeyedJaggedTensors (exported as values, lengths and weights inputs). ONNX inputs follow
+      their flattened order. Every dimension stays dynamic where the model allows (the batch, numbers
+      of ids; a feature width a Linear fixes becomes fixed); a warning names the inputs when the
+      batch or a number of ids was specialised (use a batch >= 2 unlike the other sizes). Pass
+      dynamic_shapes (torch.export's form) to choose otherwise.
     dtype: table storage fp32|fp16|bf16|int8 (int8 = row-wise, see ``quantize_int8_rowwise``);
       the op's output keeps the model's dtype.
     variant, prefetch_distance (lookups), check: op attributes (see docs/op_contract.md).
@@ -592,7 +711,8 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
       tables are assumed already ordered hottest first).
     opset: default-domain opset; the op's domain is imported at version 1.
     external_data: write initializers to ``<path>.data``; default when they exceed 1 GiB (required
-      above 2 GB).
+      above 2 GB). Files are written under temporary names beside path and renamed at the end: an
+      existing export at path is replaced, a failed export leaves nothing behind.
     validate: run onnx.checker.check_model(full_check=True) on the written file.
     progress: callable taking a message string (e.g. print), or None.
     Returns an ExportInfo.
@@ -604,146 +724,106 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
         raise ValueError(f"dtype must be one of {C.DTYPES}, got {dtype!r}")
     C.validate_attributes(dict(table_rows=[1], dim=1, variant=variant, check=check))
     register_onnx_schema()
-    op = _torch_op()
     path = os.fspath(path)
-    model = model.eval()
+    check_quantized(model)
+    example_inputs = canonical_inputs(example_inputs)
     bags = _embedding_bags(model)
     if not bags:
         warnings.warn("model has no nn.EmbeddingBag: exporting it without the custom op")
     for name, m in bags:
         _check_supported(name, m)
-
-    # Hot rows: per-table frequency order, one pinned_rows for all tables.
-    plans = {}
-    pinned: dict[str, int] = {}
+    plans, pinned = _hot_rows(model, bags, hot_rows_from, pinned_rows, dtype, hot_coverage_target,
+                              l2_budget_bytes, say)
     if hot_rows_from is not None:
-        say("profiling hot rows ...")
-        counts = profile_hot_rows(model, hot_rows_from)
-        plans = {n: plan_hot_rows(c) for n, c in counts.items()}
-        if pinned_rows is None:
-            row_bytes = max(storage_row_bytes(m.embedding_dim, dtype) for n, m in bags if n in counts)
-            p = choose_pinned_rows(list(counts.values()), row_bytes, coverage=hot_coverage_target,
-                                   l2_budget_bytes=l2_budget_bytes)
-        else:
-            p = int(pinned_rows)
-        pinned = {n: min(p, m.num_embeddings) for n, m in bags if n in counts}
         seconds["profile"] = time.perf_counter() - t0
-    elif pinned_rows:
-        pinned = {n: int(pinned_rows) for n, _m in bags}
 
     say(f"swapping {len(bags)} nn.EmbeddingBag module(s) for {C.DOMAIN}::{C.OP_TYPE} (tables {dtype}) ...")
     t = time.perf_counter()
     swapped = swap_embedding_bags(model, dtype=dtype, variant=variant, prefetch_distance=prefetch_distance,
-                                  check=check, pinned_rows=pinned, hot_plans=plans).eval()
+                                  check=check, pinned_rows=pinned, hot_plans=plans).eval()  # a copy
     seconds["swap"] = time.perf_counter() - t
 
     say("tracing and converting with torch.onnx (dynamo) ...")
     t = time.perf_counter()
-    if dynamic_shapes is None:
-        auto = torch.export.Dim.AUTO
-        dynamic_shapes = torch.utils._pytree.tree_map(
-            lambda x: {0: auto} if isinstance(x, torch.Tensor) and x.dim() > 0 else None,
-            tuple(example_inputs))
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                swapped, tuple(example_inputs), dynamo=True, opset_version=opset, input_names=input_names,
-                output_names=output_names, dynamic_shapes=dynamic_shapes,
-                custom_translation_table={op.default: _translate}, optimize=True, verbose=False)
-            proto = program.model_proto
-        del program
-    finally:
-        quiet.setLevel(level)
+    proto = _trace(swapped, example_inputs, opset=opset, input_names=input_names, output_names=output_names,
+                   dynamic_shapes=dynamic_shapes)
+    del swapped
     seconds["export"] = time.perf_counter() - t
-
-    for inp in proto.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value"):
-            warnings.warn(f"ONNX input '{inp.name}' has a fixed first dimension {dims[0].dim_value}: the "
-                          "model specialised it (export with a batch >= 2 and varied sizes)")
-
-    # Op node -> module: by the table initializer's name (the module path + ".weight"), else by order.
-    source = _input_source(proto)
-    per_table_nodes = _op_nodes(proto)
-    by_weight = {f"{name}.weight": (name, m) for name, m in bags}
-    if all(n.input[0] in by_weight for n in per_table_nodes):
-        node_bags = [by_weight[n.input[0]] for n in per_table_nodes]
-    else:
-        node_bags = bags[:len(per_table_nodes)]
-    table_map = []
-    for (name, m), n in zip(node_bags, per_table_nodes):
-        table_map.append({"module": name, "rows": m.num_embeddings, "dim": m.embedding_dim,
-                          "indices": source(n.input[1]), "offsets": source(n.input[2]),
-                          "include_last_offset": int(m.include_last_offset), "reordered": name in plans})
-
+    warn_fixed_dims(proto, example_inputs)
+    table_map, node_bags = _table_map(proto, model, bags, example_inputs, plans)
+    meta = {"dlrm_deploy.tables": dumps(table_map),
+            "dlrm_deploy.export": dumps({"dtype": dtype, "variant": variant, "prefetch_distance": prefetch_distance,
+                                         "table_batching": bool(table_batching), "check": check,
+                                         "pinned_rows": max(pinned.values(), default=0)})}
     weight_bytes = sum(_tensor_bytes(t) for t in proto.graph.initializer)
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     data_name = os.path.basename(path) + ".data" if external_data else None
-    writer = None
-    if external_data:
-        writer = ExternalDataWriter(os.path.join(os.path.dirname(os.path.abspath(path)), data_name), data_name)
+    with _staged_output(path) as stage:
+        groups, op_nodes = _write(proto, os.path.join(stage, os.path.basename(path)), data_name, node_bags, meta,
+                                  table_batching=table_batching, validate=validate, say=say, seconds=seconds)
+    seconds["total"] = time.perf_counter() - t0
+    tables = []
+    for name, m in bags:
+        plan, p = plans.get(name), pinned.get(name, 0)
+        tables.append(TableInfo(module=name, rows=int(m.num_embeddings), dim=int(m.embedding_dim), dtype=dtype,
+                                mode=m.mode, pinned_rows=p, reordered=plan is not None,
+                                sampled_lookups=int(plan.counts.sum()) if plan is not None else 0,
+                                hot_coverage=hot_coverage(plan.counts, p) if plan is not None else 0.0))
+    info = ExportInfo(path=path, external_data=data_name, tables=tables, op_nodes=op_nodes, groups=groups,
+                      weight_bytes=sum(_tensor_bytes(t) for t in proto.graph.initializer),
+                      pinned_rows=max(pinned.values(), default=0), seconds=seconds)
+    say(info.summary())
+    return info
 
+
+def _keep_shared_tables_unpacked(proto: onnx.ModelProto) -> None:
+    """A table read by several op nodes (e.g. a TorchRec table serving two features) is read through
+    an Identity so that table batching, which packs initializer tables, leaves those nodes as they
+    are: the table is stored once instead of once per feature."""
+    inits = {t.name for t in proto.graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in _op_nodes(proto):
+        if n.input[0] in inits:
+            readers.setdefault(n.input[0], []).append(n)
+    for name, nodes in readers.items():
+        if len(nodes) < 2:
+            continue
+        shared = f"{name}__shared"
+        proto.graph.node.insert(0, helper.make_node("Identity", [name], [shared], name=f"{name}__shared_table"))
+        for n in nodes:
+            n.input[0] = shared
+
+
+def _write(proto: onnx.ModelProto, path: str, data_name: str | None, node_bags: list, meta: dict, *,
+           table_batching: bool, validate: bool, say, seconds: dict) -> tuple[list[list[str]], int]:
+    """Table batching, metadata, saving and checking of the traced model at path (a staging name).
+    Returns (module names per op node, number of op nodes)."""
+    writer = ExternalDataWriter(os.path.join(os.path.dirname(path), data_name), data_name) if data_name else None
     groups = [[name] for name, _m in node_bags]
-    if table_batching and len(per_table_nodes) > 1:
+    if table_batching and len(node_bags) > 1:
+        _keep_shared_tables_unpacked(proto)
         say("batching tables into one op node per group ...")
         t = time.perf_counter()
-        pos_to_module = {}
-        k = 0
-        for i, n in enumerate(proto.graph.node):
-            if n.domain == C.DOMAIN and n.op_type == C.OP_TYPE:
-                pos_to_module[i] = node_bags[k][0]
-                k += 1
+        positions = [i for i, n in enumerate(proto.graph.node) if n.domain == C.DOMAIN and n.op_type == C.OP_TYPE]
+        pos_to_module = {p: node_bags[k][0] for k, p in enumerate(positions)}
         groups = [[pos_to_module[p] for p in g] for g in batch_tables(proto, writer)]
         seconds["batch"] = time.perf_counter() - t
     _annotate_outputs(proto)
-
     proto.producer_name = "dlrm_deploy"
-    meta = {"dlrm_deploy.tables": json.dumps(table_map),
-            "dlrm_deploy.export": json.dumps({"dtype": dtype, "variant": variant, "prefetch_distance": prefetch_distance,
-                                              "table_batching": bool(table_batching), "check": check,
-                                              "pinned_rows": max(pinned.values(), default=0)})}
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     if not any(o.domain == C.DOMAIN for o in proto.opset_import):
         proto.opset_import.add(domain=C.DOMAIN, version=C.OP_VERSION)
-
     weight_bytes = sum(_tensor_bytes(t) for t in proto.graph.initializer)
-    say(f"saving {path} ({weight_bytes / 2**20:.1f} MiB of initializers"
-        + (", external data)" if external_data else ")") + " ...")
+    say(f"saving {os.path.basename(path)} ({weight_bytes / 2**20:.1f} MiB of initializers"
+        + (", external data)" if data_name else ")") + " ...")
     t = time.perf_counter()
-    if external_data:
-        if writer is None or not os.path.exists(writer.data_path):
-            open(os.path.join(os.path.dirname(os.path.abspath(path)), data_name), "wb").close()
-        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-    else:
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
-        onnx.save_model(proto, path)
+    _save(proto, path, data_name)
     seconds["save"] = time.perf_counter() - t
-    op_nodes = _op_nodes(proto)
     if validate:
         t = time.perf_counter()
         say("checking with onnx.checker (full_check) ...")
         onnx.checker.check_model(path, full_check=True)
         seconds["check"] = time.perf_counter() - t
-    seconds["total"] = time.perf_counter() - t0
-
-    tables = []
-    for name, m in bags:
-        plan = plans.get(name)
-        p = pinned.get(name, 0)
-        tables.append(TableInfo(module=name, rows=m.num_embeddings, dim=m.embedding_dim, dtype=dtype, mode=m.mode,
-                                pinned_rows=p, reordered=plan is not None,
-                                sampled_lookups=int(plan.counts.sum()) if plan is not None else 0,
-                                hot_coverage=hot_coverage(plan.counts, p) if plan is not None else 0.0))
-    info = ExportInfo(path=path, external_data=data_name, tables=tables, op_nodes=len(op_nodes),
-                      groups=groups, weight_bytes=weight_bytes,
-                      pinned_rows=max(pinned.values(), default=0), seconds=seconds)
-    say(info.summary())
-    return info
+    return groups, len(_op_nodes(proto))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, help)
@@ -37,11 +38,44 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# Exceptions that mean "the input was wrong" (a missing file, a bad option value or model, a missing
+# optional package, the runtime refusing the model or its inputs): one line on stderr, exit code 2.
+# Anything else is a bug and keeps its traceback. DLRM_DEPLOY_TRACEBACK=1 shows every traceback.
+USER_ERRORS = (OSError, ValueError, KeyError, ImportError, NotImplementedError)
+_USER_ERROR_PACKAGES = {"onnxruntime", "onnx", "google", "tensorrt", "tensorrt_rtx"}  # their own exception types
+
+
+def is_user_error(e: BaseException) -> bool:
+    """True for exceptions that report a user's mistake rather than a bug (see USER_ERRORS)."""
+    return isinstance(e, USER_ERRORS) or type(e).__module__.split(".")[0] in _USER_ERROR_PACKAGES
+
+
+def error_line(e: BaseException) -> str:
+    """One line describing e: its message with newlines and ONNX Runtime's status prefix folded."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    text = " ".join(str(text).split()) or type(e).__name__
+    if "[ONNXRuntimeError]" in text:  # "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : message"
+        text = text.split(" : ", 3)[-1]
+    if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in text:
+        text = f"{text}: {e.filename}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
+    """Entry point of the console script; returns the process exit code (2 for a user error,
+    reported as one line on stderr)."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    return int(args._main(args) or 0)
+    try:
+        return int(args._main(args) or 0)
+    except KeyboardInterrupt:
+        print("dlrm-deploy: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs right here
+        if not is_user_error(e) or os.environ.get("DLRM_DEPLOY_TRACEBACK"):
+            raise
+        print(f"dlrm-deploy {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ with the batch dimension set to `--batch`. `random_inputs` is reusable by other 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -29,8 +30,12 @@ _BF16 = 16
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `dlrm-deploy run`."""
     parser.add_argument("model", help="exported .onnx file (--runtime ort) or TensorRT engine (--runtime trt)")
-    parser.add_argument("--runtime", choices=["ort", "trt"], default="ort",
-                        help="ort: ONNX Runtime with the custom-op library (default); trt: a TensorRT engine")
+    parser.add_argument("--runtime", choices=["ort", "trt"], default=None,
+                        help="ort: ONNX Runtime with the custom-op library; trt: a TensorRT engine "
+                             "(default: trt for .plan/.engine files, else ort)")
+    parser.add_argument("--onnx", default=None,
+                        help="with --runtime trt: the ONNX file the engine was built from, whose inputs are "
+                             "generated (default: the engine's name with .onnx)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: cuda when onnxruntime has the CUDA execution provider, else cpu")
     parser.add_argument("--batch", type=int, default=128, help="samples per inference (default 128)")
@@ -112,11 +117,58 @@ def _inner_dim(graph, name: str, initializer_shapes: dict) -> int | None:
     return None
 
 
+def _kjt_feeds(tables: list[dict], graph_inputs: dict, batch: int, pooling: int, rng, elem_of) -> dict:
+    """Feeds of the KeyedJaggedTensor inputs the exporter's metadata describes (``kjt`` entries):
+    per key `batch` bags of about `pooling` ids in [0, rows of the key's table) (ids 0 for a key no
+    table reads), key-major lengths, per-sample weights in [0.5, 1.5) where the KJT has weights."""
+    feeds: dict[str, np.ndarray] = {}
+    for kjt in {t["kjt"]["values"]: t["kjt"] for t in tables if isinstance(t.get("kjt"), dict)}.values():
+        values, lengths_name, weights = kjt.get("values"), kjt.get("lengths"), kjt.get("weights")
+        if values not in graph_inputs or lengths_name not in graph_inputs or values in feeds:
+            continue
+        keys = list(kjt.get("keys", []))
+        rows = [int(r) if r else 1 for r in kjt.get("rows", [None] * len(keys))]
+        lengths = _bag_lengths(len(keys) * batch, pooling, None, rng)
+        ids = [rng.integers(0, rows[k], size=int(lengths[k * batch:(k + 1) * batch].sum())) for k in range(len(keys))]
+        feeds[values] = (np.concatenate(ids) if ids else np.zeros(0, np.int64)).astype(elem_of(values))
+        feeds[lengths_name] = lengths.astype(elem_of(lengths_name))
+        if weights in graph_inputs:
+            feeds[weights] = rng.uniform(0.5, 1.5, size=len(feeds[values])).astype(elem_of(weights, np.float32))
+    return feeds
+
+
+def _table_feeds(tables: list[dict], graph_inputs: dict, batch: int, pooling: int, rng, elem_of) -> dict:
+    """Feeds of the per-table ids and offsets inputs the exporter's metadata lists. A table whose
+    ids or offsets are row k of a stacked input (``indices_row`` / ``offsets_row``, e.g. DLRM_Net's
+    [T, B] offsets) fills that row; stacked ids get exactly `pooling` ids per bag (equal rows)."""
+    feeds: dict[str, np.ndarray] = {}
+    stacked: dict[str, dict[int, np.ndarray]] = {}
+    for table in tables:
+        i_name, o_name = table.get("indices"), table.get("offsets")
+        if i_name not in graph_inputs or o_name not in graph_inputs or i_name in feeds:
+            continue
+        i_row, o_row = table.get("indices_row"), table.get("offsets_row")
+        total = batch * pooling if i_row is not None else None
+        indices, offsets = _bags([int(table["rows"])], batch, int(table.get("include_last_offset", 0)),
+                                 pooling, total, rng)
+        for name, row, arr in ((i_name, i_row, indices), (o_name, o_row, offsets)):
+            if row is None:
+                feeds[name] = arr.astype(elem_of(name))
+            else:
+                stacked.setdefault(name, {})[int(row)] = arr
+    for name, rows in stacked.items():
+        width = len(next(iter(rows.values())))
+        full = [rows.get(k, np.zeros(width, np.int64)) for k in range(max(rows) + 1)]
+        feeds[name] = np.stack(full).astype(elem_of(name))
+    return feeds
+
+
 def random_inputs(model, batch: int = 128, pooling: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Random valid feeds for an exported model (path, bytes or onnx.ModelProto).
 
     Embedding inputs: per-table indices/offsets inputs listed in the exporter's metadata
-    (``dlrm_deploy.tables``), and inputs an EmbeddingBag node reads directly (following its
+    (``dlrm_deploy.tables``; also rows of stacked [T, B] offsets and TorchRec KeyedJaggedTensor
+    values/lengths/weights inputs), and inputs an EmbeddingBag node reads directly (following its
     attributes). Indices of a table lie in [0, rows), `pooling` lookups per bag on average
     (uniform in [pooling/2, 3*pooling/2]; default 8, or what a static indices length implies),
     offsets have `batch` bags per table (+1 with include_last_offset); per-sample weights in
@@ -145,16 +197,11 @@ def random_inputs(model, batch: int = 128, pooling: int | None = None, seed: int
         vi = graph_inputs.get(name)
         return _NP.get(vi.type.tensor_type.elem_type, default) if vi is not None else default
 
-    # 1. per-table inputs the exporter lists (tables batched into one node inside the graph)
+    # 1. inputs the exporter lists: per-table ids/offsets (or rows of stacked ones), KJT inputs
     meta = {p.key: p.value for p in proto.metadata_props}
-    for table in json.loads(meta.get("dlrm_deploy.tables", "[]")):
-        i_name, o_name = table.get("indices"), table.get("offsets")
-        if i_name not in graph_inputs or o_name not in graph_inputs or i_name in feeds:
-            continue
-        indices, offsets = _bags([int(table["rows"])], batch, int(table.get("include_last_offset", 0)),
-                                 pooling or 8, None, rng)
-        feeds[i_name] = indices.astype(elem_of(i_name))
-        feeds[o_name] = offsets.astype(elem_of(o_name))
+    tables = json.loads(meta.get("dlrm_deploy.tables", "[]"))
+    feeds.update(_kjt_feeds(tables, graph_inputs, batch, pooling or 8, rng, elem_of))
+    feeds.update(_table_feeds(tables, graph_inputs, batch, pooling or 8, rng, elem_of))
 
     # 2. inputs an EmbeddingBag node reads directly
     for node in graph.node:
@@ -236,22 +283,54 @@ def run_ort(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the options (a message), or None. Sets args.runtime when not given."""
+    if args.batch < 1 or args.runs < 1 or args.warmup < 0:
+        return "--batch and --runs must be >= 1, --warmup >= 0"
+    if args.pooling is not None and args.pooling < 1:
+        return "--pooling must be >= 1"
+    if args.runtime is None:
+        args.runtime = "trt" if args.model.endswith((".plan", ".engine")) else "ort"
+    if args.runtime == "ort" and args.model.endswith((".plan", ".engine")):
+        return f"{args.model} is a TensorRT engine: run it with --runtime trt (and --onnx <the exported .onnx>)"
+    if args.onnx is not None and args.runtime != "trt":
+        return "--onnx is for --runtime trt (the ONNX file a TensorRT engine was built from)"
+    return None
+
+
+def _check_files(args: argparse.Namespace) -> str | None:
+    """The first missing input file (a message), or None."""
+    if os.path.isdir(args.model):
+        return f"{args.model} is a folder; give the exported .onnx file (or a TensorRT .plan)"
+    if not os.path.isfile(args.model):
+        return f"model file not found: {args.model}"
+    if args.onnx is not None and not os.path.isfile(args.onnx):
+        return f"--onnx file not found: {args.onnx}"
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
-    """Entry point of `dlrm-deploy run`; returns the exit code."""
-    if args.batch < 1 or args.runs < 1:
-        print("error: --batch and --runs must be >= 1", file=sys.stderr)
-        return 2
-    if args.runtime == "trt":
-        # TensorRT lives in dlrm_deploy.runtime.trt: run_plan(path, args) -> exit code.
-        try:
-            from .trt import run_plan
-        except ImportError as e:
-            print(f"error: --runtime trt needs TensorRT support (dlrm_deploy.runtime.trt.run_plan): {e}",
-                  file=sys.stderr)
-            return 2
-        return int(run_plan(args.model, args) or 0)
+    """Entry point of `dlrm-deploy run`; returns the exit code: 0, or 2 for a user error (a missing or
+    unreadable file, a bad option, TensorRT missing, a model or inputs the runtime refuses),
+    reported as one line on stderr."""
+    from dlrm_deploy.cli import error_line, is_user_error
+
     try:
+        problem = _check_args(args)
+        if problem is None and args.runtime == "trt":
+            try:
+                from .trt import run_plan
+            except ImportError as e:
+                raise ImportError(f"--runtime trt needs TensorRT support (dlrm_deploy.runtime.trt): {e}") from e
+        problem = problem or _check_files(args)
+        if problem:
+            raise ValueError(problem)
+        if args.runtime == "trt":
+            return int(run_plan(args.model, args) or 0)
         return run_ort(args)
-    except (RuntimeError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+        # RuntimeError here: a runtime refusing the device, engine or inputs (e.g. no CUDA provider)
+        if not (is_user_error(e) or isinstance(e, RuntimeError)) or os.environ.get("DLRM_DEPLOY_TRACEBACK"):
+            raise
+        print(f"dlrm-deploy run: error: {error_line(e)}", file=sys.stderr)
+        return 2

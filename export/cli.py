@@ -33,28 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and example inputs")
 
 
-def check_output_path(out: str) -> None:
-    """Raises a one-line error (ValueError, PermissionError) when out cannot be written: a folder, or
-    a file in a folder that cannot be created or written. Checked before any work is done."""
-    path = os.path.abspath(out)
-    if os.path.isdir(path):
-        raise ValueError(f"--out {out} is a folder; give a file name such as {os.path.join(out, 'dlrm.onnx')}")
-    folder = os.path.dirname(path)
-    while not os.path.exists(folder):  # the nearest existing ancestor must let us create the rest
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise ValueError(f"--out {out}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out {out}: cannot write in {folder}")
-
-
 def main(args: argparse.Namespace) -> int:
     """Runs the export; prints progress and a summary. Returns the exit code (user errors raise:
     the ``dlrm-deploy`` entry point reports them in one line with exit code 2)."""
     import torch
 
     from .dlrm import DLRM, get_config, make_inputs
-    from .onnx_export import export_onnx
+    from .onnx_export import check_output_path, export_onnx
 
     check_output_path(args.out)
     if args.hot_rows_from and not os.path.isfile(args.hot_rows_from):

@@ -117,10 +117,19 @@ def _constant_int(name: str, constants: dict) -> int | None:
     return int(arr.reshape(-1)[0]) if arr.size == 1 and np.issubdtype(arr.dtype, np.integer) else None
 
 
+def _is_unbind(node) -> bool:
+    """True for SplitToSequence(x) along axis 0 into rows (keepdims 0, no split sizes): x.unbind(0)."""
+    if node is None or node.op_type != "SplitToSequence" or len(node.input) > 1:
+        return False
+    attrs = {a.name: a.i for a in node.attribute}
+    return attrs.get("axis", 0) == 0 and attrs.get("keepdims", 1) == 0
+
+
 def input_source(proto: onnx.ModelProto):
     """A function: value name -> (graph input, row) it comes from through remap Gathers, Casts,
-    Reshapes and Slices, with row = k when the value is row k of a 2-D input (``x[k]``, as
-    DLRM_Net's stacked offsets), else None; (None, None) when computed otherwise."""
+    Reshapes and Slices, with row = k when the value is row k of a 2-D input (``x[k]`` or iterating
+    x, as DLRM_Net does over its stacked offsets and ids), else None; (None, None) when computed
+    otherwise."""
     graph = proto.graph
     producer = {o: n for n in graph.node for o in n.output}
     inputs = {v.name for v in graph.input}
@@ -142,6 +151,11 @@ def input_source(proto: onnx.ModelProto):
                     name, row = n.input[0], k
                 else:  # a remap: table[ids]
                     name = n.input[1]
+            elif n.op_type == "SequenceAt" and row is None and _is_unbind(producer.get(n.input[0])):
+                k = _constant_int(n.input[1], constants)  # x.unbind()[k] (iterating a stacked input)
+                if k is None:
+                    return None, None
+                name, row = producer[n.input[0]].input[0], k
             elif n.op_type in ("Cast", "Identity", "Reshape", "Slice", "Squeeze", "Clip"):
                 name = n.input[0]
             elif n.op_type == "Where":  # a hot-row remap: Where(valid, remap[ids], ids)

@@ -557,6 +557,21 @@ def _eval_mode(model: nn.Module):
             m.training = flag
 
 
+def check_output_path(out: str) -> None:
+    """Raises a one-line error (ValueError, PermissionError) when the file out cannot be written: it
+    is a folder, or its folder cannot be created or written. export_onnx checks before any work."""
+    path = os.path.abspath(out)
+    if os.path.isdir(path):
+        raise ValueError(f"output {out} is a folder; give a file name such as {os.path.join(out, 'dlrm.onnx')}")
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):  # the nearest existing ancestor must let us create the rest
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot write {out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {out}: no write permission in {folder}")
+
+
 @contextlib.contextmanager
 def _staged_output(path: str):
     """A fresh folder beside path for the files being written; on success they are renamed into
@@ -658,6 +673,18 @@ def _table_map(proto: onnx.ModelProto, model: nn.Module, bags: list, example_inp
     return entries, node_bags
 
 
+def _table_infos(bags: list, plans: dict, pinned: dict, dtype: str) -> list[TableInfo]:
+    """A TableInfo per nn.EmbeddingBag (sizes as Python ints, hot-row statistics where profiled)."""
+    tables = []
+    for name, m in bags:
+        plan, p = plans.get(name), pinned.get(name, 0)
+        tables.append(TableInfo(module=name, rows=int(m.num_embeddings), dim=int(m.embedding_dim), dtype=dtype,
+                                mode=m.mode, pinned_rows=p, reordered=plan is not None,
+                                sampled_lookups=int(plan.counts.sum()) if plan is not None else 0,
+                                hot_coverage=hot_coverage(plan.counts, p) if plan is not None else 0.0))
+    return tables
+
+
 def _hot_rows(model: nn.Module, bags: list, hot_rows_from, pinned_rows, dtype: str, coverage: float,
               l2_budget_bytes: int, say) -> tuple[dict, dict]:
     """(hot-row plans {module: HotRowPlan}, pinned rows {module: rows}) for export_onnx; profiling
@@ -725,6 +752,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     C.validate_attributes(dict(table_rows=[1], dim=1, variant=variant, check=check))
     register_onnx_schema()
     path = os.fspath(path)
+    check_output_path(path)
     check_quantized(model)
     example_inputs = canonical_inputs(example_inputs)
     bags = _embedding_bags(model)
@@ -763,14 +791,8 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
         groups, op_nodes = _write(proto, os.path.join(stage, os.path.basename(path)), data_name, node_bags, meta,
                                   table_batching=table_batching, validate=validate, say=say, seconds=seconds)
     seconds["total"] = time.perf_counter() - t0
-    tables = []
-    for name, m in bags:
-        plan, p = plans.get(name), pinned.get(name, 0)
-        tables.append(TableInfo(module=name, rows=int(m.num_embeddings), dim=int(m.embedding_dim), dtype=dtype,
-                                mode=m.mode, pinned_rows=p, reordered=plan is not None,
-                                sampled_lookups=int(plan.counts.sum()) if plan is not None else 0,
-                                hot_coverage=hot_coverage(plan.counts, p) if plan is not None else 0.0))
-    info = ExportInfo(path=path, external_data=data_name, tables=tables, op_nodes=op_nodes, groups=groups,
+    info = ExportInfo(path=path, external_data=data_name, tables=_table_infos(bags, plans, pinned, dtype),
+                      op_nodes=op_nodes, groups=groups,
                       weight_bytes=sum(_tensor_bytes(t) for t in proto.graph.initializer),
                       pinned_rows=max(pinned.values(), default=0), seconds=seconds)
     say(info.summary())

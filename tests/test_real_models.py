@@ -145,6 +145,24 @@ def test_dlrm_net_structure(tmp_path):
     assert cli.main(["run", str(path), "--batch", "5", "--runs", "2", "--warmup", "0", "--device", "cpu"]) == 0
 
 
+def test_dlrm_net_stacked_ids(tmp_path):
+    """Its Criteo loader's form: one id per bag, ids stacked [T, B] too (apply_emb iterates them)."""
+    model = net_shaped().eval()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 5, generator=g), torch.arange(6).repeat(3, 1),
+         torch.stack([torch.randint(0, int(n), (6,), generator=g) for n in LN_EMB]))
+    path = tmp_path / "stacked.onnx"
+    export_onnx(model, x, path)
+    tables = _tables_meta(path)
+    assert [(t["indices"], t["indices_row"], t["offsets"], t["offsets_row"]) for t in tables] == \
+        [("ls_i", k, "ls_o", k) for k in range(3)]
+    feeds = random_inputs(str(path), batch=9, pooling=2, seed=4)
+    assert feeds["ls_i"].shape == (3, 18) and feeds["ls_o"].shape == (3, 9)
+    with torch.no_grad():
+        want = model(*[torch.from_numpy(feeds[k]) for k in ("dense_x", "ls_o", "ls_i")]).numpy()
+    np.testing.assert_allclose(ort_session(str(path), device="cpu").run(feeds)[0], want, rtol=1e-5, atol=1e-6)
+
+
 class PerSampleCalibration(nn.Module):
     """A model that only works at its example's batch (a per-sample buffer): torch.export fixes it."""
 

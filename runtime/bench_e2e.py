@@ -699,15 +699,17 @@ def torch_rows(b: Bench) -> list[Row]:
 
 
 def ort_row(b: Bench, name: str, backend: str, dtype: str, path: str, variant: str = "",
-            runs: int | None = None) -> Row:
-    """One ONNX Runtime row: session (its host and GPU memory measured), check, timed runs."""
+            runs: int | None = None, cuda_graph: bool = False) -> Row:
+    """One ONNX Runtime row: session (its host and GPU memory measured), check, timed runs
+    (cuda_graph: replays of the session's captured CUDA graph)."""
     from dlrm_deploy.runtime import ort as ort_rt
 
     row = Row(name, backend, dtype, variant)
     runs = runs or b.args.runs
     try:
         free0 = gpu_free_bytes() if b.cuda else None
-        sess, row.extra["session_host"] = host_peak(lambda: ort_rt.ort_session(path, device=b.device, **b.ort_options))
+        sess, row.extra["session_host"] = host_peak(
+            lambda: ort_rt.ort_session(path, device=b.device, cuda_graph=cuda_graph, **b.ort_options))
         if b.cuda:
             row.extra["session_gpu_bytes"] = free0 - gpu_free_bytes()
         got = sess.run(onnx_feeds(sess.input_names, *b.check_inputs))[0]
@@ -856,6 +858,11 @@ def ours_rows(b: Bench, prov: str, variants: list[str], checks: list[str]) -> tu
             row = ort_row(b, f"ORT {prov} + dlrm_deploy op ({a.dtype}, {label})", "ort-dlrm_deploy", a.dtype, path, v)
             row.extra["hot_rows"] = hot["chosen"]
             rows.append(row)
+            if b.cuda and not a.no_cuda_graphs and v == variants[0]:
+                row = ort_row(b, f"ORT {prov} + dlrm_deploy op ({a.dtype}, {label}, CUDA graph)", "ort-dlrm_deploy",
+                              a.dtype, path, v, cuda_graph=True)
+                row.extra["hot_rows"] = hot["chosen"]
+                rows.append(row)
     export = {"pinned_rows": info["pinned_rows"], "weight_bytes": info["weight_bytes"], "seconds": info["seconds"],
               "memory": {k: dict(r["memory"], rss_model=r["rss_model"], rss_runtime=r["rss_runtime"])
                          for k, (_, r) in exports.items()}}

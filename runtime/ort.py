@@ -13,6 +13,7 @@ bfloat16 tensors have no numpy type: pass them as ``uint16`` arrays of bf16 bits
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import pathlib
@@ -415,14 +416,19 @@ def _numpy_dtype(onnx_type: str):
     return table[onnx_type]
 
 
+@functools.lru_cache(maxsize=1)
+def _captured_error_fn():
+    lib = ctypes.CDLL(custom_op_library())  # the instance ONNX Runtime loaded: same path, same handle
+    fn = lib.dd_ort_captured_error
+    fn.argtypes, fn.restype = [ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
 def raise_captured_error() -> None:
     """Raises RuntimeError with the first bad input that a check=checked EmbeddingBag met in the
     last CUDA-graph replay of this process (the op cannot fail a replayed run itself)."""
-    lib = ctypes.CDLL(custom_op_library())  # the instance ONNX Runtime loaded: same path, same handle
     buf = ctypes.create_string_buffer(512)
-    fn = lib.dd_ort_captured_error
-    fn.argtypes, fn.restype = [ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int
-    if fn(buf, len(buf)) != 0:
+    if _captured_error_fn()(buf, len(buf)) != 0:
         raise RuntimeError(buf.value.decode(errors="replace"))
 
 

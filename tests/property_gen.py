@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 DTYPES = ("fp32", "fp16", "bf16", "int8")
+VARIANTS = ("auto", "baseline", "occupancy", "prefetch", "l2pin", "combined")
 CHECKS = ("checked", "deferred", "unchecked")
 # Bad-input classes (fed to check=checked models only) and valid edge classes (fed to every model).
 INVALID_KINDS = ("id_too_large", "id_negative", "first_offset_positive", "first_offset_negative", "decreasing_offsets",
@@ -73,10 +74,12 @@ class ModelSpec:
     pinned_rows: int | None  # with hot: None = automatic choice
     head: int  # 0: no Linear; else its output features
     hot_perm: list = field(default_factory=list, repr=False)  # per table: rows in hotness order
+    variant: str = "auto"  # kernel variant (the CUDA provider runs it; the CPU ignores it)
 
     def short(self) -> str:
         hot = f"hot(pinned={'auto' if self.pinned_rows is None else self.pinned_rows})" if self.hot else "cold"
-        return (f"model seed {self.seed}: dtype={self.dtype} batching={self.table_batching} check={self.check} {hot} "
+        return (f"model seed {self.seed}: dtype={self.dtype} batching={self.table_batching} check={self.check} "
+                f"variant={self.variant} {hot} "
                 f"head={self.head} tables=[{'; '.join(t.short() for t in self.tables)}]")
 
 
@@ -187,8 +190,9 @@ def draw_model(seed: int) -> ModelSpec:
         pinned = int(rng.integers(0, 65))
     head = int(rng.integers(1, 5)) if rng.random() < 0.25 else 0
     hot_perm = [rng.permutation(t.rows) for t in tables]
+    variant = VARIANTS[(seed + 3) % len(VARIANTS)]  # with seed % 4 (dtype): every pair within 12 seeds
     return ModelSpec(seed=seed, tables=tables, dtype=dtype, table_batching=table_batching, check=check, hot=hot,
-                     pinned_rows=pinned, head=head, hot_perm=hot_perm)
+                     pinned_rows=pinned, head=head, hot_perm=hot_perm, variant=variant)
 
 
 def hot_sample(spec: ModelSpec) -> list[torch.Tensor]:
@@ -480,7 +484,7 @@ def export_model(model: PropModel, spec: ModelSpec, path: str):
     from dlrm_deploy.export import export_onnx
 
     ex = example_case(spec)
-    kw = dict(dtype=spec.dtype, table_batching=spec.table_batching, check=spec.check,
+    kw = dict(dtype=spec.dtype, table_batching=spec.table_batching, check=spec.check, variant=spec.variant,
               input_names=input_names(spec))
     if spec.hot:
         kw["hot_rows_from"] = hot_sample(spec)

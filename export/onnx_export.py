@@ -32,7 +32,8 @@ from .model_inputs import default_dynamic_shapes, dumps, input_source, pin_speci
 from .onnx_schema import register_onnx_schema
 from .tables import (DEFAULT_HOT_COVERAGE, DEFAULT_L2_BUDGET_BYTES, choose_pinned_rows, convert_table,
                      hot_coverage, pack_tables, plan_hot_rows, profile_hot_rows, storage_row_bytes)
-from .torchrec_support import canonical_inputs, check_quantized, features_of_tables, kjt_inputs
+from .torchrec_support import (STORED_ROWS, canonical_inputs, check_quantized, dequantize_collections,
+                               features_of_tables, kjt_inputs)
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights go to a .data file
 _OUT_DTYPE_OF = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -182,7 +183,9 @@ def swap_embedding_bags(model: nn.Module, *, dtype: str = "fp32", variant: str =
     memo = {}
     for name, m in _embedding_bags(model):
         _check_supported(name, m)
-        w = m.weight.detach()
+        # Rows already in the storage form (a converted TorchRec quantized table) are kept as they are.
+        stored = getattr(m, STORED_ROWS, {}).get(dtype)
+        w = m.weight.detach() if stored is None else stored
         plan = hot_plans.get(name)
         remap = None
         if plan is not None:
@@ -191,8 +194,9 @@ def swap_embedding_bags(model: nn.Module, *, dtype: str = "fp32", variant: str =
         p = pinned_rows.get(name, 0) if isinstance(pinned_rows, dict) else int(pinned_rows)
         if p > m.num_embeddings:
             raise ValueError(f"{name}: pinned_rows={p} exceeds its {m.num_embeddings} rows")
+        table = convert_table(w, dtype) if stored is None else w.contiguous()
         memo[id(m)] = DeployEmbeddingBag(
-            convert_table(w, dtype), rows=m.num_embeddings, dim=m.embedding_dim, dtype=dtype,
+            table, rows=m.num_embeddings, dim=m.embedding_dim, dtype=dtype,
             out_dtype=_OUT_DTYPE_OF.get(m.weight.dtype, "fp32"), mode=m.mode,
             include_last_offset=m.include_last_offset, variant=variant, prefetch_distance=prefetch_distance,
             pinned_rows=p, check=check, remap=remap)
@@ -673,6 +677,21 @@ def _table_map(proto: onnx.ModelProto, model: nn.Module, bags: list, example_inp
     return entries, node_bags
 
 
+def _checked_bags(model: nn.Module, dtype: str) -> list[tuple[str, nn.EmbeddingBag]]:
+    """model's nn.EmbeddingBag modules, each checked as supported; warns when there are none, and
+    when a converted quantized table is exported in another storage than its own."""
+    bags = _embedding_bags(model)
+    if not bags:
+        warnings.warn("model has no nn.EmbeddingBag: exporting it without the custom op")
+    for name, m in bags:
+        _check_supported(name, m)
+        quantized = sorted(getattr(m, STORED_ROWS, {}))
+        if quantized and dtype not in quantized:
+            warnings.warn(f"table '{name}' is {quantized[0]} in the quantized model; exporting it as {dtype} "
+                          f"(pass dtype='{quantized[0]}' to keep its rows as they are)")
+    return bags
+
+
 def _table_infos(bags: list, plans: dict, pinned: dict, dtype: str) -> list[TableInfo]:
     """A TableInfo per nn.EmbeddingBag (sizes as Python ints, hot-row statistics where profiled)."""
     tables = []
@@ -717,8 +736,10 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
 
     model: any torch module using nn.EmbeddingBag (mode sum or mean, with or without
       per_sample_weights, either include_last_offset; table sizes may be numpy integers), e.g.
-      facebookresearch's DLRM_Net or an unsharded TorchRec EmbeddingBagCollection / DLRM. It is not
-      modified (the export works on a copy; its training flags stay as they were).
+      facebookresearch's DLRM_Net or an unsharded TorchRec EmbeddingBagCollection / DLRM, also with
+      torchrec.quant EmbeddingBagCollections: their FBGEMM int8/fp16 rows are stored exactly with
+      dtype='int8'/'fp16' (a warning says when dtype differs). It is not modified (the export works
+      on a copy; its training flags stay as they were).
     example_inputs: a tuple of forward's positional arguments: tensors, lists/tuples/dicts of them,
       TorchRec KeyedJaggedTensors (exported as values, lengths and weights inputs). ONNX inputs follow
       their flattened order. Every dimension stays dynamic where the model allows (the batch, numbers
@@ -753,13 +774,10 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     register_onnx_schema()
     path = os.fspath(path)
     check_output_path(path)
+    model = dequantize_collections(model)  # TorchRec quantized tables -> float ones carrying their rows
     check_quantized(model)
     example_inputs = canonical_inputs(example_inputs)
-    bags = _embedding_bags(model)
-    if not bags:
-        warnings.warn("model has no nn.EmbeddingBag: exporting it without the custom op")
-    for name, m in bags:
-        _check_supported(name, m)
+    bags = _checked_bags(model, dtype)
     plans, pinned = _hot_rows(model, bags, hot_rows_from, pinned_rows, dtype, hot_coverage_target,
                               l2_budget_bytes, say)
     if hot_rows_from is not None:
@@ -779,10 +797,9 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     seconds["export"] = time.perf_counter() - t
     warn_fixed_dims(proto, example_inputs)
     table_map, node_bags = _table_map(proto, model, bags, example_inputs, plans)
-    meta = {"dlrm_deploy.tables": dumps(table_map),
-            "dlrm_deploy.export": dumps({"dtype": dtype, "variant": variant, "prefetch_distance": prefetch_distance,
-                                         "table_batching": bool(table_batching), "check": check,
-                                         "pinned_rows": max(pinned.values(), default=0)})}
+    options = dict(dtype=dtype, variant=variant, prefetch_distance=prefetch_distance,
+                   table_batching=bool(table_batching), check=check, pinned_rows=max(pinned.values(), default=0))
+    meta = {"dlrm_deploy.tables": dumps(table_map), "dlrm_deploy.export": dumps(options)}
     weight_bytes = sum(_tensor_bytes(t) for t in proto.graph.initializer)
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD

@@ -2,7 +2,8 @@
 DLRM_Net (numpy table sizes, offsets stacked as one [T, B] tensor, a list of per-table id tensors),
 TorchRec's EmbeddingBagCollection and DLRM with KeyedJaggedTensor inputs, and the exporter's
 promises around them: the user's model is not modified, the batch stays dynamic or a warning names
-the input that fixed it, quantized TorchRec modules are refused in one line. Exported files run in
+the input that fixed it, TorchRec's quantized EmbeddingBagCollection keeps FBGEMM's int8/fp16 rows
+exactly (other quantized forms are refused in one line). Exported files run in
 ONNX Runtime with our op library and match PyTorch eager; `dlrm-deploy run` feeds them valid inputs."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto
 from torch import nn
 
 from dlrm_deploy import cli
@@ -298,11 +300,58 @@ def test_torchrec_dlrm(tmp_path):
 
 
 @needs_torchrec
-def test_torchrec_quantized_is_refused(tmp_path):
+@pytest.mark.parametrize("qdtype,dtype", [("qint8", "int8"), ("half", "fp16")])
+def test_torchrec_quantized_ebc(tmp_path, qdtype, dtype):
+    """torchrec.quant.EmbeddingBagCollection (FBGEMM rows): converted exactly (int8: codes, fp16 scale
+    and bias -> our fp32 scale and bias), so ONNX Runtime matches the quantized model itself."""
     from torchrec.inference.modules import quantize_embeddings
 
-    model = quantize_embeddings(PooledValues(_ebc()), dtype=torch.qint8, inplace=False)
-    with pytest.raises(NotImplementedError, match=r"quantized.*export the float model.*dtype='int8'") as e:
-        export_onnx(model, (_kjt(4, 1),), tmp_path / "q.onnx")
+    model = quantize_embeddings(PooledValues(_ebc(weighted=True)), dtype=getattr(torch, qdtype), inplace=False)
+    quant_type = type(model.ebc)
+    path = tmp_path / "q.onnx"
+    export_onnx(model, (_kjt(4, 1, weighted=True),), path, dtype=dtype)
+    assert type(model.ebc) is quant_type  # the user's model is untouched
+    m = onnx.load(str(path))
+    stored = sorted((list(t.dims), t.data_type) for t in m.graph.initializer if len(t.dims) == 2)
+    if dtype == "int8":  # dim 8 codes + fp32 scale + fp32 bias = 16 bytes per row
+        assert stored == [([30, 16], TensorProto.UINT8), ([50, 16], TensorProto.UINT8)]
+    else:
+        assert stored == [([30, 8], TensorProto.FLOAT16), ([50, 8], TensorProto.FLOAT16)]
+    sess = ort_session(str(path), device="cpu")
+    kjt = _kjt(9, 2, weighted=True)
+    with torch.no_grad():
+        want = model(kjt).numpy()
+    got = sess.run(_kjt_feeds(sess, kjt, _tables_meta(path)[0]["kjt"]))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@needs_torchrec
+def test_torchrec_quantized_dlrm_and_storage_warning(tmp_path):
+    from torchrec.inference.modules import quantize_embeddings
+
+    torch.manual_seed(0)
+    model = TorchRecDLRM(embedding_bag_collection=_ebc(), dense_in_features=5, dense_arch_layer_sizes=[16, 8],
+                         over_arch_layer_sizes=[16, 1]).eval()
+    model = quantize_embeddings(model, dtype=torch.qint8, inplace=False)
+    with pytest.warns(UserWarning, match=r"is int8 in the quantized model; exporting it as fp32"):
+        export_onnx(model, (torch.randn(4, 5), _kjt(4, 1)), tmp_path / "fp32.onnx")
+    path = tmp_path / "q.onnx"
+    export_onnx(model, (torch.randn(4, 5), _kjt(4, 1)), path, dtype="int8")
+    sess = ort_session(str(path), device="cpu")
+    dense, kjt = torch.randn(7, 5), _kjt(7, 3)
+    with torch.no_grad():
+        want = model(dense, kjt).numpy()
+    got = sess.run({"dense_features": dense.numpy(), **_kjt_feeds(sess, kjt, _tables_meta(path)[0]["kjt"])})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@needs_torchrec
+def test_torchrec_quantized_unsupported_is_refused(tmp_path):
+    """Row formats we do not store (int4) are refused at export in one line saying what to do."""
+    from torchrec.inference.modules import quantize_embeddings
+
+    model = quantize_embeddings(PooledValues(_ebc()), dtype=torch.quint4x2, inplace=False)
+    with pytest.raises(NotImplementedError, match=r"int4.*quantize it to int8 or fp16") as e:
+        export_onnx(model, (_kjt(4, 1),), tmp_path / "q4.onnx")
     assert "\n" not in str(e.value)
     assert not list(tmp_path.iterdir())

@@ -91,7 +91,12 @@ class DeployEmbeddingBag(nn.Module):
         if offsets.dtype != input.dtype:
             offsets = offsets.to(input.dtype)
         if self.remap is not None:
-            input = torch.index_select(self.remap, 0, input)
+            # Out-of-range ids pass through unchanged so that the op rejects them with the user's
+            # own value (a plain remap Gather would wrap negative ids around, silently).
+            rows = self.remap.shape[0]
+            valid = (input >= 0) & (input < rows)
+            mapped = torch.index_select(self.remap, 0, input.clamp(0, rows - 1)).to(input.dtype)
+            input = torch.where(valid, mapped, input)
             if input.dtype != offsets.dtype:
                 input = input.to(offsets.dtype)
         if per_sample_weights is not None and per_sample_weights.dtype != torch.float32:
@@ -101,7 +106,7 @@ class DeployEmbeddingBag(nn.Module):
 
 def _translate(weight, indices, offsets, per_sample_weights=None, table_rows=(), dim=0, dtype="fp32",
                out_dtype="fp32", mode="sum", include_last_offset=0, variant="auto", prefetch_distance=0,
-               pinned_rows=0, hot_first=0, check="checked"):
+               pinned_rows=0, hot_first=0, check="checked", overlap=0):
     """ONNX translation of the torch op: one dlrm_deploy::EmbeddingBag node."""
     import onnxscript
 
@@ -110,7 +115,7 @@ def _translate(weight, indices, offsets, per_sample_weights=None, table_rows=(),
     return op.EmbeddingBag(*inputs, table_rows=[int(r) for r in table_rows], dim=int(dim), dtype=dtype,
                            out_dtype=out_dtype, mode=mode, include_last_offset=int(include_last_offset),
                            variant=variant, prefetch_distance=int(prefetch_distance),
-                           pinned_rows=int(pinned_rows), hot_first=int(hot_first), check=check)
+                           pinned_rows=int(pinned_rows), hot_first=int(hot_first), check=check, overlap=int(overlap))
 
 
 @dataclass
@@ -316,12 +321,13 @@ class ExternalDataWriter:
 def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = None) -> list[list[int]]:
     """Fuses the model's single-table dlrm_deploy::EmbeddingBag nodes into one node per group.
 
-    A group shares dim, mode, storage and output dtype, kernel options, pinned_rows, index type and
-    the presence of per-sample weights, and no member depends on another's output. Each fused node
-    reads the packed tables (one initializer; ``hot_first`` when pinned_rows > 0), the concatenated
-    ids and the table-major offsets (each table's offsets plus the ids of the tables before it,
-    computed in the graph so any bag lengths work; include_last_offset=0), and a Split restores the
-    original outputs. Returns the original node positions of each fused group (in the old order).
+    A group shares dim, mode, storage and output dtype, kernel options, pinned_rows, index type,
+    include_last_offset and the presence of per-sample weights, and no member depends on another's
+    output. Each fused node reads the packed tables (one initializer; ``hot_first`` when
+    pinned_rows > 0) and every member's own ids, offsets and weights (the op's per-table form:
+    nothing is concatenated or shifted in the graph, so each table keeps PyTorch's semantics and its
+    errors name its own inputs); a Split restores the original outputs. Returns the original node
+    positions of each fused group (in the old order).
     """
     graph = model.graph
     nodes = list(graph.node)
@@ -342,7 +348,8 @@ def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = Non
             return None
         has_psw = len(n.input) > 3 and n.input[3] != ""
         return (a["dim"], a["dtype"], a["out_dtype"], a["mode"], a["variant"], a["prefetch_distance"],
-                a["pinned_rows"], a["check"], idx_t.tensor_type.elem_type, has_psw, inits[n.input[0]].data_type)
+                a["pinned_rows"], a["check"], idx_t.tensor_type.elem_type, has_psw, inits[n.input[0]].data_type,
+                a["include_last_offset"])
 
     groups: list[tuple[tuple, list[int]]] = []
     for i in ops:
@@ -364,7 +371,7 @@ def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = Non
     for gi, (gk, members) in enumerate(groups):
         if gk is None or len(members) < 2:
             continue
-        dim, index_elem = gk[0], gk[8]
+        dim = gk[0]
         first = _attrs_of(nodes[members[0]])
         pinned = first["pinned_rows"]
         tag = f"dd_group{gi}"
@@ -388,48 +395,14 @@ def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = Non
         del blob
         new_inits.append(packed)
 
-        idx_names, off_names, psw_names = [], [], []
-        base = None  # ids of the tables before this one, int64 [1]
-        for j, m in enumerate(members):
-            n = nodes[m]
-            a = _attrs_of(n)
-            idx, off = n.input[1], n.input[2]
-            idx_names.append(idx)
-            if len(n.input) > 3 and n.input[3]:
-                psw_names.append(n.input[3])
-            if a["include_last_offset"]:
-                sliced = f"{tag}_off{j}_bags"
-                ns.append(helper.make_node("Slice", [off, f"{tag}_zero", f"{tag}_minus1", f"{tag}_zero"], [sliced]))
-                off = sliced
-            if base is not None:
-                shifted = f"{tag}_off{j}_shifted"
-                b = base
-                if index_elem == TensorProto.INT32:
-                    b = f"{tag}_base{j}_i32"
-                    ns.append(helper.make_node("Cast", [base], [b], to=TensorProto.INT32))
-                ns.append(helper.make_node("Add", [off, b], [shifted]))
-                off = shifted
-            off_names.append(off)
-            if j < len(members) - 1:
-                count = f"{tag}_n{j}"
-                ns.append(helper.make_node("Shape", [idx], [count]))
-                if base is None:
-                    base = count
-                else:
-                    nb = f"{tag}_base{j + 1}"
-                    ns.append(helper.make_node("Add", [base, count], [nb]))
-                    base = nb
-        if any(n.op_type == "Slice" for n in ns):
-            new_inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), f"{tag}_zero"))
-            new_inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{tag}_minus1"))
+        # Per-table form: each member keeps its own ids, offsets and weights (no index arithmetic in
+        # the graph), so the op checks and reports every table's input on its own terms.
+        member_inputs = [list(nodes[m].input) + [""] * (4 - len(nodes[m].input)) for m in members]
+        op_inputs = [packed.name] + [x[1] for x in member_inputs] + [x[2] for x in member_inputs]
+        if gk[9]:
+            op_inputs += [x[3] for x in member_inputs]
         new_inits.append(numpy_helper.from_array(np.array([dim] * len(members), dtype=np.int64), f"{tag}_split"))
-        ns.append(helper.make_node("Concat", idx_names, [f"{tag}_indices"], axis=0))
-        ns.append(helper.make_node("Concat", off_names, [f"{tag}_offsets"], axis=0))
-        op_inputs = [packed.name, f"{tag}_indices", f"{tag}_offsets"]
-        if psw_names:
-            ns.append(helper.make_node("Concat", psw_names, [f"{tag}_psw"], axis=0))
-            op_inputs.append(f"{tag}_psw")
-        attrs = dict(first, table_rows=rows, include_last_offset=0, hot_first=int(pinned > 0))
+        attrs = dict(first, table_rows=rows, hot_first=int(pinned > 0))
         out = f"{tag}_output"
         ns.append(helper.make_node(C.OP_TYPE, op_inputs, [out], name=f"{tag}_embedding_bag", domain=C.DOMAIN,
                                    **{k: attrs[k] for k in _ATTR_NAMES}))

@@ -30,6 +30,7 @@ from dlrm_deploy import contract as C
 
 from .model_inputs import default_dynamic_shapes, dumps, input_source, pin_specialised_dims, warn_fixed_dims
 from .onnx_schema import register_onnx_schema
+from .overlap import apply_overlap
 from .tables import (DEFAULT_HOT_COVERAGE, DEFAULT_L2_BUDGET_BYTES, choose_pinned_rows, convert_table,
                      hot_coverage, pack_tables, plan_hot_rows, profile_hot_rows, storage_row_bytes)
 from .torchrec_support import (STORED_ROWS, canonical_inputs, check_quantized, dequantize_collections,
@@ -704,7 +705,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
                 l2_budget_bytes: int = DEFAULT_L2_BUDGET_BYTES, check: str = "checked", opset: int = 18,
                 input_names: list[str] | None = None, output_names: list[str] | None = None,
                 dynamic_shapes=None, external_data: bool | None = None, validate: bool = True,
-                progress=None) -> ExportInfo:
+                overlap: bool = False, progress=None) -> ExportInfo:
     """Exports model to ONNX at path with every nn.EmbeddingBag as ``dlrm_deploy::EmbeddingBag``.
 
     model: any torch module using nn.EmbeddingBag (mode sum or mean, with or without
@@ -735,6 +736,9 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
       above 2 GB). Files are written under temporary names beside path and renamed at the end: an
       existing export at path is replaced, a failed export leaves nothing behind.
     validate: run onnx.checker.check_model(full_check=True) on the written file.
+    overlap: on ONNX Runtime's CUDA provider, run the lookups on the op's own stream beside the
+      dense layers where the graph allows (see export/overlap.py); such a file needs ONNX Runtime
+      (TensorRT has no Join plugin).
     progress: callable taking a message string (e.g. print), or None.
     Returns an ExportInfo.
     """
@@ -771,7 +775,8 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     warn_fixed_dims(proto, example_inputs)
     table_map, node_bags = _table_map(proto, model, bags, example_inputs, plans)
     options = dict(dtype=dtype, variant=variant, prefetch_distance=prefetch_distance,
-                   table_batching=bool(table_batching), check=check, pinned_rows=max(pinned.values(), default=0))
+                   table_batching=bool(table_batching), check=check, pinned_rows=max(pinned.values(), default=0),
+                   overlap=bool(overlap))
     meta = {"dlrm_deploy.tables": dumps(table_map), "dlrm_deploy.export": dumps(options)}
     weight_bytes = sum(_tensor_bytes(t) for t in proto.graph.initializer)
     if external_data is None:
@@ -779,7 +784,8 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     data_name = os.path.basename(path) + ".data" if external_data else None
     with _staged_output(path) as stage:
         groups, op_nodes = _write(proto, os.path.join(stage, os.path.basename(path)), data_name, node_bags, meta,
-                                  table_batching=table_batching, validate=validate, say=say, seconds=seconds)
+                                  table_batching=table_batching, validate=validate, overlap=overlap, say=say,
+                                  seconds=seconds)
     seconds["total"] = time.perf_counter() - t0
     info = ExportInfo(path=path, external_data=data_name, tables=_table_infos(bags, plans, pinned, dtype),
                       op_nodes=op_nodes, groups=groups,
@@ -808,7 +814,7 @@ def _keep_shared_tables_unpacked(proto: onnx.ModelProto) -> None:
 
 
 def _write(proto: onnx.ModelProto, path: str, data_name: str | None, node_bags: list, meta: dict, *,
-           table_batching: bool, validate: bool, say, seconds: dict) -> tuple[list[list[str]], int]:
+           table_batching: bool, validate: bool, overlap: bool, say, seconds: dict) -> tuple[list[list[str]], int]:
     """Table batching, metadata, saving and checking of the traced model at path (a staging name).
     Returns (module names per op node, number of op nodes)."""
     writer = ExternalDataWriter(os.path.join(os.path.dirname(path), data_name), data_name) if data_name else None
@@ -821,6 +827,8 @@ def _write(proto: onnx.ModelProto, path: str, data_name: str | None, node_bags: 
         pos_to_module = {p: node_bags[k][0] for k, p in enumerate(positions)}
         groups = [[pos_to_module[p] for p in g] for g in batch_tables(proto, writer)]
         seconds["batch"] = time.perf_counter() - t
+    if overlap:
+        say(f"overlap: {apply_overlap(proto)} op node(s) beside the dense layers")
     _annotate_outputs(proto)
     proto.producer_name = "dlrm_deploy"
     for k, v in meta.items():

@@ -82,11 +82,52 @@ def build_onnx_schema() -> defs.OpSchema:
     return schema
 
 
+def _infer_join(ctx) -> None:
+    """Join's output: [B, sum of the inputs' second dimensions] of the inputs' type."""
+    first = ctx.get_input_type(0)
+    out = onnx.TypeProto()
+    out.tensor_type.elem_type = first.tensor_type.elem_type if first is not None else onnx.TensorProto.FLOAT
+    batch = out.tensor_type.shape.dim.add()
+    width = out.tensor_type.shape.dim.add()
+    total = 0
+    for i in range(ctx.get_num_inputs()):
+        t = ctx.get_input_type(i)
+        dims = t.tensor_type.shape.dim if t is not None and t.tensor_type.HasField("shape") else []
+        if len(dims) != 2 or not dims[1].HasField("dim_value"):
+            total = None
+            break
+        total += dims[1].dim_value
+        if i == 0 and dims[0].HasField("dim_param"):
+            batch.dim_param = dims[0].dim_param
+        elif i == 0 and dims[0].HasField("dim_value"):
+            batch.dim_value = dims[0].dim_value
+    if total is not None:
+        width.dim_value = total
+    ctx.set_output_type(0, out)
+
+
+def build_join_schema() -> defs.OpSchema:
+    """The OpSchema of ``dlrm_deploy::Join`` (the companion of overlap=1, see export/overlap.py)."""
+    fp = defs.OpSchema.FormalParameter
+    (l_name, _t, l_doc), (o_name, _t2, o_doc) = C.JOIN_INPUTS
+    inputs = [fp(l_name, "T", l_doc),
+              fp(o_name, "T", o_doc, param_option=defs.OpSchema.FormalParameterOption.Variadic, min_arity=1)]
+    attrs = [defs.OpSchema.Attribute("axis", onnx.helper.make_attribute("axis", 1), "concatenation axis (1)"),
+             defs.OpSchema.Attribute("position", onnx.helper.make_attribute("position", 0),
+                                     "where the first input goes in the concatenation")]
+    schema = defs.OpSchema(C.JOIN_OP_TYPE, C.DOMAIN, C.OP_VERSION,
+                           "Concat along axis 1 after an overlapped EmbeddingBag finished (docs/op_contract.md).",
+                           inputs=inputs, outputs=[fp("output", "T", "the concatenation")],
+                           type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"],
+                                              "element type")], attributes=attrs)
+    schema.set_type_and_shape_inference_function(_infer_join)
+    return schema
+
+
 def register_onnx_schema() -> None:
-    """Registers the op's schema with the onnx package of this process (idempotent)."""
-    try:
-        defs.get_schema(C.OP_TYPE, C.OP_VERSION, C.DOMAIN)
-        return
-    except defs.SchemaError:
-        pass
-    defs.register_schema(build_onnx_schema())
+    """Registers the ops' schemas with the onnx package of this process (idempotent)."""
+    for op_type, build in ((C.OP_TYPE, build_onnx_schema), (C.JOIN_OP_TYPE, build_join_schema)):
+        try:
+            defs.get_schema(op_type, C.OP_VERSION, C.DOMAIN)
+        except defs.SchemaError:
+            defs.register_schema(build())

@@ -47,6 +47,8 @@ FIELDS: tuple[Field, ...] = (
     Field("pinned_rows", INT, "0", "hot rows per table kept in L2 (a prefix after frequency reordering)"),
     Field("hot_first", INT, "0", "1: every table's hot prefix is stored first in the packed weights"),
     Field("check", STRING, "checked", "bounds checking: " + "|".join(CHECKS)),
+    Field("overlap", INT, "0", "1: on the CUDA provider the lookups run on the op's own stream, concurrently with the "
+          "graph's other nodes, until the dlrm_deploy::Join node that reads the output (ONNX Runtime only)"),
 )
 
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
@@ -61,6 +63,11 @@ INPUTS = (
      "optionally per_sample_weights of tables 0..T-1 ([N_t] each); packed form: offsets [T*B] or [T*B+1], "
      "optionally per_sample_weights [N]"),
 )
+# The companion op of overlap=1: Concat along `axis` of its inputs with the overlapped EmbeddingBag
+# output (its first input) placed at `position`, after the op's stream has finished.
+JOIN_OP_TYPE = "Join"
+JOIN_INPUTS = (("lookups", "float|float16|bfloat16", "the output of an EmbeddingBag node with overlap=1"),
+               ("others", "variadic, the same type", "the other tensors of the concatenation, in order"))
 OUTPUTS = (("output", "float|float16|bfloat16 (out_dtype)", "[B, T*D] pooled bags, table t in columns t*D..t*D+D-1"),)
 
 

@@ -34,6 +34,7 @@ class Config(ctypes.Structure):
         ("pinned_rows", ctypes.c_int64),
         ("hot_first", ctypes.c_int32),
         ("check", ctypes.c_int32),
+        ("overlap", ctypes.c_int32),
     ]
 
 

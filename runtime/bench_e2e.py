@@ -244,10 +244,13 @@ def export_stock(model, example, path: str) -> None:
 
 
 def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None = None,
-                 check: str | None = None) -> None:
+                 check: str | None = None, overlap: bool = False) -> None:
     """Copies the ONNX file src to dst with every op node's variant (and prefetch distance, bounds
-    check mode) set; external data stays where it is (dst must be in src's folder)."""
+    check mode) set, and with overlap the lookups beside the dense layers (export's overlap pass);
+    external data stays where it is (dst must be in src's folder)."""
     import onnx
+
+    from dlrm_deploy.export.overlap import apply_overlap
 
     m = onnx.load(src, load_external_data=False)
     for n in m.graph.node:
@@ -261,6 +264,8 @@ def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None
                 for a in [a for a in n.attribute if a.name == "check"]:
                     n.attribute.remove(a)
                 n.attribute.append(onnx.helper.make_attribute("check", check))
+    if overlap:
+        apply_overlap(m)
     onnx.save(m, dst)
 
 
@@ -832,6 +837,26 @@ def probe_layouts(b: Bench, plain: str, hot: str, variant: str, check: str) -> d
     return out
 
 
+def first_variant_rows(b: Bench, prov: str, src: str, path: str, v: str, chk: str, label: str,
+                       hot: str) -> list[Row]:
+    """The GPU-only rows of the first variant: CUDA graph, and the lookups overlapped with the dense
+    layers (inline and in a CUDA graph)."""
+    a = b.args
+    overlapped = os.path.join(b.workdir, f"{os.path.basename(src)[:-5]}_{v}_{chk}_overlap.onnx")
+    with_variant(src, overlapped, v, check=chk, overlap=True)
+    specs = [] if a.no_cuda_graphs else [("CUDA graph", path, True)]
+    specs.append(("overlap", overlapped, False))
+    if not a.no_cuda_graphs:
+        specs.append(("overlap, CUDA graph", overlapped, True))
+    rows = []
+    for what, p, graph in specs:
+        row = ort_row(b, f"ORT {prov} + dlrm_deploy op ({a.dtype}, {label}, {what})", "ort-dlrm_deploy", a.dtype, p, v,
+                      cuda_graph=graph)
+        row.extra["hot_rows"] = hot
+        rows.append(row)
+    return rows
+
+
 def ours_rows(b: Bench, prov: str, variants: list[str], checks: list[str]) -> tuple[list[Row], dict]:
     """Our export (and, with --hot-rows, the hot-row layout), then one ORT row per check mode and
     variant. Returns (rows, what the JSON records about the export, hot rows and memory)."""
@@ -858,11 +883,8 @@ def ours_rows(b: Bench, prov: str, variants: list[str], checks: list[str]) -> tu
             row = ort_row(b, f"ORT {prov} + dlrm_deploy op ({a.dtype}, {label})", "ort-dlrm_deploy", a.dtype, path, v)
             row.extra["hot_rows"] = hot["chosen"]
             rows.append(row)
-            if b.cuda and not a.no_cuda_graphs and v == variants[0]:
-                row = ort_row(b, f"ORT {prov} + dlrm_deploy op ({a.dtype}, {label}, CUDA graph)", "ort-dlrm_deploy",
-                              a.dtype, path, v, cuda_graph=True)
-                row.extra["hot_rows"] = hot["chosen"]
-                rows.append(row)
+            if b.cuda and v == variants[0]:
+                rows += first_variant_rows(b, prov, src, path, v, chk, label, hot["chosen"])
     export = {"pinned_rows": info["pinned_rows"], "weight_bytes": info["weight_bytes"], "seconds": info["seconds"],
               "memory": {k: dict(r["memory"], rss_model=r["rss_model"], rss_runtime=r["rss_runtime"])
                          for k, (_, r) in exports.items()}}

@@ -98,6 +98,9 @@ int dd_config_set_int(dd_config* cfg, const char* name, int64_t v, char* msg, si
   } else if (!std::strcmp(name, "pinned_rows")) {
     if (v < 0) return fail(DD_ERR_CONFIG, msg, len, "pinned_rows must be >= 0, got %lld", (long long)v);
     cfg->pinned_rows = v;
+  } else if (!std::strcmp(name, "overlap")) {
+    if (v != 0 && v != 1) return fail(DD_ERR_CONFIG, msg, len, "overlap must be 0 or 1, got %lld", (long long)v);
+    cfg->overlap = (int32_t)v;
   } else if (!std::strcmp(name, "hot_first")) {
     if (v != 0 && v != 1) return fail(DD_ERR_CONFIG, msg, len, "hot_first must be 0 or 1, got %lld", (long long)v);
     cfg->hot_first = (int32_t)v;
@@ -193,6 +196,14 @@ int dd_format_error(const dd_error_record* rec, char* msg, size_t len) {
     return DD_OK;
   }
   return fail(DD_ERR_INPUT, msg, len, "%s", dd::error_message(*rec).c_str());
+}
+
+int dd_format_error_tables(const dd_error_record* rec, const dd_table_lookups* tables, char* msg, size_t len) {
+  if (!rec || rec->code == dd::kNoError) {
+    if (msg && len) msg[0] = 0;
+    return DD_OK;
+  }
+  return fail(DD_ERR_INPUT, msg, len, "%s", dd::error_message(*rec, tables).c_str());
 }
 
 void dd_op_identity(const char** domain, const char** op_type, const char** version) {

@@ -623,6 +623,15 @@ int dd_clear_error(void* workspace, void* stream_ptr, char* msg, size_t len) {
   return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "clearing the error record", msg, len);
 }
 
+int dd_fetch_error(void* workspace, void* stream_ptr, dd_error_record* record, char* msg, size_t len) {
+  if (!workspace || !record) return fail(DD_ERR_CONFIG, msg, len, "no workspace");
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  cudaError_t e = cudaMemcpyAsync(record, workspace, sizeof(*record), cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) e = cudaMemsetAsync(workspace, 0, sizeof(*record), stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "reading the error record", msg, len);
+}
+
 int dd_read_error(const dd_config*, void* workspace, void* stream_ptr, char* msg, size_t len) {
   if (!workspace) return fail(DD_ERR_CONFIG, msg, len, "no workspace");
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
@@ -714,6 +723,66 @@ int dd_setup_l2_persistence(const dd_config* cfg, size_t* reserved, char* msg, s
   }
   if (reserved) *reserved = current;
   return DD_OK;
+}
+
+struct dd_overlap {
+  cudaStream_t side = nullptr;
+  cudaEvent_t fork = nullptr, done = nullptr;
+};
+
+dd_overlap* dd_overlap_create(char* msg, size_t len) {
+  auto* o = new dd_overlap;
+  cudaError_t e = cudaStreamCreateWithFlags(&o->side, cudaStreamNonBlocking);
+  if (e == cudaSuccess) e = cudaEventCreateWithFlags(&o->fork, cudaEventDisableTiming);
+  if (e == cudaSuccess) e = cudaEventCreateWithFlags(&o->done, cudaEventDisableTiming);
+  if (e != cudaSuccess) {
+    dd::cuda_fail(e, "creating the overlap stream", msg, len);
+    dd_overlap_destroy(o);
+    return nullptr;
+  }
+  return o;
+}
+
+void dd_overlap_destroy(dd_overlap* o) {
+  if (!o) return;
+  if (o->side) cudaStreamSynchronize(o->side);
+  if (o->fork) cudaEventDestroy(o->fork);
+  if (o->done) cudaEventDestroy(o->done);
+  if (o->side) cudaStreamDestroy(o->side);
+  delete o;
+}
+
+void* dd_overlap_fork(dd_overlap* o, void* stream, char* msg, size_t len) {
+  cudaError_t e = cudaEventRecord(o->fork, static_cast<cudaStream_t>(stream));
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(o->side, o->fork, 0);
+  if (e != cudaSuccess) {
+    dd::cuda_fail(e, "forking the overlap stream", msg, len);
+    return nullptr;
+  }
+  return o->side;
+}
+
+int dd_overlap_done(dd_overlap* o, char* msg, size_t len) {
+  cudaError_t e = cudaEventRecord(o->done, o->side);
+  return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "recording the end of the overlapped work", msg, len);
+}
+
+int dd_overlap_join(dd_overlap* o, void* stream, char* msg, size_t len) {
+  cudaError_t e = cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), o->done, 0);
+  return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "joining the overlap stream", msg, len);
+}
+
+int dd_copy_rows(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows,
+                 int on_device, void* stream, char* msg, size_t len) {
+  if (rows == 0 || width == 0) return DD_OK;
+  if (!on_device) {
+    for (size_t r = 0; r < rows; ++r)
+      std::memcpy(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch, width);
+    return DD_OK;
+  }
+  cudaError_t e = cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDeviceToDevice,
+                                    static_cast<cudaStream_t>(stream));
+  return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "copying rows", msg, len);
 }
 
 int dd_stream_capturing(void* stream) {

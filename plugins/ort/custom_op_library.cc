@@ -5,11 +5,13 @@
 #include <vector>
 
 #include "embedding_bag_op.h"
+#include "join_op.h"
 
 namespace {
 
 struct Registry {
   std::vector<std::unique_ptr<dd_ort::EmbeddingBagOp>> ops;
+  std::vector<std::unique_ptr<dd_ort::JoinOp>> joins;
   Ort::CustomOpDomain domain{nullptr};
 };
 
@@ -36,6 +38,12 @@ Registry& GetRegistry() {
           r->ops.push_back(std::make_unique<dd_ort::EmbeddingBagOp>(p, w, i));
           r->domain.Add(r->ops.back().get());
         }
+    for (dd_ort::Provider p : providers)
+      for (ONNXTensorElementDataType t : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
+                                          ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16}) {
+        r->joins.push_back(std::make_unique<dd_ort::JoinOp>(p, t));
+        r->domain.Add(r->joins.back().get());
+      }
     return r;
   }();
   return *registry;

@@ -1,5 +1,6 @@
 // ONNX Runtime kernel of dlrm_deploy::EmbeddingBag (CPU and CUDA execution providers).
 #include "embedding_bag_op.h"
+#include "join_op.h"
 
 #include <cinttypes>
 #include <cstdio>
@@ -111,6 +112,7 @@ EmbeddingBagKernel::EmbeddingBagKernel(const OrtKernelInfo* info, Provider provi
 
 EmbeddingBagKernel::~EmbeddingBagKernel() {
   ForgetCaptured();
+  dd_overlap_destroy(overlap_);
   if (deferred_ != nullptr) {
     char text[DD_MSG_LEN];
     if (dd_deferred_poll(deferred_, nullptr, nullptr, 1, text, sizeof(text)) == DD_ERR_INPUT) ReportDeferred(text);
@@ -209,6 +211,11 @@ OrtStatusPtr EmbeddingBagKernel::Init(const OrtKernelInfo* info) {
 
   if (provider_ == Provider::kCuda && cfg_.check != DD_UNCHECKED)
     Ort::ThrowOnError(api.KernelInfoGetAllocator(info, OrtMemTypeDefault, &workspace_allocator_));
+  if (provider_ == Provider::kCuda && cfg_.overlap) {
+    char msg[DD_MSG_LEN];
+    overlap_ = dd_overlap_create(msg, sizeof(msg));
+    if (overlap_ == nullptr) return Error(ORT_FAIL, msg);
+  }
   if (provider_ == Provider::kCuda && cfg_.check == DD_DEFERRED) {
     char msg[DD_MSG_LEN];
     deferred_ = dd_deferred_create(msg, sizeof(msg));
@@ -362,22 +369,12 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
     Ort::KernelContext ctx(context);
     void* stream = ctx.GetGPUComputeStream();
     const size_t ws_bytes = dd_workspace_size(&cfg_);
+    if (cfg_.overlap) return LaunchOverlapped(forward, stream, out, tables, msg);
     if (cfg_.check == DD_DEFERRED) {
-      // Kept across calls: bad lookups contribute zeros without a synchronisation; the record's
-      // host copy is examined at a later run (never blocking) and reported on stderr, since this
-      // run's status cannot carry it (use check=checked for errors as statuses).
-      std::lock_guard<std::mutex> lock(workspace_mutex_);
-      if (persistent_workspace_ == nullptr) {
-        persistent_workspace_ = workspace_allocator_->Alloc(workspace_allocator_, ws_bytes);
-        if (persistent_workspace_ == nullptr) return Error(ORT_FAIL, "cannot allocate the kernel workspace");
-        char ignored[DD_MSG_LEN];
-        dd_read_error(&cfg_, persistent_workspace_, stream, ignored, sizeof(ignored));  // clears the record
-      }
-      char earlier[DD_MSG_LEN];
-      if (dd_deferred_poll(deferred_, persistent_workspace_, stream, 0, earlier, sizeof(earlier)) == DD_ERR_INPUT)
-        ReportDeferred(earlier);
-      rc = forward(persistent_workspace_, stream, &cfg_);
-      if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, DD_MSG_LEN);
+      // Bad lookups contribute zeros without a synchronisation; the record's host copy is examined
+      // at a later run (never blocking) and reported on stderr, since this run's status cannot
+      // carry it (use check=checked for errors as statuses).
+      rc = LaunchDeferred(forward, stream, msg);
     } else if (cfg_.check == DD_CHECKED && dd_stream_capturing(stream)) {
       rc = LaunchCaptured(forward, stream, msg);
     } else if (cfg_.check == DD_CHECKED) {
@@ -427,8 +424,7 @@ OrtStatusPtr EmbeddingBagKernel::PrepareCapture(void* stream) {
   return deferred_ == nullptr ? Error(ORT_FAIL, text) : nullptr;
 }
 
-template <typename Forward>
-int EmbeddingBagKernel::LaunchCaptured(Forward& forward, void* stream, char* msg) {
+int EmbeddingBagKernel::LaunchCaptured(const Forward& forward, void* stream, char* msg) {
   std::lock_guard<std::mutex> lock(workspace_mutex_);
   if (persistent_workspace_ == nullptr || deferred_ == nullptr)
     return std::snprintf(msg, DD_MSG_LEN, "check=checked in a CUDA graph needs one regular run before capture "
@@ -442,6 +438,64 @@ int EmbeddingBagKernel::LaunchCaptured(Forward& forward, void* stream, char* msg
     std::lock_guard<std::mutex> reg(g_captured_mutex);
     g_captured.insert(this);
   }
+  return rc;
+}
+
+// The lookups on the op's own stream, joined back by the Join node reading output. check=checked
+// runs as deferred there (nothing synchronises here) and Join reads the record (or, inside a CUDA
+// graph capture, the session does after the replay, as in LaunchCaptured).
+OrtStatusPtr EmbeddingBagKernel::LaunchOverlapped(const Forward& forward, void* stream, const void* output,
+                                                  const std::vector<dd_table_lookups>* tables, char* msg) {
+  const bool capturing = dd_stream_capturing(stream) != 0;
+  if (!capturing && cfg_.check == DD_CHECKED)
+    if (OrtStatusPtr st = PrepareCapture(stream)) return st;
+  void* side = dd_overlap_fork(overlap_, stream, msg, DD_MSG_LEN);
+  if (side == nullptr) return Error(ORT_FAIL, msg);
+  PendingLookups pending;
+  pending.overlap = overlap_;
+  pending.node = node_name_;
+  if (tables != nullptr) pending.names = *tables;
+  int rc = DD_OK;
+  if (cfg_.check == DD_UNCHECKED) {
+    rc = forward(nullptr, side, &cfg_);
+  } else if (cfg_.check == DD_DEFERRED) {
+    rc = LaunchDeferred(forward, side, msg);
+  } else if (capturing) {
+    rc = LaunchCaptured(forward, side, msg);
+  } else {
+    pending.workspace = workspace_allocator_->Alloc(workspace_allocator_, dd_workspace_size(&cfg_));
+    if (pending.workspace == nullptr) return Error(ORT_FAIL, "cannot allocate the kernel workspace");
+    pending.allocator = workspace_allocator_;
+    pending.checked = true;
+    dd_config cfg = cfg_;
+    cfg.check = DD_DEFERRED;  // validate without synchronising; Join synchronises and reports
+    rc = dd_clear_error(pending.workspace, side, msg, DD_MSG_LEN);
+    if (rc == DD_OK) rc = forward(pending.workspace, side, &cfg);
+  }
+  if (rc == DD_OK) rc = dd_overlap_done(overlap_, msg, DD_MSG_LEN);
+  if (rc != DD_OK) {
+    if (pending.allocator != nullptr) pending.allocator->Free(pending.allocator, pending.workspace);
+    return Error(ErrorCodeOf(rc), msg);
+  }
+  RegisterPending(output, std::move(pending));
+  return nullptr;
+}
+
+// check=deferred: a workspace kept across calls; an earlier run's bad input goes to stderr.
+int EmbeddingBagKernel::LaunchDeferred(const Forward& forward, void* stream, char* msg) {
+  std::lock_guard<std::mutex> lock(workspace_mutex_);
+  if (persistent_workspace_ == nullptr) {
+    persistent_workspace_ = workspace_allocator_->Alloc(workspace_allocator_, dd_workspace_size(&cfg_));
+    if (persistent_workspace_ == nullptr)
+      return std::snprintf(msg, DD_MSG_LEN, "cannot allocate the kernel workspace"), DD_ERR_CUDA;
+    char ignored[DD_MSG_LEN];
+    dd_read_error(&cfg_, persistent_workspace_, stream, ignored, sizeof(ignored));  // clears the record
+  }
+  char earlier[DD_MSG_LEN];
+  if (dd_deferred_poll(deferred_, persistent_workspace_, stream, 0, earlier, sizeof(earlier)) == DD_ERR_INPUT)
+    ReportDeferred(earlier);
+  int rc = forward(persistent_workspace_, stream, &cfg_);
+  if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, DD_MSG_LEN);
   return rc;
 }
 

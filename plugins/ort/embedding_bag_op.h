@@ -3,6 +3,7 @@
 // logic and no attribute parsing of its own live here.
 #pragma once
 
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -46,10 +47,16 @@ class EmbeddingBagKernel {
   OrtStatusPtr Launch(OrtKernelContext* context, const void* weights, const void* indices, const void* offsets,
                       const float* psw, int64_t num_indices, int64_t num_offsets,
                       const std::vector<dd_table_lookups>* tables, void* out, char* msg);
+  // The core's forward for one call, on a given workspace, stream and config (check mode).
+  using Forward = std::function<int(void* workspace, void* stream, const dd_config* cfg)>;
+  // overlap=1 on CUDA: the lookups on the op's own stream; the Join node that reads the output
+  // joins it back (see join_op.h).
+  OrtStatusPtr LaunchOverlapped(const Forward& forward, void* stream, const void* output,
+                                const std::vector<dd_table_lookups>* tables, char* msg);
   // Persistent workspace and pinned record for a later capture (outside capture only).
   OrtStatusPtr PrepareCapture(void* stream);
-  template <typename Forward>
-  int LaunchCaptured(Forward& forward, void* stream, char* msg);
+  int LaunchCaptured(const Forward& forward, void* stream, char* msg);
+  int LaunchDeferred(const Forward& forward, void* stream, char* msg);
   void ForgetCaptured() const;
   // Writes an earlier run's bad input (check=deferred) to stderr.
   void ReportDeferred(const char* text) const;
@@ -67,6 +74,8 @@ class EmbeddingBagKernel {
   void* persistent_workspace_ = nullptr;
   // ... and reports an earlier run's bad input (on stderr) at a later run, without synchronising.
   dd_deferred* deferred_ = nullptr;
+  // overlap=1 on CUDA: the op's stream and its fork/join events.
+  dd_overlap* overlap_ = nullptr;
 };
 
 // One registration of the op for one execution provider and one combination of input element

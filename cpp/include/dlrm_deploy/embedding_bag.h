@@ -82,6 +82,7 @@ typedef struct dd_config {
   int64_t pinned_rows;                /* hottest rows per table (a hot prefix after reordering) */
   int32_t hot_first;                  /* 1: all tables' hot prefixes stored first (see below) */
   int32_t check;                      /* dd_check */
+  int32_t overlap;                    /* 1: the adapter runs the lookups on a stream of its own */
 } dd_config;
 /* hot_first layout: rows [0, T*P) hold each table's first P = pinned_rows rows (table t at t*P),
  * then each table's remaining rows in table order. One contiguous hot region lets the
@@ -196,6 +197,9 @@ typedef struct dd_error_record {
 /* Formats an error record already copied to host memory. Returns DD_OK when it holds no error,
  * else DD_ERR_INPUT with the message (for adapters that copy the record asynchronously). */
 DD_API int dd_format_error(const dd_error_record* record, char* msg, size_t msg_len);
+/* The same, naming the tables' inputs from tables (per-table form; NULL = dd_format_error). */
+DD_API int dd_format_error_tables(const dd_error_record* record, const dd_table_lookups* tables, char* msg,
+                                  size_t msg_len);
 
 /* The op's identity from the contract: ONNX domain (= TensorRT plugin namespace), op type
  * (= plugin name) and version. */
@@ -220,6 +224,9 @@ DD_API int dd_deferred_poll(dd_deferred* d, void* workspace, void* stream, int w
 /* Clears the error record at the head of workspace, queued on stream (capturable). */
 DD_API int dd_clear_error(void* workspace, void* stream, char* msg, size_t msg_len);
 
+/* Synchronises stream, copies the error record at the head of workspace into *record and clears it. */
+DD_API int dd_fetch_error(void* workspace, void* stream, dd_error_record* record, char* msg, size_t msg_len);
+
 /* For DD_DEFERRED: synchronises stream, reads the error record from workspace and clears it. */
 DD_API int dd_read_error(const dd_config* cfg, void* workspace, void* stream, char* msg, size_t msg_len);
 
@@ -230,6 +237,24 @@ DD_API int dd_setup_l2_persistence(const dd_config* cfg, size_t* reserved, char*
 /* 1 while stream (a cudaStream_t) is being captured into a CUDA graph, else 0: adapters then avoid
  * what capture forbids (synchronisation, allocation). */
 DD_API int dd_stream_capturing(void* stream);
+
+/* overlap=1: a stream of the adapter's own, forked from the caller's stream before the lookups
+ * and joined back into it where their output is needed (events only; capturable into a CUDA
+ * graph). NULL on failure. */
+typedef struct dd_overlap dd_overlap;
+DD_API dd_overlap* dd_overlap_create(char* msg, size_t msg_len);
+DD_API void dd_overlap_destroy(dd_overlap* o);
+/* The side stream, made to wait for everything queued on stream so far; NULL (and msg) on error. */
+DD_API void* dd_overlap_fork(dd_overlap* o, void* stream, char* msg, size_t msg_len);
+/* Marks the end of the side stream's work (call after queueing the lookups on it). */
+DD_API int dd_overlap_done(dd_overlap* o, char* msg, size_t msg_len);
+/* Makes stream wait for the side stream's work up to the last dd_overlap_done. */
+DD_API int dd_overlap_join(dd_overlap* o, void* stream, char* msg, size_t msg_len);
+
+/* Copies rows x width bytes from src (row pitch src_pitch) to dst (row pitch dst_pitch): on stream
+ * (device memory) or, with on_device = 0, on the host. For concatenating along columns. */
+DD_API int dd_copy_rows(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows,
+                        int on_device, void* stream, char* msg, size_t msg_len);
 
 /* 1 when the library was built with CUDA and a device is visible. */
 DD_API int dd_cuda_available(void);

@@ -1,0 +1,64 @@
+"""ONNX graph pass for ``overlap``: the embedding lookups run beside the dense layers.
+
+An EmbeddingBag node whose lookups are graph inputs (and tables initializers) and whose output
+feeds exactly one Concat along axis 1 (DLRM concatenates the bottom MLP's output with the pooled
+tables) gets ``overlap=1``, and that Concat becomes ``dlrm_deploy::Join``: on ONNX Runtime's CUDA
+provider the lookups then run on the op's own stream, concurrently with whatever the graph computes
+before the Join (the bottom MLP), and Join joins the streams, reports bad input (check=checked) and
+concatenates. The EmbeddingBag node is moved just before its Join: ONNX Runtime's default order
+visits the later-defined input of a node first, so the lookups are launched before the other
+branch. ONNX Runtime only (TensorRT has no Join plugin); other providers run it inline.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from dlrm_deploy import contract as C
+
+
+def _concat_axis(node: onnx.NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "axis"), None)
+
+
+def apply_overlap(model: onnx.ModelProto) -> int:
+    """Marks every eligible EmbeddingBag node overlap=1 and replaces its Concat with a Join (in
+    place). Returns how many nodes were marked."""
+    graph = model.graph
+    graph_inputs = {v.name for v in graph.input}
+    inits = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    marked = 0
+    for op in [n for n in graph.node if n.domain == C.DOMAIN and n.op_type == C.OP_TYPE]:
+        out = op.output[0]
+        users = consumers.get(out, [])
+        if (op.input[0] not in inits or any(x and x not in graph_inputs for x in op.input[1:]) or out in outputs
+                or len(users) != 1):
+            continue
+        cat = users[0]
+        others = [x for x in cat.input if x != out]
+        if (cat.op_type != "Concat" or cat.domain not in ("", "ai.onnx") or _concat_axis(cat) not in (1, -1)
+                or list(cat.input).count(out) != 1 or not others):
+            continue
+        join = helper.make_node(C.JOIN_OP_TYPE, [out] + others, list(cat.output), name=(cat.name or out) + "_join",
+                                domain=C.DOMAIN, axis=1, position=list(cat.input).index(out))
+        nodes = list(graph.node)
+        at = next(i for i, n in enumerate(nodes) if n is cat)
+        nodes[at] = join
+        nodes.remove(op)
+        nodes.insert(nodes.index(join), op)
+        for a in op.attribute:
+            if a.name == "overlap":
+                a.i = 1
+                break
+        else:
+            op.attribute.append(helper.make_attribute("overlap", 1))
+        del graph.node[:]
+        graph.node.extend(nodes)
+        marked += 1
+    return marked

@@ -1,0 +1,88 @@
+"""export_onnx(overlap=True): the lookups beside the dense layers (EmbeddingBag overlap=1 + Join).
+On the CPU (any machine) the graph must compute exactly what the plain export computes and still
+reject bad input; on the CUDA provider (GPU machines) the same, plus CUDA-graph sessions."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from dlrm_deploy import contract as C
+from dlrm_deploy.export.dlrm import DLRM, get_config, make_inputs
+from dlrm_deploy.export.onnx_export import export_onnx
+from dlrm_deploy.runtime import ort as dd_ort
+
+DEVICES = ["cpu"] + (["cuda"] if dd_ort.cuda_available() else [])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cfg = get_config("small")
+    model = DLRM(cfg, seed=0).eval()
+    folder = tmp_path_factory.mktemp("overlap")
+    export_onnx(model, make_inputs(cfg, 16, seed=0), folder / "plain.onnx")
+    export_onnx(model, make_inputs(cfg, 16, seed=0), folder / "overlap.onnx", overlap=True)
+    return cfg, model, folder
+
+
+def _feeds(cfg, model, batch, seed):
+    dense, indices, offsets = make_inputs(cfg, batch, seed=seed, pooling=8)
+    feeds = {"dense": dense.numpy()}
+    feeds.update({f"indices_{t}": i.numpy() for t, i in enumerate(indices)})
+    feeds.update({f"offsets_{t}": o.numpy() for t, o in enumerate(offsets)})
+    with torch.no_grad():
+        return feeds, model(dense, indices, offsets).numpy()
+
+
+def test_graph_structure(exported):
+    _cfg, _model, folder = exported
+    nodes = list(onnx.load(str(folder / "overlap.onnx")).graph.node)
+    kinds = [(n.domain, n.op_type) for n in nodes]
+    op_at = kinds.index((C.DOMAIN, C.OP_TYPE))
+    assert kinds[op_at + 1] == (C.DOMAIN, C.JOIN_OP_TYPE)  # the lookups right before their Join
+    op = nodes[op_at]
+    assert next(a.i for a in op.attribute if a.name == "overlap") == 1
+    join = nodes[op_at + 1]
+    assert join.input[0] == op.output[0] and len(join.input) >= 2
+    plain = [(n.domain, n.op_type) for n in onnx.load(str(folder / "plain.onnx")).graph.node]
+    assert (C.DOMAIN, C.JOIN_OP_TYPE) not in plain
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_overlap_matches_plain_and_rejects_bad_input(exported, device):
+    cfg, model, folder = exported
+    plain = dd_ort.ort_session(folder / "plain.onnx", device=device)
+    over = dd_ort.ort_session(folder / "overlap.onnx", device=device)
+    for batch, seed in [(32, 1), (5, 2), (64, 3)]:
+        feeds, ref = _feeds(cfg, model, batch, seed)
+        (a,) = plain.run(feeds)
+        (b,) = over.run(feeds)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(b, ref, rtol=1e-4, atol=1e-5)
+    bad = dict(feeds)
+    bad["indices_2"] = feeds["indices_2"].copy()
+    bad["indices_2"][3] = -4
+    with pytest.raises(Exception, match=r"index -4 at position 3 of indices 'indices_2'"):
+        over.run(bad)
+    (b,) = over.run(feeds)  # the session carries on
+    np.testing.assert_allclose(b, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not dd_ort.cuda_available(), reason="onnxruntime has no CUDA execution provider")
+def test_overlap_in_cuda_graph(exported):
+    cfg, model, folder = exported
+    sess = dd_ort.ort_session(folder / "overlap.onnx", device="cuda", cuda_graph=True)
+    for seed in (1, 2, 3):
+        feeds, ref = _feeds(cfg, model, 32, seed)
+        (out,) = sess.run(feeds)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    bad = dict(feeds)
+    bad["offsets_1"] = feeds["offsets_1"].copy()
+    bad["offsets_1"][0] = 2
+    with pytest.raises(RuntimeError, match="first offset of offsets 'offsets_1'"):
+        sess.run(bad)
+    (out,) = sess.run(feeds)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)

@@ -1,5 +1,6 @@
 // CPU reference of the op: the contract's semantics, sequential fp32 sums in index order. The CUDA
-// kernels reproduce this order (bit-exact) wherever one thread group walks a whole bag.
+// kernels reproduce this order (bit-exact) wherever one thread group walks a whole bag, and the
+// fast CPU forward (embedding_bag_cpu_fast.cpp, behind dd_forward_cpu) everywhere.
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -182,7 +183,7 @@ int check_tables_call(const dd_config* cfg, const void* weights, const dd_table_
 
 }  // namespace dd
 
-extern "C" int dd_forward_cpu(const dd_config* cfg, const void* weights, const void* indices, const void* offsets,
+extern "C" int dd_forward_cpu_reference(const dd_config* cfg, const void* weights, const void* indices, const void* offsets,
                               const float* psw, int64_t num_indices, int64_t num_offsets, void* output, char* msg,
                               size_t len) {
   auto view = std::make_unique<dd::Lookups>();
@@ -191,7 +192,7 @@ extern "C" int dd_forward_cpu(const dd_config* cfg, const void* weights, const v
   return dd::forward_cpu_view(*cfg, weights, *view, output, nullptr, msg, len);
 }
 
-extern "C" int dd_forward_tables_cpu(const dd_config* cfg, const void* weights, const dd_table_lookups* tables,
+extern "C" int dd_forward_tables_cpu_reference(const dd_config* cfg, const void* weights, const dd_table_lookups* tables,
                                      void* output, char* msg, size_t len) {
   auto view = std::make_unique<dd::Lookups>();
   int rc = dd::check_tables_call(cfg, weights, tables, output, view.get(), msg, len);

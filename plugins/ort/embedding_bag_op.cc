@@ -364,7 +364,33 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
   };
   int rc = DD_OK;
   if (provider_ == Provider::kCpu) {
-    rc = forward(nullptr, nullptr, &cfg_);
+    // Bags spread over ONNX Runtime's intra-op thread pool: OrtApi::KernelContext_ParallelFor
+    // (API 17, so inside the version-18 table this library asks for). Where ORT cannot run it
+    // (a build without the kernel-context API), everything runs on this thread.
+    struct Pool {
+      const OrtApi* api;
+      OrtKernelContext* context;
+    };
+    struct Body {
+      dd_range_fn fn;
+      void* arg;
+    };
+    Pool pool{&api, context};
+    const dd_parallel_for_fn parallel_for = [](void* p, int64_t n, dd_range_fn fn, void* arg) {
+      const Pool& pl = *static_cast<const Pool*>(p);
+      Body body{fn, arg};
+      auto one_task = [](void* b, size_t i) {
+        const Body& bd = *static_cast<const Body*>(b);
+        bd.fn(bd.arg, (int64_t)i, (int64_t)i + 1);
+      };
+      if (OrtStatus* st = pl.api->KernelContext_ParallelFor(pl.context, one_task, (size_t)n, 0, &body)) {
+        pl.api->ReleaseStatus(st);
+        fn(arg, 0, n);
+      }
+    };
+    rc = tables ? dd_forward_tables_cpu_parallel(&cfg_, w, tables->data(), out, parallel_for, &pool, msg, DD_MSG_LEN)
+                : dd_forward_cpu_parallel(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, parallel_for,
+                                          &pool, msg, DD_MSG_LEN);
   } else {
     Ort::KernelContext ctx(context);
     void* stream = ctx.GetGPUComputeStream();

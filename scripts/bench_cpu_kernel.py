@@ -1,0 +1,138 @@
+"""One table's embedding stage on the CPU: PyTorch's F.embedding_bag against dlrm_deploy::EmbeddingBag
+in ONNX Runtime's CPU provider (and, optionally, the core's sequential reference), same inputs, same
+thread count. Median of --runs wall-clock runs after warm-up; outputs checked before timing.
+
+    python scripts/bench_cpu_kernel.py --rows 500000 --dim 128 --batch 2048 --pooling 150 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+
+import numpy as np
+
+
+def _time_interleaved(fns: dict, runs: int, warmup: int, block: int = 5) -> dict:
+    """Times each fn of fns `runs` times, in alternating blocks of `block` runs, so that load from
+    other processes on a shared machine falls on every row alike; a pause before each block lets the
+    other library's spinning worker threads (OpenMP's, ONNX Runtime's) go idle first.
+    Returns {name: {median_ms, min_ms, max_ms, runs}}."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    ts = {name: [] for name in fns}
+    while min(len(v) for v in ts.values()) < runs:
+        for name, fn in fns.items():
+            time.sleep(0.2)
+            fn()  # untimed: wakes this library's threads
+            for _ in range(min(block, runs - len(ts[name]))):
+                t = time.perf_counter()
+                fn()
+                ts[name].append((time.perf_counter() - t) * 1e3)
+    return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "runs": len(v)}
+            for name, v in ts.items()}
+
+
+def _model(weight: np.ndarray, dtype: str, psw: bool) -> bytes:
+    """One EmbeddingBag node over an initializer table (what the exporter writes for one table)."""
+    from onnx import TensorProto, helper
+
+    from dlrm_deploy import contract
+
+    elem = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}[dtype]
+    rows, dim = weight.shape
+    init = helper.make_tensor("weights", elem, weight.shape, weight.tobytes(), raw=True)
+    inputs = [helper.make_tensor_value_info("indices", TensorProto.INT64, ["N"]),
+              helper.make_tensor_value_info("offsets", TensorProto.INT64, ["B"])]
+    names = ["weights", "indices", "offsets"]
+    if psw:
+        inputs.append(helper.make_tensor_value_info("per_sample_weights", TensorProto.FLOAT, ["N"]))
+        names.append("per_sample_weights")
+    node = helper.make_node(contract.OP_TYPE, names, ["pooled"], domain=contract.DOMAIN, name="emb",
+                            table_rows=[rows], dim=dim, dtype=dtype, mode="sum")
+    out = helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["B", dim])
+    graph = helper.make_graph([node], "one_table", inputs, [out], initializer=[init])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(contract.DOMAIN, 1)])
+    return model.SerializeToString()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=500_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--pooling", type=int, default=150)
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
+    p.add_argument("--weighted", action="store_true", help="with per-sample weights")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--reference", action="store_true", help="also time the core's sequential reference")
+    args = p.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    from dlrm_deploy.runtime import _core
+    from dlrm_deploy.runtime import ort as dd_ort
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    tdt = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    weight = torch.randn(args.rows, args.dim).to(tdt)
+    n = args.batch * args.pooling
+    ids = torch.from_numpy(rng.integers(0, args.rows, n))
+    offsets = torch.arange(0, n, args.pooling, dtype=torch.int64)
+    psw = torch.from_numpy(rng.standard_normal(n).astype(np.float32)) if args.weighted else None
+    print(f"one table: {args.rows} rows x {args.dim} {args.dtype}, batch {args.batch}, pooling {args.pooling}, "
+          f"{'weighted, ' if psw is not None else ''}{args.threads} threads; torch {torch.__version__}", flush=True)
+
+    with torch.no_grad():
+        want = F.embedding_bag(ids, weight, offsets, mode="sum", per_sample_weights=psw).float().numpy()
+
+    sess = dd_ort.ort_session(_model(weight.view(torch.int16).numpy().view(np.float16) if args.dtype == "fp16"
+                                     else weight.numpy(), args.dtype, psw is not None),
+                              device="cpu", intra_op_num_threads=args.threads, inter_op_num_threads=1)
+    feeds = {"indices": ids.numpy(), "offsets": offsets.numpy()}
+    if psw is not None:
+        feeds["per_sample_weights"] = psw.numpy()
+    got = sess.run(feeds)[0]
+    err = float(np.max(np.abs(got - want)))
+    ort_values = {k: dd_ort._ort().OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+
+    def torch_run():
+        with torch.no_grad():
+            F.embedding_bag(ids, weight, offsets, mode="sum", per_sample_weights=psw)
+
+    fns = {"PyTorch F.embedding_bag": torch_run,
+           "ORT CPU + dlrm_deploy op": lambda: sess.session.run_with_ort_values(sess.output_names, ort_values)}
+    if args.reference:
+        cfg = _core.make_config({"table_rows": [args.rows], "dim": args.dim, "dtype": args.dtype, "mode": "sum"})
+        L = _core.lib()
+        f = L.dd_forward_cpu_reference
+        f.restype = ctypes.c_int
+        f.argtypes = [ctypes.POINTER(_core.Config)] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + \
+                     [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        out = np.empty((args.batch, args.dim), np.float32)
+        buf = ctypes.create_string_buffer(512)
+        wnp = weight.contiguous()
+        call = lambda: f(ctypes.byref(cfg), wnp.data_ptr(), ids.data_ptr(), offsets.data_ptr(),  # noqa: E731
+                         psw.data_ptr() if psw is not None else None, n, args.batch, out.ctypes.data, buf, 512)
+        fns["core reference (1 thread)"] = call
+    times = _time_interleaved(fns, args.runs, args.warmup)
+    rows = list(times.items())
+    base = times["PyTorch F.embedding_bag"]["median_ms"]
+    print(f"{'row':<34} {'median ms':>10} {'min':>8} {'max':>8} {'vs torch':>9}")
+    for name, t in rows:
+        print(f"{name:<34} {t['median_ms']:>10.3f} {t['min_ms']:>8.3f} {t['max_ms']:>8.3f} "
+              f"{base / t['median_ms']:>8.2f}x")
+    print(f"max |ORT - torch| = {err:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

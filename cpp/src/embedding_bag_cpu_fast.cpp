@@ -3,7 +3,7 @@
 // index order, in fp32, with the reference's fma use; only bags and tables are spread over threads.
 // Speed comes from a kernel instantiated per (index type, storage dtype, weighted) so the loop over
 // D is a plain vectorisable loop, an AVX2+FMA build of it chosen at run time (with the common
-// dims 32, 64 and 128 as constants, so a bag's sums stay in vector registers), and software
+// dims 16, 32, 64 and 128 as constants, so a bag's sums stay in vector registers), and software
 // prefetch of the rows a few lookups ahead.
 #include <algorithm>
 #include <atomic>
@@ -36,6 +36,8 @@ namespace {
 // is about 20%).
 constexpr int64_t kPrefetchLookups = 8;
 constexpr int64_t kPrefetchLines = 4;
+// Tables up to this size stay in the core's caches: no prefetch (it only costs instructions there).
+constexpr int64_t kPrefetchMinTableBytes = 1 << 20;
 // Work per parallel task, in row elements summed: large enough that scheduling costs vanish,
 // small enough that a batch splits into many tasks per thread.
 constexpr int64_t kTaskElements = 1 << 18;
@@ -182,6 +184,7 @@ DD_ALWAYS_INLINE void bags_kernel(Job& job, int t, int64_t b0, int64_t b1, float
   const int64_t rows = c.table_rows[t], row_bytes = job.row_bytes, batch = v.batch;
   const uint8_t* const weights = job.weights;
   const Tables& tab = job.tab;
+  const bool prefetching = rows * row_bytes > kPrefetchMinTableBytes;
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t key = (int64_t)t * batch + b;
     if (job.first_bad.load(std::memory_order_relaxed) < key) return;  // an earlier bag already failed
@@ -194,7 +197,7 @@ DD_ALWAYS_INLINE void bags_kernel(Job& job, int t, int64_t b0, int64_t b1, float
     if (e.code) return record_error(job, key, e);
     std::fill(acc, acc + D, 0.0f);
     auto prefetch = [&](int64_t i) {
-      if (i < io.num_idx) {
+      if (prefetching && i < io.num_idx) {
         const int64_t ahead = (int64_t)ids[i];
         if (ahead >= 0 && ahead < rows) prefetch_row(weights + global_row(tab, t, ahead) * row_bytes, row_bytes);
       }
@@ -254,6 +257,7 @@ TaskFn pick_isa(int dim) {
 #ifdef DD_X86_DISPATCH
   if (has_avx2_fma()) {
     switch (dim) {  // the common widths with register accumulators
+      case 16: return &task_avx2<IdxT, DT, kWeighted, 16>;
       case 32: return &task_avx2<IdxT, DT, kWeighted, 32>;
       case 64: return &task_avx2<IdxT, DT, kWeighted, 64>;
       case 128: return &task_avx2<IdxT, DT, kWeighted, 128>;

@@ -11,8 +11,8 @@ Rows (same inputs, same device):
   - PyTorch with ``nn.EmbeddingBag`` captured in a CUDA graph.
 CUDA graph rows capture once on static input tensors (warm-up on a side stream) and time
 ``graph.replay()`` between CUDA events. ONNX Runtime uses its CUDA provider on a GPU machine and the
-CPU provider elsewhere (a smoke test: our op then runs the core's CPU reference; GPU-only rows are
-skipped with the reason). Every row's output is compared with PyTorch on fresh inputs before it is
+CPU provider elsewhere (our op then runs the core's fast CPU forward on ORT's intra-op threads,
+``--threads``; GPU-only rows are skipped with the reason). Every row's output is compared with PyTorch on fresh inputs before it is
 timed; times are the median (and min/max) of the runs after warm-up, with CUDA events for PyTorch
 and synchronised wall-clock for ONNX Runtime (it syncs at the end of a run).
 

@@ -87,3 +87,16 @@ def test_packed_form_still_requires_first_offset_zero(device):
 
     with pytest.raises(RuntimeError, match="first offset"):
         op_call(case.weight, case.indices, off, case.psw, **case.attrs)
+
+
+def test_per_table_weighted_table_without_ids(device):
+    """A weighted table whose bags are all empty in this batch: its (empty) weights tensor may come
+    with a NULL data pointer (ORT on CUDA does that), which must not count as "no weights"."""
+    case = make_case(seed=9, tables=(30, 40), batch=4, weighted=True, dim=8).to(device)
+    idx, off, psw = per_table(case)
+    idx[1] = idx[1][:0]
+    psw[1] = psw[1][:0]
+    off[1] = torch.zeros_like(off[1])
+    out = run_op_tables(case, idx, off, psw)
+    assert torch.count_nonzero(out[:, 8:]) == 0
+    assert_close(case, torch.cat([out[:, :8], torch.from_numpy(case.expected[:, 8:]).to(out)], 1))

@@ -173,8 +173,6 @@ int check_tables_call(const dd_config* cfg, const void* weights, const dd_table_
       return fail(DD_ERR_INPUT, msg, len, "per_sample_weights are only supported with mode=sum (as in PyTorch)");
     if (bags > 0 && !in.offsets) return fail(DD_ERR_INPUT, msg, len, "%s: NULL pointer", off.c_str());
     if (in.num_indices > 0 && !in.indices) return fail(DD_ERR_INPUT, msg, len, "%s: NULL pointer", idx.c_str());
-    if ((in.per_sample_weights != nullptr) != (tables[0].per_sample_weights != nullptr))
-      return fail(DD_ERR_INPUT, msg, len, "per_sample_weights must be given for every table or for none");
     view->io[t] = TableIO{in.indices, in.offsets, in.per_sample_weights, in.num_indices, in.num_offsets};
   }
   if (view->batch > 0 && (!weights || !output)) return fail(DD_ERR_INPUT, msg, len, "NULL weights or output");

@@ -689,6 +689,11 @@ int dd_deferred_after_launch(dd_deferred* d, const void* workspace, void* stream
 }
 
 int dd_deferred_poll(dd_deferred* d, void* workspace, void* stream_ptr, int wait, char* msg, size_t len) {
+  return dd_deferred_poll_tables(d, workspace, stream_ptr, wait, nullptr, msg, len);
+}
+
+int dd_deferred_poll_tables(dd_deferred* d, void* workspace, void* stream_ptr, int wait, const dd_table_lookups* tables,
+                            char* msg, size_t len) {
   if (msg && len) msg[0] = 0;
   if (d->pending) {
     cudaError_t e = wait ? cudaEventSynchronize(d->done) : cudaEventQuery(d->done);
@@ -698,7 +703,7 @@ int dd_deferred_poll(dd_deferred* d, void* workspace, void* stream_ptr, int wait
   } else if (!(wait && d->captured)) {
     return DD_OK;
   }
-  const int rc = dd_format_error(d->host, msg, len);
+  const int rc = dd_format_error_tables(d->host, tables, msg, len);
   if (rc != DD_OK) {
     d->host->code = 0;
     if (workspace) cudaMemsetAsync(workspace, 0, sizeof(dd_error_record), static_cast<cudaStream_t>(stream_ptr));

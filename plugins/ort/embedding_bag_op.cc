@@ -115,7 +115,8 @@ EmbeddingBagKernel::~EmbeddingBagKernel() {
   dd_overlap_destroy(overlap_);
   if (deferred_ != nullptr) {
     char text[DD_MSG_LEN];
-    if (dd_deferred_poll(deferred_, nullptr, nullptr, 1, text, sizeof(text)) == DD_ERR_INPUT) ReportDeferred(text);
+    if (dd_deferred_poll_tables(deferred_, nullptr, nullptr, 1, Names(), text, sizeof(text)) == DD_ERR_INPUT)
+      ReportDeferred(text);
     dd_deferred_destroy(deferred_);
   }
   if (workspace_allocator_ != nullptr) {
@@ -215,6 +216,13 @@ OrtStatusPtr EmbeddingBagKernel::Init(const OrtKernelInfo* info) {
     char msg[DD_MSG_LEN];
     overlap_ = dd_overlap_create(msg, sizeof(msg));
     if (overlap_ == nullptr) return Error(ORT_FAIL, msg);
+  }
+  if (per_table) {  // names for records reported after the call (deferred, CUDA graphs)
+    names_.assign(T, dd_table_lookups{});
+    for (size_t t = 0; t < T; ++t) {
+      names_[t].indices_name = input_names_[1 + t].c_str();
+      names_[t].offsets_name = input_names_[1 + T + t].c_str();
+    }
   }
   if (provider_ == Provider::kCuda && cfg_.check == DD_DEFERRED) {
     char msg[DD_MSG_LEN];
@@ -518,7 +526,9 @@ int EmbeddingBagKernel::LaunchDeferred(const Forward& forward, void* stream, cha
     dd_read_error(&cfg_, persistent_workspace_, stream, ignored, sizeof(ignored));  // clears the record
   }
   char earlier[DD_MSG_LEN];
-  if (dd_deferred_poll(deferred_, persistent_workspace_, stream, 0, earlier, sizeof(earlier)) == DD_ERR_INPUT)
+  if (!dd_stream_capturing(stream) &&  // capture forbids querying events
+      dd_deferred_poll_tables(deferred_, persistent_workspace_, stream, 0, Names(), earlier, sizeof(earlier)) ==
+          DD_ERR_INPUT)
     ReportDeferred(earlier);
   int rc = forward(persistent_workspace_, stream, &cfg_);
   if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, DD_MSG_LEN);
@@ -527,7 +537,8 @@ int EmbeddingBagKernel::LaunchDeferred(const Forward& forward, void* stream, cha
 
 int EmbeddingBagKernel::CapturedError(char* msg, size_t len) const {
   char text[DD_MSG_LEN];
-  if (deferred_ == nullptr || dd_deferred_poll(deferred_, nullptr, nullptr, 1, text, sizeof(text)) != DD_ERR_INPUT)
+  if (deferred_ == nullptr ||
+      dd_deferred_poll_tables(deferred_, nullptr, nullptr, 1, Names(), text, sizeof(text)) != DD_ERR_INPUT)
     return DD_OK;
   std::snprintf(msg, len, "dlrm_deploy::EmbeddingBag%s%s%s: %s", node_name_.empty() ? "" : " (node '",
                 node_name_.c_str(), node_name_.empty() ? "" : "')", text);

@@ -58,6 +58,7 @@ class EmbeddingBagKernel {
   int LaunchCaptured(const Forward& forward, void* stream, char* msg);
   int LaunchDeferred(const Forward& forward, void* stream, char* msg);
   void ForgetCaptured() const;
+  const dd_table_lookups* Names() const { return names_.empty() ? nullptr : names_.data(); }
   // Writes an earlier run's bad input (check=deferred) to stderr.
   void ReportDeferred(const char* text) const;
 
@@ -67,6 +68,7 @@ class EmbeddingBagKernel {
   ONNXTensorElementDataType index_type_;
   std::string node_name_;
   std::vector<std::string> input_names_;  // the node's input names, for error messages
+  std::vector<dd_table_lookups> names_;   // per-table form: names only (for records read later)
   // check=deferred keeps its error record between calls: one device workspace per kernel,
   // from the execution provider's allocator.
   std::mutex workspace_mutex_;

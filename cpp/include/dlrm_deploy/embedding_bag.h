@@ -220,6 +220,9 @@ DD_API int dd_deferred_after_launch(dd_deferred* d, const void* workspace, void*
  * wait = 0 never blocks (an unfinished copy is looked at next time); wait = 1 waits for the last
  * copy (teardown; also reports a copy captured into a CUDA graph). DD_OK otherwise. */
 DD_API int dd_deferred_poll(dd_deferred* d, void* workspace, void* stream, int wait, char* msg, size_t msg_len);
+/* The same, naming the tables' inputs from tables (per-table form) in the message. */
+DD_API int dd_deferred_poll_tables(dd_deferred* d, void* workspace, void* stream, int wait,
+                                   const dd_table_lookups* tables, char* msg, size_t msg_len);
 
 /* Clears the error record at the head of workspace, queued on stream (capturable). */
 DD_API int dd_clear_error(void* workspace, void* stream, char* msg, size_t msg_len);

@@ -12,5 +12,8 @@ cp "$part" /tmp/staged/
 have=$(ls /tmp/staged/part* | wc -l)
 echo "$have of $n parts here"
 [ "$have" -eq "$n" ] || exit 0
+# zstd may be missing there: a copy carried in .gpu/bin (with its libraries) serves then
+here=$(cd "$(dirname "$0")/.." && pwd)
+command -v zstd > /dev/null || export PATH=$here/.gpu/bin:$PATH LD_LIBRARY_PATH=$here/.gpu/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cat $(for k in $(seq 0 $((n - 1))); do echo /tmp/staged/part$k; done) | zstd -d -q | tar -x -C "$dest"
 echo "unpacked into $dest"

@@ -189,8 +189,9 @@ _PT_CASES = [
     ("first offset > 0", [1, 2, 3], [1, 2], False, "sum", "raises"),
     ("first offset < 0", [1, 2, 3], [-1, 2], False, "sum", "raises"),
     ("decreasing offsets (caught)", [1, 2, 3, 4], [0, 3, 2], False, "sum", "raises"),
-    ("decreasing offsets (not caught: bag 2 comes out 0)", [0, 1, 2, 3, 4, 5], [0, 2, 1, 2, 3], False, "sum",
-     [1.0, 0.0, 0.0, 2.0, 12.0]),
+    # torch 2.13's CPU kernel returns this; 2.11 raises: either way the op must raise (it does)
+    ("decreasing offsets (2.13: not caught, bag 2 comes out 0)", [0, 1, 2, 3, 4, 5], [0, 2, 1, 2, 3], False, "sum",
+     ([1.0, 0.0, 0.0, 2.0, 12.0], "or raises")),
     ("last offset past the end", [1, 2, 3], [0, 4], False, "sum", "raises"),
     ("include_last_offset: last offset past the end", [1, 2, 3], [0, 1, 4], True, "sum", "raises"),
     ("include_last_offset: ids after the last offset, sum (ignored)", [1, 2, 3, 4], [0, 1, 2], True, "sum",
@@ -212,6 +213,12 @@ def test_pytorch_bad_input_behaviour(name, ids, offsets, ilo, mode, expected):
     if expected == "raises":
         with pytest.raises(RuntimeError):
             run()
+    elif isinstance(expected, tuple):  # a result that some torch versions refuse instead
+        try:
+            got = run()
+        except RuntimeError:
+            return
+        np.testing.assert_allclose(got[:, 0].numpy(), np.asarray(expected[0], np.float32), rtol=1e-6)
     else:
         np.testing.assert_allclose(run()[:, 0].numpy(), np.asarray(expected, np.float32), rtol=1e-6)
 

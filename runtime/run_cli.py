@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="ORT on CUDA: capture the run into a CUDA graph and time its replays")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
 
 
@@ -266,6 +268,10 @@ def run_ort(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if dd_ort.cuda_available() else "cpu")
     kw = {"intra_op_num_threads": args.threads} if args.threads else {}
+    if getattr(args, "cuda_graph", False):
+        if device != "cuda":
+            raise ValueError("--cuda-graph needs --device cuda")
+        kw["cuda_graph"] = True
     sess = dd_ort.ort_session(args.model, device=device, **kw)
     feeds = random_inputs(args.model, batch=args.batch, pooling=args.pooling, seed=args.seed)
     outputs = sess.run(feeds)

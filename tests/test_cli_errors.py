@@ -74,8 +74,7 @@ def test_run_plan_without_tensorrt(tmp_path):
 
 def _psw_model(path, psw_len: int):
     """One table (10 x 4), per-sample weights input with a fixed length (wrong for most batches)."""
-    attrs = dict(table_rows=[10], dim=4, dtype="fp32", out_dtype="fp32", mode="sum", include_last_offset=0,
-                 variant="auto", prefetch_distance=0, pinned_rows=0, hot_first=0, check="checked")
+    attrs = C.validate_attributes(dict(table_rows=[10], dim=4))  # every contract attribute, defaults filled
     node = helper.make_node(C.OP_TYPE, ["w", "ids", "offsets", "psw"], ["out"], domain=C.DOMAIN,
                             **{k: attrs[k] for k in [f.name for f in C.FIELDS]})
     graph = helper.make_graph(
@@ -158,3 +157,9 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(onnx.checker.ValidationError):
         export_onnx(model, example, tmp_path / "new.onnx", external_data=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_run_cuda_graph_needs_cuda(tmp_path):
+    path = tmp_path / "psw.onnx"
+    _psw_model(path, 6)
+    assert_user_error(dd("run", path, "--device", "cpu", "--cuda-graph"), "--cuda-graph needs --device cuda")

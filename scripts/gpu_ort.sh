@@ -5,10 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-results}; mkdir -p "$OUT"
-source scripts/gpu_env.sh build
-site=$(python3 -c "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))")
-export PYTHONPATH=/tmp/site:$PYTHONPATH PYTHONUNBUFFERED=1
-export LD_LIBRARY_PATH=$site/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+source scripts/gpu_env.sh build ort
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 python3 -m pytest -q -rs tests/test_ort_op.py tests/test_ort_runtime.py 2>&1 | tee "$OUT/pytest_ort.log" | tail -8
 python3 -m dlrm_deploy.cli demo --device cuda 2>&1 | tee "$OUT/demo_cuda.log" | tail -25

@@ -7,10 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-results}; mkdir -p "$OUT"
-source scripts/gpu_env.sh build
-site=$(python3 -c "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))")
-export PYTHONPATH=/tmp/site:$PYTHONPATH PYTHONUNBUFFERED=1
-export LD_LIBRARY_PATH=$site/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+source scripts/gpu_env.sh build ort
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 python3 -m pytest -q -rs tests/test_core_gpu.py tests/test_core_tables.py tests/test_ort_op.py tests/test_ort_runtime.py \
   tests/test_ort_cuda_graph.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -12

@@ -233,13 +233,8 @@ OrtStatusPtr EmbeddingBagKernel::Init(const OrtKernelInfo* info) {
 }
 
 OrtStatusPtr EmbeddingBagKernel::ComputeV2(OrtKernelContext* context) {
-  try {
-    return Compute(context);
-  } catch (const Ort::Exception& e) {
-    return Error(e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return Error(ORT_FAIL, e.what());
-  }
+  return Guarded([&] { return Compute(context); },
+                 [&](OrtErrorCode code, const char* what) { return Error(code, what); });
 }
 
 OrtStatusPtr EmbeddingBagKernel::GatherTables(Ort::KernelContext& ctx, std::vector<dd_table_lookups>* tables) const {

@@ -23,6 +23,18 @@ constexpr uint32_t kMinOrtApiVersion = 18;
 
 enum class Provider { kCpu, kCuda };
 
+// Runs fn; a C++ exception becomes the status error(code, text) makes (kernels' ComputeV2).
+template <typename Fn, typename ErrorFn>
+OrtStatusPtr Guarded(Fn&& fn, ErrorFn&& error) {
+  try {
+    return fn();
+  } catch (const Ort::Exception& e) {
+    return error(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return error(ORT_FAIL, e.what());
+  }
+}
+
 class EmbeddingBagKernel {
  public:
   // Reads the attributes through the core's parser; *status is non-null (and the kernel unusable)

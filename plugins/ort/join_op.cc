@@ -47,13 +47,8 @@ OrtStatusPtr JoinKernel::Error(OrtErrorCode code, const std::string& what) const
 }
 
 OrtStatusPtr JoinKernel::ComputeV2(OrtKernelContext* context) {
-  try {
-    return Compute(context);
-  } catch (const Ort::Exception& e) {
-    return Error(e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return Error(ORT_FAIL, e.what());
-  }
+  return Guarded([&] { return Compute(context); },
+                 [&](OrtErrorCode code, const char* what) { return Error(code, what); });
 }
 
 // Joins the EmbeddingBag's stream into ORT's; with check=checked waits for it and reports its

@@ -34,13 +34,14 @@ def test_demo_int8(ort_library, capsys):
 def test_bench_e2e_smoke(ort_library, tmp_path, capsys):
     out_json = tmp_path / "e2e.json"
     rc = cli.main(["bench", "e2e", "--config", "small", "--batch", "32", "--runs", "3", "--warmup", "1",
-                   "--device", "cpu", "--variants", "auto,baseline", "--indices", "zipf:1.05",
+                   "--device", "cpu", "--variants", "auto,baseline", "--indices", "zipf:1.05", "--hot-rows", "on",
                    "--json", str(out_json)])
     out = capsys.readouterr().out
     assert rc == 0, out
     result = json.loads(out_json.read_text())
     rows = {r["name"]: r for r in result["rows"]}
-    assert len(rows) == 5  # eager, stock, 2 variants, FBGEMM (skipped on the CPU)
+    # eager, stock, 2 variants, and skipped on the CPU: FBGEMM, FBGEMM and PyTorch in CUDA graphs, torch.compile
+    assert len(rows) == 8
     for r in result["rows"]:
         if not r["skipped"]:
             assert r["ok"] and r["median_ms"] > 0 and r["runs"] == 3

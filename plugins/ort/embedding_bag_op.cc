@@ -357,10 +357,7 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
                                         const float* psw, int64_t num_indices, int64_t num_offsets,
                                         const std::vector<dd_table_lookups>* tables, void* out, char* msg) {
   const OrtApi& api = Ort::GetApi();
-  auto forward = [&](void* ws, void* stream, const dd_config* cfg) {
-    if (provider_ == Provider::kCpu)
-      return tables ? dd_forward_tables_cpu(cfg, w, tables->data(), out, msg, DD_MSG_LEN)
-                    : dd_forward_cpu(cfg, w, idx, off, psw, num_indices, num_offsets, out, msg, DD_MSG_LEN);
+  auto forward = [&](void* ws, void* stream, const dd_config* cfg) {  // the CUDA provider's call
     return tables ? dd_forward_tables_cuda(cfg, w, tables->data(), out, ws, stream, msg, DD_MSG_LEN)
                   : dd_forward_cuda(cfg, w, idx, off, psw, num_indices, num_offsets, out, ws, stream, msg,
                                     DD_MSG_LEN);

@@ -304,19 +304,49 @@ class ExternalDataWriter:
 
     def add(self, name: str, data_type: int, array: np.ndarray) -> TensorProto:
         """Appends array's bytes; returns a TensorProto (data_type, array's shape) referring to them."""
+        return self.add_parts(name, data_type, list(array.shape), [array])
+
+    def add_parts(self, name: str, data_type: int, shape: list[int], parts) -> TensorProto:
+        """Appends the bytes of each array in parts (any iterable: a generator keeps one part in
+        memory at a time) as one tensor of shape; returns the TensorProto referring to them."""
+        length = 0
         with open(self.data_path, "ab") as f:
             offset = f.tell()
             pad = -offset % self.ALIGN
             f.write(b"\0" * pad)
             offset += pad
-            mv = memoryview(np.ascontiguousarray(array)).cast("B")
-            for start in range(0, len(mv), 1 << 28):
-                f.write(mv[start:start + (1 << 28)])
-        t = TensorProto(name=name, data_type=data_type, dims=list(array.shape))
+            for part in parts:
+                mv = memoryview(np.ascontiguousarray(part)).cast("B")
+                for start in range(0, len(mv), 1 << 28):
+                    f.write(mv[start:start + (1 << 28)])
+                length += len(mv)
+        t = TensorProto(name=name, data_type=data_type, dims=[int(d) for d in shape])
         t.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", self.location), ("offset", str(offset)), ("length", str(len(mv)))):
+        for k, v in (("location", self.location), ("offset", str(offset)), ("length", str(length))):
             t.external_data.add(key=k, value=v)
         return t
+
+
+def _table_bytes(t: TensorProto) -> np.ndarray:
+    """An initializer's rows as bytes, uint8 [rows, row bytes]."""
+    a = numpy_helper.to_array(t)
+    return np.ascontiguousarray(a).view(np.uint8).reshape(a.shape[0], -1)
+
+
+def _packed_rows(tables: list[TensorProto], pinned: int):
+    """The packed blob's rows (pack_tables' layout) as a sequence of per-table pieces, decoding one
+    table at a time: plain, each table in order; hot_first, every table's first pinned rows, then
+    every table's remaining rows."""
+    if pinned <= 0:
+        for t in tables:
+            yield _table_bytes(t)
+        return
+    if any(int(t.dims[0]) < pinned for t in tables):
+        raise ValueError("hot_first: every table needs at least pinned_rows rows")
+    for t in tables:
+        yield _table_bytes(t)[:pinned]
+    for t in tables:
+        yield _table_bytes(t)[pinned:]
 
 
 def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = None) -> list[list[int]]:
@@ -377,23 +407,17 @@ def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = Non
         pinned = first["pinned_rows"]
         tag = f"dd_group{gi}"
         ns: list[onnx.NodeProto] = []
-        arrays, rows = [], []
-        for m in members:
-            n = nodes[m]
-            a = numpy_helper.to_array(inits[n.input[0]])
-            arrays.append(np.ascontiguousarray(a).view(np.uint8).reshape(a.shape[0], -1))
-            rows.append(int(a.shape[0]))
-            used_weights.add(n.input[0])
-        blob = pack_tables(arrays, pinned, hot_first=pinned > 0)
-        del arrays
-        w0 = inits[nodes[members[0]].input[0]]
-        shape = [blob.shape[0], int(w0.dims[1])]
-        if writer is not None:
-            packed = writer.add(f"{tag}_weights", w0.data_type, blob.reshape(shape[0], -1))
-            packed.dims[:] = shape
+        tables = [inits[nodes[m].input[0]] for m in members]
+        used_weights.update(t.name for t in tables)
+        rows = [int(t.dims[0]) for t in tables]
+        w0 = tables[0]
+        shape = [sum(rows), int(w0.dims[1])]
+        if writer is not None:  # streamed: one table's rows in memory at a time, not the blob
+            packed = writer.add_parts(f"{tag}_weights", w0.data_type, shape, _packed_rows(tables, pinned))
         else:
+            blob = pack_tables([_table_bytes(t) for t in tables], pinned, hot_first=pinned > 0)
             packed = TensorProto(name=f"{tag}_weights", data_type=w0.data_type, dims=shape, raw_data=blob.tobytes())
-        del blob
+            del blob
         new_inits.append(packed)
 
         # Per-table form: each member keeps its own ids, offsets and weights (no index arithmetic in

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 import torch
 from onnx.reference import ReferenceEvaluator
@@ -245,6 +246,20 @@ def test_external_data(tmp_path, small, example):
     with torch.no_grad():
         want = with_decoded_tables(small, "fp16")(dense, idx, off).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pinned", [0, 7])
+def test_external_data_packs_like_in_memory(tmp_path, small, example, pinned):
+    """Table batching streams the packed tables into the external data file one table at a time;
+    the bytes must be those of the in-memory packing (plain and hot_first layouts)."""
+    blobs = []
+    for ext in (False, True):
+        path = tmp_path / f"p{int(ext)}.onnx"
+        export_onnx(small, example, path, external_data=ext, pinned_rows=pinned or None)
+        m = onnx.load(str(path))
+        (w,) = [t for t in m.graph.initializer if t.name.endswith("_weights")]
+        blobs.append(numpy_helper.to_array(w, base_dir=str(tmp_path)))
+    np.testing.assert_array_equal(blobs[0], blobs[1])
 
 
 def test_trace_hot_rows_and_pinned_budget(tmp_path, small, example):

@@ -302,10 +302,6 @@ class ExternalDataWriter:
         if os.path.exists(data_path):
             os.remove(data_path)  # onnx appends to an existing file
 
-    def add(self, name: str, data_type: int, array: np.ndarray) -> TensorProto:
-        """Appends array's bytes; returns a TensorProto (data_type, array's shape) referring to them."""
-        return self.add_parts(name, data_type, list(array.shape), [array])
-
     def add_parts(self, name: str, data_type: int, shape: list[int], parts) -> TensorProto:
         """Appends the bytes of each array in parts (any iterable: a generator keeps one part in
         memory at a time) as one tensor of shape; returns the TensorProto referring to them."""

@@ -633,16 +633,9 @@ int dd_fetch_error(void* workspace, void* stream_ptr, dd_error_record* record, c
 }
 
 int dd_read_error(const dd_config*, void* workspace, void* stream_ptr, char* msg, size_t len) {
-  if (!workspace) return fail(DD_ERR_CONFIG, msg, len, "no workspace");
-  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  dd::ErrorRecord rec;
-  cudaError_t e = cudaMemcpyAsync(&rec, workspace, sizeof(rec), cudaMemcpyDeviceToHost, stream);
-  if (e == cudaSuccess) e = cudaMemsetAsync(workspace, 0, sizeof(rec), stream);
-  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-  if (e != cudaSuccess) return dd::cuda_fail(e, "reading the error record", msg, len);
-  if (rec.code) return fail(DD_ERR_INPUT, msg, len, "%s", dd::error_message(rec).c_str());
-  if (msg && len) msg[0] = 0;
-  return DD_OK;
+  dd::ErrorRecord rec{};
+  const int rc = dd_fetch_error(workspace, stream_ptr, &rec, msg, len);
+  return rc != DD_OK ? rc : dd_format_error(&rec, msg, len);
 }
 
 struct dd_deferred {

@@ -103,7 +103,7 @@ def fields() -> list[tuple[str, int, str]]:
 
 
 def make_config(attrs: dict, index_type: str = "int64") -> Config:
-    """A validated dd_config from contract attributes (names as in pkg/contract.py); unset
+    """A validated dd_config from contract attributes (names as in dlrm_deploy/contract.py); unset
     attributes keep the contract defaults. Raises CoreError with the core's message."""
     L = lib()
     cfg = Config()

@@ -7,7 +7,7 @@
 _dd_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 _dd_pp=${TMPDIR:-/tmp}/dlrm_deploy_pythonpath
 rm -rf "$_dd_pp" && mkdir -p "$_dd_pp/dlrm_deploy"
-for f in "$_dd_root"/pkg/*.py; do ln -s "$f" "$_dd_pp/dlrm_deploy/"; done
+for f in "$_dd_root"/dlrm_deploy/*.py; do ln -s "$f" "$_dd_pp/dlrm_deploy/"; done
 ln -s "$_dd_root/export" "$_dd_pp/dlrm_deploy/export"
 ln -s "$_dd_root/runtime" "$_dd_pp/dlrm_deploy/runtime"
 export PYTHONPATH="$_dd_pp${PYTHONPATH:+:$PYTHONPATH}"

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from .dlrm import (CONFIGS, DLRM, DLRMConfig, get_config, make_indices, make_inputs,  # noqa: F401
                    parse_index_source, read_trace)
-from .onnx_export import (DeployEmbeddingBag, ExportInfo, TableInfo, batch_tables, export_onnx,  # noqa: F401
-                          swap_embedding_bags)
+from .batching import batch_tables  # noqa: F401
+from .onnx_export import ExportInfo, TableInfo, export_onnx  # noqa: F401
+from .swap import DeployEmbeddingBag, swap_embedding_bags  # noqa: F401
 from .onnx_schema import build_onnx_schema, register_onnx_schema  # noqa: F401
 from .tables import (DEFAULT_HOT_COVERAGE, DEFAULT_L2_BUDGET_BYTES, HotRowPlan, choose_pinned_rows,  # noqa: F401
                      convert_table, count_rows, dequantize_int8_rowwise, order_by_counts, hot_coverage,

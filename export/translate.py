@@ -1,0 +1,60 @@
+"""Translation torch -> ONNX: the op's ONNX translation and the dynamo export that uses it.
+
+``trace`` exports a swapped model (see ``swap.py``) with torch.onnx's dynamo exporter; the custom
+translation turns each ``torch.ops.dlrm_deploy.embedding_bag`` call into one
+``dlrm_deploy::EmbeddingBag`` node (one node per table; table batching fuses them later).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import onnx
+import torch
+from torch import nn
+
+from dlrm_deploy import contract as C
+
+from .model_inputs import default_dynamic_shapes, pin_specialised_dims
+from .swap import torch_op
+
+
+def _translate(weight, indices, offsets, per_sample_weights=None, table_rows=(), dim=0, dtype="fp32",
+               out_dtype="fp32", mode="sum", include_last_offset=0, variant="auto", prefetch_distance=0,
+               pinned_rows=0, hot_first=0, check="checked", overlap=0):
+    """ONNX translation of the torch op: one dlrm_deploy::EmbeddingBag node."""
+    import onnxscript
+
+    op = onnxscript.values.Opset(C.DOMAIN, C.OP_VERSION)
+    inputs = [weight, indices, offsets] + ([per_sample_weights] if per_sample_weights is not None else [])
+    return op.EmbeddingBag(*inputs, table_rows=[int(r) for r in table_rows], dim=int(dim), dtype=dtype,
+                           out_dtype=out_dtype, mode=mode, include_last_offset=int(include_last_offset),
+                           variant=variant, prefetch_distance=int(prefetch_distance),
+                           pinned_rows=int(pinned_rows), hot_first=int(hot_first), check=check, overlap=int(overlap))
+
+
+def trace(swapped: nn.Module, example_inputs: tuple, *, opset: int, input_names, output_names,
+          dynamic_shapes) -> onnx.ModelProto:
+    """torch.onnx (dynamo) export of the swapped model: one op node per table. dynamic_shapes None:
+    every dimension ``Dim.AUTO`` (see ``default_dynamic_shapes``); dimensions torch.export
+    specialised are written as fixed values."""
+    if dynamic_shapes is None:
+        dynamic_shapes = default_dynamic_shapes(example_inputs)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                swapped, tuple(example_inputs), dynamo=True, opset_version=opset, input_names=input_names,
+                output_names=output_names, dynamic_shapes=dynamic_shapes,
+                custom_translation_table={torch_op().default: _translate}, optimize=True, verbose=False)
+            proto = program.model_proto
+            exported = getattr(program, "exported_program", None)
+            pin_specialised_dims(proto, getattr(exported, "range_constraints", None))
+        del program, exported
+    finally:
+        quiet.setLevel(level)
+    return proto

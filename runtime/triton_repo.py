@@ -1,0 +1,250 @@
+"""Writes Triton model repositories for exported models (``triton_repo``; ``dlrm-deploy triton-repo``).
+
+``triton_repo(onnx_path, out_dir, backend=...)`` writes ``out_dir/<name>/``: ``config.pbtxt``, the model
+(``1/model.onnx`` for onnxruntime, ``1/model.plan`` or ``build_plan.sh`` for tensorrt, ``1/model.py``
++ ``1/model.onnx`` for python), our custom-op or plugin library, ``perf_data.json`` (one valid request
+for perf_analyzer) and a README with the exact command lines. Names, element types and dims come from
+the ONNX file, never from hand-typed tables.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shlex
+import shutil
+import stat
+import sys
+
+from .model_io import ModelIO, describe_onnx, profile_shapes, sample_inputs
+from .triton_config import (BACKENDS, BATCHING, DEFAULT_CUDA_OPTIONS, ORT_LIBRARY, TRT_LIBRARY, config_text,
+                            perf_analyzer_data)
+from .triton_readme import trtexec_shapes, write_python_readme, write_readme
+
+# Mean lookups per bag of perf_data.json and the TensorRT profile when the caller gives none: a
+# representative pooling (the paper's DLRM pools 20-150 ids per bag), not 1.
+DEFAULT_PERF_POOLING = 20
+
+
+def _find_library(backend: str) -> pathlib.Path:
+    """Our library for `backend` as the other runtime modules find it (FileNotFoundError if not built)."""
+    try:
+        if backend == "tensorrt":
+            from .trt import trt_plugin_library as find
+        else:
+            from .ort import custom_op_library as find
+        return pathlib.Path(find())
+    except ImportError as e:
+        raise FileNotFoundError(f"the {backend} library is not available ({e}): was it built? (`make build`)") from None
+
+
+def _copy_onnx(onnx_path: pathlib.Path, io: ModelIO, dest_dir: pathlib.Path) -> None:
+    """Copies the ONNX file as dest_dir/model.onnx and its external-data files beside it (the file
+    names its data by relative location, so those keep their names)."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, dest_dir / "model.onnx")
+    for loc in io.external_data:
+        src = (onnx_path.parent / loc).resolve()
+        dst = (dest_dir / loc).resolve()
+        if not src.is_file():
+            raise FileNotFoundError(f"external data '{loc}' of {onnx_path} not found at {src}")
+        if dest_dir.resolve() not in dst.parents:
+            raise ValueError(f"external data location '{loc}' points outside the model folder")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend '{backend}' is not one of {BACKENDS}")
+    if batching not in BATCHING:
+        raise ValueError(f"batching '{batching}' is not one of {BATCHING}")
+    if kind not in ("gpu", "cpu"):
+        raise ValueError(f"kind '{kind}' is not gpu or cpu")
+    if backend == "tensorrt" and kind != "gpu":
+        raise ValueError("the tensorrt backend runs on GPUs only (kind='gpu')")
+    if max_batch_size < 1 or instances < 1 or (pooling is not None and pooling < 1):
+        raise ValueError("max_batch_size, instances and pooling must be >= 1")
+    if plan is not None and backend != "tensorrt":
+        raise ValueError("plan= is for the tensorrt backend")
+
+
+def _batched(io: ModelIO, batching: str, onnx_name: str) -> bool:
+    """Whether Triton may batch the onnxruntime/tensorrt model along dim 0 (ValueError if asked and impossible)."""
+    batchable = io.batch_dim is not None
+    if batching == "dynamic" and not batchable:
+        ragged = [f"{t.name} ({t.role})" for t in io.inputs if t.role not in ("dense", "output")]
+        why = (f"inputs {', '.join(ragged)} are ragged and table-major, so Triton cannot concatenate requests "
+               "along dim 0" if ragged else "not every input and output starts with the same symbolic dim")
+        raise ValueError(f"dynamic batching is not possible for {onnx_name}: {why}. Send whole batches "
+                         "instead (batching='none', the default for such models), or use backend='python', "
+                         "which merges ragged requests itself (docs/triton.md).")
+    return batchable and batching != "none"
+
+
+def _new_model_dir(out_dir: pathlib.Path, name: str, overwrite: bool) -> pathlib.Path:
+    model_dir = out_dir / name
+    if model_dir.exists():
+        if not overwrite:
+            raise FileExistsError(f"{model_dir} exists (overwrite=True / --force to replace it)")
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    return model_dir
+
+
+def _write_perf_data(model_dir: pathlib.Path, io: ModelIO, batched: bool, batch: int, pooling: int) -> None:
+    """perf_data.json: one valid request (ids inside each table, `pooling` lookups per bag on average)."""
+    try:
+        if batched:
+            sample = {k: v[0] for k, v in sample_inputs(io, batch=1, pooling=pooling).items()}
+        else:
+            fixed = [t.dims[0] for t in io.inputs if t.role == "dense" and t.dims and isinstance(t.dims[0], int)]
+            sample = sample_inputs(io, batch=fixed[0] if fixed else batch, pooling=pooling)
+        (model_dir / "perf_data.json").write_text(json.dumps(perf_analyzer_data(sample)))
+    except ValueError as e:
+        print(f"note: no perf_data.json ({e})", file=sys.stderr)
+
+
+def _write_build_script(model_dir: pathlib.Path, lib_name: str, prof, extra: list[str], version: int) -> None:
+    extra_text = " ".join(shlex.quote(a) for a in extra)
+    shape_flags = "".join(f"  --{w}Shapes={trtexec_shapes(prof, i)} \\\n"
+                          for i, w in enumerate(("min", "opt", "max"))) if prof else ""
+    script = f"""#!/usr/bin/env bash
+# Builds {version}/model.plan on THIS machine: a TensorRT engine only runs on the GPU model and TensorRT
+# version it was built with, so run this where tritonserver runs (same container release).
+# Extra trtexec flags pass through, e.g. ./build_plan.sh --fp16
+# Written by dlrm-deploy triton-repo; the shapes cover 1..max samples per request (see README.md).
+set -euo pipefail
+HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
+TRTEXEC="${{TRTEXEC:-trtexec}}"
+mkdir -p "$HERE/{version}"
+# --staticPlugins dlopens the plugin library, which registers dlrm_deploy::EmbeddingBag version 1;
+# the ONNX parser then maps the custom node (domain dlrm_deploy) onto it (TensorRT 10.10 or later).
+"$TRTEXEC" \\
+  --onnx="$HERE/onnx/model.onnx" \\
+  --staticPlugins="$HERE/{lib_name}" \\
+{shape_flags}  --saveEngine="$HERE/{version}/model.plan" {extra_text} "$@"
+echo "wrote $HERE/{version}/model.plan"
+"""
+    path = model_dir / "build_plan.sh"
+    path.write_text(script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _write_python(onnx_path, io, model_dir, library, o) -> None:
+    """The python-backend model (triton_python.py) and its README."""
+    from .triton_python import request_inputs, write_python_model
+
+    spec = write_python_model(onnx_path, io, model_dir, library, name=o["name"], version=o["version"],
+                              max_batch_size=o["max_batch_size"], instances=o["instances"], kind=o["kind"],
+                              gpus=o["gpus"], preferred_batch_sizes=o["preferred_batch_sizes"],
+                              max_queue_delay_us=o["max_queue_delay_us"], threads=o.get("threads", 0))
+    write_python_readme(model_dir, spec, request_inputs(io, spec), name=o["name"], onnx_name=onnx_path.name,
+                        max_batch_size=o["max_batch_size"], max_queue_delay_us=o["max_queue_delay_us"],
+                        repo=o["serve_root"])
+
+
+def _write_onnx_or_trt(onnx_path, io, model_dir, library, o) -> None:
+    """config.pbtxt, model files, perf data, build script and README of the onnxruntime/tensorrt backends."""
+    backend, name, version = o["backend"], o["name"], o["version"]
+    batched = _batched(io, o["batching"], onnx_path.name)
+    served_model_dir = f"{o['serve_root'].rstrip('/')}/{name}"
+    version_dir = model_dir / str(version)
+    version_dir.mkdir()
+    shutil.copyfile(library, model_dir / library.name)
+    if backend == "onnxruntime":
+        _copy_onnx(onnx_path, io, version_dir)
+    elif o["plan"] is not None:
+        shutil.copyfile(o["plan"], version_dir / "model.plan")
+    else:
+        _copy_onnx(onnx_path, io, model_dir / "onnx")  # source for build_plan.sh; Triton skips non-numeric folders
+    cfg = config_text(
+        io, name, backend, batched=batched, max_batch_size=o["max_batch_size"], instances=o["instances"],
+        kind=o["kind"], gpus=o["gpus"],
+        op_library=f"{served_model_dir}/{library.name}" if backend == "onnxruntime" else None,
+        preferred_batch_sizes=o["preferred_batch_sizes"], max_queue_delay_us=o["max_queue_delay_us"],
+        cuda_options=DEFAULT_CUDA_OPTIONS if o["cuda_options"] is None else o["cuda_options"])
+    (model_dir / "config.pbtxt").write_text(cfg)
+    pooling = o["pooling"] or DEFAULT_PERF_POOLING
+    _write_perf_data(model_dir, io, batched, min(o["opt_batch_size"] or o["max_batch_size"], 1024), pooling)
+    prof = None
+    if backend == "tensorrt" and o["plan"] is None:
+        prof = profile_shapes(io, o["max_batch_size"], o["opt_batch_size"], pooling, o["shapes"])
+        _write_build_script(model_dir, library.name, prof, o["trtexec_args"] or [], version)
+    write_readme(model_dir, io, name=name, backend=backend, batched=batched, max_batch_size=o["max_batch_size"],
+                 pooling=pooling, served_model_dir=served_model_dir, serve_root=o["serve_root"],
+                 lib_name=library.name, has_plan=o["plan"] is not None,
+                 has_perf=(model_dir / "perf_data.json").exists(), prof=prof, onnx_name=onnx_path.name)
+
+
+def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "dlrm", *,
+                max_batch_size: int | None = None, opt_batch_size: int | None = None, pooling: int | None = None,
+                instances: int = 1, kind: str = "gpu", gpus: list[int] | None = None,
+                batching: str = "auto", preferred_batch_sizes: list[int] | None = None,
+                max_queue_delay_us: int | None = None, library=None, plan=None, serve_root: str | None = None,
+                cuda_options: dict | None = None, shapes: dict | None = None,
+                trtexec_args: list[str] | None = None, version: int = 1, validate: bool | None = None,
+                overwrite: bool = False, threads: int = 0) -> pathlib.Path:
+    """Writes a Triton model repository for an exported model; returns ``out_dir/<name>``.
+
+    onnx_path: the exported ONNX file. backend: "onnxruntime", "tensorrt" or "python" (ONNX Runtime
+    inside Triton's python backend, merging ragged requests itself; see triton_python.py).
+    max_batch_size: onnxruntime/tensorrt: most samples per request (default 1024; with
+    ``max_batch_size: 0`` in the config it bounds the TensorRT profile and perf data; for a batchable
+    model it is Triton's max_batch_size); python: most requests merged into one execution (default 64).
+    opt_batch_size: samples per request TensorRT tunes for (default max_batch_size). pooling: lookups
+    per bag (mean) for the TensorRT profile's ids count (T*B*pooling) and perf_data.json (default 20). instances: model instances per GPU (each holds its own copy of the tables). kind:
+    "gpu" or "cpu". batching (onnxruntime/tensorrt): "auto" (dynamic batching exactly when every input
+    and output shares one symbolic leading dim), "none" or "dynamic" (an error for models with
+    EmbeddingBag inputs). max_queue_delay_us: the dynamic batcher's wait (default 100; python 500).
+    library: our custom-op (onnxruntime, python) or plugin (tensorrt) library, default the built one.
+    plan: a TensorRT engine built on the serving GPU and TensorRT version; without it
+    ``build_plan.sh`` builds one there. serve_root: the repository's path as the server sees it
+    (default: out_dir, absolute). cuda_options: CUDA execution-provider options (onnxruntime).
+    shapes: ``{input: (min, opt, max)}`` overriding the derived TensorRT profile. trtexec_args:
+    extra trtexec flags for build_plan.sh. threads: python backend's ONNX Runtime intra-op threads
+    (0: its default). validate: parse the written config with Triton's schema and compare it with
+    the model file (True: required, needs tritonclient; None: whenever tritonclient is installed).
+    """
+    if max_batch_size is None:
+        max_batch_size = 64 if backend == "python" else 1024
+    if max_queue_delay_us is None:
+        max_queue_delay_us = 500 if backend == "python" else 100
+    _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan)
+    onnx_path = pathlib.Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX file {onnx_path} not found")
+    io = describe_onnx(onnx_path)
+    if backend == "python":
+        from .triton_python import io_spec
+
+        io_spec(io)  # refuses models it cannot merge before anything is written
+    library = pathlib.Path(library) if library is not None else _find_library(backend)
+    if not library.is_file():
+        raise FileNotFoundError(f"library {library} not found")
+    if plan is not None and not pathlib.Path(plan).is_file():
+        raise FileNotFoundError(f"TensorRT plan {plan} not found")
+    out_dir = pathlib.Path(out_dir)
+    model_dir = _new_model_dir(out_dir, name, overwrite)
+    opts = dict(backend=backend, name=name, version=version, max_batch_size=max_batch_size,
+                opt_batch_size=opt_batch_size, pooling=pooling, instances=instances, kind=kind, gpus=gpus,
+                batching=batching, preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
+                plan=plan, serve_root=serve_root or str(out_dir.resolve()), cuda_options=cuda_options, shapes=shapes,
+                trtexec_args=trtexec_args, threads=threads)
+    (_write_python if backend == "python" else _write_onnx_or_trt)(onnx_path, io, model_dir, library, opts)
+    _validate_written(model_dir, onnx_path, validate)
+    return model_dir
+
+
+def _validate_written(model_dir: pathlib.Path, onnx_path: pathlib.Path, validate: bool | None) -> None:
+    from .triton_validate import load_config, validate_repo
+
+    if validate is None:
+        try:
+            load_config(model_dir / "config.pbtxt")
+            validate = True
+        except ImportError:
+            print("note: tritonclient is not installed, so config.pbtxt was not checked against Triton's "
+                  "schema (pip install tritonclient[grpc])", file=sys.stderr)
+    if validate:
+        validate_repo(model_dir, onnx_path)

@@ -1,0 +1,102 @@
+// Planning, on the host: the device's facts (read once per device) and the kernel a config runs
+// (family, vector width, lanes per row, unroll, prefetch distance). Shared by the launch and by
+// dd_describe_kernel, so what is described is what runs.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <mutex>
+
+#include "../internal.h"
+
+namespace dd {
+namespace {
+
+// ---- device facts, read once per device ----
+struct DeviceInfo {
+  int sms = 0, major = 0, minor = 0, max_window = 0;
+  size_t persisting_limit = 0;
+};
+
+int device_info(DeviceInfo* out, char* msg, size_t len) {
+  static std::mutex mu;
+  static DeviceInfo cache[64];
+  static bool have[64] = {};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return fail(DD_ERR_CUDA, msg, len, "cudaGetDevice: %s", cudaGetErrorString(e));
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev < 64 && have[dev]) {
+    *out = cache[dev];
+    return DD_OK;
+  }
+  DeviceInfo d;
+  cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&d.minor, cudaDevAttrComputeCapabilityMinor, dev);
+  cudaDeviceGetAttribute(&d.max_window, cudaDevAttrMaxAccessPolicyWindowSize, dev);
+  if (dev < 64) {
+    cache[dev] = d;
+    have[dev] = true;
+  }
+  *out = d;
+  return DD_OK;
+}
+
+// ---- the kernel a config runs ----
+struct Plan {
+  int variant;  // resolved (never DD_AUTO)
+  bool warp;    // warp_kernel (auto) or bag_kernel
+  int vb = 0, lanes = 0, groups = 1, slices = 1;
+  int pd = 0;
+  int unroll = 8;  // row loads in flight per lane (warp_kernel)
+};
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
+Plan make_plan(const dd_config& c, const void* weights) {
+  Plan pl;
+  pl.variant = c.variant;
+  pl.warp = c.variant == DD_AUTO;
+  const int esize = c.dtype == DD_FP32 ? 4 : c.dtype == DD_INT8 ? 1 : 2;
+  const int64_t data_bytes = (int64_t)c.dim * esize;
+  const int64_t row_bytes = dd_row_bytes(&c);
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(weights);
+  // Vector width: the widest that divides the row data, the row stride and the base address
+  // (16 bytes measured fastest for every dtype at D=128 on H100, docs/benchmarks.md).
+  int want = env_int("DLRM_DEPLOY_VEC_BYTES", 16);
+  for (int vb : {16, 8, 4}) {
+    if (vb > want) continue;
+    if (data_bytes % vb == 0 && row_bytes % vb == 0 && addr % vb == 0) {
+      pl.vb = vb;
+      break;
+    }
+  }
+  // warp_kernel shuffles 32-bit row numbers: larger blobs go to the thread-per-feature kernel.
+  const bool small_blob = dd_total_rows(&c) < 0xffffffffLL && row_bytes < 0xffffffffLL;
+  if (pl.warp && (pl.vb == 0 || !small_blob)) {  // odd shapes: the thread-per-feature kernel with every policy
+    pl.warp = false;
+    pl.variant = DD_COMBINED;
+  }
+  if (pl.warp) {
+    pl.lanes = (int)(data_bytes / pl.vb);
+    if (pl.lanes < 32 && 32 % pl.lanes == 0) {
+      pl.groups = 32 / pl.lanes;
+    } else {
+      pl.slices = (pl.lanes + 31) / 32;
+    }
+  }
+  // Loads in flight per lane, measured on H100 (docs/benchmarks.md): 2-byte tables gain from the
+  // extra occupancy of 4 on skewed batches, fp32 and int8 from 8.
+  pl.unroll = env_int("DLRM_DEPLOY_UNROLL", esize == 2 ? 4 : 8) <= 4 ? 4 : 8;
+  pl.pd = c.prefetch_distance ? c.prefetch_distance : 8;
+  pl.pd = pl.pd <= 4 ? 4 : pl.pd <= 8 ? 8 : 16;  // compiled distances
+  return pl;
+}
+
+}  // namespace
+}  // namespace dd

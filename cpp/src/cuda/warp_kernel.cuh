@@ -1,0 +1,126 @@
+// Kernel family 2, what `auto` runs: a warp (or a group of lanes) per bag and column slice, 4-16
+// byte vector loads of whole rows, U independent row loads in flight per lane, the next 32 indices
+// fetched while the current ones are consumed. Instantiated in launch.cuh only.
+#pragma once
+
+#include "bag_io.cuh"
+#include "device_loads.cuh"
+
+namespace dd {
+namespace {
+
+// ---- family 2 (auto): vector loads, warp per bag and column slice ----
+// lanes: lanes covering one row slice (<= 32); groups: lookups handled side by side in a warp
+// (32/lanes when a row needs fewer than 32 lanes); slices: column slices per bag.
+// Lean per lookup: one 32-bit shuffle of the row number, one wide multiply, one vector load.
+// (Measured on H100, docs/benchmarks.md: cache-priority hints and shared-memory counting of the
+// hottest rows made skewed batches slower here, so this kernel has neither.)
+// Resident blocks per SM the register budget is cut for, per dtype and unroll: the most that
+// compiles without spills (ptxas -v) for 16-byte loads.
+template <int DT, int U>
+constexpr int warp_min_blocks() {
+  if (DT == DD_INT8) return U >= 8 ? 1 : 2;
+  if (DT == DD_FP32) return U >= 8 ? 3 : 4;
+  return U >= 8 ? 2 : 4;
+}
+
+template <int DT, typename IdxT, int VB, int U>
+__global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, U>()) warp_kernel(const Params p, int lanes, int groups, int slices) {
+  constexpr int E = VB / Storage<DT>::kSize;  // elements per lane per row
+  using RawT = typename Raw<VB>::T;
+  const int lane = threadIdx.x & 31;
+  const int gsize = groups > 1 ? lanes : 32;
+  const int g = lane / gsize;
+  const int s = lane - g * gsize;
+  const uint64_t pol = policy(false, false);
+  const uint32_t row_bytes = (uint32_t)p.row_bytes;
+  const int64_t total_bags = (int64_t)p.tab.num_tables * p.batch;
+  const int64_t units = total_bags * slices;
+  const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  for (int64_t u = (((int64_t)blockIdx.x * blockDim.x) + threadIdx.x) >> 5; u < units; u += warps) {
+    const int64_t bag = u / slices;
+    const int slice = (int)(u - bag * slices);
+    const int t = (int)(bag / p.batch);
+    const int64_t b = bag - (int64_t)t * p.batch;
+    const int64_t rows = p.tab.rows[t];
+    const int chunk = (groups > 1 ? 0 : slice * 32) + s;  // which VB-byte piece of the row
+    const bool active = chunk * E < p.dim;
+    const uint8_t* col = p.weights + chunk * VB;
+    const IdxT* idx = static_cast<const IdxT*>(p.lk.io[t].idx);
+    const float* psw = p.lk.io[t].psw;
+    int64_t start, end;
+    bag_range<IdxT>(p, t, b, lane == 0 && slice == 0, start, end);
+
+    // Global row of lookup base+lane (kSkip = nothing to add) and its weight.
+    constexpr uint32_t kSkip = 0xffffffffu;
+    auto fetch_index = [&](int64_t base, uint32_t& row, float& w) {
+      row = kSkip;
+      w = 1.0f;
+      if (base + lane < end) {
+        const int64_t id = (int64_t)idx[base + lane];
+        if (psw) w = psw[base + lane];
+        if (p.check && (id < 0 || id >= rows)) {
+          if (slice == 0) record(p.err, kIndexOutOfRange, t, base + lane, id, rows);
+        } else {
+          row = (uint32_t)global_row(p.tab, t, id);
+        }
+      }
+    };
+    float acc[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] = 0.0f;
+    uint32_t next_row;
+    float next_w;
+    fetch_index(start, next_row, next_w);
+    for (int64_t base = start; base < end; base += 32) {
+      const uint32_t my_row = next_row;
+      const float my_w = next_w;
+      const int n = (int)min((int64_t)32, end - base);
+      fetch_index(base + 32, next_row, next_w);  // in flight while this batch is summed
+      for (int j0 = 0; j0 < n; j0 += groups * U) {
+        RawT v[U];
+        float2 sb[U];
+        float w[U];
+        bool ok[U];
+#pragma unroll
+        for (int k = 0; k < U; ++k) {
+          const int j = j0 + k * groups + g;
+          const uint32_t r = __shfl_sync(kFull, my_row, j & 31);
+          w[k] = psw ? __shfl_sync(kFull, my_w, j & 31) : 1.0f;
+          ok[k] = active && j < n && r != kSkip;
+          if (ok[k]) {
+            const uint64_t off = (uint64_t)r * row_bytes;  // one IMAD.WIDE
+            v[k] = ld<VB>(col + off, pol);
+            if constexpr (DT == DD_INT8) sb[k] = ld_scale_bias(p.weights + off + p.dim, pol);
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < U; ++k) {
+          if (ok[k]) {
+            float x[E];
+            decode<DT, VB>(v[k], DT == DD_INT8 ? sb[k] : make_float2(0.f, 0.f), x);
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc[e] = psw ? fmaf(w[k], x[e], acc[e]) : acc[e] + x[e];
+          }
+        }
+      }
+    }
+    if (groups > 1) {
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        for (int o = gsize; o < 32; o <<= 1) acc[e] += __shfl_xor_sync(kFull, acc[e], o);
+    }
+    if (g == 0 && active) {
+      const int64_t out = b * (int64_t)p.tab.num_tables * p.dim + (int64_t)t * p.dim + (int64_t)chunk * E;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        float r = acc[e];
+        if (p.mode == DD_MEAN) r = end > start ? r / (float)(end - start) : 0.0f;
+        store(p, out + e, r);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dd

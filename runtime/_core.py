@@ -13,7 +13,6 @@ from ._lib import core_library_path
 
 MAX_TABLES = 256
 MSG_LEN = 512
-DTYPES = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
 INDEX_TYPES = {"int32": 0, "int64": 1}
 
 

@@ -1,5 +1,6 @@
 """Packing tables into the op's weight blob (docs/op_contract.md): plain or hot-first row order,
-and int8 row-wise quantization. numpy only, so export, tests and benchmarks share one copy.
+and int8 row-wise quantization, one copy shared by export, tests and benchmarks. Imports numpy only;
+quantize_int8_rowwise imports torch when called (it quantizes tensors on their own device).
 """
 
 from __future__ import annotations

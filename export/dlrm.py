@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
+
+from .index_sources import IndexSource, parse_index_source, read_trace  # noqa: F401 - the package's names
 
 
 @dataclass(frozen=True)
@@ -145,74 +146,6 @@ class DLRM(nn.Module):
 # Inputs
 
 
-def _zipf_sampler(rows: int, alpha: float, rng: np.random.Generator):
-    """Zipf-like popularity over a random permutation of rows: rank k (0-based) has weight
-    1/(k+1)^alpha; the row at rank k is perm[k]. Works for any alpha >= 0."""
-    weights = 1.0 / np.arange(1, rows + 1, dtype=np.float64) ** alpha
-    cdf = np.cumsum(weights)
-    cdf /= cdf[-1]
-    perm = rng.permutation(rows)
-
-    def sample(n: int) -> np.ndarray:
-        ranks = np.searchsorted(cdf, rng.random(n), side="right")
-        return perm[np.minimum(ranks, rows - 1)]
-
-    return sample
-
-
-_TRACE_CACHE: dict[str, np.ndarray] = {}
-
-
-def read_trace(path: str | os.PathLike) -> np.ndarray:
-    """Row ids of a trace file: one integer per line (blank lines ignored), as int64."""
-    key = os.fspath(path)
-    if key not in _TRACE_CACHE:
-        with open(key) as f:
-            ids = np.array([int(line) for line in f if line.strip()], dtype=np.int64)
-        if ids.size == 0:
-            raise ValueError(f"trace file {key} holds no row ids")
-        _TRACE_CACHE[key] = ids
-    return _TRACE_CACHE[key]
-
-
-class _TraceReader:
-    """Reads a trace circularly, one position shared by all tables; ids >= rows (or < 0) of the
-    table being filled are skipped, as the paper's loader drops them."""
-
-    def __init__(self, ids: np.ndarray):
-        self.ids = ids
-        self.pos = 0
-
-    def take(self, n: int, rows: int) -> np.ndarray:
-        length = self.ids.size
-        valid = np.nonzero((self.ids >= 0) & (self.ids < rows))[0]
-        if valid.size == 0:
-            raise ValueError(f"trace holds no row id below {rows}")
-        if n == 0:
-            return np.zeros(0, dtype=np.int64)
-        base = (self.pos // length) * length
-        k = int(np.searchsorted(valid, self.pos % length))
-        j = k + np.arange(n)
-        absolute = base + (j // valid.size) * length + valid[j % valid.size]
-        self.pos = int(absolute[-1]) + 1
-        return self.ids[absolute % length]
-
-
-def parse_index_source(source: str) -> tuple[str, object]:
-    """``"uniform"`` -> ("uniform", None); ``"zipf:1.05"`` -> ("zipf", 1.05);
-    ``"trace:FILE"`` -> ("trace", "FILE"). Raises ValueError otherwise."""
-    if source == "uniform":
-        return "uniform", None
-    if source.startswith("zipf:"):
-        alpha = float(source[5:])
-        if alpha < 0:
-            raise ValueError("zipf alpha must be >= 0")
-        return "zipf", alpha
-    if source.startswith("trace:"):
-        return "trace", source[6:]
-    raise ValueError(f"unknown index source '{source}': use uniform, zipf:<alpha> or trace:<file>")
-
-
 def make_indices(table_rows, batch: int, *, pooling: int | str = 8, source: str = "uniform",
                  seed: int = 0, index_dtype: torch.dtype = torch.int64,
                  include_last_offset: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -222,9 +155,8 @@ def make_indices(table_rows, batch: int, *, pooling: int | str = 8, source: str 
     (empty bags included). source: ``uniform``, ``zipf:<alpha>`` or ``trace:<file>``.
     offsets hold B bag starts (B+1 with include_last_offset, the last = number of indices).
     """
-    kind, arg = parse_index_source(source)
-    rng = np.random.default_rng(seed)
-    trace = _TraceReader(read_trace(arg)) if kind == "trace" else None
+    ids_of = IndexSource(source, np.random.default_rng(seed))
+    rng = ids_of.rng
     indices, offsets = [], []
     for rows in table_rows:
         if isinstance(pooling, str):
@@ -234,13 +166,7 @@ def make_indices(table_rows, batch: int, *, pooling: int | str = 8, source: str 
             lengths = rng.integers(0, 2 * mean + 1, size=batch)
         else:
             lengths = np.full(batch, int(pooling))
-        n = int(lengths.sum())
-        if kind == "uniform":
-            ids = rng.integers(0, rows, size=n)
-        elif kind == "zipf":
-            ids = _zipf_sampler(rows, float(arg), rng)(n)
-        else:
-            ids = trace.take(n, rows)
+        ids = ids_of.take(int(lengths.sum()), rows)
         starts = np.concatenate([[0], np.cumsum(lengths)])
         if not include_last_offset:
             starts = starts[:-1]

@@ -158,7 +158,7 @@ def profile_hot_rows(model: torch.nn.Module, sample) -> dict[str, np.ndarray]:
     """
     bags = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.EmbeddingBag)]
     if isinstance(sample, (str, os.PathLike)):
-        from .dlrm import read_trace
+        from .index_sources import read_trace
 
         ids = read_trace(sample)
         return {n: count_rows(ids, m.num_embeddings) for n, m in bags}

@@ -15,7 +15,8 @@ import tempfile
 
 from dlrm_deploy import contract as C
 
-from .bench_e2e import TOLERANCE, compare, onnx_feeds, time_ort, time_torch
+from .accuracy import TOLERANCE, compare, onnx_feeds
+from .timing import time_ort, time_torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,25 +35,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Runs the demo; returns 0 when ONNX Runtime agrees with PyTorch, 1 otherwise."""
+def _device_options(args: argparse.Namespace, cuda_available) -> tuple[str, int | None, dict]:
+    """(ONNX Runtime device, CPU threads or None, ort_session options) from the options, with
+    cuda_available() asked for --device auto; sets torch's threads too."""
     import torch
 
-    from dlrm_deploy.export import DLRM, export_onnx, get_config, make_inputs, swap_embedding_bags
-    from dlrm_deploy.runtime import ort as ort_rt
-
-    cfg = get_config("small")
-    if args.device == "auto":
-        device = "cuda" if ort_rt.cuda_available() else "cpu"
-    else:
-        device = args.device
-    torch_cuda = device == "cuda" and torch.cuda.is_available()
-    tdev = torch.device("cuda" if torch_cuda else "cpu")
+    device = ("cuda" if cuda_available() else "cpu") if args.device == "auto" else args.device
     threads = args.threads if args.threads is not None else (1 if device == "cpu" else None)
     ort_options = {}
     if threads:
         torch.set_num_threads(threads)
         ort_options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    return device, threads, ort_options
+
+
+def _timing_rows(args: argparse.Namespace, model, sess, feeds: dict, inputs, want, tol: float, device: str,
+                 tdev, torch_cuda: bool) -> list[tuple[str, dict]]:
+    """(row name, timer result or {"skipped": why}) of PyTorch eager with nn.EmbeddingBag, PyTorch
+    eager with our torch op (checked first) and ONNX Runtime with our op."""
+    import torch
+
+    from dlrm_deploy.export import swap_embedding_bags
+
+    rows = []
+    on_dev = (inputs[0].to(tdev), [i.to(tdev) for i in inputs[1]], [o.to(tdev) for o in inputs[2]])
+    eager = model.to(tdev)
+    with torch.no_grad():
+        rows.append((f"PyTorch eager, nn.EmbeddingBag ({tdev.type})",
+                     time_torch(lambda: eager(*on_dev), args.runs, args.warmup, torch_cuda)))
+    try:
+        ours = swap_embedding_bags(model.cpu(), dtype=args.dtype).to(tdev).eval()
+        with torch.no_grad():
+            err, _ = compare(ours(*on_dev).float().cpu().numpy(), want)
+            if err > tol:
+                raise RuntimeError(f"torch op output differs from nn.EmbeddingBag by {err:.2e}")
+            rows.append((f"PyTorch eager, dlrm_deploy torch op ({tdev.type})",
+                         time_torch(lambda: ours(*on_dev), args.runs, args.warmup, torch_cuda)))
+    except Exception as e:  # noqa: BLE001 - e.g. the core library has no kernel for this device
+        rows.append((f"PyTorch eager, dlrm_deploy torch op ({tdev.type})", {"skipped": str(e)[:120]}))
+    rows.append((f"ONNX Runtime + dlrm_deploy op ({device})", time_ort(sess, feeds, args.runs, args.warmup)))
+    return rows
+
+
+def _print_timings(rows: list[tuple[str, dict]], args: argparse.Namespace, threads: int | None) -> None:
+    """The timing table, speed-ups against the first row."""
+    base = rows[0][1]["median_ms"]
+    print(f"\n{'':<48} {'median ms':>10} {'min':>8} {'max':>8} {'speedup':>8}")
+    for name, r in rows:
+        if "skipped" in r:
+            print(f"{name:<48} skipped: {r['skipped']}")
+            continue
+        print(f"{name:<48} {r['median_ms']:>10.3f} {r['min_ms']:>8.3f} {r['max_ms']:>8.3f} "
+              f"{base / r['median_ms']:>7.2f}x")
+    print(f"(median of {args.runs} runs after {args.warmup} warm-up runs"
+          + (f", {threads} CPU thread(s)" if threads else "") + ")")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs the demo; returns 0 when ONNX Runtime agrees with PyTorch, 1 otherwise."""
+    import torch
+
+    from dlrm_deploy.export import DLRM, export_onnx, get_config, make_inputs
+    from dlrm_deploy.runtime import ort as ort_rt
+
+    cfg = get_config("small")
+    device, threads, ort_options = _device_options(args, ort_rt.cuda_available)
+    torch_cuda = device == "cuda" and torch.cuda.is_available()
+    tdev = torch.device("cuda" if torch_cuda else "cpu")
     tol = args.tolerance if args.tolerance is not None else TOLERANCE[args.dtype]
 
     print(f"dlrm-deploy demo: DLRM '{cfg.name}' ({cfg.num_tables} tables, rows {list(cfg.table_rows)}, dim {cfg.dim}), "
@@ -83,35 +132,8 @@ def main(args: argparse.Namespace) -> int:
         ok = abs_err <= tol
         print(f"\ncheck against PyTorch: max abs error {abs_err:.3e}, max relative error {rel_err:.3e} "
               f"(tolerance {tol:.0e}) -> {'OK' if ok else 'FAILED'}")
-
-        rows = []
-        on_dev = (inputs[0].to(tdev), [i.to(tdev) for i in inputs[1]], [o.to(tdev) for o in inputs[2]])
-        eager = model.to(tdev)
-        with torch.no_grad():
-            rows.append((f"PyTorch eager, nn.EmbeddingBag ({tdev.type})",
-                         time_torch(lambda: eager(*on_dev), args.runs, args.warmup, torch_cuda)))
-        try:
-            ours = swap_embedding_bags(model.cpu(), dtype=args.dtype).to(tdev).eval()
-            with torch.no_grad():
-                err, _ = compare(ours(*on_dev).float().cpu().numpy(), want)
-                if err > tol:
-                    raise RuntimeError(f"torch op output differs from nn.EmbeddingBag by {err:.2e}")
-                rows.append((f"PyTorch eager, dlrm_deploy torch op ({tdev.type})",
-                             time_torch(lambda: ours(*on_dev), args.runs, args.warmup, torch_cuda)))
-        except Exception as e:  # noqa: BLE001 - e.g. the core library has no kernel for this device
-            rows.append((f"PyTorch eager, dlrm_deploy torch op ({tdev.type})", {"skipped": str(e)[:120]}))
-        rows.append((f"ONNX Runtime + dlrm_deploy op ({device})", time_ort(sess, feeds, args.runs, args.warmup)))
-
-        base = rows[0][1]["median_ms"]
-        print(f"\n{'':<48} {'median ms':>10} {'min':>8} {'max':>8} {'speedup':>8}")
-        for name, r in rows:
-            if "skipped" in r:
-                print(f"{name:<48} skipped: {r['skipped']}")
-                continue
-            print(f"{name:<48} {r['median_ms']:>10.3f} {r['min_ms']:>8.3f} {r['max_ms']:>8.3f} "
-                  f"{base / r['median_ms']:>7.2f}x")
-        print(f"(median of {args.runs} runs after {args.warmup} warm-up runs"
-              + (f", {threads} CPU thread(s)" if threads else "") + ")")
+        _print_timings(_timing_rows(args, model, sess, feeds, inputs, want, tol, device, tdev, torch_cuda), args,
+                       threads)
         if args.keep:
             print(f"\nkept {path}")
         return 0 if ok else 1

@@ -9,31 +9,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
-import time
 
 import numpy as np
-
-
-def _time_interleaved(fns: dict, runs: int, warmup: int, block: int = 5) -> dict:
-    """Times each fn of fns `runs` times, in alternating blocks of `block` runs, so that load from
-    other processes on a shared machine falls on every row alike; a pause before each block lets the
-    other library's spinning worker threads (OpenMP's, ONNX Runtime's) go idle first.
-    Returns {name: {median_ms, min_ms, max_ms, runs}}."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    ts = {name: [] for name in fns}
-    while min(len(v) for v in ts.values()) < runs:
-        for name, fn in fns.items():
-            time.sleep(0.2)
-            fn()  # untimed: wakes this library's threads
-            for _ in range(min(block, runs - len(ts[name]))):
-                t = time.perf_counter()
-                fn()
-                ts[name].append((time.perf_counter() - t) * 1e3)
-    return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "runs": len(v)}
-            for name, v in ts.items()}
 
 
 def _model(weight: np.ndarray, dtype: str, psw: bool) -> bytes:
@@ -79,6 +56,7 @@ def main() -> int:
 
     from dlrm_deploy.runtime import _core
     from dlrm_deploy.runtime import ort as dd_ort
+    from dlrm_deploy.runtime.timing import time_interleaved
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -123,7 +101,7 @@ def main() -> int:
         call = lambda: f(ctypes.byref(cfg), wnp.data_ptr(), ids.data_ptr(), offsets.data_ptr(),  # noqa: E731
                          psw.data_ptr() if psw is not None else None, n, args.batch, out.ctypes.data, buf, 512)
         fns["core reference (1 thread)"] = call
-    times = _time_interleaved(fns, args.runs, args.warmup)
+    times = time_interleaved(fns, args.runs, args.warmup)
     rows = list(times.items())
     base = times["PyTorch F.embedding_bag"]["median_ms"]
     print(f"{'row':<34} {'median ms':>10} {'min':>8} {'max':>8} {'vs torch':>9}")

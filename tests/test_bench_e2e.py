@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dlrm_deploy import cli
-from dlrm_deploy.runtime import bench_e2e
+from dlrm_deploy.runtime import bench_e2e, bench_memory, bench_torch, timing
 
 
 def test_cli_tiny_cpu(tmp_path, capsys):
@@ -72,17 +72,17 @@ def test_hot_rows_default_is_off():
 
 
 def test_deadline_interrupts():
-    with pytest.raises(bench_e2e.BudgetExceeded):
-        with bench_e2e.deadline(0.2):
+    with pytest.raises(timing.BudgetExceeded):
+        with timing.deadline(0.2):
             while True:
                 time.sleep(0.01)
-    with bench_e2e.deadline(5):
+    with timing.deadline(5):
         pass  # no alarm left behind
     time.sleep(0.05)
 
 
 def test_host_peak_sees_a_temporary_allocation():
-    _, mem = bench_e2e.host_peak(lambda: bytearray(64 << 20)[-1])
+    _, mem = bench_memory.host_peak(lambda: bytearray(64 << 20)[-1])
     assert mem["peak"] >= mem["rss_before"]
     if mem["method"] == "VmHWM":
         assert mem["increment"] >= 48 << 20
@@ -143,7 +143,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _Graph)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(bench_e2e, "_TBEModel", _TBE)
+    monkeypatch.setattr(bench_torch, "TBEModel", _TBE)
 
 
 def _bench(*extra):
@@ -209,7 +209,7 @@ def test_gpu_rows_fbgemm_missing(fake_cuda, monkeypatch):
     def missing(*a, **kw):
         raise ImportError("No module named 'fbgemm_gpu'")
 
-    monkeypatch.setattr(bench_e2e, "_TBEModel", missing)
+    monkeypatch.setattr(bench_torch, "TBEModel", missing)
     b = _bench("--no-compile")
     bench_e2e.eager_reference(b)
     rows = {r.backend: r for r in bench_e2e.torch_rows(b)}

@@ -1,0 +1,348 @@
+"""`dlrm-deploy bench kernels`: the embedding stage benchmark of docs/benchmarks.md.
+
+All tables of one batch per timed region; every kernel's output is checked against a reference
+(torch.nn.functional.embedding_bag over the float64-exact dequantized tables, on the GPU) before it
+is timed; CUDA events, warm-up, median of --runs with min and max; steady state (L2 not flushed)
+unless --cold-l2. Baselines in the same process on the same inputs: torch.nn.functional.embedding_bag
+(one call per table, the paper's baseline kernel) and FBGEMM's IntNBitTableBatchedEmbeddingBagsCodegen
+when importable. Writes a table, JSON (--json) and a PNG plot (--plot; bench_kernels_report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+
+from dlrm_deploy import contract
+
+from .bench_env import driver_version
+from .bench_kernels_report import add_ratios, plot, print_table
+from .fbgemm_tbe import DTYPES as TBE_DTYPES
+from .fbgemm_tbe import import_tbe, make_tbe, write_int8_rows, write_rows
+from .timing import time_cuda
+
+
+def make_indices(source: str, tables: int, rows: int, batch: int, pooling: int, seed: int) -> np.ndarray:
+    """[tables, batch * pooling] int64 ids from 'uniform', 'zipf:<alpha>' or 'trace:<file>' (the
+    model inputs' index sources), table after table. A trace is read circularly from a position
+    that depends on seed (so that the hot-row sample differs from the timed ids); ids >= rows are
+    skipped (as the paper's loader does)."""
+    from dlrm_deploy.export.index_sources import IndexSource
+
+    ids = IndexSource(source, np.random.default_rng(seed), trace_start=seed * 7919)
+    return np.stack([ids.take(batch * pooling, rows) for _ in range(tables)]).astype(np.int64)
+
+
+# ---------------------------------------------------------------- kernels under test
+class Workload:
+    """Tables (as logical fp32 values on the GPU), indices and offsets of one benchmark shape."""
+
+    def __init__(self, args, ids: np.ndarray, dtype: str):
+        import torch
+
+        from dlrm_deploy.layout import quantize_int8_rowwise
+
+        self.T, self.R, self.D, self.B, self.L = args.tables, args.rows, args.dim, args.batch, args.pooling
+        self.dtype = dtype
+        g = torch.Generator(device="cuda").manual_seed(args.seed)
+        logical = torch.randn(self.T * self.R, self.D, generator=g, device="cuda")
+        if dtype == "int8":
+            self.stored = torch.empty(self.T * self.R, contract.int8_row_bytes(self.D), dtype=torch.uint8,
+                                      device="cuda")
+            for t in range(self.T):  # per table keeps the temporaries small
+                sl = slice(t * self.R, (t + 1) * self.R)
+                self.stored[sl] = quantize_int8_rowwise(logical[sl])
+            dq = self.stored[:, :self.D].float()
+            sb = self.stored[:, self.D:self.D + 8].contiguous().view(torch.float32)
+            logical = torch.addcmul(sb[:, 1:2], dq, sb[:, 0:1])  # scale * code + bias in fp32, as the kernels do
+            del dq, sb
+        else:
+            self.stored = logical.to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+            logical = self.stored.float()
+        self.logical = logical
+        self.ids = torch.from_numpy(ids).cuda()  # [T, B*L] local ids
+        self.indices = self.ids.reshape(-1).contiguous()
+        self.offsets = torch.arange(0, self.T * self.B * self.L + 1, self.L, device="cuda", dtype=torch.int64)
+        self.rows_gathered = self.T * self.B * self.L
+
+    def reference(self):
+        """fp32 reference [B, T*D] and the sum of |terms| per element (for the tolerance)."""
+        import torch
+        import torch.nn.functional as F
+
+        outs, mags = [], []
+        off = torch.arange(0, self.B * self.L, self.L, device="cuda")
+        for t in range(self.T):
+            w = self.logical[t * self.R:(t + 1) * self.R].double()
+            outs.append(F.embedding_bag(self.ids[t], w, off, mode="sum"))
+            mags.append(F.embedding_bag(self.ids[t], w.abs(), off, mode="sum"))
+        return torch.cat(outs, 1), torch.cat(mags, 1)
+
+
+def check(out, ref, mag, rel=1e-5) -> tuple[bool, float]:
+    """Whether |out - ref| <= rel * sum|terms| + (output rounding)|ref| everywhere, rel covering fp32
+    sums in any order; returns (ok, worst error / tolerance)."""
+    import torch
+
+    err = (out.double() - ref).abs()
+    out_eps = {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[out.dtype]
+    tol = rel * mag + out_eps * ref.abs() + 1e-30
+    ratio = float((err / tol).max())
+    return ratio <= 1.0, ratio
+
+
+def ours(wl: Workload, variant: str, pinned_rows: int = 0, hot_first: int = 0, prefetch_distance: int = 0,
+         reorder=None):
+    """A callable running our op over all tables in one launch, and its description."""
+    import torch
+
+    from dlrm_deploy.runtime import _core
+
+    attrs = dict(table_rows=[wl.R] * wl.T, dim=wl.D, dtype=wl.dtype, variant=variant, check="deferred",
+                 include_last_offset=1,
+                 pinned_rows=pinned_rows, hot_first=hot_first, prefetch_distance=prefetch_distance)
+    cfg = _core.make_config(attrs)
+    weights, indices = wl.stored, wl.indices
+    if reorder is not None:  # (packed weights in hot-first order, remapped indices)
+        weights, indices = reorder
+    if pinned_rows and hot_first:
+        _core.setup_l2_persistence(cfg)
+    out = torch.empty(wl.B, wl.T * wl.D, device="cuda")
+    ws = torch.zeros(_core.workspace_size(cfg), dtype=torch.uint8, device="cuda")
+    n_idx, n_off = indices.numel(), wl.offsets.numel()
+    ptrs = (weights.data_ptr(), indices.data_ptr(), wl.offsets.data_ptr())
+
+    def run():
+        _core.forward_cuda(cfg, *ptrs, None, n_idx, n_off, out.data_ptr(), ws.data_ptr(),
+                           torch.cuda.current_stream().cuda_stream)
+        return out
+
+    return run, _core.describe_kernel(cfg)
+
+
+def hot_first_reorder(wl: Workload, sample: np.ndarray, budget_bytes: int):
+    """Export-time reordering: rows by frequency in a separate sample, hot prefixes first.
+
+    Returns (pinned_rows, packed weights, remapped indices)."""
+    import torch
+
+    from dlrm_deploy.layout import frequency_order
+
+    row_bytes = wl.stored.shape[1] * wl.stored.element_size()
+    pinned = max(1, min(wl.R, budget_bytes // (wl.T * row_bytes)))
+    hot, cold, remapped = [], [], []
+    for t in range(wl.T):
+        order, remap = frequency_order(sample[t], wl.R)
+        order_t = torch.from_numpy(order).cuda()
+        table = wl.stored[t * wl.R:(t + 1) * wl.R][order_t]
+        hot.append(table[:pinned])
+        cold.append(table[pinned:])
+        remapped.append(torch.from_numpy(remap).cuda()[wl.ids[t]])
+    packed = torch.cat(hot + cold).contiguous()
+    return pinned, packed, torch.cat(remapped).contiguous()
+
+
+def torch_baseline(wl: Workload):
+    """torch.nn.functional.embedding_bag, one call per table (PyTorch has no table-batched op)."""
+    import torch
+    import torch.nn.functional as F
+
+    if wl.dtype == "int8":
+        return None, "torch has no int8 row-wise embedding_bag"
+    off = torch.arange(0, wl.B * wl.L, wl.L, device="cuda")
+    views = [wl.stored[t * wl.R:(t + 1) * wl.R] for t in range(wl.T)]
+    out = torch.empty(wl.B, wl.T * wl.D, device="cuda", dtype=wl.stored.dtype)
+
+    def run():
+        for t in range(wl.T):
+            out[:, t * wl.D:(t + 1) * wl.D] = F.embedding_bag(wl.ids[t], views[t], off, mode="sum")
+        return out
+
+    return run, "F.embedding_bag x tables"
+
+
+def fbgemm_baseline(wl: Workload):
+    """FBGEMM TBE inference kernel on the same tables (its own int8 format: fp16 scale/bias)."""
+    import torch
+
+    try:
+        import_tbe()
+    except Exception as e:  # not installed
+        return None, f"fbgemm_gpu not importable ({type(e).__name__}: {e})"
+    if wl.dtype not in TBE_DTYPES:
+        return None, f"FBGEMM has no {wl.dtype} inference tables"
+    emb, splits = make_tbe([(wl.R, wl.D)] * wl.T, wl.dtype, torch.device("cuda"))
+    for t, (w, ss) in enumerate(splits):
+        src = wl.stored[t * wl.R:(t + 1) * wl.R]
+        if wl.dtype == "int8":  # our fp32 scale and bias as FBGEMM's fp16 ones
+            write_int8_rows(w, ss, src[:, :wl.D], src[:, wl.D:wl.D + 8].contiguous().view(torch.float32).half())
+        else:
+            write_rows(w, src)
+    indices = wl.indices.int()
+    offsets = wl.offsets.int()
+
+    def run():
+        return emb.forward(indices, offsets)
+
+    ref_override = None
+    if wl.dtype == "int8":  # FBGEMM dequantizes with fp16 scale/bias: its own reference
+        ref_override = splits
+    return (run, ref_override), "IntNBitTableBatchedEmbeddingBagsCodegen"
+
+
+def fbgemm_reference(wl: Workload, splits):
+    """Reference for FBGEMM's int8 tables (fp16 scale and bias)."""
+    import torch
+    import torch.nn.functional as F
+
+    outs, mags = [], []
+    off = torch.arange(0, wl.B * wl.L, wl.L, device="cuda")
+    for t, (w, ss) in enumerate(splits):
+        sb = ss.contiguous().view(torch.float16).double()
+        deq = w[:, :wl.D].double() * sb[:, 0:1] + sb[:, 1:2]
+        outs.append(F.embedding_bag(wl.ids[t], deq, off, mode="sum"))
+        mags.append(F.embedding_bag(wl.ids[t], deq.abs(), off, mode="sum"))
+    return torch.cat(outs, 1), torch.cat(mags, 1)
+
+
+# ---------------------------------------------------------------- driver
+def _candidates(args, wl: Workload, sample: np.ndarray | None) -> list[tuple[str, object]]:
+    """(row name, a callable building (run function, description)) of every kernel to time on wl:
+    our variants, with a hot-row sample our pinned variants on hot-first tables, the baselines."""
+    candidates = []
+    for v in args.variants.split(","):
+        candidates.append((f"ours:{v}", lambda v=v: ours(wl, v, prefetch_distance=args.prefetch_distance)))
+    if sample is not None:
+        pinned, packed, remapped = hot_first_reorder(wl, sample, args.hot_rows_budget_mb << 20)
+        for v in args.pinned_variants.split(","):
+            if v:
+                candidates.append((f"ours:{v}+hot{pinned}", lambda v=v, p=pinned: ours(
+                    wl, v, pinned_rows=p, hot_first=1, prefetch_distance=args.prefetch_distance,
+                    reorder=(packed, remapped))))
+    if "torch" in args.baselines:
+        candidates.append(("torch", lambda: torch_baseline(wl)))
+    if "fbgemm" in args.baselines:
+        candidates.append(("fbgemm", lambda: fbgemm_baseline(wl)))
+    return candidates
+
+
+def _run_candidate(args, wl: Workload, dtype: str, name: str, make, ref, mag, row_bytes: int) -> dict:
+    """One result row: the kernel built, run once and checked against the reference, then timed
+    (status ok); skipped, failed or wrong (not timed) otherwise. Prints the outcome."""
+    import torch
+
+    row = {"dtype": dtype, "kernel": name}
+    try:
+        fn, desc = make()
+    except Exception as e:  # a variant that cannot be built here is reported, not fatal
+        fn, desc = None, f"{type(e).__name__}: {e}"
+    row["detail"] = desc
+    if fn is None:
+        row["status"] = "skipped"
+        print(f"  {name:<28} skipped: {desc}", flush=True)
+        return row
+    r_ref, r_mag = ref, mag
+    if isinstance(fn, tuple):
+        fn, splits = fn
+        if splits is not None:
+            r_ref, r_mag = fbgemm_reference(wl, splits)
+    try:
+        out = fn()
+        torch.cuda.synchronize()
+    except Exception as e:
+        row.update(status="failed", detail=f"{desc}: {type(e).__name__}: {e}")
+        print(f"  {name:<28} FAILED: {e}", flush=True)
+        return row
+    # FBGEMM's int8 kernel dequantizes in reduced precision: judged at 1e-3 of sum|terms|.
+    rel = 1e-3 if (name == "fbgemm" and dtype == "int8") else 1e-5
+    ok, worst = check(out, r_ref, r_mag, rel)
+    row["tolerance_rel"] = rel
+    row.update(correct=ok, worst_error_over_tolerance=worst)
+    if not ok:
+        row["status"] = "wrong"
+        print(f"  {name:<28} WRONG OUTPUT (error {worst:.2f}x tolerance): not timed", flush=True)
+        return row
+    t = time_cuda(fn, args.runs, args.warmup, args.cold_l2)
+    row.update(t, status="ok", gbps=wl.rows_gathered * row_bytes / (t["median_ms"] * 1e6))
+    print(f"  {name:<28} {t['median_ms']:8.3f} ms  (min {t['min_ms']:.3f}, max {t['max_ms']:.3f})  "
+          f"{row['gbps']:7.0f} GB/s  {desc}", flush=True)
+    return row
+
+
+def run_kernels(args) -> dict:
+    """Runs the benchmark; returns the result dict (also what --json writes)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("bench kernels needs a CUDA GPU (none visible)")
+    from dlrm_deploy.runtime import _core
+
+    if not _core.cuda_available():
+        raise SystemExit("the core library was built without CUDA: rebuild on a machine with nvcc")
+    prop = torch.cuda.get_device_properties(0)
+    result = {
+        "gpu": prop.name, "sms": prop.multi_processor_count, "l2_bytes": getattr(prop, "L2_cache_size", None),
+        "driver": driver_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "python": platform.python_version(), "config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "rows": [],
+    }
+    print(f"# {prop.name}: tables={args.tables} rows={args.rows} dim={args.dim} batch={args.batch} "
+          f"pooling={args.pooling} indices={args.indices}", flush=True)
+    ids = make_indices(args.indices, args.tables, args.rows, args.batch, args.pooling, args.seed)
+    sample = make_indices(args.indices, args.tables, args.rows, args.batch, args.pooling, args.seed + 1) \
+        if args.hot_rows_budget_mb > 0 else None
+    for dtype in args.dtypes.split(","):
+        print(f"## {dtype}: building tables ...", flush=True)
+        wl = Workload(args, ids, dtype)
+        ref, mag = wl.reference()
+        row_bytes = wl.stored.shape[1] * wl.stored.element_size()
+        for name, make in _candidates(args, wl, sample):
+            result["rows"].append(_run_candidate(args, wl, dtype, name, make, ref, mag, row_bytes))
+        del wl, ref, mag
+        torch.cuda.empty_cache()
+    add_ratios(result)
+    return result
+
+
+def add_kernel_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `bench kernels` (defaults: the paper's configuration)."""
+    p.add_argument("--tables", type=int, default=12)
+    p.add_argument("--rows", type=int, default=500_000, help="rows per table")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--pooling", type=int, default=150, help="lookups per bag (fixed)")
+    p.add_argument("--indices", default="uniform", help="uniform | zipf:<alpha> | trace:<file>")
+    p.add_argument("--dtypes", default="fp32,fp16,int8", help="comma list of fp32,fp16,bf16,int8")
+    p.add_argument("--variants", default=",".join(contract.VARIANTS), help="our kernel variants to run")
+    p.add_argument("--pinned-variants", default="auto,l2pin,combined",
+                   help="variants also run on hot-first reordered tables with pinned rows")
+    p.add_argument("--hot-rows-budget-mb", type=int, default=0,
+                   help="L2 bytes for pinned hot rows (rows profiled from a second, independent sample); 0 = off")
+    p.add_argument("--prefetch-distance", type=int, default=0)
+    p.add_argument("--baselines", default="torch,fbgemm")
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--cold-l2", action="store_true", help="flush L2 before every run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write results here")
+    p.add_argument("--plot", help="write a PNG plot here")
+
+
+def main_kernels(args) -> int:
+    """Runs `bench kernels`, prints the table, writes JSON and plot; exit 1 if any output was wrong."""
+    t0 = time.time()
+    result = run_kernels(args)
+    print_table(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    print(f"done in {time.time() - t0:.0f} s")
+    return 1 if any(r.get("status") == "wrong" for r in result["rows"]) else 0

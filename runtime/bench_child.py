@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from .accuracy import compare, onnx_feeds
 from .bench_common import say
 from .bench_files import export_stock
 from .bench_memory import host_peak, proc_status_bytes
+from .timing import summary_ms
 
 
 def _config_from(d: dict):
@@ -120,7 +120,7 @@ def _child_stock(job: dict, cfg, model, status) -> dict:
         sess.run_device(feeds, binding)
         times.append((time.perf_counter() - t) * 1e3)
         status("runs", done=i + 1)
-    out.update(median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times), runs=len(times))
+    out.update(summary_ms(times))
     return out
 
 

@@ -15,6 +15,11 @@ import threading
 import time
 
 
+def summary_ms(times: list[float]) -> dict:
+    """{median_ms, min_ms, max_ms, runs} of per-run times in milliseconds."""
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "runs": len(times)}
+
+
 def time_torch(fn, runs: int, warmup: int, cuda: bool) -> dict:
     """Times fn() ``runs`` times after ``warmup`` calls. CUDA: events around each call on the current
     stream; CPU: perf_counter. Returns {median_ms, min_ms, max_ms, runs}."""
@@ -37,7 +42,7 @@ def time_torch(fn, runs: int, warmup: int, cuda: bool) -> dict:
             t = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "runs": runs}
+    return summary_ms(times)
 
 
 def time_ort(sess, feeds: dict, runs: int, warmup: int) -> dict:
@@ -66,7 +71,7 @@ def time_cuda(fn, runs: int, warmup: int, cold_l2: bool) -> dict:
         e.record()
         e.synchronize()
         times.append(s.elapsed_time(e))
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "runs": runs}
+    return summary_ms(times)
 
 
 class BudgetExceeded(Exception):
@@ -113,5 +118,4 @@ def time_interleaved(fns: dict, runs: int, warmup: int, block: int = 5) -> dict:
                 t = time.perf_counter()
                 fn()
                 ts[name].append((time.perf_counter() - t) * 1e3)
-    return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "runs": len(v)}
-            for name, v in ts.items()}
+    return {name: summary_ms(v) for name, v in ts.items()}

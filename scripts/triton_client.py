@@ -5,8 +5,11 @@ run locally on the same ONNX file (through our custom-op library).
     python scripts/triton_client.py --onnx dlrm.onnx --model dlrm --protocol grpc --url localhost:8001
     python scripts/triton_client.py --onnx dlrm.onnx --model dlrm --protocol http --url localhost:8000
 
-The batch is valid for the model (row ids inside each table, table-major offsets), built from the ONNX
-file by ``dlrm_deploy.runtime.triton.sample_inputs``. Exit status 0 when every output matches.
+The batch is valid for the model (row ids inside each table), built from the ONNX file by
+``dlrm_deploy.runtime.model_io.sample_inputs``; it goes out in the form the served model takes (whole
+batches for the onnxruntime/tensorrt backends, per-sample lengths for the python backend: see
+``dlrm_deploy.runtime.triton_client.infer_feeds``). Exit status 0 when every output matches, 1 on a
+mismatch, 2 on an error (one line).
 """
 
 from __future__ import annotations
@@ -20,20 +23,26 @@ import numpy as np
 
 def local_reference(onnx_path: str, inputs: dict, device: str) -> dict:
     """Outputs of ONNX Runtime on this machine, with our custom-op library registered."""
-    try:
-        from dlrm_deploy.runtime import ort_session
+    from dlrm_deploy.runtime.ort import ort_session
 
-        sess = ort_session(onnx_path, device=device)
-    except (ImportError, AttributeError):  # fall back to plain onnxruntime + the library path
-        import onnxruntime as ort
-        from dlrm_deploy.runtime import custom_op_library
+    sess = ort_session(onnx_path, device=device)
+    return dict(zip(sess.output_names, sess.run(inputs)))
 
-        so = ort.SessionOptions()
-        so.register_custom_ops_library(custom_op_library())
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        sess = ort.InferenceSession(onnx_path, so, providers=providers)
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, inputs)))
+
+def compare(local: dict, served: dict, rtol: float, atol: float) -> tuple[bool, list[str]]:
+    """(all match, report lines) for the served outputs against the local ones."""
+    ok, lines = True, []
+    for name, want in local.items():
+        got = served.get(name)
+        if got is None or got.shape != want.shape:
+            lines.append(f"{name:<16} {str(None if got is None else got.shape):<14} {'-':>14}  NO (shape {want.shape} expected)")
+            ok = False
+            continue
+        diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
+        match = bool(np.allclose(got, want, rtol=rtol, atol=atol))
+        ok &= match
+        lines.append(f"{name:<16} {str(tuple(got.shape)):<14} {diff:>14.3e}  {'yes' if match else 'NO'}")
+    return ok, lines
 
 
 def main(argv=None) -> int:
@@ -43,34 +52,31 @@ def main(argv=None) -> int:
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     p.add_argument("--url", help="host:port (default localhost:8001 for grpc, localhost:8000 for http)")
     p.add_argument("--batch", type=int, default=64, help="samples in the batch (default 64)")
-    p.add_argument("--pooling", type=int, default=1, help="lookups per bag (default 1)")
+    p.add_argument("--pooling", type=int, default=20, help="lookups per bag, mean (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the local reference runs")
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--atol", type=float, default=1e-5)
     args = p.parse_args(argv)
 
-    from dlrm_deploy.runtime.triton import sample_inputs, triton_infer
+    from dlrm_deploy.cli import error_line
+    from dlrm_deploy.runtime.model_io import describe_onnx, sample_inputs
+    from dlrm_deploy.runtime.triton_client import infer_feeds
 
     url = args.url or ("localhost:8001" if args.protocol == "grpc" else "localhost:8000")
-    inputs = sample_inputs(args.onnx, batch=args.batch, pooling=args.pooling, seed=args.seed)
-    t0 = time.perf_counter()
-    served = triton_infer(inputs, args.model, url=url, protocol=args.protocol)
-    ms = (time.perf_counter() - t0) * 1e3
-    local = local_reference(args.onnx, inputs, args.device)
-
-    ok = True
+    try:
+        io = describe_onnx(args.onnx)
+        inputs = sample_inputs(io, batch=args.batch, pooling=args.pooling, seed=args.seed)
+        t0 = time.perf_counter()
+        served = infer_feeds(inputs, args.model, io, url=url, protocol=args.protocol)
+        ms = (time.perf_counter() - t0) * 1e3
+        local = local_reference(args.onnx, inputs, args.device)
+    except Exception as e:  # noqa: BLE001 - a script for people: one line, exit status 2
+        print(f"triton_client: error: {error_line(e)}", file=sys.stderr)
+        return 2
+    ok, lines = compare(local, served, args.rtol, args.atol)
     print(f"{'output':<16} {'shape':<14} {'max abs diff':>14}  match   ({args.protocol} {url}, {ms:.1f} ms)")
-    for name, want in local.items():
-        got = served.get(name)
-        if got is None or got.shape != want.shape:
-            print(f"{name:<16} {str(None if got is None else got.shape):<14} {'-':>14}  NO (shape {want.shape} expected)")
-            ok = False
-            continue
-        diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
-        match = np.allclose(got, want, rtol=args.rtol, atol=args.atol)
-        ok &= bool(match)
-        print(f"{name:<16} {str(tuple(got.shape)):<14} {diff:>14.3e}  {'yes' if match else 'NO'}")
+    print("\n".join(lines))
     return 0 if ok else 1
 
 

@@ -1,0 +1,197 @@
+"""Triton python-backend model for an exported DLRM (copied as ``<repo>/<name>/1/model.py`` by
+``dlrm-deploy triton-repo --backend python``; it runs inside Triton's python-backend stub).
+
+It runs the ONNX file in ONNX Runtime with our custom-op library (the CUDA execution provider for
+KIND_GPU instances where onnxruntime has it, else the CPU one) and does Triton's dynamic batching
+itself: ``execute`` gets every request the batcher merged, concatenates them exactly, runs the
+model once and splits the outputs back per request.
+
+Request format (one request = one query with any number of samples b; Triton's batch dim, the
+leading 1, counts requests):
+
+- every per-sample model input (dense features), shape ``[1, b, ...]`` as in the ONNX file;
+- per table (or per EmbeddingBag input pair): ``lengths`` ``[1, T*b]`` ids per sample (table-major
+  for a fused multi-table input), and the ids themselves ``[1, N]`` (N = sum of lengths), and the
+  per-sample weights ``[1, N]`` where the model has them;
+- outputs come back as ``[1, b, ...]``.
+
+Lengths (TorchRec's KeyedJaggedTensor form) concatenate exactly when requests merge; offsets are
+derived here. A request that breaks this format gets its own error response. If the merged run fails
+(e.g. an id outside its table), every request is run alone, so only the bad ones get the error (the
+op's one-line message) and the model stays ready.
+
+The merge/split functions need only numpy; ``triton_python_backend_utils`` is imported by the class.
+The file is self-contained: it reads ``dlrm_deploy_io.json`` beside it (written by triton-repo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+IO_FILE = "dlrm_deploy_io.json"
+
+
+class RequestError(ValueError):
+    """A request that does not follow the request format (its own error response)."""
+
+
+def one_line(text: str) -> str:
+    """An ONNX Runtime error as one line: the op's message without ORT's status prefix."""
+    text = " ".join(str(text).split())
+    for marker in ("Status Message: ", "[ONNXRuntimeError] : "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    return text
+
+
+def parse_request(get, spec: dict) -> dict:
+    """The arrays of one request as ``{"b": samples, "dense": {...}, "bags": [...]}``.
+
+    get(name) returns the request's tensor (numpy) or None. Raises RequestError when the request
+    does not follow the format (missing input, leading dim not 1, lengths that do not add up)."""
+    def fetch(name):
+        a = get(name)
+        if a is None:
+            raise RequestError(f"input '{name}' is missing")
+        if a.ndim < 1 or a.shape[0] != 1:
+            raise RequestError(f"input '{name}' has shape {list(a.shape)}: its leading dim must be 1 "
+                               "(one request; the samples follow)")
+        return a[0]
+
+    dense = {d["name"]: fetch(d["name"]) for d in spec["dense"]}
+    sizes = {a.shape[0] if a.ndim else -1 for a in dense.values()}
+    if len(sizes) != 1 or -1 in sizes:
+        raise RequestError(f"per-sample inputs {sorted(dense)} disagree on the number of samples: "
+                           f"{ {k: list(v.shape) for k, v in dense.items()} }")
+    (b,) = sizes
+    bags = []
+    for bag in spec["bags"]:
+        t = bag["tables"]
+        lengths = fetch(bag["lengths"]).reshape(-1)
+        ids = fetch(bag["indices"]).reshape(-1)
+        if lengths.size != t * b:
+            raise RequestError(f"input '{bag['lengths']}' has {lengths.size} entries; {b} samples x {t} "
+                               f"table(s) need {t * b}")
+        if lengths.size and lengths.min() < 0:
+            raise RequestError(f"input '{bag['lengths']}' has a negative length")
+        if int(lengths.sum()) != ids.size:
+            raise RequestError(f"input '{bag['lengths']}' adds up to {int(lengths.sum())} ids, but "
+                               f"'{bag['indices']}' has {ids.size}")
+        weights = fetch(bag["weights"]).reshape(-1) if bag.get("weights") else None
+        if weights is not None and weights.size != ids.size:
+            raise RequestError(f"input '{bag['weights']}' has {weights.size} entries, '{bag['indices']}' {ids.size}")
+        bags.append({"lengths": lengths, "ids": ids, "weights": weights})
+    return {"b": b, "dense": dense, "bags": bags}
+
+
+def merge(requests: list[dict], spec: dict) -> dict:
+    """Model feeds for the requests run as one batch: dense rows concatenated, each table's ids and
+    lengths concatenated (tables stay in order for fused inputs), offsets from the lengths."""
+    feeds = {d["name"]: np.concatenate([r["dense"][d["name"]] for r in requests]) for d in spec["dense"]}
+    for k, bag in enumerate(spec["bags"]):
+        t = bag["tables"]
+        lengths, ids, weights = [], [], []
+        for table in range(t):
+            for r in requests:
+                part = r["bags"][k]
+                b = r["b"]
+                lens = part["lengths"][table * b:(table + 1) * b]
+                before = int(part["lengths"][:table * b].sum())
+                n = int(lens.sum())
+                lengths.append(lens)
+                ids.append(part["ids"][before:before + n])
+                if part["weights"] is not None:
+                    weights.append(part["weights"][before:before + n])
+        all_lengths = np.concatenate(lengths).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(all_lengths)])
+        if not bag["include_last_offset"]:
+            offsets = offsets[:-1]
+        feeds[bag["offsets"]] = offsets.astype(bag["offsets_dtype"])
+        feeds[bag["indices"]] = np.concatenate(ids).astype(bag["indices_dtype"])
+        if bag.get("weights"):
+            feeds[bag["weights"]] = np.concatenate(weights)
+    return feeds
+
+
+def split(outputs: dict, sizes: list[int]) -> list[dict]:
+    """Per request ``{output: [1, b, ...]}``: the merged outputs cut at the requests' sample counts."""
+    cuts = np.cumsum(sizes)[:-1]
+    per = {name: np.split(a, cuts) for name, a in outputs.items()}
+    return [{name: parts[i][None] for name, parts in per.items()} for i in range(len(sizes))]
+
+
+def make_session(folder: str, spec: dict, kind: str = "CPU", device_id: int = 0, threads: int = 0):
+    """An ONNX Runtime session of the model in `folder` with our custom-op library registered."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(os.path.join(folder, spec["library"]))
+    if threads:
+        so.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if kind == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+    return ort.InferenceSession(os.path.join(folder, spec["onnx"]), so, providers=providers)
+
+
+class TritonPythonModel:
+    """The python backend's entry points: initialize, execute, finalize."""
+
+    def initialize(self, args):
+        """Loads the spec and creates the session (device from the instance kind and id)."""
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        with open(os.path.join(folder, IO_FILE)) as f:
+            self.spec = json.load(f)
+        params = json.loads(args["model_config"]).get("parameters", {})
+        threads = int(params.get("intra_op_num_threads", {}).get("string_value", "0") or 0)
+        self.session = make_session(folder, self.spec, args.get("model_instance_kind", "CPU"),
+                                    int(args.get("model_instance_device_id", 0) or 0), threads)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, parsed: list[dict]) -> list[dict]:
+        feeds = merge(parsed, self.spec)
+        values = self.session.run(self.output_names, feeds)
+        return split(dict(zip(self.output_names, values)), [p["b"] for p in parsed])
+
+    def execute(self, requests):
+        """One response per request: the merged run's rows, or that request's error."""
+        import triton_python_backend_utils as pb_utils
+
+        def get(request):
+            def fetch(name):
+                t = pb_utils.get_input_tensor_by_name(request, name)
+                return None if t is None else t.as_numpy()
+            return fetch
+
+        results: list = [None] * len(requests)
+        good = []
+        for i, request in enumerate(requests):
+            try:
+                good.append((i, parse_request(get(request), self.spec)))
+            except RequestError as e:
+                results[i] = str(e)
+        if good:
+            try:
+                for (i, _), out in zip(good, self._run([p for _, p in good])):
+                    results[i] = out
+            except Exception:  # noqa: BLE001 - some request is bad: find it by running each alone
+                for i, p in good:
+                    try:
+                        results[i] = self._run([p])[0]
+                    except Exception as e:  # noqa: BLE001 - the op's message goes to that request
+                        results[i] = one_line(e)
+        responses = []
+        for r in results:
+            if isinstance(r, str):
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(r)))
+            else:
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(a)) for n, a in r.items()]))
+        return responses
+
+    def finalize(self):
+        """Drops the session."""
+        self.session = None

@@ -1,0 +1,108 @@
+"""Python-backend repositories and their request format without a server: the config parses with
+Triton's schema and declares ragged inputs with dynamic batching; merging requests and splitting
+the outputs equals running each request alone; triton-serve's user errors are one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+from onnx import TensorProto
+
+from dlrm_deploy.runtime import triton as T
+from dlrm_deploy.runtime import triton_python as P
+from dlrm_deploy.runtime import triton_server as S
+from dlrm_deploy.runtime.model_io import describe_onnx, sample_inputs
+
+pb = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_triton import fake_dlrm, parse  # noqa: E402
+
+spec_ = importlib.util.spec_from_file_location("model_py", P.MODEL_TEMPLATE)
+model_py = importlib.util.module_from_spec(spec_)
+spec_.loader.exec_module(model_py)
+
+
+@pytest.fixture
+def ort_lib():
+    try:
+        return pathlib.Path(T.triton_repo.__globals__["_find_library"]("onnxruntime"))
+    except FileNotFoundError as e:
+        pytest.skip(f"custom-op library not built: {e}")
+
+
+@pytest.mark.parametrize("kw", [{}, dict(per_table=True, with_psw=True), dict(index_type=TensorProto.INT32,
+                                                                            include_last_offset=1)])
+def test_python_repo_config(tmp_path, ort_lib, kw):
+    onnx_path = fake_dlrm(tmp_path / "m.onnx", **kw)
+    md = T.triton_repo(onnx_path, tmp_path / "repo", backend="python", kind="cpu", max_batch_size=16,
+                       preferred_batch_sizes=[4, 8], validate=True)
+    cfg = parse(md)
+    assert cfg.backend == "python" and cfg.max_batch_size == 16
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert all(i.allow_ragged_batch for i in cfg.input)
+    io = describe_onnx(onnx_path)
+    names = [i.name for i in cfg.input]
+    assert names[0] == "dense" and ("lengths" in names or "lengths_0" in names)
+    assert not any(n.startswith("offsets") for n in names)
+    assert [o.name for o in cfg.output] == [t.name for t in io.outputs]
+    for f in ("model.py", "model.onnx", P.IO_FILE):
+        assert (md / "1" / f).is_file()
+    assert "Request format" in (md / "README.md").read_text()
+    cfg_path = md / "config.pbtxt"
+    cfg_path.write_text(cfg_path.read_text().replace("allow_ragged_batch: true", "allow_ragged_batch: false", 1))
+    with pytest.raises(ValueError, match="allow_ragged_batch"):
+        T.validate_repo(md)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(per_table=True, with_psw=True), dict(include_last_offset=1)])
+def test_merge_then_split_equals_each_request_alone(tmp_path, kw):
+    from dlrm_deploy.runtime.ort import ort_session
+
+    onnx_path = fake_dlrm(tmp_path / "m.onnx", **kw)
+    io = describe_onnx(onnx_path)
+    spec = P.io_spec(io)
+    sess = ort_session(str(onnx_path), device="cpu")
+    feeds = [sample_inputs(io, batch=b, pooling=p, seed=b) for b, p in ((1, 3), (5, 1), (2, 7), (9, 2))]
+    parsed = [model_py.parse_request(P.request_from_feeds(f, spec).get, spec) for f in feeds]
+    merged = model_py.merge(parsed, spec)
+    outs = dict(zip(sess.output_names, sess.run(merged)))
+    for f, part in zip(feeds, model_py.split(outs, [p["b"] for p in parsed])):
+        want = dict(zip(sess.output_names, sess.run(f)))
+        for name in want:
+            np.testing.assert_allclose(part[name][0], want[name], rtol=1e-5, atol=1e-6)
+
+
+def test_request_format_errors(tmp_path):
+    io = describe_onnx(fake_dlrm(tmp_path / "m.onnx"))
+    spec = P.io_spec(io)
+    req = P.request_from_feeds(sample_inputs(io, batch=3, pooling=2), spec)
+    cases = [({"dense": req["dense"][0]}, "leading dim must be 1"),
+             ({"lengths": req["lengths"][:, :-1]}, "need 9"),
+             ({"lengths": req["lengths"] + 1}, "adds up to"),
+             ({"indices": None}, "missing")]
+    for change, msg in cases:
+        bad = {**req, **change}
+        with pytest.raises(model_py.RequestError, match=msg):
+            model_py.parse_request(bad.get, spec)
+    text = ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running EmbeddingBag node. "
+            "Name:'n' Status Message: dlrm_deploy::EmbeddingBag: index 7 is out of range\n")
+    assert model_py.one_line(text) == "dlrm_deploy::EmbeddingBag: index 7 is out of range"
+
+
+def test_serve_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    from dlrm_deploy.cli import main
+
+    assert main(["triton-serve", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found" in err
+    monkeypatch.setenv(S.STUB_ENV_VAR, str(tmp_path / "no-env"))
+    assert main(["triton-serve", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'numpy<2' in err and "--target" in err
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ImportError, match="nvidia-pytriton is not installed"):
+        S.find_install()

@@ -1,0 +1,199 @@
+"""A real Triton server (tritonserver 2.51 from the nvidia-pytriton wheel, python backend) serving a
+python-backend repository of a small exported DLRM on loopback: HTTP and gRPC answers equal local
+ONNX Runtime per request, bad requests get their own error while the server stays ready, concurrent
+clients of different-sized requests get exactly their rows back while Triton merges requests, and the
+client script and triton-bench run against it. CPU only; `make venv` installs the server."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from dlrm_deploy.runtime import triton_python as P
+from dlrm_deploy.runtime.model_io import describe_onnx, sample_inputs
+from dlrm_deploy.runtime.triton_client import infer_feeds, make_infer_inputs
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODEL = "dlrm"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(server, onnx path, ModelIO, local ORT session): the repository served for the whole module,
+    the server always stopped."""
+    from dlrm_deploy import export
+    from dlrm_deploy.runtime.ort import ort_session
+    from dlrm_deploy.runtime.triton import triton_repo
+    from dlrm_deploy.runtime.triton_server import TritonServer
+
+    d = tmp_path_factory.mktemp("triton")
+    onnx_path = d / "dlrm.onnx"
+    export.export_onnx(export.DLRM("small"), export.make_inputs("small", batch=4), onnx_path)
+    # A long queue delay so that concurrent requests on 2 CPU cores reliably meet in the batcher.
+    triton_repo(onnx_path, d / "repo", backend="python", name=MODEL, kind="cpu", max_batch_size=32,
+                max_queue_delay_us=20000, validate=True)
+    server = TritonServer(d / "repo", timeout_s=90)
+    try:
+        server.start()
+        yield server, onnx_path, describe_onnx(onnx_path), ort_session(str(onnx_path), device="cpu")
+    finally:
+        server.close()
+
+
+def local(sess, feeds):
+    return dict(zip(sess.output_names, sess.run(feeds)))
+
+
+def stats(server) -> dict:
+    import tritonclient.grpc as tg
+
+    s = tg.InferenceServerClient(server.grpc_url).get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    return {"requests": int(s["inference_stats"]["success"]["count"]), "executions": int(s["execution_count"])}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_answers_equal_local_onnxruntime(served, protocol):
+    server, onnx_path, io, sess = served
+    url = server.http_url if protocol == "http" else server.grpc_url
+    for i, (b, pooling) in enumerate([(1, 1), (7, 20), (33, 5)]):
+        feeds = sample_inputs(io, batch=b, pooling=pooling, seed=10 + i)
+        got = infer_feeds(feeds, MODEL, io, url=url, protocol=protocol)
+        want = local(sess, feeds)
+        assert set(got) == set(want)
+        for name in want:
+            assert got[name].shape == want[name].shape == (b, 1)
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7)
+
+
+def test_bad_requests_get_their_own_errors(served):
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    server, onnx_path, io, sess = served
+    spec = P.io_spec(io)
+    good = [sample_inputs(io, batch=b, pooling=4, seed=b) for b in (3, 5, 8)]
+    bad_id = sample_inputs(io, batch=4, pooling=4, seed=99)
+    bad_id["indices_2"][3] = 10**6  # table 2 has 3000 rows
+    bad_len = P.request_from_feeds(sample_inputs(io, batch=2, pooling=3, seed=7), spec)
+    bad_len["lengths_1"] = bad_len["lengths_1"] + 1  # no longer adds up to the ids sent
+    requests = [P.request_from_feeds(f, spec) for f in good] + [P.request_from_feeds(bad_id, spec), bad_len]
+    results = [None] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def send(k):  # all at once, so the batcher merges good and bad requests
+        client = tg.InferenceServerClient(server.grpc_url)
+        barrier.wait()
+        try:
+            results[k] = client.infer(MODEL, make_infer_inputs(requests[k], "grpc")).as_numpy("sigmoid")
+        except InferenceServerException as e:
+            results[k] = e
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for feeds, got in zip(good, results[:3]):
+        assert not isinstance(got, Exception), got
+        np.testing.assert_allclose(got[0], local(sess, feeds)["sigmoid"], rtol=1e-5, atol=1e-6)
+    msg = results[3].message()
+    assert isinstance(results[3], InferenceServerException) and "\n" not in msg
+    assert "out of range" in msg and "indices_2" in msg and "3000 rows" in msg
+    assert isinstance(results[4], InferenceServerException) and "lengths_1" in results[4].message()
+    http = th.InferenceServerClient(server.http_url)  # the same over HTTP, then the server is still fine
+    with pytest.raises(InferenceServerException, match="out of range"):
+        http.infer(MODEL, make_infer_inputs(P.request_from_feeds(bad_id, spec), "http"))
+    assert http.is_server_ready() and http.is_model_ready(MODEL)
+    got = infer_feeds(good[0], MODEL, io, url=server.http_url, protocol="http")["sigmoid"]
+    np.testing.assert_allclose(got, local(sess, good[0])["sigmoid"], rtol=1e-6, atol=1e-7)
+
+
+def test_concurrent_clients_get_their_own_rows_from_merged_executions(served):
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    server, onnx_path, io, sess = served
+    spec = P.io_spec(io)
+    rng = np.random.default_rng(5)
+    jobs = [(k, int(rng.integers(1, 48)), int(rng.integers(1, 12))) for k in range(48)]
+    wanted = {}
+    for k, b, pooling in jobs:
+        feeds = sample_inputs(io, batch=b, pooling=pooling, seed=1000 + k)
+        wanted[k] = (P.request_from_feeds(feeds, spec), local(sess, feeds)["sigmoid"])
+    got, failures = {}, []
+    before = stats(server)
+
+    def client_thread(t):
+        protocol = "grpc" if t % 2 else "http"
+        mod = tg if protocol == "grpc" else th
+        client = mod.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url)
+        for k, _, _ in jobs[t::8]:
+            try:
+                got[k] = client.infer(MODEL, make_infer_inputs(wanted[k][0], protocol)).as_numpy("sigmoid")
+            except Exception as e:  # noqa: BLE001 - reported below
+                failures.append(f"request {k}: {e}")
+
+    threads = [threading.Thread(target=client_thread, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures, failures[:3]
+    for k, b, _ in jobs:
+        assert got[k].shape == (1, b, 1), (k, got[k].shape)
+        np.testing.assert_allclose(got[k][0], wanted[k][1], rtol=1e-5, atol=1e-6, err_msg=f"request {k}")
+    after = stats(server)
+    requests, executions = after["requests"] - before["requests"], after["executions"] - before["executions"]
+    assert requests == len(jobs)
+    assert executions < requests, f"no merged executions: {executions} executions for {requests} requests"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_client_script(served, protocol):
+    server, onnx_path, io, sess = served
+    url = server.http_url if protocol == "http" else server.grpc_url
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "triton_client.py"), "--onnx", str(onnx_path),
+                        "--model", MODEL, "--protocol", protocol, "--url", url, "--batch", "16"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sigmoid" in r.stdout and "yes" in r.stdout
+
+
+def test_client_script_one_line_error_for_a_missing_model(served):
+    server, onnx_path, io, sess = served
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "triton_client.py"), "--onnx", str(onnx_path),
+                        "--model", "nope", "--protocol", "http", "--url", server.http_url],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_tiny_sweep(served, tmp_path):
+    import argparse
+
+    from dlrm_deploy.runtime import triton_bench
+
+    server, onnx_path, io, sess = served
+    p = argparse.ArgumentParser()
+    triton_bench.add_arguments(p)
+    out = tmp_path / "bench.json"
+    args = p.parse_args(["--model", MODEL, "--onnx", str(onnx_path), "--grpc-url", server.grpc_url,
+                         "--http-url", server.http_url, "--concurrency", "1,4", "--batch", "8:32",
+                         "--pooling", "2:10", "--pool", "4", "--duration", "1", "--warmup", "0.2",
+                         "--out", str(out)])
+    assert triton_bench.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["backend"] == "python" and out.with_suffix(".png").stat().st_size > 1000
+    rows = {(r["protocol"], r["concurrency"]): r for r in result["rows"]}
+    assert set(rows) == {("grpc", 1), ("grpc", 4), ("http", 1), ("http", 4)}
+    for r in rows.values():
+        assert r["errors"] == 0 and r["requests"] > 0 and r["samples_per_s"] > 0
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["server_requests"] >= r["requests"] and r["server_compute_ms"] > 0
+    assert rows[("grpc", 4)]["requests_per_execution"] > 1  # 4 clients, 20 ms queue delay: merged

@@ -31,6 +31,8 @@ $(VENV)/.stamp: pyproject.toml
 	  $(PY) -m pip install -q "$(FBGEMM_SPEC)" && \
 	  $(PY) -m pip install -q --no-deps "$(TORCHREC_SPEC)" && \
 	  $(PY) -m pip install -q $(TORCHREC_DEPS); fi
+	$(PY) -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
+	$(PY) -m pip install -q --upgrade --target $(VENV)/triton-stub-env "numpy<2"
 	touch $@
 
 venv: $(VENV)/.stamp

@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "bench": ("dlrm_deploy.runtime.bench", "benchmarks: `bench kernels` (embedding stage), `bench e2e` (whole DLRM)"),
     "trt-build": ("dlrm_deploy.runtime.trt", "build a TensorRT engine from an exported ONNX file with the plugin"),
     "triton-repo": ("dlrm_deploy.runtime.triton", "write a Triton Inference Server model repository"),
+    "triton-serve": ("dlrm_deploy.runtime.triton_server", "serve a model repository with a local tritonserver (nvidia-pytriton)"),
+    "triton-bench": ("dlrm_deploy.runtime.triton_bench", "load-test a served model: concurrency sweep over gRPC/HTTP, JSON + PNG"),
 }
 
 

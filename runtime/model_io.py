@@ -172,11 +172,21 @@ def shape_for(t: Tensor, io: ModelIO, batch: int, pooling: int) -> list[int]:
 
 
 def profile_shapes(io: ModelIO, max_batch: int, opt_batch: int | None = None, pooling: int = 1,
-                   shapes: dict | None = None) -> dict[str, tuple[list[int], list[int], list[int]]]:
-    """TensorRT optimization-profile shapes ``{input: (min, opt, max)}`` for 1..max_batch samples
-    per request and at most `pooling` lookups per bag on average (indices count up to T*B*pooling).
-    `shapes` overrides inputs by name with explicit ``(min, opt, max)`` lists."""
+                   shapes: dict | None = None, *, min_batch: int = 1,
+                   max_pooling: int | None = None) -> dict[str, tuple[list[int], list[int], list[int]]]:
+    """TensorRT optimization-profile shapes ``{input: (min, opt, max)}`` (trt-build and triton-repo).
+
+    Samples per request from min_batch to max_batch, tuned for opt_batch (default max_batch). Ids
+    (lookups): at least 1, T*opt_batch*pooling at opt, T*max_batch*max_pooling at most (max_pooling
+    defaults to pooling; T: tables of that input); offsets T*B (+1 with include_last_offset). Static
+    inputs take no entry. `shapes` overrides inputs by name with explicit ``(min, opt, max)`` lists.
+    ValueError unless 1 <= min_batch <= opt_batch <= max_batch and 1 <= pooling <= max_pooling."""
     opt_batch = opt_batch or max_batch
+    max_pooling = max_pooling or pooling
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise ValueError(f"need 1 <= min_batch ({min_batch}) <= opt_batch ({opt_batch}) <= max_batch ({max_batch})")
+    if pooling < 1 or max_pooling < pooling:
+        raise ValueError(f"need 1 <= pooling ({pooling}) <= max_pooling ({max_pooling})")
     shapes = shapes or {}
     out = {}
     for t in io.inputs:
@@ -185,12 +195,25 @@ def profile_shapes(io: ModelIO, max_batch: int, opt_batch: int | None = None, po
             continue
         if all(isinstance(d, int) for d in t.dims):
             continue  # static inputs take no profile (trtexec rejects shapes for them)
-        lo = shape_for(t, io, 1, 1)
+        lo = shape_for(t, io, min_batch, 1)
         if t.role in ("indices", "per_sample_weights"):
             lo = [1]  # at least one lookup per request keeps every dim non-zero
-        out[t.name] = (lo, shape_for(t, io, opt_batch, pooling), shape_for(t, io, max_batch, pooling))
+        out[t.name] = (lo, shape_for(t, io, opt_batch, pooling), shape_for(t, io, max_batch, max_pooling))
     return out
 
+
+def parse_shape_arg(text: str):
+    """argparse type for NAME=MIN:OPT:MAX with each shape as 1x13 (trtexec style) -> (name, (min, opt, max))."""
+    import argparse
+
+    try:
+        name, spec = text.split("=", 1)
+        parts = spec.split(":")
+        if len(parts) != 3:
+            raise ValueError
+        return name, tuple([int(d) for d in p.split("x")] for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape '{text}': expected NAME=MIN:OPT:MAX, e.g. indices=1:26624:26624") from None
 
 
 _shape_for = shape_for  # the name trt.py and older callers use

@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .model_io import ModelIO, Tensor, describe_onnx, profile_shapes, sample_inputs, shape_for  # noqa: F401
+from .model_io import (ModelIO, Tensor, describe_onnx, parse_shape_arg, profile_shapes, sample_inputs,  # noqa: F401
+                       shape_for)
 from .model_io import _shape_for  # noqa: F401  (trt.py's name)
 from .triton_client import infer_feeds, make_infer_inputs, triton_infer  # noqa: F401
 from .triton_config import (_ONNX_TO_TRITON, BACKENDS, BATCHING, DEFAULT_CUDA_OPTIONS, ORT_LIBRARY,  # noqa: F401
@@ -30,16 +31,7 @@ from .triton_config import (_ONNX_TO_TRITON, BACKENDS, BATCHING, DEFAULT_CUDA_OP
 from .triton_repo import DEFAULT_PERF_POOLING, triton_repo  # noqa: F401
 from .triton_validate import load_config, validate_repo  # noqa: F401
 
-def _shape_arg(text: str):
-    """NAME=MIN:OPT:MAX with each shape as 1x13 (trtexec style) -> (name, (min, opt, max))."""
-    try:
-        name, spec = text.split("=", 1)
-        parts = spec.split(":")
-        if len(parts) != 3:
-            raise ValueError
-        return name, tuple([int(d) for d in p.split("x")] for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shape '{text}': expected NAME=MIN:OPT:MAX, e.g. indices=1:26624:26624") from None
+_shape_arg = parse_shape_arg  # trtexec-style --shape values
 
 
 def _kv_arg(text: str):

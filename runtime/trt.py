@@ -103,28 +103,10 @@ def engine_profile(onnx_path, *, min_batch: int = 1, opt_batch: int | None = Non
     (max_pooling defaults to pooling), where T is the tables of that EmbeddingBag node; offsets
     T*B (+1 with include_last_offset). `shapes` overrides inputs by name.
     """
-    from .triton import _shape_for, describe_onnx
+    from .model_io import describe_onnx, profile_shapes
 
-    if not 1 <= min_batch <= (opt_batch or max_batch) <= max_batch:
-        raise ValueError(f"need 1 <= min_batch ({min_batch}) <= opt_batch ({opt_batch}) <= max_batch ({max_batch})")
-    opt_batch = opt_batch or max_batch
-    max_pooling = max_pooling or pooling
-    if pooling < 1 or max_pooling < pooling:
-        raise ValueError(f"need 1 <= pooling ({pooling}) <= max_pooling ({max_pooling})")
-    io = describe_onnx(onnx_path)
-    shapes = dict(shapes or {})
-    out = {}
-    for t in io.inputs:
-        if t.name in shapes:
-            out[t.name] = tuple(list(s) for s in shapes[t.name])
-        elif all(isinstance(d, int) for d in t.dims):
-            continue  # static: no profile entry
-        else:
-            lo = _shape_for(t, io, min_batch, 1)
-            if t.role in ("indices", "per_sample_weights"):
-                lo = [1]
-            out[t.name] = (lo, _shape_for(t, io, opt_batch, pooling), _shape_for(t, io, max_batch, max_pooling))
-    return out
+    return profile_shapes(describe_onnx(onnx_path), max_batch, opt_batch, pooling, dict(shapes or {}),
+                          min_batch=min_batch, max_pooling=max_pooling)
 
 
 def _say(progress):
@@ -344,7 +326,7 @@ def run_plan(path, args) -> int:
     256), pooling (lookups per bag, 8), runs (100), warmup (10), seed (0), trt_module.
     Prints the output shapes and a timing line; returns 0.
     """
-    from .triton import sample_inputs
+    from .model_io import sample_inputs
 
     get = lambda name, default: getattr(args, name, None) if getattr(args, name, None) is not None else default  # noqa: E731
     plan = pathlib.Path(path)
@@ -366,9 +348,10 @@ def run_plan(path, args) -> int:
 # --------------------------------------------------------------------------------------------------
 
 def _shape_arg(text: str):
-    from .triton import _shape_arg as parse
+    """NAME=MIN:OPT:MAX (trtexec style) -> (name, (min, opt, max))."""
+    from .model_io import parse_shape_arg
 
-    return parse(text)
+    return parse_shape_arg(text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

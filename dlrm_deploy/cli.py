@@ -14,6 +14,7 @@ import sys
 
 # name -> (module, help)
 SUBCOMMANDS = {
+    "info": ("dlrm_deploy.info", "version, library paths, CUDA architectures, GPU/ONNX Runtime/TensorRT status (for bug reports)"),
     "demo": ("dlrm_deploy.runtime.demo", "small DLRM: export, run in ONNX Runtime, compare with PyTorch, time"),
     "export": ("dlrm_deploy.export.cli", "export a DLRM (or any nn.EmbeddingBag model) to ONNX with the custom op"),
     "run": ("dlrm_deploy.runtime.run_cli", "run an exported model (ONNX Runtime or a TensorRT plan) and time it"),

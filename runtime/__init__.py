@@ -3,9 +3,9 @@ Triton model repositories. Heavy dependencies (torch, onnxruntime, tensorrt) loa
 
 from __future__ import annotations
 
-from ._lib import core_library_path, library_dir  # noqa: F401
+from dlrm_deploy.libraries import library_dir, library_path  # noqa: F401
 
-__all__ = ["core_library_path", "library_dir", "embedding_bag", "embedding_bag_tables", "custom_op_library", "ort_session",
+__all__ = ["library_path", "library_dir", "embedding_bag", "embedding_bag_tables", "custom_op_library", "ort_session",
            "trt_plugin_library", "build_trt_engine", "trt_session", "triton_repo"]
 
 _LAZY = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
-from ._lib import core_library_path
+from dlrm_deploy.libraries import library_path
 
 MAX_TABLES = 256
 MSG_LEN = 512
@@ -59,7 +59,7 @@ class CoreError(RuntimeError):
 @functools.lru_cache(maxsize=None)
 def lib() -> ctypes.CDLL:
     """The loaded core library with argument types declared."""
-    L = ctypes.CDLL(core_library_path())
+    L = ctypes.CDLL(library_path("core"))
     P, I64, SZ, S = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t, ctypes.c_char_p
     C = ctypes.POINTER(Config)
     sig = {

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._lib import _lib
+from dlrm_deploy.libraries import library_path
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -40,7 +40,7 @@ def custom_op_library() -> str:
     """Path of the ONNX Runtime custom-op library (``libdlrm_deploy_ort.so``).
 
     Raises FileNotFoundError (saying how to build it) when it is missing."""
-    return str(_lib("libdlrm_deploy_ort.so"))
+    return library_path("ort")
 
 
 def _ort():

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ._lib import _lib
+from dlrm_deploy.libraries import library_path
 
 TRT_LIBRARY = "libdlrm_deploy_trt.so"
 # Python modules with TensorRT's API, in the order tried.
@@ -38,7 +38,7 @@ _plugins: dict[str, Any] = {}  # module name -> plugin library handle
 def trt_plugin_library() -> str:
     """Path of libdlrm_deploy_trt.so (FileNotFoundError when it was not built: CMake prints why, e.g.
     no TensorRT headers)."""
-    return str(_lib(TRT_LIBRARY))
+    return library_path("trt")
 
 
 def trt_module(module: str | None = None):

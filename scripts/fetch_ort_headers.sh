@@ -8,7 +8,8 @@
 #      state (the machine's own apt configuration is left untouched) and unpacked with dpkg -x into
 #      third_party/onnxruntime (headers in usr/include/onnxruntime/). The archive URIs are taken
 #      from the machine's /etc/apt/sources.list.d/debian.sources, only the suite is changed.
-# A failure here is not fatal to the build: CMake then skips the ORT target and says why.
+# Where it cannot fetch, it says why and leaves no headers; the CMake build then stops with one
+# message saying how to provide them (it never builds without the ONNX Runtime op library silently).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,7 +37,7 @@ fi
 
 skip() {
   say "$*"
-  say "skipping: the ONNX Runtime custom-op library will not be built (set ONNXRUNTIME_ROOT to an ONNX Runtime release to build it)"
+  say "no headers fetched: set ONNXRUNTIME_ROOT to an unpacked ONNX Runtime release (its include/ holds them) or install libonnxruntime-dev"
   exit 0
 }
 

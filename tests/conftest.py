@@ -8,6 +8,19 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 
+def pytest_configure(config):
+    """`make test-wheel` runs this suite against the installed wheel: make sure that is what imports."""
+    if os.environ.get("DLRM_DEPLOY_TEST_INSTALLED") != "1":
+        return
+    import dlrm_deploy
+    from dlrm_deploy.libraries import library_dir
+
+    pkg = pathlib.Path(dlrm_deploy.__file__).resolve()
+    if "site-packages" not in pkg.parts or "site-packages" not in library_dir().resolve().parts:
+        pytest.exit(f"DLRM_DEPLOY_TEST_INSTALLED=1 but dlrm_deploy comes from the checkout ({pkg}, libraries in "
+                    f"{library_dir()})", returncode=3)
+
+
 def _gpu_reason():
     try:
         import torch

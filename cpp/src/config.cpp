@@ -54,7 +54,7 @@ using dd::fail;
 
 extern "C" {
 
-const char* dd_version(void) { return "0.1.0"; }
+const char* dd_version(void) { return DD_VERSION_STRING; }  // from dlrm_deploy/__init__.py via CMake
 
 const dd_field* dd_fields(int32_t* count) {
   if (count) *count = (int32_t)(sizeof(kFields) / sizeof(kFields[0]));

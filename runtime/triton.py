@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance kind (default gpu)")
     p.add_argument("--gpus", type=lambda s: [int(x) for x in s.split(",")], help="GPU ids, e.g. 0,1 (default: all)")
     p.add_argument("--batching", choices=BATCHING, default="auto",
-                   help="auto (default): dynamic batching only when the model allows it")
+                   help="auto (default): dynamic batching where the model allows it (python backend: always); "
+                        "none: python backend with one request per execution (max_batch_size 1, no batcher)")
     p.add_argument("--dynamic-batching", action="store_true",
                    help="require dynamic batching (same as --batching dynamic; an error for ragged inputs)")
     p.add_argument("--preferred-batch-size", type=int, nargs="+", help="dynamic batcher's preferred sizes")

@@ -104,12 +104,13 @@ def responses_to_rows(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def python_config_text(io: ModelIO, spec: dict, name: str, *, max_batch_size: int, instances: int, kind: str,
                        gpus: list[int] | None, preferred_batch_sizes: list[int] | None, max_queue_delay_us: int,
-                       threads: int = 0) -> str:
-    """config.pbtxt of the python-backend model: ragged request inputs, dynamic batching."""
+                       threads: int = 0, merge: bool = True) -> str:
+    """config.pbtxt of the python-backend model: ragged request inputs, dynamic batching (merge=False:
+    max_batch_size 1 and no batcher, one request per execution: the no-merging baseline)."""
     lines = ["# Written by dlrm-deploy triton-repo --backend python (request format: README.md).",
              f"name: {_q(name)}", 'backend: "python"',
              "# Requests merged into one execution; each request holds any number of samples.",
-             f"max_batch_size: {max_batch_size}", "input ["]
+             f"max_batch_size: {max_batch_size if merge else 1}", "input ["]
     inputs = request_inputs(io, spec)
     for i, (n, dtype, dims) in enumerate(inputs):
         lines += ["  {", f"    name: {_q(n)}", f"    data_type: {dtype}", f"    dims: {_dims_text(dims)}",
@@ -122,11 +123,13 @@ def python_config_text(io: ModelIO, spec: dict, name: str, *, max_batch_size: in
               f"    kind: {'KIND_GPU' if kind == 'gpu' else 'KIND_CPU'}"]
     if gpus and kind == "gpu":
         lines.append(f"    gpus: {_dims_text(gpus)}")
-    lines += ["  }", "]", "dynamic_batching {"]
-    if preferred_batch_sizes:
-        lines.append(f"  preferred_batch_size: {_dims_text(preferred_batch_sizes)}")
-    lines += [f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}",
-              f'parameters {{ key: "intra_op_num_threads" value {{ string_value: "{threads}" }} }}']
+    lines += ["  }", "]"]
+    if merge:
+        lines.append("dynamic_batching {")
+        if preferred_batch_sizes:
+            lines.append(f"  preferred_batch_size: {_dims_text(preferred_batch_sizes)}")
+        lines += [f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
+    lines += [f'parameters {{ key: "intra_op_num_threads" value {{ string_value: "{threads}" }} }}']
     return "\n".join(lines) + "\n"
 
 
@@ -174,8 +177,10 @@ def validate_python_repo(model_dir, onnx_path=None):
         errors.append(f"backend '{cfg.backend}' is not python")
     if cfg.name != model_dir.name:
         errors.append(f"config name '{cfg.name}' differs from the folder name '{model_dir.name}'")
-    if cfg.max_batch_size < 1 or not cfg.HasField("dynamic_batching"):
-        errors.append("the python backend merges requests: it needs max_batch_size > 0 and dynamic_batching")
+    if cfg.max_batch_size < 1:
+        errors.append("the request format has Triton's batch dim: max_batch_size must be > 0")
+    if cfg.max_batch_size > 1 and not cfg.HasField("dynamic_batching"):
+        errors.append("max_batch_size > 1 without dynamic_batching: requests would never be merged")
     versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     if not versions:
         errors.append("no numeric version folder")

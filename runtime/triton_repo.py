@@ -138,7 +138,8 @@ def _write_python(onnx_path, io, model_dir, library, o) -> None:
     spec = write_python_model(onnx_path, io, model_dir, library, name=o["name"], version=o["version"],
                               max_batch_size=o["max_batch_size"], instances=o["instances"], kind=o["kind"],
                               gpus=o["gpus"], preferred_batch_sizes=o["preferred_batch_sizes"],
-                              max_queue_delay_us=o["max_queue_delay_us"], threads=o.get("threads", 0))
+                              max_queue_delay_us=o["max_queue_delay_us"], threads=o.get("threads", 0),
+                              merge=o["batching"] != "none")
     write_python_readme(model_dir, spec, request_inputs(io, spec), name=o["name"], onnx_name=onnx_path.name,
                         max_batch_size=o["max_batch_size"], max_queue_delay_us=o["max_queue_delay_us"],
                         repo=o["serve_root"])
@@ -196,7 +197,9 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
     per bag (mean) for the TensorRT profile's ids count (T*B*pooling) and perf_data.json (default 20). instances: model instances per GPU (each holds its own copy of the tables). kind:
     "gpu" or "cpu". batching (onnxruntime/tensorrt): "auto" (dynamic batching exactly when every input
     and output shares one symbolic leading dim), "none" or "dynamic" (an error for models with
-    EmbeddingBag inputs). max_queue_delay_us: the dynamic batcher's wait (default 100; python 500).
+    EmbeddingBag inputs); python: "none" writes max_batch_size 1 without a batcher (one request per
+    execution, the baseline dynamic batching is measured against). max_queue_delay_us: the dynamic
+    batcher's wait (default 100; python 500).
     library: our custom-op (onnxruntime, python) or plugin (tensorrt) library, default the built one.
     plan: a TensorRT engine built on the serving GPU and TensorRT version; without it
     ``build_plan.sh`` builds one there. serve_root: the repository's path as the server sees it

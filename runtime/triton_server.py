@@ -12,8 +12,8 @@ The python backend's stub is an embedded Python that needs:
   ``PYTHONPATH``; it finds its executable by searching ``PATH`` for ``python3``, so ``<workdir>/bin``
   comes first on the server's ``PATH`` with a ``python3`` link and a ``python3._pth`` file beside it,
   which sets the stub's module path exactly: the standard library, the *stub environment* (a folder
-  holding numpy < 2: ``python -m pip install --target <dir> "numpy<2"``) and this environment's
-  site-packages (onnxruntime).
+  holding numpy < 2: ``python -m pip install --target <dir> "numpy<2"``), this process's PYTHONPATH
+  and this environment's site-packages (onnxruntime).
 
 Everything binds to 127.0.0.1.
 """
@@ -92,13 +92,15 @@ def check_stub_env(path: pathlib.Path) -> pathlib.Path:
 
 
 def _module_path(stub_env: pathlib.Path) -> list[str]:
-    """The stub's sys.path: standard library, stub environment, this environment's site-packages."""
+    """The stub's sys.path: standard library, stub environment (numpy<2 first), this process's
+    PYTHONPATH entries, this environment's site-packages."""
     base = {k: sys.base_prefix for k in ("base", "platbase", "installed_base", "installed_platbase")}
     std = sysconfig.get_paths(vars=base)
     here = sysconfig.get_paths()
     zipped = pathlib.Path(sysconfig.get_config_var("LIBDIR") or "") / f"python{sys.version_info.major}{sys.version_info.minor}.zip"
+    from_env = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]  # e.g. a staged onnxruntime-gpu
     paths = [str(zipped), std["stdlib"], str(pathlib.Path(std["platstdlib"]) / "lib-dynload"), str(stub_env),
-             here["purelib"], here["platlib"]]
+             *from_env, here["purelib"], here["platlib"]]
     return list(dict.fromkeys(paths))
 
 

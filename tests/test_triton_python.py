@@ -106,3 +106,11 @@ def test_serve_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ImportError, match="nvidia-pytriton is not installed"):
         S.find_install()
+
+
+def test_python_repo_without_merging(tmp_path, ort_lib):
+    """--batching none: the baseline for measurements, one request per execution."""
+    md = T.triton_repo(fake_dlrm(tmp_path / "m.onnx"), tmp_path / "repo", backend="python", kind="cpu",
+                       batching="none", validate=True)
+    cfg = parse(md)
+    assert cfg.max_batch_size == 1 and not cfg.HasField("dynamic_batching")

@@ -41,7 +41,7 @@ class Tensor:
     name: str
     elem_type: int
     dims: list
-    role: str = "dense"  # dense | indices | offsets | per_sample_weights | output
+    role: str = "dense"  # dense | indices | offsets | lengths | per_sample_weights | output
     bag: int = -1  # index into ModelIO.bags for role indices/offsets/per_sample_weights
     resolved: dict = dataclasses.field(default_factory=dict)  # symbolic dim index -> size implied by the graph
 
@@ -79,7 +79,7 @@ def describe_onnx(onnx_path) -> ModelIO:
     the indices / offsets / per-sample weights of each ``dlrm_deploy::EmbeddingBag`` node."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = onnx_path if isinstance(onnx_path, onnx.ModelProto) else onnx.load(str(onnx_path), load_external_data=False)
     g = model.graph
     initializers = {t.name for t in g.initializer}
 
@@ -123,12 +123,15 @@ def describe_onnx(onnx_path) -> ModelIO:
     meta = {p.key: p.value for p in model.metadata_props}
     if "dlrm_deploy.tables" in meta:
         for table in json.loads(meta["dlrm_deploy.tables"]):
-            if table.get("indices") in by_name and table.get("offsets") in by_name:
+            # offsets, or per-sample lengths in their place (export/lengths.py)
+            pos = next((table[k] for k in ("offsets", "lengths") if table.get(k) in by_name), None)
+            if table.get("indices") in by_name and pos is not None:
                 bag = len(bags)
                 bags.append({"table_rows": [int(table["rows"])],
                              "include_last_offset": int(table.get("include_last_offset", 0))})
                 by_name[table["indices"]].role, by_name[table["indices"]].bag = "indices", bag
-                by_name[table["offsets"]].role, by_name[table["offsets"]].bag = "offsets", bag
+                by_name[pos].role = "offsets" if pos == table.get("offsets") else "lengths"
+                by_name[pos].bag = bag
 
     # Widths the file leaves symbolic but fixes through a weight (dense -> Gemm/MatMul), for
     # sample requests and TensorRT profiles only; the config keeps the file's dims.
@@ -143,7 +146,7 @@ def describe_onnx(onnx_path) -> ModelIO:
         t.resolved = {1: w[1] if trans_b else w[0]}
 
     external = sorted({e.value for t in g.initializer for e in t.external_data if e.key == "location"})
-    return ModelIO(inputs, outputs, bags, external, str(onnx_path))
+    return ModelIO(inputs, outputs, bags, external, None if isinstance(onnx_path, onnx.ModelProto) else str(onnx_path))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,7 +165,8 @@ def shape_for(t: Tensor, io: ModelIO, batch: int, pooling: int) -> list[int]:
         return [batch if d is None else d for d in fixed]
     bag = io.bags[t.bag]
     tables = len(bag["table_rows"])
-    n = tables * batch * pooling if t.role != "offsets" else tables * batch + bag["include_last_offset"]
+    n = {"offsets": tables * batch + bag["include_last_offset"], "lengths": tables * batch}.get(t.role,
+                                                                                             tables * batch * pooling)
     if len(fixed) != 1:
         raise ValueError(f"input '{t.name}' ({t.role}) has rank {len(fixed)}, expected 1; give its shapes explicitly")
     if fixed[0] is not None and fixed[0] != n:
@@ -323,7 +327,12 @@ def _table_feeds(tables: list[dict], graph_inputs: dict, batch: int, pooling: in
     feeds: dict[str, np.ndarray] = {}
     stacked: dict[str, dict[int, np.ndarray]] = {}
     for table in tables:
-        i_name, o_name = table.get("indices"), table.get("offsets")
+        i_name, o_name, l_name = table.get("indices"), table.get("offsets"), table.get("lengths")
+        if i_name in graph_inputs and l_name in graph_inputs and i_name not in feeds:  # lengths form
+            lengths = _bag_lengths(batch, pooling, None, rng)
+            feeds[i_name] = rng.integers(0, int(table["rows"]), size=int(lengths.sum())).astype(elem_of(i_name))
+            feeds[l_name] = lengths.astype(elem_of(l_name))
+            continue
         if i_name not in graph_inputs or o_name not in graph_inputs or i_name in feeds:
             continue
         i_row, o_row = table.get("indices_row"), table.get("offsets_row")
@@ -424,7 +433,9 @@ def sample_inputs(model, batch: int = 8, pooling: int | None = None, seed: int =
         vi = graph_inputs.get(name)
         return _NP.get(vi.type.tensor_type.elem_type, default) if vi is not None else default
 
-    tables = json.loads({p.key: p.value for p in proto.metadata_props}.get("dlrm_deploy.tables", "[]"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    tables = json.loads(meta.get("dlrm_deploy.tables", "[]"))
+    flat = json.loads(meta.get("dlrm_deploy.flat_dense", "{}"))  # 1-D per-sample inputs: name -> width
     feeds: dict[str, np.ndarray] = {}
     feeds.update(_kjt_feeds(tables, graph_inputs, batch, pooling or 8, rng, elem_of))
     feeds.update(_table_feeds(tables, graph_inputs, batch, pooling or 8, rng, elem_of))
@@ -433,6 +444,6 @@ def sample_inputs(model, batch: int = 8, pooling: int | None = None, seed: int =
         if name in feeds:
             continue
         dims = [d if d is not None else (batch if k == 0 else (_inner_dim(graph, name, init_shapes) or 1))
-                for k, d in enumerate(_dims(vi))]
+                for k, d in enumerate(_dims(vi))] if name not in flat else [batch * int(flat[name])]
         feeds[name] = _random_tensor(dims, vi.type.tensor_type.elem_type, rng)
     return {vi.name: feeds[vi.name] for vi in graph.input if vi.name in feeds}

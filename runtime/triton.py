@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preferred-batch-size", type=int, nargs="+", help="dynamic batcher's preferred sizes")
     p.add_argument("--max-queue-delay-us", type=int,
                    help="dynamic batcher's queue delay (default 100; python backend 500)")
+    p.add_argument("--lengths", action="store_true",
+                   help="onnxruntime: serve the lengths form of the model (per-sample lengths, flattened dense "
+                        "inputs) with ragged dynamic batching (docs/triton.md)")
     p.add_argument("--threads", type=int, default=0,
                    help="python backend: ONNX Runtime intra-op threads per instance (default 0: its default)")
     p.add_argument("--library", help=f"custom-op ({ORT_LIBRARY}) or plugin ({TRT_LIBRARY}) library "
@@ -94,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
             library=args.library, plan=args.plan, serve_root=args.serve_root,
             cuda_options=dict(args.cuda_option) if args.cuda_option else None,
             shapes=dict(args.shape) if args.shape else None, trtexec_args=args.trtexec_arg,
-            overwrite=args.force, threads=args.threads)
+            overwrite=args.force, threads=args.threads, lengths=args.lengths)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"dlrm-deploy triton-repo: error: {e}", file=sys.stderr)
         return 2

@@ -63,39 +63,41 @@ def _q(s: str) -> str:
     return json.dumps(s)  # a JSON string literal is a valid protobuf text-format string here
 
 
-def config_text(io: ModelIO, name: str, backend: str, *, batched: bool, max_batch_size: int,
-                instances: int = 1, kind: str = "gpu", gpus: list[int] | None = None,
-                op_library: str | None = None, preferred_batch_sizes: list[int] | None = None,
-                max_queue_delay_us: int = 0, cuda_options: dict | None = None) -> str:
-    """The text of config.pbtxt (protobuf text format of Triton's ``inference.ModelConfig``)."""
-    lines = [f"# Written by dlrm-deploy triton-repo from the ONNX file's inputs and outputs.",
-             f"name: {_q(name)}"]
-    if backend == "onnxruntime":
-        lines += ['backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
-    else:
-        lines += ['backend: "tensorrt"', 'platform: "tensorrt_plan"', 'default_model_filename: "model.plan"']
+def _io_block(key: str, tensors, batched: bool, ragged: bool) -> list[str]:
+    """input [...] / output [...]: dims without the batch dim when batched; ragged: 1-D, allow_ragged_batch."""
+    out = [f"{key} ["]
+    for i, t in enumerate(tensors):
+        dims = [-1] if ragged else (t.triton_dims[1:] if batched else t.triton_dims)
+        role = "" if t.role in ("dense", "output") else f"  # {t.role} of EmbeddingBag #{t.bag}"
+        out += ["  {" + role, f"    name: {_q(t.name)}", f"    data_type: {triton_dtype(t.elem_type)}",
+                f"    dims: {_dims_text(dims)}"]
+        if ragged and key == "input":
+            out.append("    allow_ragged_batch: true")
+        out.append("  }" + ("," if i + 1 < len(tensors) else ""))
+    return out + ["]"]
+
+
+def _batching_lines(batched: bool, max_batch_size: int, ragged_source: str | None) -> list[str]:
+    if ragged_source:
+        return ["# Requests merged per execution. Ragged inputs arrive concatenated (1-D): per-sample lengths",
+                "# and ids concatenate exactly, dense rows are flattened; each output is scattered back by the",
+                f"# per-request shape of '{ragged_source}' (one value per sample).",
+                f"max_batch_size: {max_batch_size}"]
     if batched:
-        lines.append(f"max_batch_size: {max_batch_size}")
-    else:
-        lines += ["# 0: the EmbeddingBag inputs (indices [N], offsets [T*B]) are ragged and table-major, so",
-                  "# requests must not be concatenated along dim 0; every request carries a whole batch of",
-                  f"# up to {max_batch_size} samples (docs/triton.md).",
-                  "max_batch_size: 0"]
+        return [f"max_batch_size: {max_batch_size}"]
+    return ["# 0: the EmbeddingBag inputs (indices [N], offsets [T*B]) are ragged and table-major, so",
+            "# requests must not be concatenated along dim 0; every request carries a whole batch of",
+            f"# up to {max_batch_size} samples (docs/triton.md).",
+            "max_batch_size: 0"]
 
-    def io_block(key, tensors):
-        out = [f"{key} ["]
-        for i, t in enumerate(tensors):
-            dims = t.triton_dims[1:] if batched else t.triton_dims
-            role = "" if t.role in ("dense", "output") else f"  # {t.role} of EmbeddingBag #{t.bag}"
-            out += ["  {" + role, f"    name: {_q(t.name)}", f"    data_type: {triton_dtype(t.elem_type)}",
-                    f"    dims: {_dims_text(dims)}", "  }" + ("," if i + 1 < len(tensors) else "")]
-        return out + ["]"]
 
-    lines += io_block("input", io.inputs) + io_block("output", io.outputs)
+def _tail_lines(backend, batched, kind, instances, gpus, op_library, preferred_batch_sizes, max_queue_delay_us,
+                cuda_options) -> list[str]:
+    """instance_group, dynamic_batching, model_operations, optimization."""
     group = [f"    count: {instances}", f"    kind: {'KIND_GPU' if kind == 'gpu' else 'KIND_CPU'}"]
     if gpus and kind == "gpu":
         group.append(f"    gpus: {_dims_text(gpus)}")
-    lines += ["instance_group [", "  {"] + group + ["  }", "]"]
+    lines = ["instance_group [", "  {"] + group + ["  }", "]"]
     if batched:
         lines.append("dynamic_batching {")
         if preferred_batch_sizes:
@@ -111,6 +113,36 @@ def config_text(io: ModelIO, name: str, backend: str, *, batched: bool, max_batc
         for k, v in cuda_options.items():
             lines.append(f"        parameters {{ key: {_q(k)} value: {_q(str(v))} }}")
         lines += ["      }", "    ]", "  }", "}"]
+    return lines
+
+
+def config_text(io: ModelIO, name: str, backend: str, *, batched: bool, max_batch_size: int,
+                instances: int = 1, kind: str = "gpu", gpus: list[int] | None = None,
+                op_library: str | None = None, preferred_batch_sizes: list[int] | None = None,
+                max_queue_delay_us: int = 0, cuda_options: dict | None = None,
+                ragged_source: str | None = None) -> str:
+    """The text of config.pbtxt (protobuf text format of Triton's ``inference.ModelConfig``).
+
+    ragged_source: for a lengths-form model with flattened dense inputs (export/lengths.py), the
+    per-sample lengths input whose per-request shape scatters the outputs: every input becomes a
+    ragged 1-D input, the outputs 1-D, with dynamic batching (`batched` is implied)."""
+    batched = batched or ragged_source is not None
+    lines = ["# Written by dlrm-deploy triton-repo from the ONNX file's inputs and outputs.", f"name: {_q(name)}"]
+    if backend == "onnxruntime":
+        lines += ['backend: "onnxruntime"', 'default_model_filename: "model.onnx"']
+    else:
+        lines += ['backend: "tensorrt"', 'platform: "tensorrt_plan"', 'default_model_filename: "model.plan"']
+    lines += _batching_lines(batched, max_batch_size, ragged_source)
+    ragged = ragged_source is not None
+    lines += _io_block("input", io.inputs, batched, ragged) + _io_block("output", io.outputs, batched, ragged)
+    if ragged:
+        lines.append("batch_output [")
+        for i, t in enumerate(io.outputs):
+            lines += ["  {", f"    target_name: [ {_q(t.name)} ]", "    kind: BATCH_SCATTER_WITH_INPUT_SHAPE",
+                      f"    source_input: [ {_q(ragged_source)} ]", "  }" + ("," if i + 1 < len(io.outputs) else "")]
+        lines.append("]")
+    lines += _tail_lines(backend, batched, kind, instances, gpus, op_library, preferred_batch_sizes,
+                         max_queue_delay_us, cuda_options)
     return "\n".join(lines) + "\n"
 
 

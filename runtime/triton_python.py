@@ -51,16 +51,19 @@ def io_spec(io: ModelIO) -> dict:
     bags = []
     for k in sorted({t.bag for t in io.inputs if t.role != "dense"}):
         by_role = {t.role: t for t in io.inputs if t.bag == k}
-        if "indices" not in by_role or "offsets" not in by_role:
-            raise ValueError(f"EmbeddingBag #{k}: the python backend needs both its ids and offsets as model inputs")
-        idx, off = by_role["indices"], by_role["offsets"]
+        off = by_role.get("offsets") or by_role.get("lengths")  # a lengths-form model takes lengths itself
+        if "indices" not in by_role or off is None:
+            raise ValueError(f"EmbeddingBag #{k}: the python backend needs its ids and offsets (or lengths) as "
+                             "model inputs")
+        idx = by_role["indices"]
         if len(idx.dims) != 1 or len(off.dims) != 1:
             raise ValueError(f"inputs '{idx.name}' / '{off.name}': the python backend takes 1-D ids and offsets "
                              "(stacked [T, B] offsets are not supported)")
-        lname = lengths_name(off.name, taken)
+        lname = off.name if off.role == "lengths" else lengths_name(off.name, taken)
         taken.add(lname)
         w = by_role.get("per_sample_weights")
-        bags.append({"indices": idx.name, "offsets": off.name, "lengths": lname, "weights": w.name if w else None,
+        bags.append({"indices": idx.name, "offsets": off.name if off.role == "offsets" else None, "lengths": lname,
+                     "weights": w.name if w else None,
                      "tables": len(io.bags[k]["table_rows"]), "table_rows": list(io.bags[k]["table_rows"]),
                      "include_last_offset": int(io.bags[k].get("include_last_offset", 0)),
                      "indices_dtype": _NUMPY[idx.elem_type], "offsets_dtype": _NUMPY[off.elem_type],
@@ -88,6 +91,12 @@ def request_from_feeds(feeds: dict[str, np.ndarray], spec: dict) -> dict[str, np
     inputs and ids with a leading 1, offsets turned into per-sample lengths."""
     req = {d["name"]: feeds[d["name"]][None] for d in spec["dense"]}
     for bag in spec["bags"]:
+        if bag["offsets"] is None:  # the model takes lengths already
+            req[bag["indices"]] = feeds[bag["indices"]][None]
+            req[bag["lengths"]] = feeds[bag["lengths"]][None]
+            if bag["weights"]:
+                req[bag["weights"]] = feeds[bag["weights"]][None]
+            continue
         ids, offs = feeds[bag["indices"]], feeds[bag["offsets"]].astype(np.int64)
         ends = offs if bag["include_last_offset"] else np.append(offs, len(ids))
         req[bag["indices"]] = ids[None]

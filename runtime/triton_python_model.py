@@ -89,7 +89,8 @@ def parse_request(get, spec: dict) -> dict:
 
 def merge(requests: list[dict], spec: dict) -> dict:
     """Model feeds for the requests run as one batch: dense rows concatenated, each table's ids and
-    lengths concatenated (tables stay in order for fused inputs), offsets from the lengths."""
+    lengths concatenated (tables stay in order for fused inputs), offsets from the lengths (or the
+    lengths themselves for a model in lengths form)."""
     feeds = {d["name"]: np.concatenate([r["dense"][d["name"]] for r in requests]) for d in spec["dense"]}
     for k, bag in enumerate(spec["bags"]):
         t = bag["tables"]
@@ -106,13 +107,16 @@ def merge(requests: list[dict], spec: dict) -> dict:
                 if part["weights"] is not None:
                     weights.append(part["weights"][before:before + n])
         all_lengths = np.concatenate(lengths).astype(np.int64)
+        feeds[bag["indices"]] = np.concatenate(ids).astype(bag["indices_dtype"])
+        if bag.get("weights"):
+            feeds[bag["weights"]] = np.concatenate(weights)
+        if bag["offsets"] is None:  # a lengths-form model derives its offsets itself
+            feeds[bag["lengths"]] = all_lengths.astype(bag["offsets_dtype"])
+            continue
         offsets = np.concatenate([[0], np.cumsum(all_lengths)])
         if not bag["include_last_offset"]:
             offsets = offsets[:-1]
         feeds[bag["offsets"]] = offsets.astype(bag["offsets_dtype"])
-        feeds[bag["indices"]] = np.concatenate(ids).astype(bag["indices_dtype"])
-        if bag.get("weights"):
-            feeds[bag["weights"]] = np.concatenate(weights)
     return feeds
 
 

@@ -59,8 +59,20 @@ def _engine_text(backend: str, has_plan: bool, prof, served_model_dir: str, max_
             "regenerate with other `--max-batch-size` / `--pooling` / `--shape` values to change it).\n")
 
 
-def _batching_text(name: str, batched: bool, max_batch_size: int, has_perf: bool) -> tuple[str, str]:
+def _batching_text(name: str, batched: bool, max_batch_size: int, has_perf: bool,
+                   ragged: str | None = None) -> tuple[str, str]:
     """(batching paragraph, perf_analyzer command)."""
+    if ragged:
+        batching = (f"Ragged batching of the lengths form (export/lengths.py): up to {max_batch_size} requests per\n"
+                    "execution. Every input is `allow_ragged_batch`; the server concatenates each input over the\n"
+                    "merged requests into one 1-D tensor, which is exact here: per-sample lengths and ids\n"
+                    "concatenate, dense rows are flattened (`[1, b*F]` per request) and reshaped in the graph.\n"
+                    f"Outputs are scattered back by the per-request shape of `{ragged}` (`batch_output`\n"
+                    "BATCH_SCATTER_WITH_INPUT_SHAPE): a request gets `[1, b]`. No `batch_input` is needed: the\n"
+                    "offsets are derived from the lengths inside the model. Not yet run in a server (docs/triton.md).")
+        perf = (f"perf_analyzer -m {name} -i grpc -u localhost:8001 -b 1 "
+                + ("--input-data perf_data.json " if has_perf else "") + "--concurrency-range 1:64")
+        return batching, perf
     if batched:
         batching = (f"All inputs and outputs share a leading batch dim, so the config uses `max_batch_size:\n"
                     f"{max_batch_size}` and the dynamic batcher; dims above include that batch dim, the config's\n"
@@ -98,11 +110,11 @@ ONNX file; triton-bench sweeps concurrency (throughput, p50/p90/p99 latency, que
 
 
 def write_readme(model_dir: pathlib.Path, io: ModelIO, *, name, backend, batched, max_batch_size, pooling,
-                 served_model_dir, serve_root, lib_name, has_plan, has_perf, prof, onnx_name) -> None:
+                 served_model_dir, serve_root, lib_name, has_plan, has_perf, prof, onnx_name, ragged=None) -> None:
     """README.md of an onnxruntime or tensorrt model folder."""
     server, loading = _server_text(backend, serve_root, served_model_dir, lib_name)
     build = _engine_text(backend, has_plan, prof, served_model_dir, max_batch_size, pooling)
-    batching, perf = _batching_text(name, batched, max_batch_size, has_perf)
+    batching, perf = _batching_text(name, batched, max_batch_size, has_perf, ragged)
     perf_note = ("Run it from this folder (or give the path of `perf_data.json`, which is one valid request:\n"
                  f"row ids inside each table, {pooling} lookups per bag on average, so checked mode passes);\n"
                  "perf_analyzer's random data would index outside the tables and fail.") if has_perf else (

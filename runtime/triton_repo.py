@@ -54,7 +54,7 @@ def _copy_onnx(onnx_path: pathlib.Path, io: ModelIO, dest_dir: pathlib.Path) -> 
         shutil.copyfile(src, dst)
 
 
-def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan) -> None:
+def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend '{backend}' is not one of {BACKENDS}")
     if batching not in BATCHING:
@@ -67,6 +67,9 @@ def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling
         raise ValueError("max_batch_size, instances and pooling must be >= 1")
     if plan is not None and backend != "tensorrt":
         raise ValueError("plan= is for the tensorrt backend")
+    if lengths and backend != "onnxruntime":
+        raise ValueError("lengths=True (ragged batching of the lengths form) is for the onnxruntime backend; "
+                         "the python backend takes lengths anyway")
 
 
 def _batched(io: ModelIO, batching: str, onnx_name: str) -> bool:
@@ -145,29 +148,60 @@ def _write_python(onnx_path, io, model_dir, library, o) -> None:
                         repo=o["serve_root"])
 
 
+def _lengths_form(model_path: pathlib.Path, io: ModelIO, o: dict) -> ModelIO:
+    """With o["lengths"], rewrites the copied model into the lengths form with flattened dense inputs
+    (export/lengths.py; Triton's ragged batching). Returns the description of the served file."""
+    if not o.get("lengths"):
+        return io
+    import onnx
+
+    from dlrm_deploy.export.lengths import to_lengths_form
+
+    onnx.save(to_lengths_form(onnx.load(str(model_path), load_external_data=False), flat_dense=True), str(model_path))
+    return describe_onnx(model_path)
+
+
+def _ragged_source(io: ModelIO) -> str | None:
+    """The first per-sample lengths input of a lengths-form model with 1-D dense inputs (ragged
+    batching possible), else None."""
+    lengths = [t for t in io.inputs if t.role == "lengths"]
+    if not lengths or any(len(t.dims) != 1 for t in io.inputs):
+        return None
+    wide = [t.name for t in io.outputs if any(d != 1 for d in t.dims[1:])]
+    if wide:  # scattering by a lengths input gives each request one value per sample
+        raise ValueError(f"outputs {wide} have more than one value per sample; ragged batching scatters outputs "
+                         "by a lengths input (one value per sample). Use the python backend for this model")
+    return lengths[0].name
+
+
 def _write_onnx_or_trt(onnx_path, io, model_dir, library, o) -> None:
     """config.pbtxt, model files, perf data, build script and README of the onnxruntime/tensorrt backends."""
     backend, name, version = o["backend"], o["name"], o["version"]
-    batched = _batched(io, o["batching"], onnx_path.name)
     served_model_dir = f"{o['serve_root'].rstrip('/')}/{name}"
     version_dir = model_dir / str(version)
     version_dir.mkdir()
     shutil.copyfile(library, model_dir / library.name)
     if backend == "onnxruntime":
         _copy_onnx(onnx_path, io, version_dir)
+        io = _lengths_form(version_dir / "model.onnx", io, o)
     elif o["plan"] is not None:
         shutil.copyfile(o["plan"], version_dir / "model.plan")
     else:
         _copy_onnx(onnx_path, io, model_dir / "onnx")  # source for build_plan.sh; Triton skips non-numeric folders
+    ragged = _ragged_source(io) if backend == "onnxruntime" and o["batching"] != "none" else None
+    batched = ragged is not None or _batched(io, o["batching"], onnx_path.name)
+    if ragged is not None and not o["max_batch_size_given"]:
+        o["max_batch_size"] = 64  # ragged: requests per execution
     cfg = config_text(
         io, name, backend, batched=batched, max_batch_size=o["max_batch_size"], instances=o["instances"],
         kind=o["kind"], gpus=o["gpus"],
         op_library=f"{served_model_dir}/{library.name}" if backend == "onnxruntime" else None,
         preferred_batch_sizes=o["preferred_batch_sizes"], max_queue_delay_us=o["max_queue_delay_us"],
-        cuda_options=DEFAULT_CUDA_OPTIONS if o["cuda_options"] is None else o["cuda_options"])
+        cuda_options=DEFAULT_CUDA_OPTIONS if o["cuda_options"] is None else o["cuda_options"], ragged_source=ragged)
     (model_dir / "config.pbtxt").write_text(cfg)
     pooling = o["pooling"] or DEFAULT_PERF_POOLING
-    _write_perf_data(model_dir, io, batched, min(o["opt_batch_size"] or o["max_batch_size"], 1024), pooling)
+    perf_batch = 64 if ragged else min(o["opt_batch_size"] or o["max_batch_size"], 1024)
+    _write_perf_data(model_dir, io, batched and ragged is None, perf_batch, pooling)
     prof = None
     if backend == "tensorrt" and o["plan"] is None:
         prof = profile_shapes(io, o["max_batch_size"], o["opt_batch_size"], pooling, o["shapes"])
@@ -175,7 +209,7 @@ def _write_onnx_or_trt(onnx_path, io, model_dir, library, o) -> None:
     write_readme(model_dir, io, name=name, backend=backend, batched=batched, max_batch_size=o["max_batch_size"],
                  pooling=pooling, served_model_dir=served_model_dir, serve_root=o["serve_root"],
                  lib_name=library.name, has_plan=o["plan"] is not None,
-                 has_perf=(model_dir / "perf_data.json").exists(), prof=prof, onnx_name=onnx_path.name)
+                 has_perf=(model_dir / "perf_data.json").exists(), prof=prof, onnx_name=onnx_path.name, ragged=ragged)
 
 
 def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "dlrm", *,
@@ -185,7 +219,7 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
                 max_queue_delay_us: int | None = None, library=None, plan=None, serve_root: str | None = None,
                 cuda_options: dict | None = None, shapes: dict | None = None,
                 trtexec_args: list[str] | None = None, version: int = 1, validate: bool | None = None,
-                overwrite: bool = False, threads: int = 0) -> pathlib.Path:
+                overwrite: bool = False, threads: int = 0, lengths: bool = False) -> pathlib.Path:
     """Writes a Triton model repository for an exported model; returns ``out_dir/<name>``.
 
     onnx_path: the exported ONNX file. backend: "onnxruntime", "tensorrt" or "python" (ONNX Runtime
@@ -206,14 +240,19 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
     (default: out_dir, absolute). cuda_options: CUDA execution-provider options (onnxruntime).
     shapes: ``{input: (min, opt, max)}`` overriding the derived TensorRT profile. trtexec_args:
     extra trtexec flags for build_plan.sh. threads: python backend's ONNX Runtime intra-op threads
-    (0: its default). validate: parse the written config with Triton's schema and compare it with
+    (0: its default). lengths (onnxruntime): serve the lengths form of the exported model
+    (export/lengths.py: per-sample lengths for offsets, dense inputs flattened) with Triton's ragged
+    batching: every input ``allow_ragged_batch``, outputs scattered back per request by a lengths
+    input's shape (``batch_output``), max_batch_size counting requests (default 64); a model already
+    in that form gets it without the flag. validate: parse the written config with Triton's schema and compare it with
     the model file (True: required, needs tritonclient; None: whenever tritonclient is installed).
     """
+    max_batch_size_given = max_batch_size is not None
     if max_batch_size is None:
         max_batch_size = 64 if backend == "python" else 1024
     if max_queue_delay_us is None:
         max_queue_delay_us = 500 if backend == "python" else 100
-    _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan)
+    _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths)
     onnx_path = pathlib.Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file {onnx_path} not found")
@@ -233,13 +272,13 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
                 opt_batch_size=opt_batch_size, pooling=pooling, instances=instances, kind=kind, gpus=gpus,
                 batching=batching, preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
                 plan=plan, serve_root=serve_root or str(out_dir.resolve()), cuda_options=cuda_options, shapes=shapes,
-                trtexec_args=trtexec_args, threads=threads)
+                trtexec_args=trtexec_args, threads=threads, lengths=lengths, max_batch_size_given=max_batch_size_given)
     (_write_python if backend == "python" else _write_onnx_or_trt)(onnx_path, io, model_dir, library, opts)
-    _validate_written(model_dir, onnx_path, validate)
+    _validate_written(model_dir, onnx_path if backend == "tensorrt" else None, validate)  # else: the served copy
     return model_dir
 
 
-def _validate_written(model_dir: pathlib.Path, onnx_path: pathlib.Path, validate: bool | None) -> None:
+def _validate_written(model_dir: pathlib.Path, onnx_path, validate: bool | None) -> None:
     from .triton_validate import load_config, validate_repo
 
     if validate is None:

@@ -47,20 +47,41 @@ def validate_repo(model_dir, onnx_path=None):
             raise ValueError(f"{model_dir}: no ONNX file to compare with; pass onnx_path")
     io = describe_onnx(onnx_path)
     batched = cfg.max_batch_size > 0
-    if batched and io.batch_dim is None:
+    ragged = batched and bool(cfg.input) and all(i.allow_ragged_batch for i in cfg.input)
+    if ragged:
+        errors += _check_ragged(cfg, io)
+    elif batched and io.batch_dim is None:
         errors.append("max_batch_size > 0, but the model's inputs do not all share a leading batch dim")
     if cfg.HasField("dynamic_batching") and not batched:
         errors.append("dynamic_batching needs max_batch_size > 0")
 
-    errors += _check_tensors("input", cfg.input, io.inputs, batched)
-    errors += _check_tensors("output", cfg.output, io.outputs, batched)
+    errors += _check_tensors("input", cfg.input, io.inputs, batched, ragged)
+    errors += _check_tensors("output", cfg.output, io.outputs, batched, ragged)
     errors += _check_files(cfg, model_dir, backend, versions, io)
     if errors:
         raise ValueError(f"{model_dir / 'config.pbtxt'}:\n  " + "\n  ".join(errors))
     return cfg
 
 
-def _check_tensors(kind: str, declared, tensors, batched: bool) -> list[str]:
+def _check_ragged(cfg, io) -> list[str]:
+    """A ragged-batching config (lengths form): 1-D model inputs, lengths inputs, every output
+    scattered back by a lengths input's shape."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    errors = [f"ragged input '{t.name}' is {len(t.dims)}-D in the model; ragged inputs arrive 1-D "
+              "(export/lengths.py flat_dense)" for t in io.inputs if len(t.dims) != 1]
+    lengths = {t.name for t in io.inputs if t.role == "lengths"}
+    if not lengths:
+        errors.append("ragged batching needs per-sample lengths inputs (export/lengths.py); offsets do not merge")
+    scattered = {n for b in cfg.batch_output if b.kind == pb.BatchOutput.BATCH_SCATTER_WITH_INPUT_SHAPE
+                 and set(b.source_input) <= lengths for n in b.target_name}
+    missing = [t.name for t in io.outputs if t.name not in scattered]
+    if missing:
+        errors.append(f"outputs {missing} need a batch_output BATCH_SCATTER_WITH_INPUT_SHAPE from a lengths input")
+    return errors
+
+
+def _check_tensors(kind: str, declared, tensors, batched: bool, ragged: bool = False) -> list[str]:
     """Mismatches between declared config inputs/outputs and the model's (names, order, types, dims)."""
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -76,7 +97,7 @@ def _check_tensors(kind: str, declared, tensors, batched: bool) -> list[str]:
         got_type = pb.DataType.Name(d.data_type)
         if got_type != want_type:
             errors.append(f"{kind} '{d.name}': data_type {got_type}, model has {want_type}")
-        want = t.triton_dims[1:] if batched else t.triton_dims
+        want = [-1] if ragged else (t.triton_dims[1:] if batched else t.triton_dims)
         if list(d.dims) != want:
             errors.append(f"{kind} '{d.name}': dims {list(d.dims)}, model has {want}"
                           + (" (without the batch dim)" if batched else ""))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -138,6 +139,9 @@ def make_session(folder: str, spec: dict, kind: str = "CPU", device_id: int = 0,
     providers = ["CPUExecutionProvider"]
     if kind == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+    elif kind == "GPU":
+        print(f"dlrm_deploy model.py: KIND_GPU instance, but onnxruntime {ort.__version__} has no CUDA execution "
+              "provider (install onnxruntime-gpu for the stub): running on the CPU", file=sys.stderr, flush=True)
     return ort.InferenceSession(os.path.join(folder, spec["onnx"]), so, providers=providers)
 
 

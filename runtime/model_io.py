@@ -220,9 +220,6 @@ def parse_shape_arg(text: str):
         raise argparse.ArgumentTypeError(f"--shape '{text}': expected NAME=MIN:OPT:MAX, e.g. indices=1:26624:26624") from None
 
 
-_shape_for = shape_for  # the name trt.py and older callers use
-
-
 # --------------------------------------------------------------------------------------------------
 # Valid inputs
 # --------------------------------------------------------------------------------------------------

@@ -24,12 +24,16 @@ import sys
 
 from .model_io import (ModelIO, Tensor, describe_onnx, parse_shape_arg, profile_shapes, sample_inputs,  # noqa: F401
                        shape_for)
-from .model_io import _shape_for  # noqa: F401  (trt.py's name)
 from .triton_client import infer_feeds, make_infer_inputs, triton_infer  # noqa: F401
-from .triton_config import (_ONNX_TO_TRITON, BACKENDS, BATCHING, DEFAULT_CUDA_OPTIONS, ORT_LIBRARY,  # noqa: F401
+from .triton_config import (BACKENDS, BATCHING, DEFAULT_CUDA_OPTIONS, ORT_LIBRARY,  # noqa: F401
                             TRT_LIBRARY, config_text, perf_analyzer_data, triton_dtype)
 from .triton_repo import DEFAULT_PERF_POOLING, triton_repo  # noqa: F401
 from .triton_validate import load_config, validate_repo  # noqa: F401
+
+__all__ = ["ModelIO", "Tensor", "describe_onnx", "parse_shape_arg", "profile_shapes", "sample_inputs", "shape_for",
+           "infer_feeds", "make_infer_inputs", "triton_infer", "BACKENDS", "BATCHING", "DEFAULT_CUDA_OPTIONS",
+           "ORT_LIBRARY", "TRT_LIBRARY", "config_text", "perf_analyzer_data", "triton_dtype", "DEFAULT_PERF_POOLING",
+           "triton_repo", "load_config", "validate_repo", "add_arguments", "main"]
 
 _shape_arg = parse_shape_arg  # trtexec-style --shape values
 

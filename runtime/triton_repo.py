@@ -17,8 +17,7 @@ import stat
 import sys
 
 from .model_io import ModelIO, describe_onnx, profile_shapes, sample_inputs
-from .triton_config import (BACKENDS, BATCHING, DEFAULT_CUDA_OPTIONS, ORT_LIBRARY, TRT_LIBRARY, config_text,
-                            perf_analyzer_data)
+from .triton_config import BACKENDS, BATCHING, DEFAULT_CUDA_OPTIONS, config_text, perf_analyzer_data
 from .triton_readme import trtexec_shapes, write_python_readme, write_readme
 
 # Mean lookups per bag of perf_data.json and the TensorRT profile when the caller gives none: a

@@ -281,7 +281,9 @@ def test_validation_catches_mismatch(tmp_path, lib, edit, msg):
 
 def test_dtype_map_covers_triton_types():
     names = set(pb.DataType.keys()) - {"TYPE_INVALID"}
-    mapped = {T.triton_dtype(e) for e in T._ONNX_TO_TRITON}
+    from dlrm_deploy.runtime.triton_config import _ONNX_TO_TRITON
+
+    mapped = {T.triton_dtype(e) for e in _ONNX_TO_TRITON}
     assert mapped == names
     assert T.triton_dtype(TensorProto.FLOAT) == "TYPE_FP32" and T.triton_dtype(TensorProto.BFLOAT16) == "TYPE_BF16"
     with pytest.raises(ValueError):

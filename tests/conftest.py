@@ -16,7 +16,7 @@ def pytest_configure(config):
     from dlrm_deploy.libraries import library_dir
 
     pkg = pathlib.Path(dlrm_deploy.__file__).resolve()
-    if "site-packages" not in pkg.parts or "site-packages" not in library_dir().resolve().parts:
+    if pkg.parent == ROOT / "dlrm_deploy" or library_dir().resolve() == (ROOT / "build" / "lib").resolve():
         pytest.exit(f"DLRM_DEPLOY_TEST_INSTALLED=1 but dlrm_deploy comes from the checkout ({pkg}, libraries in "
                     f"{library_dir()})", returncode=3)
 

@@ -17,14 +17,14 @@ import functools
 import json
 import os
 import pathlib
-import statistics
 import tempfile
-import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from dlrm_deploy.libraries import library_path
+
+from .timing import time_wall
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -343,7 +343,7 @@ class OrtSession:
     def time_runs(self, feeds: Mapping[str, Any], runs: int = 100, warmup: int = 10) -> dict:
         """Times `runs` inferences after `warmup` ones, inputs copied to the device once.
 
-        Returns {"median_ms", "min_ms", "max_ms", "mean_ms", "runs"}: wall-clock milliseconds per
+        Returns {"median_ms", "min_ms", "max_ms", "runs"}: wall-clock milliseconds per
         run, each run including ORT's end-of-run stream synchronisation."""
         if runs < 1:
             raise ValueError("runs must be >= 1")
@@ -352,10 +352,10 @@ class OrtSession:
             slot = self._graph_slot(feeds)
             for name in self.input_names:
                 slot.inputs[name].update_inplace(np.ascontiguousarray(feeds[name]))
-            return _time(lambda: self._replay(slot), runs, warmup)
+            return time_wall(lambda: self._replay(slot), runs, warmup)
         device_feeds = self.to_device(feeds)
         binding = self.make_binding(device_feeds)
-        return _time(lambda: self.run_device(device_feeds, binding), runs, warmup)
+        return time_wall(lambda: self.run_device(device_feeds, binding), runs, warmup)
 
     # -- CUDA graphs --------------------------------------------------------------------------
 
@@ -433,19 +433,6 @@ def raise_captured_error() -> None:
     buf = ctypes.create_string_buffer(512)
     if _captured_error_fn()(buf, len(buf)) != 0:
         raise RuntimeError(buf.value.decode(errors="replace"))
-
-
-def _time(fn, runs: int, warmup: int) -> dict:
-    """Wall-clock ms of fn over runs after warmup calls: median, min, max, mean."""
-    for _ in range(max(0, warmup)):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "mean_ms": statistics.fmean(times), "runs": runs}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Timers of the benchmarks and the demo (milliseconds per call), and a wall-clock deadline.
 
-``time_torch`` times a callable with CUDA events (or perf_counter on the CPU); ``time_cuda`` is the
+``time_wall`` times a callable with perf_counter; ``time_torch`` with CUDA events (or perf_counter on the CPU); ``time_cuda`` is the
 kernel benchmark's CUDA-event timer that hides host overhead and can flush L2; ``time_ort`` times an
 ONNX Runtime session; ``time_interleaved`` times several CPU callables in alternating blocks (fair
 on a shared machine); ``deadline`` bounds a block's wall-clock time (torch.compile's budget).
@@ -20,28 +20,37 @@ def summary_ms(times: list[float]) -> dict:
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "runs": len(times)}
 
 
+def time_wall(fn, runs: int, warmup: int) -> dict:
+    """Wall-clock milliseconds (perf_counter) of fn() over ``runs`` calls after ``warmup`` ones:
+    {median_ms, min_ms, max_ms, runs}."""
+    for _ in range(max(0, warmup)):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return summary_ms(times)
+
+
 def time_torch(fn, runs: int, warmup: int, cuda: bool) -> dict:
     """Times fn() ``runs`` times after ``warmup`` calls. CUDA: events around each call on the current
     stream; CPU: perf_counter. Returns {median_ms, min_ms, max_ms, runs}."""
+    if not cuda:
+        return time_wall(fn, runs, warmup)
     import torch
 
     for _ in range(warmup):
         fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
-    if cuda:
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(runs):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(runs):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
+    for _ in range(runs):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
     return summary_ms(times)
 
 

@@ -26,6 +26,8 @@ import numpy as np
 
 from dlrm_deploy.libraries import library_path
 
+from .timing import summary_ms
+
 TRT_LIBRARY = "libdlrm_deploy_trt.so"
 # Python modules with TensorRT's API, in the order tried.
 MODULES = ("tensorrt", "tensorrt_rtx_bindings")
@@ -302,8 +304,7 @@ class TrtSession:
             end.record(self.stream)
             end.synchronize()
             times.append(start.elapsed_time(end))
-        return {"median_ms": float(np.median(times)), "min_ms": float(min(times)), "max_ms": float(max(times)),
-                "runs": runs}
+        return summary_ms(times)
 
 
 def trt_session(engine_path, module: str | None = None, library=None) -> TrtSession:

@@ -1,10 +1,13 @@
 """The op contract, written once: domain, op type, inputs, outputs and attributes of the
 table-batched EmbeddingBag op.
 
-Everything else derives from this module: ``scripts/gen_contract.py`` writes the C field table the
-core library exposes through ``dd_fields()`` (which the ONNX Runtime op and the TensorRT plugin
-iterate over) and the Markdown table in ``docs/op_contract.md``; the exporter and the ONNX shape
-inference read it directly. A test checks that the generated files are current.
+Everything else derives from this module: ``scripts/gen_contract.py`` writes the public C header
+``cpp/include/dlrm_deploy/contract.h`` (enums, ``dd_config``, ranges), the core's field table
+``cpp/src/contract_fields.inc`` (names, kinds, defaults, ranges, offsets, name tables), the ctypes
+mirror ``runtime/_contract_ctypes.py`` and the Markdown tables of ``docs/op_contract.md``; the
+exporter and the ONNX shape inference read it directly. A test checks that the generated files are
+current. Validation itself lives once, in the core (``dd_config_set_*``, ``dd_config_validate``):
+Python calls it through ``dlrm_deploy.runtime._core``.
 """
 
 from __future__ import annotations
@@ -15,14 +18,68 @@ DOMAIN = "dlrm_deploy"
 OP_TYPE = "EmbeddingBag"
 OP_VERSION = 1
 
-INT, STRING, INTS = 0, 1, 2
+INT, STRING, INTS = 0, 1, 2  # field kinds (DD_KIND_INT, DD_KIND_STRING, DD_KIND_INTS)
 
-DTYPES = ("fp32", "fp16", "bf16", "int8")
-OUT_DTYPES = ("fp32", "fp16", "bf16")
+MAX_TABLES = 256  # T of one node
+MSG_LEN = 512  # bytes of the core's error messages
+
+
+@dataclass(frozen=True)
+class DtypeInfo:
+    """One table storage type and what every layer calls it.
+
+    onnx: ONNX TensorProto element type of the stored weights (int8 rows are uint8 bytes);
+    onnx_type: ONNX Runtime's type string of that element type; torch / numpy: the dtype
+    attribute names (bf16 has no numpy type: its bits travel as uint16); elem_bytes: bytes per
+    element, 0 for the row-wise int8 rows (see ``row_bytes``); output: may also be ``out_dtype``.
+    """
+
+    name: str
+    enum: int  # dd_dtype
+    onnx: int
+    onnx_type: str
+    torch: str
+    numpy: str
+    elem_bytes: int
+    output: bool
+
+
+DTYPE_INFO: dict[str, DtypeInfo] = {d.name: d for d in (
+    DtypeInfo("fp32", 0, 1, "tensor(float)", "float32", "float32", 4, True),
+    DtypeInfo("fp16", 1, 10, "tensor(float16)", "float16", "float16", 2, True),
+    DtypeInfo("bf16", 2, 16, "tensor(bfloat16)", "bfloat16", "uint16", 2, True),
+    DtypeInfo("int8", 3, 2, "tensor(uint8)", "uint8", "uint8", 0, False),
+)}
+
+DTYPES = tuple(DTYPE_INFO)
+OUT_DTYPES = tuple(d for d, i in DTYPE_INFO.items() if i.output)
 MODES = ("sum", "mean")
 VARIANTS = ("auto", "baseline", "occupancy", "prefetch", "l2pin", "combined")
 CHECKS = ("unchecked", "checked", "deferred")
 INDEX_TYPES = ("int32", "int64")
+
+# The enums of the C ABI, in value order, with what each value means (the generated header's comments).
+ENUMS = {
+    "dtype": ("dd_dtype", "DD_", (("fp32", ""), ("fp16", ""), ("bf16", ""), ("int8", "row-wise: codes, fp32 scale and bias"))),
+    "mode": ("dd_mode", "DD_", (("sum", ""), ("mean", "an empty bag gives zeros"))),
+    "index_type": ("dd_index_type", "DD_", (("int32", ""), ("int64", ""))),
+    "variant": ("dd_variant", "DD_", (
+        ("auto", "fastest correct kernel for GPU, dtype and shape"),
+        ("baseline", "PyTorch's EmbeddingBag forward structure: thread per feature, 32x8 blocks"),
+        ("occupancy", "baseline with the per-architecture register cap"),
+        ("prefetch", "baseline with register prefetch of the next prefetch_distance lookups"),
+        ("l2pin", "baseline with hot rows kept in L2"),
+        ("combined", "occupancy + prefetch + l2pin"))),
+    "check": ("dd_check", "DD_", (("unchecked", ""), ("checked", ""), ("deferred", ""))),
+}
+assert tuple(n for n, _ in ENUMS["dtype"][2]) == DTYPES
+assert tuple(n for n, _ in ENUMS["variant"][2]) == VARIANTS
+# The string attributes and the names they accept (a prefix of the enum's names for out_dtype).
+CHOICES = {"dtype": DTYPES, "out_dtype": OUT_DTYPES, "mode": MODES, "variant": VARIANTS, "check": CHECKS}
+# Variants that keep hot rows in persisting L2 (when pinned_rows > 0).
+L2_VARIANTS = ("auto", "l2pin", "combined")
+# prefetch_distance values the prefetch kernels are compiled for (0 = the variant's default, 8).
+PREFETCH_DISTANCES = (0, 4, 8, 16)
 
 
 @dataclass(frozen=True)
@@ -33,22 +90,49 @@ class Field:
     kind: int  # INT, STRING or INTS
     default: str  # as text; "" means required
     doc: str
+    range: tuple[int, int] | None = None  # INT: inclusive bounds; INTS: bounds of each entry
+    values: tuple[int, ...] | None = None  # INT: the only values accepted, when not every one in range
+
+
+# The members of dd_config in order (name, C type, count; count > 1 is an array). The attributes
+# set the members of the same name; index_type comes from the indices' element type and
+# num_tables from the length of table_rows.
+CONFIG_MEMBERS = (
+    ("num_tables", "int32_t", 1, "T, 1..DD_MAX_TABLES"),
+    ("dim", "int32_t", 1, "D, embedding columns of every table"),
+    ("table_rows", "int64_t", MAX_TABLES, "rows of each table"),
+    ("dtype", "int32_t", 1, "dd_dtype of the table storage"),
+    ("out_dtype", "int32_t", 1, "DD_FP32, DD_FP16 or DD_BF16"),
+    ("mode", "int32_t", 1, "dd_mode"),
+    ("index_type", "int32_t", 1, "dd_index_type of indices and offsets"),
+    ("include_last_offset", "int32_t", 1, "1: offsets has T*B+1 entries"),
+    ("variant", "int32_t", 1, "dd_variant"),
+    ("prefetch_distance", "int32_t", 1, "lookups in flight per thread; 0 = the variant's default"),
+    ("pinned_rows", "int64_t", 1, "hottest rows per table (a hot prefix after reordering)"),
+    ("hot_first", "int32_t", 1, "1: all tables' hot prefixes stored first (see below)"),
+    ("check", "int32_t", 1, "dd_check"),
+    ("overlap", "int32_t", 1, "1: the adapter runs the lookups on a stream of its own"),
+)
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("table_rows", INTS, "", "rows of each table, in table order; its length is the number of tables T"),
-    Field("dim", INT, "", "embedding dimension D of every table (columns)"),
+    Field("table_rows", INTS, "", "rows of each table, in table order; its length is the number of tables T",
+          (1, 2**63 - 1)),
+    Field("dim", INT, "", "embedding dimension D of every table (columns); int8: a multiple of 4", (1, 1 << 20)),
     Field("dtype", STRING, "fp32", "table storage: " + "|".join(DTYPES) + " (int8 = row-wise, fp32 scale and bias per row)"),
     Field("out_dtype", STRING, "fp32", "output element type: " + "|".join(OUT_DTYPES)),
     Field("mode", STRING, "sum", "pooling: " + "|".join(MODES)),
-    Field("include_last_offset", INT, "0", "1: each table's offsets end with the end of its last bag (B+1 entries; packed form: T*B+1)"),
+    Field("include_last_offset", INT, "0", "1: each table's offsets end with the end of its last bag (B+1 entries; packed form: T*B+1)",
+          (0, 1)),
     Field("variant", STRING, "auto", "kernel: " + "|".join(VARIANTS)),
-    Field("prefetch_distance", INT, "0", "lookups in flight per thread for prefetch/combined (0 = default)"),
-    Field("pinned_rows", INT, "0", "hot rows per table kept in L2 (a prefix after frequency reordering)"),
-    Field("hot_first", INT, "0", "1: every table's hot prefix is stored first in the packed weights"),
+    Field("prefetch_distance", INT, "0", "lookups in flight per thread for prefetch/combined: "
+          + "|".join(map(str, PREFETCH_DISTANCES)) + " (0 = default)", (0, max(PREFETCH_DISTANCES)), PREFETCH_DISTANCES),
+    Field("pinned_rows", INT, "0", "hot rows per table kept in L2 (a prefix after frequency reordering); "
+          "with hot_first at most every table's rows", (0, 2**63 - 1)),
+    Field("hot_first", INT, "0", "1: every table's hot prefix is stored first in the packed weights", (0, 1)),
     Field("check", STRING, "checked", "bounds checking: " + "|".join(CHECKS)),
     Field("overlap", INT, "0", "1: on the CUDA provider the lookups run on the op's own stream, concurrently with the "
-          "graph's other nodes, until the dlrm_deploy::Join node that reads the output (ONNX Runtime only)"),
+          "graph's other nodes, until the dlrm_deploy::Join node that reads the output (ONNX Runtime only)", (0, 1)),
 )
 
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
@@ -74,6 +158,19 @@ OUTPUTS = (("output", "float|float16|bfloat16 (out_dtype)", "[B, T*D] pooled bag
 def int8_row_bytes(dim: int) -> int:
     """Bytes of one int8 row-wise row: dim codes + fp32 scale + fp32 bias, padded to 16 bytes."""
     return (dim + 8 + 15) // 16 * 16
+
+
+def row_bytes(dtype: str, dim: int) -> int:
+    """Bytes of one stored row of a ``dim``-wide table in ``dtype`` (a DTYPE_INFO key)."""
+    info = DTYPE_INFO[dtype]
+    return info.elem_bytes * dim if info.elem_bytes else int8_row_bytes(dim)
+
+
+def dtype_of_torch(torch_dtype, default: str | None = None) -> str | None:
+    """The contract name of a float torch dtype that can be an output type (``torch.float16`` ->
+    "fp16"); default for any other."""
+    name = str(torch_dtype).rsplit(".", 1)[-1]
+    return next((d for d, i in DTYPE_INFO.items() if i.output and i.torch == name), default)
 
 
 def validate_attributes(attrs: dict) -> dict:

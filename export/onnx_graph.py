@@ -4,7 +4,7 @@ attributes, dependency order, and the op outputs' value_info."""
 from __future__ import annotations
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from dlrm_deploy import contract as C
 
@@ -113,7 +113,7 @@ def annotate_outputs(model: onnx.ModelProto) -> None:
         if n.output[0] in known:
             continue
         a = attrs_of(n)
-        elem = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}[a["out_dtype"]]
+        elem = C.DTYPE_INFO[a["out_dtype"]].onnx
         graph.value_info.append(helper.make_tensor_value_info(
             n.output[0], elem, [batch_symbol(model), len(a["table_rows"]) * a["dim"]]))
 

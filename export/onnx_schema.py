@@ -12,7 +12,8 @@ from onnx import defs
 
 from dlrm_deploy import contract as C
 
-_ONNX_ELEM = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
+_ONNX_ELEM = {d: i.onnx for d, i in C.DTYPE_INFO.items() if i.output}
+_OUT_TYPES = [i.onnx_type for i in C.DTYPE_INFO.values() if i.output]
 
 
 def _attr_value(ctx, name: str, default):
@@ -64,9 +65,9 @@ def build_onnx_schema() -> defs.OpSchema:
     inputs = [fp("inputs", "V", doc, param_option=option.Variadic, is_homogeneous=False, min_arity=3)]
     outputs = [fp(name, "O", doc) for name, _types, doc in C.OUTPUTS]
     constraints = [
-        ("V", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(uint8)", "tensor(int32)",
-               "tensor(int64)"], "tables, ids, offsets, per-sample weights"),
-        ("O", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "output (out_dtype)"),
+        ("V", [i.onnx_type for i in C.DTYPE_INFO.values()] + ["tensor(int32)", "tensor(int64)"],
+         "tables, ids, offsets, per-sample weights"),
+        ("O", _OUT_TYPES, "output (out_dtype)"),
     ]
     attrs = []
     for f in C.FIELDS:
@@ -118,8 +119,7 @@ def build_join_schema() -> defs.OpSchema:
     schema = defs.OpSchema(C.JOIN_OP_TYPE, C.DOMAIN, C.OP_VERSION,
                            "Concat along axis 1 after an overlapped EmbeddingBag finished (docs/op_contract.md).",
                            inputs=inputs, outputs=[fp("output", "T", "the concatenation")],
-                           type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"],
-                                              "element type")], attributes=attrs)
+                           type_constraints=[("T", _OUT_TYPES, "element type")], attributes=attrs)
     schema.set_type_and_shape_inference_function(_infer_join)
     return schema
 

@@ -17,9 +17,6 @@ from dlrm_deploy import contract as C
 from .tables import convert_table
 from .torchrec_support import STORED_ROWS
 
-_OUT_DTYPE_OF = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
 def torch_op():
     """The registered torch op (importing the runtime module registers it)."""
     import dlrm_deploy.runtime.torch_op  # noqa: F401
@@ -128,7 +125,7 @@ def swap_embedding_bags(model: nn.Module, *, dtype: str = "fp32", variant: str =
         table = convert_table(w, dtype) if stored is None else w.contiguous()
         memo[id(m)] = DeployEmbeddingBag(
             table, rows=m.num_embeddings, dim=m.embedding_dim, dtype=dtype,
-            out_dtype=_OUT_DTYPE_OF.get(m.weight.dtype, "fp32"), mode=m.mode,
+            out_dtype=C.dtype_of_torch(m.weight.dtype, "fp32"), mode=m.mode,
             include_last_offset=m.include_last_offset, variant=variant, prefetch_distance=prefetch_distance,
             pinned_rows=p, check=check, remap=remap)
     # deepcopy with the replacements pre-seeded in the memo puts them wherever the originals were

@@ -20,14 +20,9 @@ from dlrm_deploy import layout as _layout
 DEFAULT_L2_BUDGET_BYTES = 30 * 1024 * 1024  # hot rows pinned in L2, all tables together (H100: 50 MB L2)
 DEFAULT_HOT_COVERAGE = 0.9  # fraction of sampled lookups the pinned rows should serve
 
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.uint8}
-
-
 def storage_row_bytes(dim: int, dtype: str) -> int:
     """Bytes of one stored row of a ``dim``-wide table in ``dtype`` (fp32/fp16/bf16/int8)."""
-    if dtype == "int8":
-        return C.int8_row_bytes(dim)
-    return dim * {"fp32": 4, "fp16": 2, "bf16": 2}[dtype]
+    return C.row_bytes(dtype, dim)
 
 
 def quantize_int8_rowwise(weight: torch.Tensor) -> torch.Tensor:
@@ -61,7 +56,7 @@ def convert_table(weight: torch.Tensor, dtype: str) -> torch.Tensor:
     w = weight.detach()
     if dtype == "int8":
         return quantize_int8_rowwise(w)
-    return w.to(_TORCH_DTYPES[dtype]).contiguous()
+    return w.to(getattr(torch, C.DTYPE_INFO[dtype].torch)).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,30 +11,8 @@ import functools
 
 from dlrm_deploy.libraries import library_path
 
-MAX_TABLES = 256
-MSG_LEN = 512
-INDEX_TYPES = {"int32": 0, "int64": 1}
-
-
-class Config(ctypes.Structure):
-    """Mirror of dd_config."""
-
-    _fields_ = [
-        ("num_tables", ctypes.c_int32),
-        ("dim", ctypes.c_int32),
-        ("table_rows", ctypes.c_int64 * MAX_TABLES),
-        ("dtype", ctypes.c_int32),
-        ("out_dtype", ctypes.c_int32),
-        ("mode", ctypes.c_int32),
-        ("index_type", ctypes.c_int32),
-        ("include_last_offset", ctypes.c_int32),
-        ("variant", ctypes.c_int32),
-        ("prefetch_distance", ctypes.c_int32),
-        ("pinned_rows", ctypes.c_int64),
-        ("hot_first", ctypes.c_int32),
-        ("check", ctypes.c_int32),
-        ("overlap", ctypes.c_int32),
-    ]
+from ._contract_ctypes import INDEX_TYPE as INDEX_TYPES  # noqa: F401  (re-exported)
+from ._contract_ctypes import MAX_TABLES, MSG_LEN, Config  # noqa: F401  (generated from the contract)
 
 
 class Field(ctypes.Structure):

@@ -51,7 +51,7 @@ class Workload:
         g = torch.Generator(device="cuda").manual_seed(args.seed)
         logical = torch.randn(self.T * self.R, self.D, generator=g, device="cuda")
         if dtype == "int8":
-            self.stored = torch.empty(self.T * self.R, contract.int8_row_bytes(self.D), dtype=torch.uint8,
+            self.stored = torch.empty(self.T * self.R, contract.row_bytes("int8", self.D), dtype=torch.uint8,
                                       device="cuda")
             for t in range(self.T):  # per table keeps the temporaries small
                 sl = slice(t * self.R, (t + 1) * self.R)
@@ -61,7 +61,7 @@ class Workload:
             logical = torch.addcmul(sb[:, 1:2], dq, sb[:, 0:1])  # scale * code + bias in fp32, as the kernels do
             del dq, sb
         else:
-            self.stored = logical.to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+            self.stored = logical.to(getattr(torch, contract.DTYPE_INFO[dtype].torch))
             logical = self.stored.float()
         self.logical = logical
         self.ids = torch.from_numpy(ids).cuda()  # [T, B*L] local ids

@@ -401,8 +401,7 @@ def _node_feeds(graph, graph_inputs: dict, feeds: dict, batch: int, pooling: int
             if attrs["dtype"] == "int8":
                 out[w_name] = rng.integers(0, 256, size=(total, C.int8_row_bytes(D)), dtype=np.uint8)
             else:
-                elem = {"fp32": 1, "fp16": 10, "bf16": _BF16}[attrs["dtype"]]
-                out[w_name] = _random_tensor([total, D], elem, rng)
+                out[w_name] = _random_tensor([total, D], C.DTYPE_INFO[attrs["dtype"]].onnx, rng)
     return out
 
 

@@ -22,18 +22,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from dlrm_deploy import contract
 from dlrm_deploy.libraries import library_path
 
 from .timing import time_wall
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
-OP_DOMAIN = "dlrm_deploy"
-OP_TYPE = "EmbeddingBag"
+OP_DOMAIN = contract.DOMAIN
+OP_TYPE = contract.OP_TYPE
 
 # ONNX TensorProto element type <-> out_dtype of the contract
-_OUT_DTYPE_ELEM = {"fp32": 1, "fp16": 10, "bf16": 16}
-_BF16_ELEM = 16
+_OUT_DTYPE_ELEM = {d: i.onnx for d, i in contract.DTYPE_INFO.items() if i.output}
+_BF16_ELEM = contract.DTYPE_INFO["bf16"].onnx
 
 
 def custom_op_library() -> str:
@@ -412,8 +413,8 @@ def _run_options(graph_id: int):
 
 
 def _numpy_dtype(onnx_type: str):
-    table = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-             "tensor(int32)": np.int32, "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
+    table = {i.onnx_type: np.dtype(i.numpy).type for i in contract.DTYPE_INFO.values() if i.name != "bf16"}
+    table.update({"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(double)": np.float64})
     if onnx_type not in table:
         raise TypeError(f"cuda_graph: unsupported output type {onnx_type}")
     return table[onnx_type]

@@ -19,8 +19,8 @@ from dlrm_deploy import contract
 from . import _core
 
 _TORCH_TYPES = {contract.INT: "int", contract.STRING: "str", contract.INTS: "int[]"}
-_OUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.uint8}
+_WEIGHT_DTYPES = {d: getattr(torch, i.torch) for d, i in contract.DTYPE_INFO.items()}
+_OUT_DTYPES = {d: t for d, t in _WEIGHT_DTYPES.items() if contract.DTYPE_INFO[d].output}
 
 
 def _schema() -> str:
@@ -179,8 +179,7 @@ def embedding_bag(input, weight, offsets, mode="sum", per_sample_weights=None, i
         raise ValueError("embedding_bag: only the 1-D input + offsets form is supported")
     if mode not in contract.MODES:
         raise ValueError(f"embedding_bag: mode must be one of {contract.MODES}, got {mode!r}")
-    dtype = kernel_options.pop("dtype", None) or {torch.float32: "fp32", torch.float16: "fp16",
-                                                  torch.bfloat16: "bf16"}.get(weight.dtype)
+    dtype = kernel_options.pop("dtype", None) or contract.dtype_of_torch(weight.dtype)
     if dtype is None:
         raise TypeError(f"embedding_bag: unsupported weight dtype {weight.dtype} (int8 tables: pass dtype='int8')")
     dim = kernel_options.pop("dim", None) or weight.shape[1]

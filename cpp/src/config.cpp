@@ -1,13 +1,14 @@
 // Attribute parsing, validation and shape helpers of the op contract: the only attribute parser of
 // the project (the ORT op and the TensorRT plugin feed their attributes/fields through it).
 #include <cstdarg>
+#include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "dlrm_deploy/embedding_bag.h"
 #include "internal.h"
-
-#include "contract_fields.inc"
 
 namespace dd {
 
@@ -22,22 +23,34 @@ int fail(int code, char* msg, size_t len, const char* fmt, ...) {
 }
 
 namespace {
+// A name table: the accepted names of a string attribute (or of index_type), in enum value order.
 struct NameTable {
   const char* kind;
   const char* const* names;
   int count;
 };
-const char* const kDtypes[] = {"fp32", "fp16", "bf16", "int8"};
-const char* const kModes[] = {"sum", "mean"};
-const char* const kIndexTypes[] = {"int32", "int64"};
-const char* const kVariants[] = {"auto", "baseline", "occupancy", "prefetch", "l2pin", "combined"};
-const char* const kChecks[] = {"unchecked", "checked", "deferred"};
-const NameTable kTables[] = {{"dtype", kDtypes, 4},        {"out_dtype", kDtypes, 3}, {"mode", kModes, 2},
-                             {"index_type", kIndexTypes, 2}, {"variant", kVariants, 6}, {"check", kChecks, 3}};
+// One attribute as the parser sees it: where it lives in dd_config and what it accepts.
+struct FieldSpec {
+  const char* name;
+  int32_t kind;     // dd_field_kind
+  size_t offset;    // of the member in dd_config
+  int32_t bytes;    // 4 or 8 (int32_t or int64_t members)
+  int64_t min, max; // inclusive range (DD_KIND_INTS: of each entry)
+  const int64_t* values;  // when not every value in range is accepted
+  int32_t num_values;
+};
+
+#include "contract_fields.inc"
 
 const NameTable* find_table(const char* kind) {
-  for (const auto& t : kTables)
+  for (const auto& t : kNameTables)
     if (std::strcmp(t.kind, kind) == 0) return &t;
+  return nullptr;
+}
+
+const FieldSpec* find_spec(const char* name, int32_t kind) {
+  for (const auto& f : kSpecs)
+    if (f.kind == kind && std::strcmp(f.name, name) == 0) return &f;
   return nullptr;
 }
 
@@ -45,6 +58,46 @@ std::string choices(const NameTable* t) {
   std::string s;
   for (int i = 0; i < t->count; ++i) s += (i ? "|" : "") + std::string(t->names[i]);
   return s;
+}
+
+// The range check of one integer attribute, shared by the setters and dd_config_validate.
+int check_int(const FieldSpec& f, int64_t v, char* msg, size_t len) {
+  if (f.values) {
+    std::string allowed;
+    for (int i = 0; i < f.num_values; ++i) {
+      if (f.values[i] == v) return DD_OK;
+      allowed += (i ? "|" : "") + std::to_string(f.values[i]);
+    }
+    return fail(DD_ERR_CONFIG, msg, len, "%s must be one of %s, got %lld", f.name, allowed.c_str(), (long long)v);
+  }
+  if (v >= f.min && v <= f.max) return DD_OK;
+  if (f.min == 0 && f.max == 1) return fail(DD_ERR_CONFIG, msg, len, "%s must be 0 or 1, got %lld", f.name, (long long)v);
+  if (f.max == INT64_MAX)
+    return fail(DD_ERR_CONFIG, msg, len, "%s must be >= %lld, got %lld", f.name, (long long)f.min, (long long)v);
+  return fail(DD_ERR_CONFIG, msg, len, "%s must be in %lld..%lld, got %lld", f.name, (long long)f.min,
+              (long long)f.max, (long long)v);
+}
+
+int64_t get_member(const dd_config* c, const FieldSpec& f) {
+  const char* p = reinterpret_cast<const char*>(c) + f.offset;
+  if (f.bytes == 8) {
+    int64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+  }
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+void set_member(dd_config* c, const FieldSpec& f, int64_t v) {
+  char* p = reinterpret_cast<char*>(c) + f.offset;
+  if (f.bytes == 8) {
+    std::memcpy(p, &v, 8);
+  } else {
+    const int32_t v32 = (int32_t)v;
+    std::memcpy(p, &v32, 4);
+  }
 }
 }  // namespace
 
@@ -57,8 +110,8 @@ extern "C" {
 const char* dd_version(void) { return DD_VERSION_STRING; }  // from dlrm_deploy/__init__.py via CMake
 
 const dd_field* dd_fields(int32_t* count) {
-  if (count) *count = (int32_t)(sizeof(kFields) / sizeof(kFields[0]));
-  return kFields;
+  if (count) *count = (int32_t)(sizeof(dd::kFields) / sizeof(dd::kFields[0]));
+  return dd::kFields;
 }
 
 int dd_parse_name(const char* kind, const char* name) {
@@ -77,62 +130,45 @@ const char* dd_name(const char* kind, int value) {
 
 void dd_config_init(dd_config* cfg) {
   std::memset(cfg, 0, sizeof(*cfg));
-  cfg->dtype = DD_FP32;
-  cfg->out_dtype = DD_FP32;
-  cfg->mode = DD_SUM;
-  cfg->index_type = DD_INT64;
-  cfg->variant = DD_AUTO;
-  cfg->check = DD_CHECKED;
+  for (const auto& f : dd::kFields) {  // the contract's defaults (required fields stay 0)
+    if (!f.default_value[0]) continue;
+    if (f.kind == DD_KIND_INT) dd_config_set_int(cfg, f.name, std::strtoll(f.default_value, nullptr, 10), nullptr, 0);
+    else if (f.kind == DD_KIND_STRING) dd_config_set_string(cfg, f.name, f.default_value, nullptr, 0);
+  }
+  cfg->index_type = DD_INT64;  // not an attribute: the adapters set it from the indices' type
 }
 
 int dd_config_set_int(dd_config* cfg, const char* name, int64_t v, char* msg, size_t len) {
-  if (!std::strcmp(name, "dim")) {
-    if (v <= 0 || v > (1 << 20)) return fail(DD_ERR_CONFIG, msg, len, "dim must be in 1..1048576, got %lld", (long long)v);
-    cfg->dim = (int32_t)v;
-  } else if (!std::strcmp(name, "include_last_offset")) {
-    if (v != 0 && v != 1) return fail(DD_ERR_CONFIG, msg, len, "include_last_offset must be 0 or 1, got %lld", (long long)v);
-    cfg->include_last_offset = (int32_t)v;
-  } else if (!std::strcmp(name, "prefetch_distance")) {
-    if (v < 0 || v > 64) return fail(DD_ERR_CONFIG, msg, len, "prefetch_distance must be in 0..64, got %lld", (long long)v);
-    cfg->prefetch_distance = (int32_t)v;
-  } else if (!std::strcmp(name, "pinned_rows")) {
-    if (v < 0) return fail(DD_ERR_CONFIG, msg, len, "pinned_rows must be >= 0, got %lld", (long long)v);
-    cfg->pinned_rows = v;
-  } else if (!std::strcmp(name, "overlap")) {
-    if (v != 0 && v != 1) return fail(DD_ERR_CONFIG, msg, len, "overlap must be 0 or 1, got %lld", (long long)v);
-    cfg->overlap = (int32_t)v;
-  } else if (!std::strcmp(name, "hot_first")) {
-    if (v != 0 && v != 1) return fail(DD_ERR_CONFIG, msg, len, "hot_first must be 0 or 1, got %lld", (long long)v);
-    cfg->hot_first = (int32_t)v;
-  } else {
-    return fail(DD_ERR_CONFIG, msg, len, "unknown integer attribute '%s'", name);
-  }
+  const dd::FieldSpec* f = dd::find_spec(name, DD_KIND_INT);
+  if (!f) return fail(DD_ERR_CONFIG, msg, len, "unknown integer attribute '%s'", name);
+  int rc = dd::check_int(*f, v, msg, len);
+  if (rc) return rc;
+  dd::set_member(cfg, *f, v);
   return DD_OK;
 }
 
 int dd_config_set_string(dd_config* cfg, const char* name, const char* value, char* msg, size_t len) {
+  const dd::FieldSpec* f = dd::find_spec(name, DD_KIND_STRING);
   const dd::NameTable* t = dd::find_table(name);
-  int32_t* dst = nullptr;
-  if (!std::strcmp(name, "dtype")) dst = &cfg->dtype;
-  else if (!std::strcmp(name, "out_dtype")) dst = &cfg->out_dtype;
-  else if (!std::strcmp(name, "mode")) dst = &cfg->mode;
-  else if (!std::strcmp(name, "variant")) dst = &cfg->variant;
-  else if (!std::strcmp(name, "check")) dst = &cfg->check;
-  if (!t || !dst) return fail(DD_ERR_CONFIG, msg, len, "unknown string attribute '%s'", name);
+  if (!t || !f) return fail(DD_ERR_CONFIG, msg, len, "unknown string attribute '%s'", name);
   int v = dd_parse_name(name, value);
   if (v < 0)
     return fail(DD_ERR_CONFIG, msg, len, "attribute %s='%s' is not one of %s", name, value ? value : "(null)",
                 dd::choices(t).c_str());
-  *dst = v;
+  dd::set_member(cfg, *f, v);
   return DD_OK;
 }
 
 int dd_config_set_ints(dd_config* cfg, const char* name, const int64_t* values, int64_t n, char* msg, size_t len) {
-  if (std::strcmp(name, "table_rows") != 0) return fail(DD_ERR_CONFIG, msg, len, "unknown list attribute '%s'", name);
+  const dd::FieldSpec* f = dd::find_spec(name, DD_KIND_INTS);
+  if (!f) return fail(DD_ERR_CONFIG, msg, len, "unknown list attribute '%s'", name);
+  // table_rows is the one list attribute: its length is num_tables.
   if (n < 1 || n > DD_MAX_TABLES)
     return fail(DD_ERR_CONFIG, msg, len, "table_rows must list 1..%d tables, got %lld", DD_MAX_TABLES, (long long)n);
   for (int64_t t = 0; t < n; ++t) {
-    if (values[t] <= 0) return fail(DD_ERR_CONFIG, msg, len, "table_rows[%lld] = %lld must be positive", (long long)t, (long long)values[t]);
+    if (values[t] < f->min || values[t] > f->max)
+      return fail(DD_ERR_CONFIG, msg, len, "table_rows[%lld] = %lld must be positive", (long long)t,
+                  (long long)values[t]);
     cfg->table_rows[t] = values[t];
   }
   cfg->num_tables = (int32_t)n;
@@ -142,13 +178,18 @@ int dd_config_set_ints(dd_config* cfg, const char* name, const int64_t* values, 
 int dd_config_validate(const dd_config* c, char* msg, size_t len) {
   if (c->num_tables < 1 || c->num_tables > DD_MAX_TABLES)
     return fail(DD_ERR_CONFIG, msg, len, "num_tables must be in 1..%d (set table_rows), got %d", DD_MAX_TABLES, c->num_tables);
-  if (c->dim < 1) return fail(DD_ERR_CONFIG, msg, len, "dim must be positive (got %d)", c->dim);
-  if (c->dtype < 0 || c->dtype > DD_INT8) return fail(DD_ERR_CONFIG, msg, len, "bad dtype %d", c->dtype);
-  if (c->out_dtype < 0 || c->out_dtype > DD_BF16) return fail(DD_ERR_CONFIG, msg, len, "bad out_dtype %d (fp32|fp16|bf16)", c->out_dtype);
-  if (c->mode != DD_SUM && c->mode != DD_MEAN) return fail(DD_ERR_CONFIG, msg, len, "bad mode %d", c->mode);
+  for (const auto& f : dd::kSpecs) {  // every member in its contract range, however it was set
+    const int64_t v = dd::get_member(c, f);
+    if (f.kind == DD_KIND_INT) {
+      int rc = dd::check_int(f, v, msg, len);
+      if (rc) return rc;
+    } else if (f.kind == DD_KIND_STRING) {
+      const dd::NameTable* t = dd::find_table(f.name);
+      if (v < 0 || v >= t->count)
+        return fail(DD_ERR_CONFIG, msg, len, "bad %s %lld (%s)", f.name, (long long)v, dd::choices(t).c_str());
+    }
+  }
   if (c->index_type != DD_INT32 && c->index_type != DD_INT64) return fail(DD_ERR_CONFIG, msg, len, "bad index_type %d", c->index_type);
-  if (c->variant < 0 || c->variant >= DD_NUM_VARIANTS) return fail(DD_ERR_CONFIG, msg, len, "bad variant %d", c->variant);
-  if (c->check < DD_UNCHECKED || c->check > DD_DEFERRED) return fail(DD_ERR_CONFIG, msg, len, "bad check mode %d", c->check);
   if (c->dtype == DD_INT8 && c->dim % 4 != 0)
     return fail(DD_ERR_CONFIG, msg, len, "int8 row-wise tables need dim divisible by 4 (got %d)", c->dim);
   for (int t = 0; t < c->num_tables; ++t)

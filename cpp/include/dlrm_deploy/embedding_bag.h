@@ -32,6 +32,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dlrm_deploy/contract.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -42,48 +44,16 @@ extern "C" {
 #define DD_API __attribute__((visibility("default")))
 #endif
 
-#define DD_MAX_TABLES 256
-#define DD_MSG_LEN 512
-
 typedef enum { DD_OK = 0, DD_ERR_CONFIG = 1, DD_ERR_INPUT = 2, DD_ERR_CUDA = 3, DD_ERR_UNSUPPORTED = 4 } dd_status;
 
-typedef enum { DD_FP32 = 0, DD_FP16 = 1, DD_BF16 = 2, DD_INT8 = 3 } dd_dtype; /* DD_INT8: row-wise */
-typedef enum { DD_SUM = 0, DD_MEAN = 1 } dd_mode;
-typedef enum { DD_INT32 = 0, DD_INT64 = 1 } dd_index_type;
-typedef enum {
-  DD_AUTO = 0,      /* fastest correct kernel for GPU, dtype and shape */
-  DD_BASELINE = 1,  /* PyTorch's EmbeddingBag forward structure: thread per feature, 32x8 blocks */
-  DD_OCCUPANCY = 2, /* baseline with the per-architecture register cap */
-  DD_PREFETCH = 3,  /* baseline with register prefetch of the next prefetch_distance lookups */
-  DD_L2PIN = 4,     /* baseline with hot rows kept in L2 */
-  DD_COMBINED = 5,  /* occupancy + prefetch + l2pin */
-  DD_NUM_VARIANTS = 6
-} dd_variant;
-
-/* Bounds checking. CHECKED validates on the GPU and reports through the return status (one stream
- * synchronisation per call); DEFERRED validates, zeroes bad bags' bad lookups and records the first
- * error in the workspace for dd_read_error (no synchronisation: for CUDA-graph/TensorRT use);
- * UNCHECKED trusts the input (fastest; bad input is undefined behaviour). */
-typedef enum { DD_UNCHECKED = 0, DD_CHECKED = 1, DD_DEFERRED = 2 } dd_check;
-
-/* The op's attributes: everything fixed at export/build time. Shapes known only per call
- * (number of indices and offsets) are arguments of dd_forward_*. */
-typedef struct dd_config {
-  int32_t num_tables;                 /* T, 1..DD_MAX_TABLES */
-  int32_t dim;                        /* D, embedding columns of every table */
-  int64_t table_rows[DD_MAX_TABLES];  /* rows of each table */
-  int32_t dtype;                      /* dd_dtype of the table storage */
-  int32_t out_dtype;                  /* DD_FP32, DD_FP16 or DD_BF16 */
-  int32_t mode;                       /* dd_mode */
-  int32_t index_type;                 /* dd_index_type of indices and offsets */
-  int32_t include_last_offset;        /* 1: offsets has T*B+1 entries */
-  int32_t variant;                    /* dd_variant */
-  int32_t prefetch_distance;          /* lookups in flight per thread; 0 = the variant's default */
-  int64_t pinned_rows;                /* hottest rows per table (a hot prefix after reordering) */
-  int32_t hot_first;                  /* 1: all tables' hot prefixes stored first (see below) */
-  int32_t check;                      /* dd_check */
-  int32_t overlap;                    /* 1: the adapter runs the lookups on a stream of its own */
-} dd_config;
+/* DD_MAX_TABLES, the enums dd_dtype (DD_INT8: row-wise), dd_mode, dd_index_type, dd_variant,
+ * dd_check, the attribute ranges and dd_config (the op's attributes) are generated from
+ * dlrm_deploy/contract.py into dlrm_deploy/contract.h.
+ *
+ * Bounds checking (dd_check). CHECKED validates on the GPU and reports through the return status
+ * (one stream synchronisation per call); DEFERRED validates, zeroes bad bags' bad lookups and
+ * records the first error in the workspace for dd_read_error (no synchronisation: for
+ * CUDA-graph/TensorRT use); UNCHECKED trusts the input (fastest; bad input is undefined behaviour). */
 /* hot_first layout: rows [0, T*P) hold each table's first P = pinned_rows rows (table t at t*P),
  * then each table's remaining rows in table order. One contiguous hot region lets the
  * persisting-L2 access-policy window cover the hot rows of every table. */
@@ -91,7 +61,7 @@ typedef struct dd_config {
 /* One attribute of the op contract, for adapters that derive their schema from it. */
 typedef struct dd_field {
   const char* name;
-  int32_t kind;           /* 0 int, 1 string, 2 list of ints */
+  int32_t kind;           /* dd_field_kind: DD_KIND_INT, DD_KIND_STRING or DD_KIND_INTS */
   const char* default_value; /* as text; "" for required fields */
   const char* doc;
 } dd_field;

@@ -12,6 +12,7 @@ Python calls it through ``dlrm_deploy.runtime._core``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 DOMAIN = "dlrm_deploy"
@@ -174,7 +175,15 @@ def dtype_of_torch(torch_dtype, default: str | None = None) -> str | None:
 
 
 def validate_attributes(attrs: dict) -> dict:
-    """Returns attrs with defaults filled in; raises ValueError naming the bad attribute."""
+    """Returns attrs with defaults filled in and values as their kinds (int, str, list of int).
+
+    Raises ValueError naming the bad attribute: unknown or missing names here, every value through
+    the core's own validator (``dd_config_set_*`` and ``dd_config_validate``), so the message is
+    the one ONNX Runtime and TensorRT give when they load the node.
+    """
+    unknown = set(attrs) - set(FIELD_BY_NAME)
+    if unknown:
+        raise ValueError(f"unknown attribute(s) {sorted(unknown)}; known: {[f.name for f in FIELDS]}")
     out = {}
     for f in FIELDS:
         if f.name in attrs:
@@ -190,15 +199,16 @@ def validate_attributes(attrs: dict) -> dict:
         else:
             v = str(v)
         out[f.name] = v
-    unknown = set(attrs) - set(FIELD_BY_NAME)
-    if unknown:
-        raise ValueError(f"unknown attribute(s) {sorted(unknown)}; known: {[f.name for f in FIELDS]}")
-    choices = {"dtype": DTYPES, "out_dtype": OUT_DTYPES, "mode": MODES, "variant": VARIANTS, "check": CHECKS}
-    for name, allowed in choices.items():
-        if out[name] not in allowed:
-            raise ValueError(f"attribute '{name}'='{out[name]}' is not one of {allowed}")
-    if not out["table_rows"] or any(r <= 0 for r in out["table_rows"]):
-        raise ValueError("attribute 'table_rows' must list at least one positive row count")
-    if out["dim"] <= 0:
-        raise ValueError("attribute 'dim' must be positive")
+    _core_validate(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in out.items()))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _core_validate(items: tuple) -> None:
+    """The core's verdict on one attribute set (cached: the torch op validates on every call)."""
+    from dlrm_deploy.runtime import _core
+
+    try:
+        _core.make_config(dict(items))
+    except _core.CoreError as e:
+        raise ValueError(str(e)) from None

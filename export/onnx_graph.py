@@ -110,9 +110,9 @@ def annotate_outputs(model: onnx.ModelProto) -> None:
     graph = model.graph
     known = {v.name for v in graph.value_info} | {v.name for v in graph.output}
     for n in op_nodes(model):
+        a = attrs_of(n)  # every node through the core's validator, the fused ones included
         if n.output[0] in known:
             continue
-        a = attrs_of(n)
         elem = C.DTYPE_INFO[a["out_dtype"]].onnx
         graph.value_info.append(helper.make_tensor_value_info(
             n.output[0], elem, [batch_symbol(model), len(a["table_rows"]) * a["dim"]]))

@@ -24,6 +24,18 @@ def torch_op():
     return torch.ops.dlrm_deploy.embedding_bag
 
 
+def table_attributes(*, rows: int, dim: int, dtype: str = "fp32", out_dtype: str = "fp32", mode: str = "sum",
+                     include_last_offset: bool = False, variant: str = "auto", prefetch_distance: int = 0,
+                     pinned_rows: int = 0, check: str = "checked") -> dict:
+    """One table's op attributes, validated by the core (ValueError with its message); hot_first
+    follows pinned_rows, as in the fused node table batching writes."""
+    return C.validate_attributes(dict(
+        table_rows=[int(rows)], dim=int(dim), dtype=dtype, out_dtype=out_dtype, mode=mode,
+        include_last_offset=int(bool(include_last_offset)), variant=variant,
+        prefetch_distance=int(prefetch_distance), pinned_rows=int(pinned_rows),
+        hot_first=int(pinned_rows > 0), check=check))
+
+
 class DeployEmbeddingBag(nn.Module):
     """An ``nn.EmbeddingBag`` replacement calling ``torch.ops.dlrm_deploy.embedding_bag``.
 
@@ -40,11 +52,9 @@ class DeployEmbeddingBag(nn.Module):
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("remap", remap)
-        self.attrs = C.validate_attributes(dict(
-            table_rows=[int(rows)], dim=int(dim), dtype=dtype, out_dtype=out_dtype, mode=mode,
-            include_last_offset=int(bool(include_last_offset)), variant=variant,
-            prefetch_distance=int(prefetch_distance), pinned_rows=int(pinned_rows),
-            hot_first=int(pinned_rows > 0), check=check))
+        self.attrs = table_attributes(rows=rows, dim=dim, dtype=dtype, out_dtype=out_dtype, mode=mode,
+                                      include_last_offset=include_last_offset, variant=variant,
+                                      prefetch_distance=prefetch_distance, pinned_rows=pinned_rows, check=check)
 
     def extra_repr(self) -> str:
         a = self.attrs
@@ -120,14 +130,16 @@ def swap_embedding_bags(model: nn.Module, *, dtype: str = "fp32", variant: str =
             w = w[torch.from_numpy(plan.order)]
             remap = torch.from_numpy(plan.remap)
         p = pinned_rows.get(name, 0) if isinstance(pinned_rows, dict) else int(pinned_rows)
-        if p > m.num_embeddings:
-            raise ValueError(f"{name}: pinned_rows={p} exceeds its {m.num_embeddings} rows")
+        kw = dict(rows=m.num_embeddings, dim=m.embedding_dim, dtype=dtype,
+                  out_dtype=C.dtype_of_torch(m.weight.dtype, "fp32"), mode=m.mode,
+                  include_last_offset=m.include_last_offset, variant=variant, prefetch_distance=prefetch_distance,
+                  pinned_rows=p, check=check)
+        try:  # before converting the table: the core's message, named after the module
+            table_attributes(**kw)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
         table = convert_table(w, dtype) if stored is None else w.contiguous()
-        memo[id(m)] = DeployEmbeddingBag(
-            table, rows=m.num_embeddings, dim=m.embedding_dim, dtype=dtype,
-            out_dtype=C.dtype_of_torch(m.weight.dtype, "fp32"), mode=m.mode,
-            include_last_offset=m.include_last_offset, variant=variant, prefetch_distance=prefetch_distance,
-            pinned_rows=p, check=check, remap=remap)
+        memo[id(m)] = DeployEmbeddingBag(table, remap=remap, **kw)
     # deepcopy with the replacements pre-seeded in the memo puts them wherever the originals were
     # referenced (ModuleList, attributes, shared modules) without copying the original tables.
     return copy.deepcopy(model, memo)

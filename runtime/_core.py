@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
+from dlrm_deploy import contract
 from dlrm_deploy.libraries import library_path
 
 from ._contract_ctypes import INDEX_TYPE as INDEX_TYPES  # noqa: F401  (re-exported)
@@ -30,6 +31,17 @@ class TableLookups(ctypes.Structure):
                 ("offsets_name", ctypes.c_char_p)]
 
 
+class Attribute(ctypes.Structure):
+    """Mirror of dd_attribute: one attribute as an adapter found it."""
+
+    _fields_ = [("present", ctypes.c_int32), ("kind", ctypes.c_int32), ("type_name", ctypes.c_char_p),
+                ("i", ctypes.c_int64), ("s", ctypes.c_char_p), ("ints", ctypes.POINTER(ctypes.c_int64)),
+                ("n", ctypes.c_int64)]
+
+
+GETTER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(Field), ctypes.POINTER(Attribute))
+
+
 class CoreError(RuntimeError):
     """An error status from the kernel core, with its message."""
 
@@ -48,6 +60,8 @@ def lib() -> ctypes.CDLL:
         "dd_config_set_string": (ctypes.c_int, [C, S, S, P, SZ]),
         "dd_config_set_ints": (ctypes.c_int, [C, S, ctypes.POINTER(I64), I64, P, SZ]),
         "dd_config_validate": (ctypes.c_int, [C, P, SZ]),
+        "dd_config_parse": (ctypes.c_int, [C, GETTER, P, ctypes.c_int32, P, SZ]),
+        "dd_check_weights_shape": (ctypes.c_int, [C, ctypes.c_int32, ctypes.POINTER(I64), P, SZ]),
         "dd_row_bytes": (I64, [C]),
         "dd_total_rows": (I64, [C]),
         "dd_batch_size": (I64, [C, I64, P, SZ]),
@@ -81,30 +95,47 @@ def fields() -> list[tuple[str, int, str]]:
 
 def make_config(attrs: dict, index_type: str = "int64") -> Config:
     """A validated dd_config from contract attributes (names as in dlrm_deploy/contract.py); unset
-    attributes keep the contract defaults. Raises CoreError with the core's message."""
-    L = lib()
-    cfg = Config()
-    L.dd_config_init(ctypes.byref(cfg))
-    buf = ctypes.create_string_buffer(MSG_LEN)
-    kinds = {name: kind for name, kind, _ in fields()}
-    for name, value in attrs.items():
-        kind = kinds.get(name)
-        if kind is None:
-            raise CoreError(f"unknown attribute '{name}'; known: {sorted(kinds)}")
-        if kind == 2:
-            vals = [int(v) for v in value]
-            arr = (ctypes.c_int64 * max(1, len(vals)))(*vals)
-            rc = L.dd_config_set_ints(ctypes.byref(cfg), name.encode(), arr, len(vals), buf, MSG_LEN)
-        elif kind == 1:
-            rc = L.dd_config_set_string(ctypes.byref(cfg), name.encode(), str(value).encode(), buf, MSG_LEN)
-        else:
-            rc = L.dd_config_set_int(ctypes.byref(cfg), name.encode(), int(value), buf, MSG_LEN)
-        _check(rc, buf)
+    attributes keep the contract defaults. Raises CoreError with the core's message (dd_config_parse:
+    the parser ONNX Runtime and TensorRT use)."""
+    known = {name for name, _, _ in fields()}
+    unknown = set(attrs) - known
+    if unknown:
+        raise CoreError(f"unknown attribute '{sorted(unknown)[0]}'; known: {sorted(known)}")
     if index_type not in INDEX_TYPES:
         raise CoreError(f"indices must be int32 or int64, got {index_type}")
-    cfg.index_type = INDEX_TYPES[index_type]
-    _check(L.dd_config_validate(ctypes.byref(cfg), buf, MSG_LEN), buf)
+    keep = []  # the buffers handed to the core, alive until parsing ends
+
+    def get(_ctx, field, out):
+        f = field.contents
+        name = f.name.decode()
+        if name not in attrs:
+            return 0
+        out.contents.present, out.contents.kind = 1, f.kind  # Python values take the field's kind
+        value = attrs[name]
+        if f.kind == contract.INTS:
+            vals = [int(v) for v in value]
+            arr = (ctypes.c_int64 * max(1, len(vals)))(*vals)
+            keep.append(arr)
+            out.contents.ints, out.contents.n = ctypes.cast(arr, ctypes.POINTER(ctypes.c_int64)), len(vals)
+        elif f.kind == contract.STRING:
+            text = str(value).encode()
+            keep.append(text)
+            out.contents.s = text
+        else:
+            out.contents.i = int(value)
+        return 0
+
+    cfg = Config()
+    buf = ctypes.create_string_buffer(MSG_LEN)
+    _check(lib().dd_config_parse(ctypes.byref(cfg), GETTER(get), None, INDEX_TYPES[index_type], buf, MSG_LEN), buf)
     return cfg
+
+
+def check_weights_shape(cfg: Config, shape) -> None:
+    """Raises CoreError unless shape is the packed weights' [total rows, dim or int8 row bytes]."""
+    dims = (ctypes.c_int64 * max(1, len(shape)))(*[int(d) for d in shape])
+    buf = ctypes.create_string_buffer(MSG_LEN)
+    _check(lib().dd_check_weights_shape(ctypes.byref(cfg), len(shape), dims, buf, MSG_LEN), buf)
 
 
 def row_bytes(cfg: Config) -> int:

@@ -78,11 +78,10 @@ def _weight_config(weight, attrs, index_dtype):
     want = _WEIGHT_DTYPES[attrs["dtype"]]
     if weight.dtype != want:
         raise TypeError(f"dtype={attrs['dtype']} needs a {want} weight tensor, got {weight.dtype}")
-    rows = sum(int(r) for r in attrs["table_rows"])
-    width = _core.row_bytes(cfg) if attrs["dtype"] == "int8" else int(attrs["dim"])
-    if weight.dim() != 2 or weight.shape[0] != rows or weight.shape[1] != width:
-        raise ValueError(f"weight must be [{rows}, {width}] for table_rows={list(attrs['table_rows'])}, "
-                         f"dim={attrs['dim']}, dtype={attrs['dtype']}; got {list(weight.shape)}")
+    try:
+        _core.check_weights_shape(cfg, weight.shape)
+    except _core.CoreError as e:
+        raise ValueError(f"weight must be as the attributes say: {e}") from None
     return cfg
 
 

@@ -203,6 +203,67 @@ int dd_config_validate(const dd_config* c, char* msg, size_t len) {
   return DD_OK;
 }
 
+int dd_config_parse(dd_config* cfg, dd_attribute_getter get, void* ctx, int32_t index_type, char* msg, size_t len) {
+  static const char* const kKinds[] = {"int", "string", "ints"};
+  dd_config_init(cfg);
+  for (const auto& f : dd::kFields) {
+    dd_attribute a;
+    std::memset(&a, 0, sizeof(a));
+    int rc = get(ctx, &f, &a);
+    if (rc != DD_OK) return fail(rc, msg, len, "attribute '%s' could not be read", f.name);
+    if (!a.present) {
+      if (!f.default_value[0])
+        return fail(DD_ERR_CONFIG, msg, len, "attribute '%s' (%s) is required: %s", f.name, kKinds[f.kind], f.doc);
+      continue;  // dd_config_init holds the contract's default
+    }
+    if (a.kind != f.kind) {
+      const char* got = a.kind >= 0 && a.kind <= DD_KIND_INTS ? kKinds[a.kind] : (a.type_name ? a.type_name : "?");
+      return fail(DD_ERR_CONFIG, msg, len, "attribute '%s' must be of type %s, got %s", f.name, kKinds[f.kind], got);
+    }
+    if (f.kind == DD_KIND_INT) rc = dd_config_set_int(cfg, f.name, a.i, msg, len);
+    else if (f.kind == DD_KIND_STRING) rc = dd_config_set_string(cfg, f.name, a.s ? a.s : "", msg, len);
+    else rc = dd_config_set_ints(cfg, f.name, a.ints, a.n, msg, len);
+    if (rc != DD_OK) return rc;
+  }
+  cfg->index_type = index_type;
+  return dd_config_validate(cfg, msg, len);
+}
+
+int dd_config_get(const dd_config* cfg, const char* name, dd_attribute* out, char* msg, size_t len) {
+  std::memset(out, 0, sizeof(*out));
+  for (const auto& f : dd::kSpecs) {
+    if (std::strcmp(f.name, name) != 0) continue;
+    out->present = 1;
+    out->kind = f.kind;
+    if (f.kind == DD_KIND_INTS) {  // table_rows: num_tables entries
+      out->ints = cfg->table_rows;
+      out->n = cfg->num_tables;
+    } else if (f.kind == DD_KIND_STRING) {
+      out->s = dd_name(f.name, (int)dd::get_member(cfg, f));
+    } else {
+      out->i = dd::get_member(cfg, f);
+    }
+    return DD_OK;
+  }
+  return fail(DD_ERR_CONFIG, msg, len, "unknown attribute '%s'", name);
+}
+
+int dd_check_weights_shape(const dd_config* c, int32_t rank, const int64_t* dims, char* msg, size_t len) {
+  const int64_t rows = dd_total_rows(c);
+  const int64_t cols = c->dtype == DD_INT8 ? dd_row_bytes(c) : c->dim;
+  const bool ok = rank == 2 && (dims[0] < 0 || dims[0] == rows) && (dims[1] < 0 || dims[1] == cols);
+  if (ok) return DD_OK;
+  std::string shape = "[";
+  for (int32_t i = 0; i < rank; ++i) shape += (i ? ", " : "") + std::to_string(dims[i]);
+  return fail(DD_ERR_INPUT, msg, len, "weights have shape %s]; expected [%lld, %lld] (sum of table_rows, %s)",
+              shape.c_str(), (long long)rows, (long long)cols,
+              c->dtype == DD_INT8 ? "row bytes of int8 row-wise rows" : "dim");
+}
+
+int dd_uses_l2(const dd_config* c) {
+  return c->pinned_rows > 0 && (c->variant == DD_AUTO || c->variant == DD_L2PIN || c->variant == DD_COMBINED);
+}
+
 int64_t dd_row_bytes(const dd_config* c) {
   switch (c->dtype) {
     case DD_FP32: return 4LL * c->dim;

@@ -45,45 +45,53 @@ OrtErrorCode ErrorCodeOf(int rc) {
   }
 }
 
-// What an attribute of the node holds, found by asking ORT for each kind in turn (ORT's C API
-// has no call for an attribute's type; a failed query just means "not this kind").
-struct Attribute {
-  const char* kind = nullptr;  // "int", "string", "ints", "float", "floats"; nullptr: absent
-  int64_t i = 0;
-  std::string s;
-  std::vector<int64_t> ints;
-};
-
 bool Ok(const OrtApi& api, OrtStatus* status) {
   if (status == nullptr) return true;
   api.ReleaseStatus(status);
   return false;
 }
 
-Attribute ReadAttribute(const OrtApi& api, const OrtKernelInfo* info, const char* name) {
-  Attribute a;
+// The node's attributes for the core's parser (dd_config_parse). ORT's C API has no call for an
+// attribute's type: each kind is asked for in turn, a failed query just means "not this kind".
+struct AttributeReader {
+  const OrtApi& api;
+  const OrtKernelInfo* info;
+  std::string s;  // storage of the last string or list fetched
+  std::vector<int64_t> ints;
+};
+
+int GetAttribute(void* ctx, const dd_field* field, dd_attribute* a) {
+  auto* r = static_cast<AttributeReader*>(ctx);
+  const char* name = field->name;
   size_t size = 0;
   float f = 0.0f;
-  if (Ok(api, api.KernelInfoGetAttribute_int64(info, name, &a.i))) {
-    a.kind = "int";
-  } else if (Ok(api, api.KernelInfoGetAttribute_string(info, name, nullptr, &size))) {
+  a->present = 1;
+  if (Ok(r->api, r->api.KernelInfoGetAttribute_int64(r->info, name, &a->i))) {
+    a->kind = DD_KIND_INT;
+  } else if (Ok(r->api, r->api.KernelInfoGetAttribute_string(r->info, name, nullptr, &size))) {
     std::vector<char> buf(size + 1, '\0');
-    if (Ok(api, api.KernelInfoGetAttribute_string(info, name, buf.data(), &size))) {
-      a.kind = "string";
-      a.s = buf.data();
-    }
-  } else if (Ok(api, api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) {
-    a.ints.resize(size);
-    if (size == 0 || Ok(api, api.KernelInfoGetAttributeArray_int64(info, name, a.ints.data(), &size))) a.kind = "ints";
-  } else if (Ok(api, api.KernelInfoGetAttribute_float(info, name, &f))) {
-    a.kind = "float";
-  } else if (Ok(api, api.KernelInfoGetAttributeArray_float(info, name, nullptr, &size))) {
-    a.kind = "floats";
+    if (!Ok(r->api, r->api.KernelInfoGetAttribute_string(r->info, name, buf.data(), &size))) return DD_ERR_CONFIG;
+    r->s = buf.data();
+    a->kind = DD_KIND_STRING;
+    a->s = r->s.c_str();
+  } else if (Ok(r->api, r->api.KernelInfoGetAttributeArray_int64(r->info, name, nullptr, &size))) {
+    r->ints.assign(size, 0);
+    if (size && !Ok(r->api, r->api.KernelInfoGetAttributeArray_int64(r->info, name, r->ints.data(), &size)))
+      return DD_ERR_CONFIG;
+    a->kind = DD_KIND_INTS;
+    a->ints = r->ints.data();
+    a->n = (int64_t)size;
+  } else if (Ok(r->api, r->api.KernelInfoGetAttribute_float(r->info, name, &f))) {
+    a->kind = -1;
+    a->type_name = "float";
+  } else if (Ok(r->api, r->api.KernelInfoGetAttributeArray_float(r->info, name, nullptr, &size))) {
+    a->kind = -1;
+    a->type_name = "floats";
+  } else {
+    a->present = 0;
   }
-  return a;
+  return DD_OK;
 }
-
-const char* const kKindNames[] = {"int", "string", "ints"};
 
 std::string ShapeText(const std::vector<int64_t>& dims) {
   std::string s = "[";
@@ -144,32 +152,12 @@ OrtStatusPtr EmbeddingBagKernel::Init(const OrtKernelInfo* info) {
   node_name_ = kinfo.GetNodeName();
   for (size_t i = 0; i < kinfo.GetInputCount(); ++i) input_names_.push_back(kinfo.GetInputName(i));
 
-  // Every attribute of the contract goes through the core's parser (dd_config_set_*).
+  // Every attribute of the contract goes through the core's parser.
   char msg[DD_MSG_LEN] = {0};
-  int32_t num_fields = 0;
-  const dd_field* fields = dd_fields(&num_fields);
-  for (int32_t k = 0; k < num_fields; ++k) {
-    const dd_field& f = fields[k];
-    const Attribute a = ReadAttribute(api, info, f.name);
-    const char* want = kKindNames[f.kind];
-    if (a.kind == nullptr) {
-      if (f.default_value[0] == '\0')
-        return Error(ORT_INVALID_ARGUMENT, std::string("attribute '") + f.name + "' (" + want + ") is required: " + f.doc);
-      continue;  // dd_config_init holds the contract's default
-    }
-    if (std::string(a.kind) != want)
-      return Error(ORT_INVALID_ARGUMENT,
-                   std::string("attribute '") + f.name + "' must be of type " + want + ", got " + a.kind);
-    int rc = DD_OK;
-    switch (f.kind) {
-      case 0: rc = dd_config_set_int(&cfg_, f.name, a.i, msg, sizeof(msg)); break;
-      case 1: rc = dd_config_set_string(&cfg_, f.name, a.s.c_str(), msg, sizeof(msg)); break;
-      default: rc = dd_config_set_ints(&cfg_, f.name, a.ints.data(), (int64_t)a.ints.size(), msg, sizeof(msg)); break;
-    }
-    if (rc != DD_OK) return Error(ErrorCodeOf(rc), msg);
-  }
-  cfg_.index_type = index_type_ == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ? DD_INT32 : DD_INT64;
-  int rc = dd_config_validate(&cfg_, msg, sizeof(msg));
+  AttributeReader reader{api, info, {}, {}};
+  const int rc = dd_config_parse(&cfg_, GetAttribute, &reader,
+                                 index_type_ == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ? DD_INT32 : DD_INT64, msg,
+                                 sizeof(msg));
   if (rc != DD_OK) return Error(ErrorCodeOf(rc), msg);
 
   if (WeightsTypeOf(cfg_.dtype) != weights_type_)
@@ -298,14 +286,9 @@ OrtStatusPtr EmbeddingBagKernel::Compute(OrtKernelContext* context) {
 
   const int64_t D = cfg_.dim;
   const std::vector<int64_t> wshape = weights.GetTensorTypeAndShapeInfo().GetShape();
-  const int64_t row_elems = cfg_.dtype == DD_INT8 ? dd_row_bytes(&cfg_) : D;
-  const int64_t total_rows = dd_total_rows(&cfg_);
-  if (wshape.size() != 2 || wshape[0] != total_rows || wshape[1] != row_elems)
-    return Error(ORT_INVALID_ARGUMENT, "weights have shape " + ShapeText(wshape) + "; expected [" +
-                                           std::to_string(total_rows) + ", " + std::to_string(row_elems) +
-                                           "] (sum of table_rows, " +
-                                           (cfg_.dtype == DD_INT8 ? "row bytes of int8 row-wise rows)" : "dim)"));
   char msg[DD_MSG_LEN] = {0};
+  if (dd_check_weights_shape(&cfg_, (int32_t)wshape.size(), wshape.data(), msg, sizeof(msg)) != DD_OK)
+    return Error(ORT_INVALID_ARGUMENT, msg);
   std::vector<dd_table_lookups> tables;
   const void *idx = nullptr, *off = nullptr;
   const float* psw_data = nullptr;

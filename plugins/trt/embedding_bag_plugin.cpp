@@ -73,6 +73,65 @@ bool read_ints(const PluginField& f, std::vector<int64_t>* out) {
   return true;
 }
 
+bool known_field(const char* name) {
+  int32_t count = 0;
+  const dd_field* contract = dd_fields(&count);
+  for (int32_t i = 0; i < count; ++i)
+    if (std::strcmp(contract[i].name, name) == 0) return true;
+  return false;
+}
+
+// The fields TensorRT handed in, for the core's parser (dd_config_parse): kCHAR is a string,
+// integer data of one value an int (for an int attribute), of any other length a list.
+struct FieldReader {
+  const PluginFieldCollection* fc;
+  std::vector<int64_t> ints;
+  std::string text;
+};
+
+int get_field(void* ctx, const dd_field* field, dd_attribute* a) {
+  auto* r = static_cast<FieldReader*>(ctx);
+  const PluginField* f = nullptr;
+  for (int32_t j = 0; r->fc && j < r->fc->nbFields; ++j)  // a later field overrides an earlier one
+    if (r->fc->fields[j].name && std::strcmp(r->fc->fields[j].name, field->name) == 0) f = &r->fc->fields[j];
+  if (!f) return DD_OK;
+  a->present = 1;
+  if (f->type == PluginFieldType::kCHAR && (f->length <= 0 || f->data)) {
+    const char* s = static_cast<const char*>(f->data);
+    r->text = f->length > 0 ? std::string(s, strnlen(s, static_cast<size_t>(f->length))) : std::string();
+    a->kind = DD_KIND_STRING;
+    a->s = r->text.c_str();
+  } else if (f->type != PluginFieldType::kCHAR && read_ints(*f, &r->ints)) {
+    a->kind = field->kind == DD_KIND_INT && r->ints.size() == 1 ? DD_KIND_INT : DD_KIND_INTS;
+    a->i = r->ints.empty() ? 0 : r->ints[0];
+    a->ints = r->ints.data();
+    a->n = static_cast<int64_t>(r->ints.size());
+  } else {
+    a->kind = -1;
+    a->type_name = "a field type other than kCHAR, kINT32 or kINT64";
+  }
+  return DD_OK;
+}
+
+// Every contract field's value in cfg, for getFieldsToSerialize.
+std::vector<FieldValue> field_values(const dd_config& cfg) {
+  int32_t count = 0;
+  const dd_field* contract = dd_fields(&count);
+  std::vector<FieldValue> out;
+  for (int32_t i = 0; i < count; ++i) {
+    dd_attribute a;
+    if (dd_config_get(&cfg, contract[i].name, &a, nullptr, 0) != DD_OK) continue;
+    FieldValue v;
+    v.name = contract[i].name;
+    v.kind = a.kind;
+    if (a.kind == DD_KIND_STRING) v.text = a.s;
+    else if (a.kind == DD_KIND_INT) v.ints = {a.i};
+    else v.ints.assign(a.ints, a.ints + a.n);
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
 // An input's name in messages, as the core names a table's tensors ("offsets of table 2").
 struct Label {
   char text[64];
@@ -164,8 +223,8 @@ void DeferredErrors::drain(const std::string& layer) noexcept {
 // ---------------------------------------------------------------------------------------------
 // The plugin
 
-EmbeddingBagPlugin::EmbeddingBagPlugin(std::string layer_name, std::vector<FieldValue> values, const dd_config& cfg)
-    : layer_(std::move(layer_name)), values_(std::move(values)), cfg_(cfg),
+EmbeddingBagPlugin::EmbeddingBagPlugin(std::string layer_name, const dd_config& cfg)
+    : layer_(std::move(layer_name)), values_(field_values(cfg)), cfg_(cfg),
       tables_(static_cast<size_t>(cfg.num_tables > 0 ? cfg.num_tables : 0)) {
   char buf[512];
   std::snprintf(buf, sizeof(buf), "tables=%d dim=%d dtype=%s out_dtype=%s mode=%s variant=%s check=%s pinned_rows=%lld",
@@ -189,76 +248,27 @@ bool EmbeddingBagPlugin::error(const char* fmt, ...) const noexcept {
 
 EmbeddingBagPlugin* EmbeddingBagPlugin::create(const char* layer_name, const PluginFieldCollection* fc) noexcept {
   const std::string layer = layer_name ? layer_name : "";
-  char msg[DD_MSG_LEN];
-  int32_t count = 0;
-  const dd_field* contract = dd_fields(&count);
-  std::vector<FieldValue> values(static_cast<size_t>(count));
-  std::vector<bool> given(static_cast<size_t>(count), false);
-  for (int32_t i = 0; i < count; ++i) {
-    values[i].name = contract[i].name;
-    values[i].kind = contract[i].kind;
-  }
   const int32_t nb = fc ? fc->nbFields : 0;
   for (int32_t j = 0; j < nb; ++j) {
-    const PluginField& f = fc->fields[j];
-    if (!f.name) continue;
-    int32_t i = 0;
-    while (i < count && std::strcmp(contract[i].name, f.name) != 0) ++i;
-    if (i == count) {
+    const char* name = fc->fields[j].name;
+    if (name && !known_field(name)) {
       log(Severity::kERROR, "EmbeddingBag layer '%s': unknown field '%s' (the op contract's fields: see "
-          "docs/op_contract.md)", layer.c_str(), f.name);
+          "docs/op_contract.md)", layer.c_str(), name);
       return nullptr;
     }
-    FieldValue& v = values[i];
-    if (v.kind == 1) {
-      if (f.type != PluginFieldType::kCHAR || (f.length > 0 && !f.data)) {
-        log(Severity::kERROR, "EmbeddingBag layer '%s': field '%s' must be a string (kCHAR)", layer.c_str(), f.name);
-        return nullptr;
-      }
-      const char* s = static_cast<const char*>(f.data);
-      v.text = f.length > 0 ? std::string(s, strnlen(s, static_cast<size_t>(f.length))) : std::string();
-    } else {
-      if (!read_ints(f, &v.ints) || (v.kind == 0 && v.ints.size() != 1)) {
-        log(Severity::kERROR, "EmbeddingBag layer '%s': field '%s' must be %s (kINT32 or kINT64)", layer.c_str(),
-            f.name, v.kind == 0 ? "one integer" : "a list of integers");
-        return nullptr;
-      }
-    }
-    given[i] = true;
   }
-
+  char msg[DD_MSG_LEN];
   dd_config cfg;
-  dd_config_init(&cfg);
-  for (int32_t i = 0; i < count; ++i) {
-    FieldValue& v = values[i];
-    if (!given[i]) {
-      const char* def = contract[i].default_value;
-      if (!def || !*def) {
-        log(Severity::kERROR, "EmbeddingBag layer '%s': required field '%s' is missing (%s)", layer.c_str(),
-            contract[i].name, contract[i].doc);
-        return nullptr;
-      }
-      if (v.kind == 1) v.text = def;
-      else v.ints = {std::strtoll(def, nullptr, 10)};  // contract defaults of lists are "" (required)
-    }
-    int st = DD_OK;
-    if (v.kind == 0) st = dd_config_set_int(&cfg, v.name.c_str(), v.ints[0], msg, sizeof(msg));
-    else if (v.kind == 1) st = dd_config_set_string(&cfg, v.name.c_str(), v.text.c_str(), msg, sizeof(msg));
-    else st = dd_config_set_ints(&cfg, v.name.c_str(), v.ints.data(), static_cast<int64_t>(v.ints.size()), msg, sizeof(msg));
-    if (st != DD_OK) {
-      log(Severity::kERROR, "EmbeddingBag layer '%s': %s", layer.c_str(), msg);
-      return nullptr;
-    }
-  }
-  if (dd_config_validate(&cfg, msg, sizeof(msg)) != DD_OK) {
+  FieldReader reader{fc, {}, {}};
+  if (dd_config_parse(&cfg, get_field, &reader, DD_INT64, msg, sizeof(msg)) != DD_OK) {
     log(Severity::kERROR, "EmbeddingBag layer '%s': %s", layer.c_str(), msg);
     return nullptr;
   }
-  return new (std::nothrow) EmbeddingBagPlugin(layer, std::move(values), cfg);
+  return new (std::nothrow) EmbeddingBagPlugin(layer, cfg);
 }
 
 EmbeddingBagPlugin* EmbeddingBagPlugin::copy() const noexcept {
-  auto* p = new (std::nothrow) EmbeddingBagPlugin(layer_, values_, cfg_);
+  auto* p = new (std::nothrow) EmbeddingBagPlugin(layer_, cfg_);
   if (p) p->layout_ = layout_;
   return p;
 }
@@ -311,15 +321,10 @@ bool EmbeddingBagPlugin::check_tensors(const PluginTensorDesc* in, int32_t nb_in
     return error("output is %s but out_dtype=%s", type_name(out[0].type), dd_name("out_dtype", cfg_.out_dtype));
 
   const nvinfer1::Dims& w = in[kWeights].dims;
-  if (w.nbDims != 2) return error("weights must have rank 2 [total_rows, %s], got rank %d",
-                                  cfg_.dtype == DD_INT8 ? "row_bytes" : "dim", w.nbDims);
-  const int64_t cols = cfg_.dtype == DD_INT8 ? dd_row_bytes(&cfg_) : cfg_.dim;
-  if (w.d[1] >= 0 && w.d[1] != cols)
-    return error("weights have %lld columns; dtype=%s, dim=%d needs %lld", static_cast<long long>(w.d[1]),
-                 dd_name("dtype", cfg_.dtype), cfg_.dim, static_cast<long long>(cols));
-  if (w.d[0] >= 0 && w.d[0] != dd_total_rows(&cfg_))
-    return error("weights have %lld rows; table_rows add up to %lld", static_cast<long long>(w.d[0]),
-                 static_cast<long long>(dd_total_rows(&cfg_)));
+  char text[DD_MSG_LEN];
+  int64_t wdims[nvinfer1::Dims::MAX_DIMS] = {};  // -1 (unknown at build time) passes
+  for (int32_t i = 0; i < w.nbDims && i < nvinfer1::Dims::MAX_DIMS; ++i) wdims[i] = w.d[i];
+  if (dd_check_weights_shape(&cfg_, w.nbDims, wdims, text, sizeof(text)) != DD_OK) return error("%s", text);
   for (int32_t i = l.indices(0); i < nb_inputs; ++i)
     if (in[i].dims.nbDims != 1) return error("%s must have rank 1, got rank %d", input_label(l, i).text, in[i].dims.nbDims);
   for (int32_t g = 0; l.weighted && g < l.groups; ++g) {
@@ -435,8 +440,7 @@ size_t EmbeddingBagPlugin::getWorkspaceSize(const DynamicPluginTensorDesc*, int3
 }
 
 void EmbeddingBagPlugin::setup_l2() noexcept {
-  if (l2_done_ || cfg_.pinned_rows <= 0) return;
-  if (cfg_.variant != DD_AUTO && cfg_.variant != DD_L2PIN && cfg_.variant != DD_COMBINED) return;
+  if (l2_done_ || !dd_uses_l2(&cfg_)) return;
   l2_done_ = true;
   size_t reserved = 0;
   char msg[DD_MSG_LEN];
@@ -473,8 +477,8 @@ int32_t EmbeddingBagPlugin::enqueue(const PluginTensorDesc* input_desc, const Pl
     c.check = DD_DEFERRED;
     if (!workspace) return error("check=%s needs the workspace TensorRT was asked for", dd_name("check", cfg_.check)), 1;
     // The record holds the first error since it was cleared: clear it so that each enqueue reports its own.
-    if (cudaMemsetAsync(workspace, 0, dd_workspace_size(&c), stream) != cudaSuccess)
-      return error("cudaMemsetAsync of the workspace failed: %s", cudaGetErrorString(cudaGetLastError())), 1;
+    char text[DD_MSG_LEN];
+    if (dd_clear_error(workspace, stream, text, sizeof(text)) != DD_OK) return error("%s", text), 1;
   }
   char msg[DD_MSG_LEN];
   int st;

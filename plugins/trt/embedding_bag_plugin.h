@@ -44,12 +44,12 @@ struct InputLayout {
   static InputLayout of(int32_t num_tables, int32_t nb_inputs) noexcept;
 };
 
-// One attribute value, normalised: what createPlugin received (or the contract's default).
+// One attribute value as serialized: the parsed config's value (defaults included, dd_config_get).
 struct FieldValue {
   std::string name;
-  int32_t kind = 0;             // dd_field kind: 0 int, 1 string, 2 list of ints
-  std::vector<int64_t> ints;    // kind 0 (one value) and 2
-  std::string text;             // kind 1
+  int32_t kind = 0;             // dd_field_kind
+  std::vector<int64_t> ints;    // DD_KIND_INT (one value) and DD_KIND_INTS
+  std::string text;             // DD_KIND_STRING
 };
 
 // The first bad input of an enqueue in deferred check mode, copied from the device workspace into
@@ -118,7 +118,7 @@ class EmbeddingBagPlugin final : public nvinfer1::IPluginV3,
   const nvinfer1::PluginFieldCollection* getFieldsToSerialize() noexcept override;
 
  private:
-  EmbeddingBagPlugin(std::string layer_name, std::vector<FieldValue> values, const dd_config& cfg);
+  EmbeddingBagPlugin(std::string layer_name, const dd_config& cfg);
   EmbeddingBagPlugin* copy() const noexcept;
   // The layout for nb_inputs inputs; logs why and returns an invalid layout when no form fits.
   InputLayout layout_for(int32_t nb_inputs, int32_t nb_outputs) const noexcept;

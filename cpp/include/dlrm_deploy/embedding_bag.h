@@ -83,6 +83,39 @@ DD_API int dd_config_set_ints(dd_config* cfg, const char* name, const int64_t* v
 /* Checks the attributes against each other. */
 DD_API int dd_config_validate(const dd_config* cfg, char* msg, size_t msg_len);
 
+/* One attribute as an adapter found it on its node (ONNX attribute, TensorRT plugin field, ...). */
+typedef struct dd_attribute {
+  int32_t present;        /* 0: the node does not set it (the contract default applies) */
+  int32_t kind;           /* dd_field_kind of the value found; -1: another type, named by type_name */
+  const char* type_name;  /* kind -1: the adapter's name of the type found (e.g. "float") */
+  int64_t i;              /* DD_KIND_INT */
+  const char* s;          /* DD_KIND_STRING, NUL-terminated */
+  const int64_t* ints;    /* DD_KIND_INTS: n values */
+  int64_t n;
+} dd_attribute;
+
+/* An adapter's lookup of one attribute: fills *out (zeroed by the caller) for field; the pointers
+ * in it must stay valid until the next call. Returns DD_OK, or an error code to stop parsing. */
+typedef int (*dd_attribute_getter)(void* ctx, const dd_field* field, dd_attribute* out);
+
+/* The one attribute loop of the project: dd_config_init, then every contract field fetched through
+ * get and set by its kind (a missing required field or a value of the wrong kind is an error naming
+ * it), index_type (dd_index_type of the indices) set, then dd_config_validate. */
+DD_API int dd_config_parse(dd_config* cfg, dd_attribute_getter get, void* ctx, int32_t index_type, char* msg,
+                           size_t msg_len);
+
+/* The value of one attribute in cfg (for adapters that write the attributes back, e.g. TensorRT's
+ * serialization): s points into the core's name tables, ints into cfg. DD_ERR_CONFIG for an unknown name. */
+DD_API int dd_config_get(const dd_config* cfg, const char* name, dd_attribute* out, char* msg, size_t msg_len);
+
+/* Checks the packed weights' shape: rank 2, [dd_total_rows, dim] ([dd_total_rows, dd_row_bytes] for
+ * int8 rows). Entries < 0 are unknown (build-time shapes) and pass. DD_ERR_INPUT with the message. */
+DD_API int dd_check_weights_shape(const dd_config* cfg, int32_t rank, const int64_t* dims, char* msg, size_t msg_len);
+
+/* 1 when the config keeps hot rows in persisting L2 (pinned_rows > 0 and variant auto, l2pin or
+ * combined): then adapters call dd_setup_l2_persistence once at initialisation. */
+DD_API int dd_uses_l2(const dd_config* cfg);
+
 /* Names <-> enum values ("fp32", "sum", "int64", "auto", ...). Return -1 for an unknown name. */
 DD_API int dd_parse_name(const char* kind, const char* name); /* kind: dtype|mode|index_type|variant|check */
 DD_API const char* dd_name(const char* kind, int value);

@@ -49,9 +49,9 @@ int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const Devi
   DeviceInfo d = dev;
   d.persisting_limit = persist;
   const bool pinning = c.pinned_rows > 0;
-  const bool window = pinning && c.hot_first && persist > 0 && d.max_window > 0 &&
-                      env_int("DLRM_DEPLOY_L2_WINDOW", 1) != 0 &&
-                      (pl.variant == DD_AUTO || pl.variant == DD_L2PIN || pl.variant == DD_COMBINED);
+  // dd_uses_l2 on the config: auto resolves to warp_kernel or combined, both with the window.
+  const bool window = dd_uses_l2(&c) && c.hot_first && persist > 0 && d.max_window > 0 &&
+                      env_int("DLRM_DEPLOY_L2_WINDOW", 1) != 0;
   if (pl.warp) {
     const int64_t units = bags * pl.slices;
     const int64_t blocks = std::min<int64_t>((units * 32 + kBlock - 1) / kBlock, 1 << 24);

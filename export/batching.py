@@ -9,43 +9,46 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dlrm_deploy import contract as C
 
-from .external_data import ExternalDataWriter
+from .external_data import ExternalDataWriter, HeldTables
 from .onnx_graph import ancestors, attrs_of, is_op, op_nodes, topo_sort, value_types
 from .tables import pack_tables
 
 
-def _table_bytes(t: TensorProto) -> np.ndarray:
-    """An initializer's rows as bytes, uint8 [rows, row bytes]."""
+def _table_bytes(t: TensorProto, held: HeldTables | None = None) -> np.ndarray:
+    """An initializer's rows as bytes, uint8 [rows, row bytes] (a held table's own array)."""
+    rows = held.rows(t) if held is not None else None
+    if rows is not None:
+        return rows
     a = numpy_helper.to_array(t)
     return np.ascontiguousarray(a).view(np.uint8).reshape(a.shape[0], -1)
 
 
-def _packed_rows(tables: list[TensorProto], pinned: int):
+def _packed_rows(tables: list[TensorProto], pinned: int, held: HeldTables | None = None):
     """The packed blob's rows (pack_tables' layout) as a sequence of per-table pieces, decoding one
     table at a time: plain, each table in order; hot_first, every table's first pinned rows, then
     every table's remaining rows."""
     if pinned <= 0:
         for t in tables:
-            yield _table_bytes(t)
+            yield _table_bytes(t, held)
         return
     if any(int(t.dims[0]) < pinned for t in tables):
         raise ValueError("hot_first: every table needs at least pinned_rows rows")
     for t in tables:
-        yield _table_bytes(t)[:pinned]
+        yield _table_bytes(t, held)[:pinned]
     for t in tables:
-        yield _table_bytes(t)[pinned:]
+        yield _table_bytes(t, held)[pinned:]
 
 
 
 def _packed_initializer(name: str, tables: list[TensorProto], pinned: int,
-                        writer: ExternalDataWriter | None) -> TensorProto:
+                        writer: ExternalDataWriter | None, held: HeldTables | None = None) -> TensorProto:
     """The group's packed tables as one initializer: streamed into the external data file by writer
     (one table's rows in memory at a time, not the blob), else inline."""
     w0 = tables[0]
     shape = [sum(int(t.dims[0]) for t in tables), int(w0.dims[1])]
     if writer is not None:
-        return writer.add_parts(name, w0.data_type, shape, _packed_rows(tables, pinned))
-    blob = pack_tables([_table_bytes(t) for t in tables], pinned, hot_first=pinned > 0)
+        return writer.add_parts(name, w0.data_type, shape, _packed_rows(tables, pinned, held))
+    blob = pack_tables([_table_bytes(t, held) for t in tables], pinned, hot_first=pinned > 0)
     return TensorProto(name=name, data_type=w0.data_type, dims=shape, raw_data=blob.tobytes())
 
 
@@ -102,12 +105,13 @@ def _fused_output_info(graph: onnx.GraphProto, types: dict, member_out: str, out
 
 
 def _fuse_group(graph: onnx.GraphProto, members: list[onnx.NodeProto], tables: list[TensorProto], types: dict,
-                tag: str, writer: ExternalDataWriter | None) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+                tag: str, writer: ExternalDataWriter | None,
+                held: HeldTables | None = None) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """One group's fused op node and the Split restoring its members' outputs, with their new
     initializers (packed tables, split sizes); appends the fused output's value_info to graph."""
     first = attrs_of(members[0])
     dim, pinned = first["dim"], first["pinned_rows"]
-    packed = _packed_initializer(f"{tag}_weights", tables, pinned, writer)
+    packed = _packed_initializer(f"{tag}_weights", tables, pinned, writer, held)
     split = numpy_helper.from_array(np.array([dim] * len(members), dtype=np.int64), f"{tag}_split")
     # Per-table form: each member keeps its own ids, offsets and weights (no index arithmetic in
     # the graph), so the op checks and reports every table's input on its own terms.
@@ -149,7 +153,8 @@ def _replace_tables(graph: onnx.GraphProto, dropped: set[str], new_inits: list[T
         graph.initializer.append(t)
 
 
-def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = None) -> list[list[int]]:
+def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = None,
+                 held: HeldTables | None = None) -> list[list[int]]:
     """Fuses the model's single-table dlrm_deploy::EmbeddingBag nodes into one node per group.
 
     A group shares dim, mode, storage and output dtype, kernel options, pinned_rows, index type,
@@ -158,8 +163,8 @@ def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = Non
     pinned_rows > 0) and every member's own ids, offsets and weights (the op's per-table form:
     nothing is concatenated or shifted in the graph, so each table keeps PyTorch's semantics and its
     errors name its own inputs); a Split restores the original outputs. writer, when given, receives
-    the packed tables (external data). Returns the original node positions of each fused group (in
-    the old order).
+    the packed tables (external data); held gives the rows of tables the proto only refers to.
+    Returns the original node positions of each fused group (in the old order).
     """
     graph = model.graph
     nodes = list(graph.node)
@@ -178,7 +183,7 @@ def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = Non
         tables = [inits[nodes[m].input[0]] for m in members]
         used_weights.update(t.name for t in tables)
         fused[members[0]], group_inits = _fuse_group(graph, [nodes[m] for m in members], tables, types,
-                                                     f"dd_group{gi}", writer)
+                                                     f"dd_group{gi}", writer, held)
         new_inits += group_inits
     if not fused:
         return [[i] for i in ops]

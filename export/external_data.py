@@ -10,6 +10,42 @@ import onnx
 from onnx import TensorProto, external_data_helper
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights go to a .data file
+# Location of a held table (see HeldTables): the traced proto refers to it, no file holds it yet.
+HELD_LOCATION = "dlrm_deploy-held-table"
+
+
+class HeldTables(dict):
+    """The op tables kept out of the traced proto: initializer name -> the exporter's own array of it
+    (zero-copy views of the swapped model's tensors). The proto's initializer for each is an external
+    reference to HELD_LOCATION with the right type, dims and length, so nothing holds a second copy of
+    the tables: table batching reads the rows from here and streams them packed into the data file,
+    and ``write_held`` writes the ones still referenced (unbatched tables) where they end up."""
+
+    def rows(self, t: TensorProto) -> np.ndarray | None:
+        """The held table of initializer t as uint8 [rows, row bytes] (a view), or None."""
+        a = self.get(t.name) if is_held(t) else None
+        return None if a is None else a.view(np.uint8).reshape(int(t.dims[0]), -1)
+
+
+def is_held(t: TensorProto) -> bool:
+    """Whether initializer t refers to a held table (see HeldTables)."""
+    return t.data_location == TensorProto.EXTERNAL and any(
+        e.key == "location" and e.value == HELD_LOCATION for e in t.external_data)
+
+
+def write_held(proto: onnx.ModelProto, held: HeldTables, writer: "ExternalDataWriter | None") -> None:
+    """Replaces every initializer still referring to a held table by its data: appended to the
+    external data file by writer, else inline."""
+    inits = proto.graph.initializer
+    for k, t in enumerate(inits):
+        rows = held.rows(t)
+        if rows is None:
+            continue
+        if writer is not None:
+            new = writer.add_parts(t.name, t.data_type, list(t.dims), [rows])
+        else:
+            new = TensorProto(name=t.name, data_type=t.data_type, dims=list(t.dims), raw_data=rows.tobytes())
+        inits[k].CopyFrom(new)
 
 
 class ExternalDataWriter:

@@ -133,7 +133,8 @@ def input_source(proto: onnx.ModelProto):
     graph = proto.graph
     producer = {o: n for n in graph.node for o in n.output}
     inputs = {v.name for v in graph.input}
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer  # tables may be held: not read
+                 if t.data_location != onnx.TensorProto.EXTERNAL}
     for n in graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
             constants[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)

@@ -25,7 +25,8 @@ from torch import nn
 from dlrm_deploy import contract as C
 
 from .batching import batch_tables, keep_shared_tables_unpacked
-from .external_data import EXTERNAL_DATA_THRESHOLD, ExternalDataWriter, save_model, tensor_bytes
+from .external_data import (EXTERNAL_DATA_THRESHOLD, ExternalDataWriter, HeldTables, save_model, tensor_bytes,
+                            write_held)
 from .model_inputs import dumps, input_source, warn_fixed_dims
 from .onnx_graph import annotate_outputs, is_op, op_nodes
 from .onnx_schema import register_onnx_schema
@@ -230,9 +231,9 @@ def _prepare(model: nn.Module, example_inputs: tuple, path, *, dtype: str, varia
 
 def _swap_and_trace(model: nn.Module, bags: list, example_inputs: tuple, plans: dict, pinned: dict, say,
                     seconds: dict, *, dtype: str, variant: str, prefetch_distance: int, check: str,
-                    trace_options: dict) -> onnx.ModelProto:
-    """The traced ONNX model of a swapped copy of model (one op node per table); records the
-    seconds of the swap and of the export."""
+                    trace_options: dict) -> tuple[onnx.ModelProto, HeldTables]:
+    """The traced ONNX model of a swapped copy of model (one op node per table) and its held tables
+    (see HeldTables); records the seconds of the swap and of the export."""
     say(f"swapping {len(bags)} nn.EmbeddingBag module(s) for {C.DOMAIN}::{C.OP_TYPE} (tables {dtype}) ...")
     t = time.perf_counter()
     swapped = swap_embedding_bags(model, dtype=dtype, variant=variant, prefetch_distance=prefetch_distance,
@@ -240,11 +241,11 @@ def _swap_and_trace(model: nn.Module, bags: list, example_inputs: tuple, plans: 
     seconds["swap"] = time.perf_counter() - t
     say("tracing and converting with torch.onnx (dynamo) ...")
     t = time.perf_counter()
-    proto = trace(swapped, example_inputs, **trace_options)
+    proto, held = trace(swapped, example_inputs, **trace_options)
     del swapped
     seconds["export"] = time.perf_counter() - t
     warn_fixed_dims(proto, example_inputs)
-    return proto
+    return proto, held
 
 
 def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike, *, dtype: str = "fp32",
@@ -299,7 +300,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
                               l2_budget_bytes, say)
     if hot_rows_from is not None:
         seconds["profile"] = time.perf_counter() - t0
-    proto = _swap_and_trace(model, bags, example_inputs, plans, pinned, say, seconds, dtype=dtype, variant=variant,
+    proto, held = _swap_and_trace(model, bags, example_inputs, plans, pinned, say, seconds, dtype=dtype, variant=variant,
                             prefetch_distance=prefetch_distance, check=check,
                             trace_options=dict(opset=opset, input_names=input_names, output_names=output_names,
                                                dynamic_shapes=dynamic_shapes))
@@ -312,7 +313,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
         external_data = sum(tensor_bytes(t) for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     data_name = os.path.basename(path) + ".data" if external_data else None
     with _staged_output(path) as stage:
-        groups, op_count = _write(proto, os.path.join(stage, os.path.basename(path)), data_name, node_bags, meta,
+        groups, op_count = _write(proto, held, os.path.join(stage, os.path.basename(path)), data_name, node_bags, meta,
                                   table_batching=table_batching, validate=validate, overlap=overlap, say=say,
                                   seconds=seconds)
     seconds["total"] = time.perf_counter() - t0
@@ -324,7 +325,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     return info
 
 
-def _batch(proto: onnx.ModelProto, node_bags: list, writer: ExternalDataWriter | None, say,
+def _batch(proto: onnx.ModelProto, held: HeldTables, node_bags: list, writer: ExternalDataWriter | None, say,
            seconds: dict) -> list[list[str]]:
     """Table batching of the traced model; returns the module names per op node."""
     keep_shared_tables_unpacked(proto)
@@ -332,19 +333,19 @@ def _batch(proto: onnx.ModelProto, node_bags: list, writer: ExternalDataWriter |
     t = time.perf_counter()
     positions = [i for i, n in enumerate(proto.graph.node) if is_op(n)]
     pos_to_module = {p: node_bags[k][0] for k, p in enumerate(positions)}
-    groups = [[pos_to_module[p] for p in g] for g in batch_tables(proto, writer)]
+    groups = [[pos_to_module[p] for p in g] for g in batch_tables(proto, writer, held)]
     seconds["batch"] = time.perf_counter() - t
     return groups
 
 
-def _write(proto: onnx.ModelProto, path: str, data_name: str | None, node_bags: list, meta: dict, *,
+def _write(proto: onnx.ModelProto, held: HeldTables, path: str, data_name: str | None, node_bags: list, meta: dict, *,
            table_batching: bool, validate: bool, overlap: bool, say, seconds: dict) -> tuple[list[list[str]], int]:
     """Table batching, metadata, saving and checking of the traced model at path (a staging name).
     Returns (module names per op node, number of op nodes)."""
     writer = ExternalDataWriter(os.path.join(os.path.dirname(path), data_name), data_name) if data_name else None
     groups = [[name] for name, _m in node_bags]
     if table_batching and len(node_bags) > 1:
-        groups = _batch(proto, node_bags, writer, say, seconds)
+        groups = _batch(proto, held, node_bags, writer, say, seconds)
     if overlap:
         say(f"overlap: {apply_overlap(proto)} op node(s) beside the dense layers")
     annotate_outputs(proto)
@@ -357,6 +358,7 @@ def _write(proto: onnx.ModelProto, path: str, data_name: str | None, node_bags: 
     say(f"saving {os.path.basename(path)} ({weight_bytes / 2**20:.1f} MiB of initializers"
         + (", external data)" if data_name else ")") + " ...")
     t = time.perf_counter()
+    write_held(proto, held, writer)  # tables that batching did not pack
     save_model(proto, path, data_name)
     seconds["save"] = time.perf_counter() - t
     if validate:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import warnings
 
+import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
 from torch import nn
 
 from dlrm_deploy import contract as C
 
+from .external_data import HELD_LOCATION, HeldTables
 from .model_inputs import default_dynamic_shapes, pin_specialised_dims
 from .swap import torch_op
 
@@ -34,11 +37,49 @@ def _translate(weight, indices, offsets, per_sample_weights=None, table_rows=(),
                            pinned_rows=int(pinned_rows), hot_first=int(hot_first), check=check, overlap=int(overlap))
 
 
+def _rows_array(tensor):
+    """A zero-copy numpy view of an exported initializer's data (torch tensors viewed as bytes, so
+    bfloat16 needs no numpy type); None where there is no such view."""
+    raw = getattr(tensor, "raw", None)
+    if isinstance(raw, torch.Tensor) and raw.device.type == "cpu":
+        return raw.detach().contiguous().view(torch.uint8).numpy()
+    if isinstance(raw, np.ndarray):
+        return np.ascontiguousarray(raw).view(np.uint8)
+    return None
+
+
+def _serialize_holding_tables(ir_model) -> tuple[onnx.ModelProto, HeldTables]:
+    """The proto of the exported IR model with every op table's data left out (see HeldTables): the
+    usual serialisation copies each initializer into the proto, transiently twice, which made the
+    export's memory peak about 2x the tables on top of the model."""
+    held = HeldTables()
+    saved = []
+    for node in ir_model.graph:
+        if node.domain != C.DOMAIN or node.op_type != C.OP_TYPE or not node.inputs or node.inputs[0] is None:
+            continue
+        value = node.inputs[0]
+        tensor = value.const_value
+        rows = _rows_array(tensor) if tensor is not None and value.name not in held else None
+        if rows is None:
+            continue
+        held[value.name] = rows
+        saved.append((value, tensor))
+        # serialised as a reference to HELD_LOCATION: type, dims and length, no data
+        value.const_value = ir.ExternalTensor(HELD_LOCATION, None, rows.nbytes, tensor.dtype, shape=tensor.shape,
+                                              name=value.name)
+    try:
+        proto = ir.serde.serialize_model(ir_model)
+    finally:
+        for value, tensor in saved:
+            value.const_value = tensor
+    return proto, held
+
+
 def trace(swapped: nn.Module, example_inputs: tuple, *, opset: int, input_names, output_names,
-          dynamic_shapes) -> onnx.ModelProto:
-    """torch.onnx (dynamo) export of the swapped model: one op node per table. dynamic_shapes None:
-    every dimension ``Dim.AUTO`` (see ``default_dynamic_shapes``); dimensions torch.export
-    specialised are written as fixed values."""
+          dynamic_shapes) -> tuple[onnx.ModelProto, HeldTables]:
+    """torch.onnx (dynamo) export of the swapped model: one op node per table, and the op tables held
+    out of the proto (see HeldTables). dynamic_shapes None: every dimension ``Dim.AUTO`` (see
+    ``default_dynamic_shapes``); dimensions torch.export specialised are written as fixed values."""
     if dynamic_shapes is None:
         dynamic_shapes = default_dynamic_shapes(example_inputs)
     quiet = logging.getLogger("torch.onnx")
@@ -51,10 +92,10 @@ def trace(swapped: nn.Module, example_inputs: tuple, *, opset: int, input_names,
                 swapped, tuple(example_inputs), dynamo=True, opset_version=opset, input_names=input_names,
                 output_names=output_names, dynamic_shapes=dynamic_shapes,
                 custom_translation_table={torch_op().default: _translate}, optimize=True, verbose=False)
-            proto = program.model_proto
+            proto, held = _serialize_holding_tables(program.model)
             exported = getattr(program, "exported_program", None)
             pin_specialised_dims(proto, getattr(exported, "range_constraints", None))
         del program, exported
     finally:
         quiet.setLevel(level)
-    return proto
+    return proto, held

@@ -29,10 +29,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
 IO_FILE = "dlrm_deploy_io.json"
+PROFILE_VAR = "DLRM_DEPLOY_TRITON_PROFILE"  # a folder: each instance appends one JSON line per execute
 
 
 class RequestError(ValueError):
@@ -52,7 +54,8 @@ def parse_request(get, spec: dict) -> dict:
     """The arrays of one request as ``{"b": samples, "dense": {...}, "bags": [...]}``.
 
     get(name) returns the request's tensor (numpy) or None. Raises RequestError when the request
-    does not follow the format (missing input, leading dim not 1, lengths that do not add up)."""
+    does not follow the format (missing input, leading dim not 1, lengths that do not add up).
+    Each bag also gets ``counts``: its ids per table (``[T]``, the split points of a fused input)."""
     def fetch(name):
         a = get(name)
         if a is None:
@@ -76,53 +79,71 @@ def parse_request(get, spec: dict) -> dict:
         if lengths.size != t * b:
             raise RequestError(f"input '{bag['lengths']}' has {lengths.size} entries; {b} samples x {t} "
                                f"table(s) need {t * b}")
-        if lengths.size and lengths.min() < 0:
-            raise RequestError(f"input '{bag['lengths']}' has a negative length")
-        if int(lengths.sum()) != ids.size:
-            raise RequestError(f"input '{bag['lengths']}' adds up to {int(lengths.sum())} ids, but "
+        counts = lengths.reshape(t, b).sum(axis=1, dtype=np.int64) if b else np.zeros(t, np.int64)
+        total = int(counts.sum())
+        if total != ids.size or (lengths.size and lengths.min() < 0):
+            if lengths.size and lengths.min() < 0:
+                raise RequestError(f"input '{bag['lengths']}' has a negative length")
+            raise RequestError(f"input '{bag['lengths']}' adds up to {total} ids, but "
                                f"'{bag['indices']}' has {ids.size}")
         weights = fetch(bag["weights"]).reshape(-1) if bag.get("weights") else None
         if weights is not None and weights.size != ids.size:
             raise RequestError(f"input '{bag['weights']}' has {weights.size} entries, '{bag['indices']}' {ids.size}")
-        bags.append({"lengths": lengths, "ids": ids, "weights": weights})
+        bags.append({"lengths": lengths, "ids": ids, "weights": weights, "counts": counts})
     return {"b": b, "dense": dense, "bags": bags}
+
+
+def _table_parts(requests: list[dict], k: int, key: str, t: int) -> list[np.ndarray]:
+    """The requests' arrays of bag k (ids, weights or lengths) cut table by table, in merged order:
+    table 0 of every request, then table 1, ... (one slice per request when t == 1)."""
+    arrays = [r["bags"][k][key] for r in requests]
+    if t == 1:
+        return arrays
+    if key == "lengths":
+        return [a[table * r["b"]:(table + 1) * r["b"]] for table in range(t) for r, a in zip(requests, arrays)]
+    ends = [np.cumsum(r["bags"][k]["counts"]) for r in requests]
+    return [a[(e[table - 1] if table else 0):e[table]] for table in range(t) for e, a in zip(ends, arrays)]
+
+
+def _joined(parts: list[np.ndarray], dtype) -> np.ndarray:
+    """The parts concatenated as one contiguous array of `dtype`; a single part that already is one
+    is passed through without a copy."""
+    if len(parts) == 1:
+        return np.ascontiguousarray(parts[0], dtype=dtype)
+    return np.concatenate(parts).astype(dtype, copy=False) if parts[0].dtype != np.dtype(dtype) or \
+        any(p.dtype != parts[0].dtype for p in parts) else np.concatenate(parts)
 
 
 def merge(requests: list[dict], spec: dict) -> dict:
     """Model feeds for the requests run as one batch: dense rows concatenated, each table's ids and
     lengths concatenated (tables stay in order for fused inputs), offsets from the lengths (or the
-    lengths themselves for a model in lengths form)."""
-    feeds = {d["name"]: np.concatenate([r["dense"][d["name"]] for r in requests]) for d in spec["dense"]}
+    lengths themselves for a model in lengths form). One request's arrays go through uncopied
+    where their type is already the model's."""
+    feeds = {}
+    for d in spec["dense"]:
+        parts = [r["dense"][d["name"]] for r in requests]
+        feeds[d["name"]] = np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts)
     for k, bag in enumerate(spec["bags"]):
         t = bag["tables"]
-        lengths, ids, weights = [], [], []
-        for table in range(t):
-            for r in requests:
-                part = r["bags"][k]
-                b = r["b"]
-                lens = part["lengths"][table * b:(table + 1) * b]
-                before = int(part["lengths"][:table * b].sum())
-                n = int(lens.sum())
-                lengths.append(lens)
-                ids.append(part["ids"][before:before + n])
-                if part["weights"] is not None:
-                    weights.append(part["weights"][before:before + n])
-        all_lengths = np.concatenate(lengths).astype(np.int64)
-        feeds[bag["indices"]] = np.concatenate(ids).astype(bag["indices_dtype"])
+        feeds[bag["indices"]] = _joined(_table_parts(requests, k, "ids", t), bag["indices_dtype"])
         if bag.get("weights"):
-            feeds[bag["weights"]] = np.concatenate(weights)
+            feeds[bag["weights"]] = _joined(_table_parts(requests, k, "weights", t), requests[0]["bags"][k]["weights"].dtype)
+        lengths = _table_parts(requests, k, "lengths", t)
         if bag["offsets"] is None:  # a lengths-form model derives its offsets itself
-            feeds[bag["lengths"]] = all_lengths.astype(bag["offsets_dtype"])
+            feeds[bag["lengths"]] = _joined(lengths, bag["offsets_dtype"])
             continue
-        offsets = np.concatenate([[0], np.cumsum(all_lengths)])
-        if not bag["include_last_offset"]:
-            offsets = offsets[:-1]
-        feeds[bag["offsets"]] = offsets.astype(bag["offsets_dtype"])
+        n = sum(a.size for a in lengths)
+        offsets = np.empty(n + 1, dtype=bag["offsets_dtype"])  # exclusive cumsum, B+1 with the total
+        offsets[0] = 0
+        np.cumsum(lengths[0] if len(lengths) == 1 else np.concatenate(lengths), out=offsets[1:])
+        feeds[bag["offsets"]] = offsets if bag["include_last_offset"] else offsets[:-1]
     return feeds
 
 
 def split(outputs: dict, sizes: list[int]) -> list[dict]:
     """Per request ``{output: [1, b, ...]}``: the merged outputs cut at the requests' sample counts."""
+    if len(sizes) == 1:
+        return [{name: a[None] for name, a in outputs.items()}]
     cuts = np.cumsum(sizes)[:-1]
     per = {name: np.split(a, cuts) for name, a in outputs.items()}
     return [{name: parts[i][None] for name, parts in per.items()} for i in range(len(sizes))]
@@ -158,32 +179,45 @@ class TritonPythonModel:
         self.session = make_session(folder, self.spec, args.get("model_instance_kind", "CPU"),
                                     int(args.get("model_instance_device_id", 0) or 0), threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.profile, self._last_end = None, None
+        if os.environ.get(PROFILE_VAR):
+            os.makedirs(os.environ[PROFILE_VAR], exist_ok=True)
+            name = f"{args.get('model_instance_name', 'model')}.{os.getpid()}.jsonl".replace("/", "_")
+            self.profile = open(os.path.join(os.environ[PROFILE_VAR], name), "a", buffering=1)
 
-    def _run(self, parsed: list[dict]) -> list[dict]:
+    def _run(self, parsed: list[dict], prof: dict | None = None) -> list[dict]:
+        t0 = time.perf_counter()
         feeds = merge(parsed, self.spec)
+        t1 = time.perf_counter()
         values = self.session.run(self.output_names, feeds)
-        return split(dict(zip(self.output_names, values)), [p["b"] for p in parsed])
+        t2 = time.perf_counter()
+        out = split(dict(zip(self.output_names, values)), [p["b"] for p in parsed])
+        if prof is not None:
+            prof["merge"] = t1 - t0
+            prof["run"] = t2 - t1
+            prof["split"] = time.perf_counter() - t2
+        return out
 
     def execute(self, requests):
         """One response per request: the merged run's rows, or that request's error."""
         import triton_python_backend_utils as pb_utils
 
-        def get(request):
-            def fetch(name):
-                t = pb_utils.get_input_tensor_by_name(request, name)
-                return None if t is None else t.as_numpy()
-            return fetch
-
+        prof = {} if self.profile is not None else None
+        t_start = time.perf_counter()
+        # One pass over each request's inputs (pb_utils.get_input_tensor_by_name lists them all per name).
+        arrays = [{t.name(): t.as_numpy() for t in request.inputs()} for request in requests]
+        t_fetched = time.perf_counter()
         results: list = [None] * len(requests)
         good = []
-        for i, request in enumerate(requests):
+        for i, got in enumerate(arrays):
             try:
-                good.append((i, parse_request(get(request), self.spec)))
+                good.append((i, parse_request(got.get, self.spec)))
             except RequestError as e:
                 results[i] = str(e)
+        t_parsed = time.perf_counter()
         if good:
             try:
-                for (i, _), out in zip(good, self._run([p for _, p in good])):
+                for (i, _), out in zip(good, self._run([p for _, p in good], prof)):
                     results[i] = out
             except Exception:  # noqa: BLE001 - some request is bad: find it by running each alone
                 for i, p in good:
@@ -191,6 +225,7 @@ class TritonPythonModel:
                         results[i] = self._run([p])[0]
                     except Exception as e:  # noqa: BLE001 - the op's message goes to that request
                         results[i] = one_line(e)
+        t_ran = time.perf_counter()
         responses = []
         for r in results:
             if isinstance(r, str):
@@ -198,8 +233,17 @@ class TritonPythonModel:
             else:
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(a)) for n, a in r.items()]))
+        if prof is not None:
+            t_end = time.perf_counter()
+            prof.update(requests=len(requests), samples=sum(p["b"] for _, p in good), fetch=t_fetched - t_start,
+                        parse=t_parsed - t_fetched, respond=t_end - t_ran, execute=t_end - t_start,
+                        since_last=t_start - self._last_end if self._last_end else None)
+            self._last_end = t_end
+            self.profile.write(json.dumps(prof) + "\n")
         return responses
 
     def finalize(self):
-        """Drops the session."""
+        """Drops the session (and closes the profile)."""
         self.session = None
+        if self.profile is not None:
+            self.profile.close()

@@ -38,6 +38,7 @@ import urllib.request
 
 PYTRITON_SPEC = "nvidia-pytriton==0.7.0"
 STUB_ENV_VAR = "DLRM_DEPLOY_TRITON_STUB_ENV"
+PROFILE_VAR = "DLRM_DEPLOY_TRITON_PROFILE"  # read by model.py: a folder for its per-execute timing log
 
 
 def default_stub_env() -> pathlib.Path:
@@ -139,7 +140,8 @@ class TritonServer:
     raises RuntimeError with the server's error lines if it exits or does not get ready."""
 
     def __init__(self, repo, *, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
-                 stub_env=None, log_path=None, timeout_s: float = 120.0, extra_args: list[str] | None = None):
+                 stub_env=None, log_path=None, timeout_s: float = 120.0, extra_args: list[str] | None = None,
+                 profile_dir=None):
         self.repo = pathlib.Path(repo).resolve()
         if not self.repo.is_dir():
             raise FileNotFoundError(f"model repository {repo} not found")
@@ -149,6 +151,7 @@ class TritonServer:
         self.install = find_install()
         self.timeout_s = timeout_s
         self.extra_args = list(extra_args or [])
+        self.profile_dir = pathlib.Path(profile_dir).resolve() if profile_dir else None
         self._tmp = tempfile.TemporaryDirectory(prefix="dlrm-triton-")
         self.workdir = pathlib.Path(self._tmp.name)
         self.log_path = pathlib.Path(log_path) if log_path else self.workdir / "server.log"
@@ -181,6 +184,9 @@ class TritonServer:
     def start(self) -> "TritonServer":
         """Starts the server and waits until it is ready."""
         env = prepare_workdir(self.workdir, self.install, self.stub_env)
+        if self.profile_dir is not None:  # model.py times each step of execute() (triton_bench.profile_summary)
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            env[PROFILE_VAR] = str(self.profile_dir)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=self.workdir, start_new_session=True)
@@ -252,6 +258,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                       "or <prefix>/triton-stub-env)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until ready (default 120)")
     p.add_argument("--log", help="server log file (default: a temporary file)")
+    p.add_argument("--profile", metavar="DIR",
+                   help="python-backend models write a timing line per execution into DIR (fetch, parse, merge, "
+                        "run, split, respond; see docs/triton.md)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra tritonserver flag, e.g. --server-arg=--log-verbose=1 (repeatable)")
 
@@ -260,7 +269,7 @@ def main(args: argparse.Namespace) -> int:
     """Runs ``dlrm-deploy triton-serve``: starts the server, prints its URLs, serves until Ctrl-C."""
     server = TritonServer(args.repo, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, stub_env=args.stub_env, log_path=args.log,
-                          timeout_s=args.timeout, extra_args=args.server_arg)
+                          timeout_s=args.timeout, extra_args=args.server_arg, profile_dir=args.profile)
     try:
         server.start()
         print(f"tritonserver ready (pid {server.proc.pid}), repository {server.repo}")

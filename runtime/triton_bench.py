@@ -2,11 +2,15 @@
 
 Requests are valid for the model (``model_io.sample_inputs``: ids inside each table) with samples per
 request and mean lookups per bag drawn from the given ranges, sent in the form the served model takes
-(``triton_client``). Each point runs `concurrency` client threads (one client each) for `duration_s`
-after `warmup_s`, and reports throughput (requests/s, samples/s), latency percentiles (p50/p90/p99,
-client side) and, from Triton's statistics API (difference over the point), the server's average
-queue and compute time per request and the requests per model execution (> 1: dynamic batching
-merged requests). Results go to JSON and a PNG plot.
+(``triton_client``). Each point runs `concurrency` clients (threads, spread over `processes` client
+processes) for `duration_s` after `warmup_s`, and reports throughput (requests/s, samples/s), latency
+percentiles (p50/p90/p99, client side, requests completed inside the window) and, from Triton's
+statistics API (difference over the window), the server's average queue and compute time per
+request, the requests per model execution (> 1: dynamic batching merged requests) and how busy the
+model instances were; plus the clients' CPU use and a "client-bound" verdict when the clients, not
+the server, probably limited the throughput. gRPC requests are serialised once per distinct request
+(``grpc_request_bytes``) and sent as bytes; ``sender="tritonclient"`` calls ``client.infer`` instead.
+Results go to JSON and a PNG plot.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import resource
 import sys
 import threading
 import time
@@ -57,78 +62,303 @@ def make_requests(io, work: Workload, python_form: bool) -> list[tuple[int, dict
 
 def server_stats(client, model: str, protocol: str) -> dict:
     """Cumulative counters of `model` from Triton's statistics API: success count and ns, queue and
-    compute (input + infer + output) ns, executions."""
+    compute (input + infer + output) ns, executions, and busy ns (compute time summed over
+    executions, from the per-batch-size statistics)."""
     raw = client.get_inference_statistics(model, as_json=True) if protocol == "grpc" else \
         client.get_inference_statistics(model)
     s = raw["model_stats"][0]
     inf = s["inference_stats"]
     num = lambda d, k: int(d.get(k, {}).get("ns", 0))  # noqa: E731
+    compute = lambda d: num(d, "compute_input") + num(d, "compute_infer") + num(d, "compute_output")  # noqa: E731
     return {"success": int(inf.get("success", {}).get("count", 0)), "queue_ns": num(inf, "queue"),
-            "compute_ns": num(inf, "compute_input") + num(inf, "compute_infer") + num(inf, "compute_output"),
-            "executions": int(s.get("execution_count", 0))}
+            "compute_ns": compute(inf), "executions": int(s.get("execution_count", 0)),
+            "busy_ns": sum(compute(b) for b in s.get("batch_stats", []))}
 
 
-def _client_loop(tc, url, model, inputs, outputs, deadline, measure_from, lat, counts, k, errors):
-    client = tc.InferenceServerClient(url=url)
+def instance_count(config: dict) -> int:
+    """Model instances the served config runs (count x GPUs of each instance group)."""
+    groups = config.get("instance_group") or [{"count": 1}]
+    return sum(int(g.get("count", 1)) * max(1, len(g.get("gpus") or [])) for g in groups)
+
+
+def grpc_request_bytes(model: str, arrays: dict[str, np.ndarray], output_names: list[str]) -> bytes:
+    """A serialised gRPC ModelInferRequest carrying `arrays` (what tritonclient builds for every
+    call; built once here, so sending costs the client no protobuf work)."""
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import np_to_triton_dtype
+
+    req = service_pb2.ModelInferRequest(model_name=model)
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        req.inputs.add(name=name, datatype=np_to_triton_dtype(a.dtype), shape=list(a.shape))
+        req.raw_input_contents.append(a.tobytes())
+    for n in output_names:
+        req.outputs.add(name=n)
+    return req.SerializeToString()
+
+
+SENDERS = ("prebuilt", "tritonclient")
+
+
+class _Target:
+    """What one client process sends: the requests prepared once for `sender` ("prebuilt": gRPC
+    requests serialised once and sent as bytes on a gRPC channel; "tritonclient": InferInput objects
+    made once, client.infer per request; HTTP always uses tritonclient)."""
+
+    def __init__(self, protocol: str, url: str, model: str, requests, output_names: list[str], sender: str):
+        self.protocol, self.url, self.model, self.output_names = protocol, url, model, output_names
+        self.sender = sender if protocol == "grpc" else "tritonclient"
+        if self.sender == "prebuilt":
+            self.inputs = [(b, grpc_request_bytes(model, r, output_names)) for b, r in requests]
+        else:
+            from .triton_client import client_module, make_infer_inputs
+
+            self.tc = client_module(protocol)
+            self.inputs = [(b, make_infer_inputs(r, protocol)) for b, r in requests]
+            self.outputs = [self.tc.InferRequestedOutput(n) for n in output_names]
+
+    def send_function(self):
+        """A function sending request i (one connection per calling thread); raises on a failed request."""
+        if self.sender == "prebuilt":
+            import grpc
+            from tritonclient.grpc import service_pb2
+
+            channel = grpc.insecure_channel(self.url, options=[("grpc.max_send_message_length", -1),
+                                                               ("grpc.max_receive_message_length", -1)])
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
+                                       response_deserializer=service_pb2.ModelInferResponse.FromString)
+
+            def send(data):
+                try:
+                    return call(data)
+                except grpc.RpcError as e:
+                    raise RuntimeError(e.details() or str(e.code())) from None
+            return send
+        client = self.tc.InferenceServerClient(url=self.url)
+        return lambda inputs: client.infer(self.model, inputs, outputs=self.outputs)
+
+
+def _client_loop(target: _Target, measure_from, deadline, lat, counts, k, errors):
+    send = target.send_function()
+    inputs = target.inputs
     i = k
-    while time.perf_counter() < deadline:
-        b, infer_inputs = inputs[i % len(inputs)]
-        t0 = time.perf_counter()
+    while time.monotonic() < deadline:
+        b, data = inputs[i % len(inputs)]
+        t0 = time.monotonic()
         try:
-            client.infer(model, infer_inputs, outputs=outputs)
+            send(data)
         except Exception as e:  # noqa: BLE001 - counted and reported, the sweep goes on
             errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
             if len(errors) > 1000:
                 return
             i += 1
             continue
-        t1 = time.perf_counter()
-        if t0 >= measure_from:
+        t1 = time.monotonic()
+        if t0 >= measure_from and t1 <= deadline:  # inside the window the server's statistics cover
             lat.append(t1 - t0)
             counts.append(b)
         i += 1
 
 
-def run_point(protocol: str, url: str, model: str, requests, concurrency: int, duration_s: float,
-              warmup_s: float, output_names: list[str]) -> dict:
-    """One sweep point: `concurrency` threads for warmup_s + duration_s; returns its row."""
-    from .triton_client import client_module, make_infer_inputs
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
-    tc = client_module(protocol)
-    inputs = [(b, make_infer_inputs(r, protocol)) for b, r in requests]
-    outputs = [tc.InferRequestedOutput(n) for n in output_names]
-    admin = tc.InferenceServerClient(url=url)
+
+def _run_threads(target: _Target, threads: int, first: int, measure_from: float, deadline: float) -> dict:
+    """`threads` client threads of this process until `deadline` (monotonic clock, shared by the
+    processes of a point); latencies of requests started from `measure_from`, this process's CPU
+    seconds over the measured window."""
     lat, counts, errors = [], [], []
-    start = time.perf_counter()
-    measure_from, deadline = start + warmup_s, start + warmup_s + duration_s
-    threads = [threading.Thread(target=_client_loop, daemon=True, args=(tc, url, model, inputs, outputs, deadline,
-                                                                        measure_from, lat, counts, k, errors))
-               for k in range(concurrency)]
-    for t in threads:
+    pool = [threading.Thread(target=_client_loop, daemon=True,
+                             args=(target, measure_from, deadline, lat, counts, first + k, errors))
+            for k in range(threads)]
+    for t in pool:
         t.start()
-    time.sleep(max(0.0, measure_from - time.perf_counter()))
-    before = server_stats(admin, model, protocol)
-    for t in threads:
+    time.sleep(max(0.0, measure_from - time.monotonic()))
+    cpu0 = _cpu_s()
+    time.sleep(max(0.0, deadline - time.monotonic()))
+    cpu = _cpu_s() - cpu0
+    for t in pool:
         t.join()
-    after = server_stats(admin, model, protocol)
-    d = {k: after[k] - before[k] for k in after}
-    ms = np.array(lat) * 1e3
+    return {"latency_s": np.array(lat), "samples": int(sum(counts)), "errors": errors, "cpu_s": cpu}
+
+
+def _worker_main(read_fd: int, write_fd: int) -> None:
+    """A client process (started by LoadGenerator): gets its target, prepares the requests once,
+    then runs points as the parent asks, over two pipes."""
+    from multiprocessing.connection import Connection
+
+    inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    try:
+        target = _Target(*inbox.recv())
+        outbox.send("ready")
+        while True:
+            job = inbox.recv()
+            if job is None:
+                return
+            outbox.send(_run_threads(target, *job))
+    except Exception as e:  # noqa: BLE001 - the parent reports it
+        outbox.send(f"{type(e).__name__}: {e}")
+
+
+class LoadGenerator:
+    """Client threads in this process (processes=1) or spread over `processes` client processes
+    (each with its own threads and connections, so one Python process's GIL and serialisation do
+    not bound the load). A context manager: the processes are always stopped."""
+
+    def __init__(self, protocol: str, url: str, model: str, requests, output_names: list[str], *,
+                 processes: int = 1, sender: str = "prebuilt"):
+        if processes < 1:
+            raise ValueError("processes must be >= 1")
+        if sender not in SENDERS:
+            raise ValueError(f"sender '{sender}' is not one of {SENDERS}")
+        self.processes = processes
+        self.target, self.workers = None, []
+        if processes == 1:
+            self.target = _Target(protocol, url, model, requests, output_names, sender)
+            return
+        import os
+        import subprocess
+        from multiprocessing.connection import Connection
+
+        # Plain interpreters running _worker_main (not multiprocessing's spawn, which re-runs the
+        # caller's __main__; no fork of a process holding gRPC state).
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([p for p in sys.path if p] +
+                                                          [os.environ.get("PYTHONPATH", "")]))
+        code = f"import {__name__} as m; m._worker_main(int(__import__('sys').argv[1]), int(__import__('sys').argv[2]))"
+        try:
+            for _ in range(processes):
+                down_r, down_w = os.pipe()
+                up_r, up_w = os.pipe()
+                proc = subprocess.Popen([sys.executable, "-c", code, str(down_r), str(up_w)], pass_fds=(down_r, up_w),
+                                        env=env)
+                os.close(down_r)
+                os.close(up_w)
+                self.workers.append((proc, Connection(down_w, readable=False), Connection(up_r, writable=False)))
+                self.workers[-1][1].send((protocol, url, model, requests, output_names, sender))
+            for proc, _, inbox in self.workers:
+                msg = inbox.recv() if inbox.poll(300) else "no answer within 300 s"
+                if msg != "ready":
+                    raise RuntimeError(f"triton-bench client process failed: {msg}")
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, concurrency: int, measure_from: float, deadline: float) -> list[dict]:
+        """Runs `concurrency` clients (threads spread evenly over the processes); one result per
+        process that ran clients."""
+        if self.target is not None:
+            return [_run_threads(self.target, concurrency, 0, measure_from, deadline)]
+        share = [concurrency // self.processes + (k < concurrency % self.processes) for k in range(self.processes)]
+        busy = [(w, n, sum(share[:k])) for k, (w, n) in enumerate(zip(self.workers, share)) if n]
+        for (_, outbox, _), n, first in busy:
+            outbox.send((n, first, measure_from, deadline))
+        out = []
+        for (_, _, inbox), _, _ in busy:
+            msg = inbox.recv() if inbox.poll(max(60.0, deadline - time.monotonic() + 120)) else "no answer"
+            if not isinstance(msg, dict):
+                raise RuntimeError(f"triton-bench client process failed: {msg}")
+            out.append(msg)
+        return out
+
+    def close(self) -> None:
+        """Stops the client processes."""
+        import subprocess
+
+        for _, outbox, _ in self.workers:
+            try:
+                outbox.send(None)
+            except OSError:
+                pass
+        for proc, outbox, inbox in self.workers:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            outbox.close()
+            inbox.close()
+        self.workers = []
+
+    def __enter__(self) -> "LoadGenerator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def client_bound(row: dict, instances: int) -> str | None:
+    """Why the measured throughput may be limited by the client rather than the server, or None:
+    a client process near one full core (Python threads share one interpreter lock), or enough
+    clients to keep every instance busy while the server idles and most of the latency is spent
+    outside the server (client, network, the server's frontend)."""
+    if row["client_cpu_max"] is not None and row["client_cpu_max"] >= 0.9:
+        return f"a client process used {row['client_cpu_max'] * 100:.0f}% of a core"
+    server_ms = (row["server_queue_ms"] or 0) + (row["server_compute_ms"] or 0)
+    if (row["concurrency"] > instances and row["server_busy"] is not None and row["server_busy"] < 0.5
+            and row["mean_ms"] is not None and row["mean_ms"] > 2 * server_ms + 1):
+        return (f"the server was busy {row['server_busy'] * 100:.0f}% of the time while {row['mean_ms'] - server_ms:.1f} "
+                f"of {row['mean_ms']:.1f} ms per request were spent outside it")
+    return None
+
+
+def run_point(protocol: str, url: str, model: str, requests, concurrency: int, duration_s: float,
+              warmup_s: float, output_names: list[str], *, load: LoadGenerator | None = None,
+              instances: int = 1) -> dict:
+    """One sweep point: `concurrency` clients for warmup_s + duration_s; returns its row. `load`:
+    the client threads/processes (default: threads of this process)."""
+    from .triton_client import client_module
+
+    own = load is None
+    load = load or LoadGenerator(protocol, url, model, requests, output_names)
+    tc = client_module(protocol)
+    admin = tc.InferenceServerClient(url=url)
+    start = time.monotonic()
+    measure_from, deadline = start + warmup_s + 0.2, start + warmup_s + 0.2 + duration_s
+    box = {}
+
+    def stats_at(key, when):  # taken on time, whatever the client threads do
+        time.sleep(max(0.0, when - time.monotonic()))
+        box[key] = server_stats(admin, model, protocol)
+
+    watcher = threading.Thread(target=lambda: (stats_at("before", measure_from), stats_at("after", deadline)))
+    watcher.start()
+    try:
+        parts = load.run(concurrency, measure_from, deadline)
+    finally:
+        watcher.join()
+        if own:
+            load.close()
+    d = {k: box["after"][k] - box["before"][k] for k in box["after"]}
+    lat = np.concatenate([p["latency_s"] for p in parts]) if parts else np.array([])
+    errors = [e for p in parts for e in p["errors"]]
+    samples = sum(p["samples"] for p in parts)
+    ms = lat * 1e3
     n = max(1, d["success"])
-    return {"protocol": protocol, "concurrency": concurrency, "requests": len(lat), "samples": int(sum(counts)),
-            "seconds": duration_s, "requests_per_s": len(lat) / duration_s, "samples_per_s": sum(counts) / duration_s,
-            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
-            "p90_ms": float(np.percentile(ms, 90)) if len(ms) else None,
-            "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
-            "mean_ms": float(ms.mean()) if len(ms) else None, "errors": len(errors),
-            "first_error": errors[0] if errors else None,
-            "server_queue_ms": d["queue_ns"] / n / 1e6, "server_compute_ms": d["compute_ns"] / n / 1e6,
-            "server_requests": d["success"], "server_executions": d["executions"],
-            "requests_per_execution": d["success"] / d["executions"] if d["executions"] else None}
+    row = {"protocol": protocol, "concurrency": concurrency, "processes": load.processes, "requests": len(lat),
+           "samples": samples, "seconds": duration_s, "requests_per_s": len(lat) / duration_s,
+           "samples_per_s": samples / duration_s,
+           "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+           "p90_ms": float(np.percentile(ms, 90)) if len(ms) else None,
+           "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
+           "mean_ms": float(ms.mean()) if len(ms) else None, "errors": len(errors),
+           "first_error": errors[0] if errors else None,
+           "server_queue_ms": d["queue_ns"] / n / 1e6, "server_compute_ms": d["compute_ns"] / n / 1e6,
+           "server_requests": d["success"], "server_executions": d["executions"],
+           "requests_per_execution": d["success"] / d["executions"] if d["executions"] else None,
+           "server_busy": d["busy_ns"] / 1e9 / duration_s / max(1, instances),
+           "client_cpu": sum(p["cpu_s"] for p in parts) / duration_s,
+           "client_cpu_max": max((p["cpu_s"] for p in parts), default=0.0) / duration_s}
+    row["client_bound"] = client_bound(row, instances)
+    return row
 
 
 def sweep(onnx_path, model: str, urls: dict[str, str], concurrencies: list[int], work: Workload,
-          duration_s: float = 5.0, warmup_s: float = 1.0, progress=print) -> dict:
-    """Runs every (protocol, concurrency) point; returns ``{"model", "workload", "config", "rows"}``."""
+          duration_s: float = 5.0, warmup_s: float = 1.0, progress=print, *, processes: int = 1,
+          sender: str = "prebuilt") -> dict:
+    """Runs every (protocol, concurrency) point with the clients spread over `processes` client
+    processes (1: threads of this process); returns ``{"model", "workload", ..., "rows"}``."""
     from .model_io import describe_onnx
     from .triton_client import client_module, is_python_backend, model_config
 
@@ -137,19 +367,60 @@ def sweep(onnx_path, model: str, urls: dict[str, str], concurrencies: list[int],
     config = model_config(client_module(first).InferenceServerClient(url=urls[first]), model, first)
     python_form = is_python_backend(config)
     requests = make_requests(io, work, python_form)
+    instances = instance_count(config)
+    outputs = [t.name for t in io.outputs]
     rows = []
     for protocol, url in urls.items():
-        for c in concurrencies:
-            row = run_point(protocol, url, model, requests, c, duration_s, warmup_s, [t.name for t in io.outputs])
-            rows.append(row)
-            progress(format_row(row))
+        with LoadGenerator(protocol, url, model, requests, outputs, processes=processes, sender=sender) as load:
+            for c in concurrencies:
+                row = run_point(protocol, url, model, requests, c, duration_s, warmup_s, outputs, load=load,
+                                instances=instances)
+                rows.append(row)
+                progress(format_row(row))
+                if row["client_bound"]:
+                    progress(f"  client-bound? {row['client_bound']}: the numbers may understate the server "
+                             f"(more --processes, or clients on another machine)")
     return {"model": model, "onnx": str(onnx_path), "workload": dataclasses.asdict(work),
             "backend": config.get("backend"), "max_batch_size": config.get("max_batch_size"),
-            "duration_s": duration_s, "rows": rows}
+            "instances": instances, "processes": processes, "sender": sender, "duration_s": duration_s,
+            "rows": rows}
+
+
+PROFILE_STEPS = ("fetch", "parse", "merge", "run", "split", "respond", "execute")
+
+
+def profile_summary(folder, since: dict | None = None) -> dict:
+    """Summary of model.py's timing log (``triton-serve --profile DIR``): executions, requests per
+    execution and, per step, mean ms per execution and per request. `since` ({file: lines}, from
+    ``profile_marks``) skips what was logged before."""
+    lines = []
+    for f in sorted(pathlib.Path(folder).glob("*.jsonl")):
+        rows = f.read_text().splitlines()[(since or {}).get(str(f), 0):]
+        lines += [json.loads(r) for r in rows if r.strip()]
+    n = sum(r["requests"] for r in lines)
+    steps = {k: sum(r.get(k) or 0.0 for r in lines) for k in PROFILE_STEPS}
+    return {"executions": len(lines), "requests": n,
+            "requests_per_execution": n / len(lines) if lines else None,
+            "ms_per_execution": {k: v / len(lines) * 1e3 for k, v in steps.items()} if lines else {},
+            "ms_per_request": {k: v / n * 1e3 for k, v in steps.items()} if n else {}}
+
+
+def profile_marks(folder) -> dict:
+    """``{file: lines}`` of the timing log now (for profile_summary's `since`)."""
+    return {str(f): len(f.read_text().splitlines()) for f in pathlib.Path(folder).glob("*.jsonl")}
+
+
+def format_profile(summary: dict) -> str:
+    """One line of a profile summary."""
+    if not summary["executions"]:
+        return "model.py: no executions logged"
+    per = summary["ms_per_request"]
+    return (f"model.py: {summary['executions']} executions, {summary['requests_per_execution']:.2f} requests each; "
+            "ms per request: " + ", ".join(f"{k} {per[k]:.3f}" for k in PROFILE_STEPS))
 
 
 HEADER = (f"{'proto':<5} {'conc':>5} {'req/s':>9} {'samples/s':>11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-          f"{'queue ms':>9} {'compute ms':>10} {'req/exec':>8} {'errors':>6}")
+          f"{'queue ms':>9} {'compute ms':>10} {'req/exec':>8} {'busy %':>6} {'client cpu':>10} {'errors':>6}")
 
 
 def format_row(r: dict) -> str:
@@ -157,7 +428,8 @@ def format_row(r: dict) -> str:
     f = lambda v, w, p=2: f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
     return (f"{r['protocol']:<5} {r['concurrency']:>5} {r['requests_per_s']:>9.1f} {r['samples_per_s']:>11.0f} "
             f"{f(r['p50_ms'], 8)} {f(r['p90_ms'], 8)} {f(r['p99_ms'], 8)} {f(r['server_queue_ms'], 9)} "
-            f"{f(r['server_compute_ms'], 10)} {f(r['requests_per_execution'], 8)} {r['errors']:>6}")
+            f"{f(r['server_compute_ms'], 10)} {f(r['requests_per_execution'], 8)} "
+            f"{f(r.get('server_busy') and r['server_busy'] * 100, 6, 0)} {f(r.get('client_cpu'), 10)} {r['errors']:>6}")
 
 
 def plot(result: dict, path) -> None:
@@ -213,6 +485,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", type=int, default=16, help="distinct requests cycled through (default 16)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point (default 1)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="client processes the clients are spread over (default 1: threads of this process); "
+                        "use several when one Python process cannot keep the server busy")
+    p.add_argument("--sender", choices=SENDERS, default="prebuilt",
+                   help="gRPC: prebuilt (requests serialised once, sent as bytes; default) or tritonclient "
+                        "(client.infer per request); HTTP always uses tritonclient")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="triton_bench.json", help="JSON results; the plot goes beside it as .png")
 
@@ -231,13 +509,13 @@ def main(args: argparse.Namespace) -> int:
         conc = [int(c) for c in args.concurrency.split(",")]
     except ValueError:
         raise ValueError(f"--concurrency '{args.concurrency}': comma-separated integers") from None
-    if any(c < 1 for c in conc) or args.duration <= 0 or args.warmup < 0 or args.pool < 1:
-        raise ValueError("--concurrency and --pool must be >= 1, --duration > 0, --warmup >= 0")
+    if any(c < 1 for c in conc) or args.duration <= 0 or args.warmup < 0 or args.pool < 1 or args.processes < 1:
+        raise ValueError("--concurrency, --pool and --processes must be >= 1, --duration > 0, --warmup >= 0")
     urls = {p: args.grpc_url if p == "grpc" else args.http_url for p in protocols}
     work = Workload(args.batch, args.pooling, args.pool, args.seed)
     print(HEADER, flush=True)
     result = sweep(onnx, args.model, urls, conc, work, args.duration, args.warmup,
-                   progress=lambda line: print(line, flush=True))
+                   progress=lambda line: print(line, flush=True), processes=args.processes, sender=args.sender)
     out = pathlib.Path(args.out)
     out.write_text(json.dumps(result, indent=1) + "\n")
     plot(result, out.with_suffix(".png"))

@@ -95,9 +95,10 @@ def parse_request(get, spec: dict) -> dict:
 
 def _table_parts(requests: list[dict], k: int, key: str, t: int) -> list[np.ndarray]:
     """The requests' arrays of bag k (ids, weights or lengths) cut table by table, in merged order:
-    table 0 of every request, then table 1, ... (one slice per request when t == 1)."""
+    table 0 of every request, then table 1, ... (each request's array whole when t == 1 or when
+    there is one request)."""
     arrays = [r["bags"][k][key] for r in requests]
-    if t == 1:
+    if t == 1 or len(requests) == 1:  # one request's fused input is table-major already
         return arrays
     if key == "lengths":
         return [a[table * r["b"]:(table + 1) * r["b"]] for table in range(t) for r, a in zip(requests, arrays)]

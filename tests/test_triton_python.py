@@ -5,6 +5,7 @@ the outputs equals running each request alone; triton-serve's user errors are on
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 import sys
 
@@ -58,15 +59,21 @@ def test_python_repo_config(tmp_path, ort_lib, kw):
         T.validate_repo(md)
 
 
-@pytest.mark.parametrize("kw", [{}, dict(per_table=True, with_psw=True), dict(include_last_offset=1)])
-def test_merge_then_split_equals_each_request_alone(tmp_path, kw):
+MERGE_CASES = [{}, dict(per_table=True, with_psw=True), dict(include_last_offset=1),
+               dict(index_type=TensorProto.INT32, per_table=True, include_last_offset=1)]
+SIZES = [((1, 3), (5, 1), (2, 7), (9, 2)), ((6, 4),), ((3, 0), (4, 2))]
+
+
+@pytest.mark.parametrize("sizes", SIZES, ids=["four", "one", "empty-bags"])
+@pytest.mark.parametrize("kw", MERGE_CASES)
+def test_merge_then_split_equals_each_request_alone(tmp_path, kw, sizes):
     from dlrm_deploy.runtime.ort import ort_session
 
     onnx_path = fake_dlrm(tmp_path / "m.onnx", **kw)
     io = describe_onnx(onnx_path)
     spec = P.io_spec(io)
     sess = ort_session(str(onnx_path), device="cpu")
-    feeds = [sample_inputs(io, batch=b, pooling=p, seed=b) for b, p in ((1, 3), (5, 1), (2, 7), (9, 2))]
+    feeds = [sample_inputs(io, batch=b, pooling=p, seed=b) for b, p in sizes]
     parsed = [model_py.parse_request(P.request_from_feeds(f, spec).get, spec) for f in feeds]
     merged = model_py.merge(parsed, spec)
     outs = dict(zip(sess.output_names, sess.run(merged)))
@@ -74,6 +81,39 @@ def test_merge_then_split_equals_each_request_alone(tmp_path, kw):
         want = dict(zip(sess.output_names, sess.run(f)))
         for name in want:
             np.testing.assert_allclose(part[name][0], want[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", MERGE_CASES)
+def test_merged_feeds_are_the_model_feeds(tmp_path, kw):
+    """Merged feeds equal the offsets-form feeds of all samples concatenated by hand (types too);
+    one request's ids reach the model without a copy."""
+    onnx_path = fake_dlrm(tmp_path / "m.onnx", **kw)
+    io = describe_onnx(onnx_path)
+    spec = P.io_spec(io)
+    feeds = [sample_inputs(io, batch=b, pooling=p, seed=b) for b, p in ((2, 3), (4, 1), (3, 5))]
+    reqs = [P.request_from_feeds(f, spec) for f in feeds]
+    merged = model_py.merge([model_py.parse_request(r.get, spec) for r in reqs], spec)
+    types = {t.name: t.elem_type for t in io.inputs}
+    for bag in spec["bags"]:
+        t, sizes = bag["tables"], [f["dense"].shape[0] for f in feeds]
+        ids, lens = [], []
+        for table in range(t):  # table-major: table 0 of every request, then table 1, ...
+            for r, b in zip(reqs, sizes):
+                all_lens = r[bag["lengths"]][0].astype(np.int64)
+                start = int(all_lens[:table * b].sum())
+                n = int(all_lens[table * b:(table + 1) * b].sum())
+                ids.append(r[bag["indices"]][0][start:start + n])
+                lens.append(all_lens[table * b:(table + 1) * b])
+        want_off = np.concatenate([[0], np.cumsum(np.concatenate(lens))])
+        if not bag["include_last_offset"]:
+            want_off = want_off[:-1]
+        np.testing.assert_array_equal(merged[bag["indices"]], np.concatenate(ids))
+        np.testing.assert_array_equal(merged[bag["offsets"]], want_off)
+        for name in (bag["indices"], bag["offsets"]):
+            assert merged[name].dtype == np.dtype(P._NUMPY[types[name]]) and merged[name].flags.c_contiguous
+    one = model_py.merge([model_py.parse_request(reqs[0].get, spec)], spec)
+    for bag in spec["bags"]:
+        assert np.shares_memory(one[bag["indices"]], reqs[0][bag["indices"]])
 
 
 def test_request_format_errors(tmp_path):
@@ -91,6 +131,48 @@ def test_request_format_errors(tmp_path):
     text = ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running EmbeddingBag node. "
             "Name:'n' Status Message: dlrm_deploy::EmbeddingBag: index 7 is out of range\n")
     assert model_py.one_line(text) == "dlrm_deploy::EmbeddingBag: index 7 is out of range"
+
+
+def test_bench_helpers_without_a_server():
+    """triton-bench's pre-serialised gRPC request holds the arrays, the instance count and the
+    client-bound verdict, the profile summary of model.py's timing log."""
+    from tritonclient.grpc import service_pb2
+
+    from dlrm_deploy.runtime import triton_bench as B
+
+    arrays = {"dense": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "ids": np.array([[5, 7, 9]], np.int64)}
+    req = service_pb2.ModelInferRequest.FromString(B.grpc_request_bytes("m", arrays, ["out"]))
+    assert req.model_name == "m" and [o.name for o in req.outputs] == ["out"]
+    assert [(i.name, i.datatype, list(i.shape)) for i in req.inputs] == [("dense", "FP32", [1, 2, 3]),
+                                                                       ("ids", "INT64", [1, 3])]
+    np.testing.assert_array_equal(np.frombuffer(req.raw_input_contents[1], np.int64), [5, 7, 9])
+    assert B.instance_count({"instance_group": [{"count": 2, "gpus": [0, 1]}, {"count": 1}]}) == 5
+    assert B.instance_count({}) == 1
+    row = dict(concurrency=64, client_cpu_max=0.5, server_queue_ms=1.0, server_compute_ms=2.0, server_busy=0.3,
+               mean_ms=30.0)
+    assert "busy 30%" in B.client_bound(row, instances=2)
+    assert B.client_bound({**row, "server_busy": 0.9}, instances=2) is None
+    assert B.client_bound({**row, "concurrency": 2}, instances=2) is None
+    assert "97% of a core" in B.client_bound({**row, "server_busy": 0.9, "client_cpu_max": 0.97}, instances=2)
+    with pytest.raises(ValueError, match="processes"):
+        B.LoadGenerator("grpc", "127.0.0.1:1", "m", [], ["out"], processes=0)
+
+
+def test_profile_summary(tmp_path):
+    from dlrm_deploy.runtime import triton_bench as B
+
+    log = tmp_path / "dlrm_0.1.jsonl"
+    line = lambda r, x: json.dumps({"requests": r, **{k: x for k in B.PROFILE_STEPS}})  # noqa: E731
+    log.write_text(line(1, 0.001) + "\n" + line(3, 0.003) + "\n")
+    s = B.profile_summary(tmp_path)
+    assert s["executions"] == 2 and s["requests"] == 4 and s["requests_per_execution"] == 2
+    assert s["ms_per_execution"]["run"] == pytest.approx(2.0) and s["ms_per_request"]["merge"] == pytest.approx(1.0)
+    marks = B.profile_marks(tmp_path)
+    log.write_text(log.read_text() + line(2, 0.004) + "\n")
+    s = B.profile_summary(tmp_path, since=marks)
+    assert s["executions"] == 1 and s["ms_per_request"]["run"] == pytest.approx(2.0)
+    assert "merge 2.000" in B.format_profile(s)
+    assert B.profile_summary(tmp_path / "none")["executions"] == 0
 
 
 def test_serve_errors_are_one_line(tmp_path, capsys, monkeypatch):

@@ -38,7 +38,7 @@ def served(tmp_path_factory):
     # A long queue delay so that concurrent requests on 2 CPU cores reliably meet in the batcher.
     triton_repo(onnx_path, d / "repo", backend="python", name=MODEL, kind="cpu", max_batch_size=32,
                 max_queue_delay_us=20000, validate=True)
-    server = TritonServer(d / "repo", timeout_s=90)
+    server = TritonServer(d / "repo", timeout_s=90, profile_dir=d / "profile")  # model.py logs its steps
     try:
         server.start()
         yield server, onnx_path, describe_onnx(onnx_path), ort_session(str(onnx_path), device="cpu")
@@ -197,3 +197,64 @@ def test_bench_tiny_sweep(served, tmp_path):
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["server_requests"] >= r["requests"] and r["server_compute_ms"] > 0
     assert rows[("grpc", 4)]["requests_per_execution"] > 1  # 4 clients, 20 ms queue delay: merged
+
+
+def test_prebuilt_grpc_requests_answer_like_local_onnxruntime(served):
+    """triton-bench's default sender (gRPC requests serialised once, sent as bytes) gets the same
+    answers as the model run locally."""
+    from dlrm_deploy.runtime import triton_bench as B
+
+    server, onnx_path, io, sess = served
+    spec = P.io_spec(io)
+    feeds = [sample_inputs(io, batch=b, pooling=p, seed=50 + b) for b, p in ((3, 2), (17, 9))]
+    target = B._Target("grpc", server.grpc_url, MODEL, [(f["dense"].shape[0], P.request_from_feeds(f, spec))
+                                                        for f in feeds], ["sigmoid"], "prebuilt")
+    send = target.send_function()
+    for f, (b, data) in zip(feeds, target.inputs):
+        resp = send(data)
+        got = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(list(resp.outputs[0].shape))
+        assert got.shape == (1, b, 1)
+        np.testing.assert_allclose(got[0], local(sess, f)["sigmoid"], rtol=1e-6, atol=1e-7)
+    bad = P.request_from_feeds(sample_inputs(io, batch=2, pooling=2, seed=3), spec)
+    bad["indices_1"] = bad["indices_1"] + 10**6
+    with pytest.raises(RuntimeError, match="out of range"):
+        send(B.grpc_request_bytes(MODEL, bad, ["sigmoid"]))
+
+
+def test_bench_client_processes(served, tmp_path):
+    """--processes 2: the clients run in two client processes, their results merged into one row."""
+    import argparse
+
+    from dlrm_deploy.runtime import triton_bench
+
+    server, onnx_path, io, sess = served
+    p = argparse.ArgumentParser()
+    triton_bench.add_arguments(p)
+    out = tmp_path / "bench.json"
+    args = p.parse_args(["--model", MODEL, "--onnx", str(onnx_path), "--grpc-url", server.grpc_url,
+                         "--protocol", "grpc", "--concurrency", "1,4", "--processes", "2", "--batch", "8:32",
+                         "--pooling", "2:10", "--pool", "4", "--duration", "1", "--warmup", "0.2",
+                         "--out", str(out)])
+    assert triton_bench.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["processes"] == 2 and result["sender"] == "prebuilt" and result["instances"] == 1
+    rows = {r["concurrency"]: r for r in result["rows"]}
+    for r in rows.values():
+        assert r["processes"] == 2 and r["errors"] == 0 and r["requests"] > 0
+        assert r["server_requests"] >= r["requests"] * 0.9 and 0 < r["server_busy"] <= 1.05
+        assert r["client_cpu"] > 0 and r["client_cpu_max"] <= r["client_cpu"]
+    assert rows[4]["requests_per_execution"] > 1  # 4 clients over 2 processes still meet in the batcher
+
+
+def test_model_py_profile_log(served):
+    """model.py's timing log (triton-serve --profile): one line per execution, steps that add up."""
+    from dlrm_deploy.runtime import triton_bench as B
+
+    server, onnx_path, io, sess = served
+    infer_feeds(sample_inputs(io, batch=5, pooling=3, seed=1), MODEL, io, url=server.grpc_url, protocol="grpc")
+    s = B.profile_summary(server.profile_dir)
+    assert s["executions"] >= 1 and s["requests"] >= s["executions"]
+    per = s["ms_per_execution"]
+    assert all(per[k] >= 0 for k in B.PROFILE_STEPS) and per["run"] > 0
+    parts = sum(per[k] for k in ("fetch", "parse", "merge", "run", "split", "respond"))
+    assert parts <= per["execute"] * 1.01 + 1e-3

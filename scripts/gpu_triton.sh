@@ -15,7 +15,11 @@
 #   onnxruntime-gpu unpacked into /tmp/site (scripts/gpu_stage.sh), CUDA libraries from torch's wheel
 #   (scripts/gpu_env.sh ... ort); the CUDA build of our libraries in build/lib (`make build`).
 # Knobs: INSTANCES (model instances per GPU, default 2), DURATION (s per point, default 20),
-#        CONCURRENCY (default 1,8,32,64), SAT_CONCURRENCY (saturation sweep, default 64,128,256).
+#        CONCURRENCY (default 1,8,32,64), SAT_CONCURRENCY (saturation sweep, default 64,128,256),
+#        PROCESSES (client processes the clients are spread over, default 8: one Python client
+#        process cannot load an H100; gRPC requests are serialised once), SENDER (prebuilt or
+#        tritonclient, default prebuilt), PROFILE (1: model.py logs its steps, summarised per
+#        point, default 1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$here/results/triton}
@@ -26,6 +30,9 @@ INSTANCES=${INSTANCES:-2}
 DURATION=${DURATION:-20}
 CONCURRENCY=${CONCURRENCY:-1,8,32,64}
 SAT_CONCURRENCY=${SAT_CONCURRENCY:-64,128,256}
+PROCESSES=${PROCESSES:-8}
+SENDER=${SENDER:-prebuilt}
+PROFILE=${PROFILE:-1}
 for d in "$PYTRITON_DIR/pytriton" "$STUB_ENV" "$CLIENT_SITE" /tmp/site/onnxruntime; do
   [ -e "$d" ] || { echo "gpu_triton.sh: $d is missing (see the staging notes at the top)" >&2; exit 2; }
 done
@@ -51,18 +58,26 @@ repo dyn1 --gpus 0 --max-batch-size 64 --max-queue-delay-us 500
 repo none1 --gpus 0 --batching none
 [ "$ngpu" -ge 2 ] && repo dyn2 --gpus 0,1 --max-batch-size 64 --max-queue-delay-us 500
 
-# bench NAME CONCURRENCY: serve repo_NAME, sweep over gRPC, stop the server
+# bench NAME CONCURRENCY: serve repo_NAME, sweep over gRPC (clients in $PROCESSES processes), stop the server
 bench() {
-  python3 - "$out" "$1" "$2" "$DURATION" <<'EOF'
+  python3 - "$out" "$1" "$2" "$DURATION" "$PROCESSES" "$SENDER" "$PROFILE" <<'EOF'
 import sys, json
 from dlrm_deploy.runtime.triton_server import TritonServer
 from dlrm_deploy.runtime import triton_bench as B
 out, name, conc, duration = sys.argv[1], sys.argv[2], [int(c) for c in sys.argv[3].split(",")], float(sys.argv[4])
-with TritonServer(f"{out}/repo_{name}", timeout_s=600, log_path=f"{out}/server_{name}.log") as s:
+processes, sender, profile = int(sys.argv[5]), sys.argv[6], sys.argv[7] == "1"
+prof = f"{out}/profile_{name}" if profile else None
+marks = [{}]
+def progress(line):
+    print(f"{name:<6}{line}", flush=True)
+    if prof and not line.startswith("  "):  # model.py's steps over this point
+        print(f"{'':<6}  {B.format_profile(B.profile_summary(prof, since=marks[0]))}", flush=True)
+        marks[0] = B.profile_marks(prof)
+with TritonServer(f"{out}/repo_{name}", timeout_s=600, log_path=f"{out}/server_{name}.log", profile_dir=prof) as s:
     print(B.HEADER, flush=True)
     res = B.sweep(f"{out}/paper_fp16.onnx", "dlrm", {"grpc": s.grpc_url}, conc,
                   B.Workload(batch=(64, 64), pooling=(20, 150), pool=32), duration_s=duration, warmup_s=3,
-                  progress=lambda line: print(f"{name:<6}{line}", flush=True))
+                  progress=progress, processes=processes, sender=sender)
 json.dump(res, open(f"{out}/bench_{name}.json", "w"), indent=1)
 B.plot(res, f"{out}/bench_{name}.png")
 EOF
@@ -78,13 +93,19 @@ load = lambda n: {r["concurrency"]: r for r in json.load(open(f"{out}/bench_{n}.
 none, dyn = load("none1"), load("dyn1")
 c = 64
 print(f"concurrency {c}, 64 samples/request, pooling 20-150 (gRPC):")
-print(f"  one request per execution: {none[c]['samples_per_s']:,.0f} samples/s, p99 {none[c]['p99_ms']:.1f} ms")
+print(f"  one request per execution: {none[c]['samples_per_s']:,.0f} samples/s, p99 {none[c]['p99_ms']:.1f} ms, "
+      f"server busy {none[c]['server_busy'] * 100:.0f}%")
 print(f"  dynamic batching:          {dyn[c]['samples_per_s']:,.0f} samples/s, p99 {dyn[c]['p99_ms']:.1f} ms, "
-      f"{dyn[c]['requests_per_execution']:.1f} requests/execution")
+      f"{dyn[c]['requests_per_execution']:.1f} requests/execution, server busy {dyn[c]['server_busy'] * 100:.0f}%")
 print(f"  speedup {dyn[c]['samples_per_s'] / none[c]['samples_per_s']:.2f}x (target >= 4x, p99 < 20 ms)")
 if os.path.exists(f"{out}/bench_dyn2.json"):
     two = load("dyn2")
     s1 = max(r["samples_per_s"] for r in dyn.values())
     s2 = max(r["samples_per_s"] for r in two.values())
     print(f"saturation: 1 GPU {s1:,.0f}, 2 GPUs {s2:,.0f} samples/s: {s2 / s1:.2f}x (target >= 1.8x)")
+for n in ("none1", "dyn1", "dyn2"):
+    if os.path.exists(f"{out}/bench_{n}.json"):
+        for r in json.load(open(f"{out}/bench_{n}.json"))["rows"]:
+            if r.get("client_bound"):
+                print(f"client-bound? {n} at concurrency {r['concurrency']}: {r['client_bound']} (raise PROCESSES)")
 EOF

@@ -142,18 +142,23 @@ def range_text(f) -> str:
     return ("each " + text + f", 1..{contract.MAX_TABLES} entries") if f.kind == contract.INTS else text
 
 
+def md_cell(text: str) -> str:
+    """text inside a Markdown table cell (a bare | would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def md_table() -> str:
     rows = ["| attribute | type | default | accepted | meaning |", "|---|---|---|---|---|"]
     for f in contract.FIELDS:
         rows.append(f"| `{f.name}` | {KIND_NAMES[f.kind]} | {('`' + f.default + '`') if f.default else 'required'} "
-                    f"| {range_text(f)} | {f.doc} |")
+                    f"| {range_text(f)} | {md_cell(f.doc)} |")
     rows += ["", "| dtype | enum | ONNX element type | torch | numpy | row bytes |", "|---|---|---|---|---|---|"]
     for d in contract.DTYPE_INFO.values():
         rb = f"{d.elem_bytes} * dim" if d.elem_bytes else "(dim + 8) rounded up to 16"
         rows.append(f"| `{d.name}` | {d.enum} | {d.onnx_type} ({d.onnx}) | {d.torch} | {d.numpy} | {rb} |")
     rows += ["", "| input/output | element type | shape and meaning |", "|---|---|---|"]
     for name, types, doc in contract.INPUTS + contract.OUTPUTS:
-        rows.append(f"| `{name}` | {types} | {doc} |")
+        rows.append(f"| `{name}` | {md_cell(types)} | {md_cell(doc)} |")
     return "\n".join(rows)
 
 

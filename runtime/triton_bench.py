@@ -364,7 +364,11 @@ def sweep(onnx_path, model: str, urls: dict[str, str], concurrencies: list[int],
 
     io = describe_onnx(onnx_path)
     first = next(iter(urls))
-    config = model_config(client_module(first).InferenceServerClient(url=urls[first]), model, first)
+    try:
+        config = model_config(client_module(first).InferenceServerClient(url=urls[first]), model, first)
+    except Exception as e:  # noqa: BLE001 - tritonclient's errors: unknown model, no server
+        msg = e.message() if hasattr(e, "message") else str(e)
+        raise ValueError(f"cannot read model '{model}' from {urls[first]} ({first}): {msg}") from None
     python_form = is_python_backend(config)
     requests = make_requests(io, work, python_form)
     instances = instance_count(config)

@@ -258,3 +258,11 @@ def test_model_py_profile_log(served):
     assert all(per[k] >= 0 for k in B.PROFILE_STEPS) and per["run"] > 0
     parts = sum(per[k] for k in ("fetch", "parse", "merge", "run", "split", "respond"))
     assert parts <= per["execute"] * 1.01 + 1e-3
+
+
+def test_bench_unknown_model_is_one_line(served, tmp_path):
+    server, onnx_path, io, sess = served
+    r = subprocess.run([sys.executable, "-m", "dlrm_deploy.cli", "triton-bench", "--onnx", str(onnx_path), "--model", "nope",
+                        "--grpc-url", server.grpc_url, "--protocol", "grpc", "--concurrency", "1", "--processes", "2",
+                        "--duration", "1", "--out", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr, r.stderr

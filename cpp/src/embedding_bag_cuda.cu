@@ -1,6 +1,6 @@
 // CUDA forward of the op: the C entry points that check a call on the host, fill the kernel
-// parameters and launch. Two templated kernel families, instantiated as compile-time policies and
-// dispatched in one place (cuda/launch.cuh):
+// parameters and launch. Two templated kernel families, each variant a named policy type
+// (cuda/policies.cuh: the one list of compiled variants), dispatched in one place (cuda/launch.cuh):
 //  - bag_kernel (cuda/bag_kernel.cuh): PyTorch's EmbeddingBag forward structure (a thread per
 //    output feature, 32x8 blocks, scalar loads), with the paper's optimisations as policies:
 //    register cap (MinBlocks), register prefetch of the next PD lookups, and L2 pinning (evict_last

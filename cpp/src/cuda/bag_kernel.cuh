@@ -1,20 +1,22 @@
 // Kernel family 1: PyTorch's EmbeddingBag forward structure (a thread per output feature, 32x8
-// blocks, scalar loads) with the paper's optimisations as compile-time policies: register cap
-// (MinBlocks), register prefetch of the next PD lookups, L2 pinning (evict_last hints for hot rows
-// plus the evict_last prefetch pass prefetch_hot_rows). Variants baseline/occupancy/prefetch/
-// l2pin/combined; instantiated in launch.cuh only.
+// blocks, scalar loads) with the paper's optimisations as a BagPolicy (policies.cuh): register cap
+// (kMinBlocks), register prefetch of the next kPrefetch lookups, L2 pinning (evict_last hints for
+// hot rows plus the evict_last prefetch pass prefetch_hot_rows). Variants baseline/occupancy/
+// prefetch/l2pin/combined; instantiated from policies.cuh's BagPolicies by launch.cuh only.
 #pragma once
 
 #include "bag_io.cuh"
 #include "device_loads.cuh"
+#include "policies.cuh"
 
 namespace dd {
 namespace {
 
 // ---- family 1: PyTorch's structure (thread per feature) with the paper's policies ----
-template <int DT, typename IdxT, int PD, int MinBlocks, bool Hint>
-__global__ void __launch_bounds__(kBlock, (MinBlocks < 0 ? DD_OCC_MIN_BLOCKS : MinBlocks))
-    bag_kernel(const Params p) {
+template <int DT, typename IdxT, typename Policy>
+__global__ void __launch_bounds__(kBlock, Policy::kMinBlocks) bag_kernel(const Params p) {
+  constexpr int PD = Policy::kPrefetch;
+  constexpr bool Hint = Policy::kHint;
   const int D = p.dim;
   const int chunks_per_bag = (D + 31) / 32;
   const int64_t num_chunks = (int64_t)p.tab.num_tables * p.batch * chunks_per_bag;

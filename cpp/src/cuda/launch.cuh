@@ -1,5 +1,6 @@
-// Launch: the one dispatch point from a Plan to a kernel instantiation (dtype x index type x
-// policy), with the persisting-L2 access-policy window attached to the launch where it applies.
+// Dispatch layer: the one point from a Plan to a kernel instantiation (dtype x index type x policy
+// from the lists of policies.cuh), with the persisting-L2 access-policy window attached to the
+// launch where it applies.
 #pragma once
 
 #include <algorithm>
@@ -40,6 +41,16 @@ int launch_kernel(void (*kernel)(Params, Args...), dim3 grid, dim3 block, size_t
   return DD_OK;
 }
 
+// The first policy of a list the plan selects, handed to go as a tag (so that go instantiates the
+// kernel of that policy); DD_ERR_UNSUPPORTED when the list has none (a plan outside the table).
+template <typename Match, typename Go, typename... Ps>
+int dispatch(PolicyList<Ps...>, Match&& match, Go&& go, char* msg, size_t len) {
+  int rc = DD_ERR_UNSUPPORTED;
+  const bool found = ((match(Ps{}) ? (rc = go(Ps{}), true) : false) || ...);
+  if (!found) fail(rc, msg, len, "no compiled kernel for this plan");
+  return rc;
+}
+
 template <int DT, typename IdxT>
 int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const DeviceInfo& dev, cudaStream_t stream,
                  char* msg, size_t len) {
@@ -48,52 +59,40 @@ int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const Devi
   cudaDeviceGetLimit(&persist, cudaLimitPersistingL2CacheSize);
   DeviceInfo d = dev;
   d.persisting_limit = persist;
-  const bool pinning = c.pinned_rows > 0;
   // dd_uses_l2 on the config: auto resolves to warp_kernel or combined, both with the window.
-  const bool window = dd_uses_l2(&c) && c.hot_first && persist > 0 && d.max_window > 0 &&
-                      env_int("DLRM_DEPLOY_L2_WINDOW", 1) != 0;
+  const bool window = dd_uses_l2(&c) && c.hot_first && persist > 0 && d.max_window > 0 && knobs().l2_window != 0;
   if (pl.warp) {
     const int64_t units = bags * pl.slices;
     const int64_t blocks = std::min<int64_t>((units * 32 + kBlock - 1) / kBlock, 1 << 24);
     const dim3 grid((unsigned)std::max<int64_t>(blocks, 1)), block(kBlock);
-    auto go = [&](void (*kernel)(Params, int, int, int)) {
-      return launch_kernel(kernel, grid, block, 0, p, c, d, stream, window, msg, len, pl.lanes, pl.groups, pl.slices);
+    auto match = [&](auto policy) {
+      using P = decltype(policy);
+      return P::kVecBytes == pl.vb && P::kUnroll == pl.unroll;
     };
-    if (pl.unroll == 4) {
-      switch (pl.vb) {
-        case 16: return go(warp_kernel<DT, IdxT, 16, 4>);
-        case 8: return go(warp_kernel<DT, IdxT, 8, 4>);
-        default: return go(warp_kernel<DT, IdxT, 4, 4>);
-      }
-    }
-    switch (pl.vb) {
-      case 16: return go(warp_kernel<DT, IdxT, 16, 8>);
-      case 8: return go(warp_kernel<DT, IdxT, 8, 8>);
-      default: return go(warp_kernel<DT, IdxT, 4, 8>);
-    }
+    auto go = [&](auto policy) {
+      return launch_kernel(warp_kernel<DT, IdxT, decltype(policy)>, grid, block, 0, p, c, d, stream, window, msg, len,
+                           pl.lanes, pl.groups, pl.slices);
+    };
+    return dispatch(WarpPolicies{}, match, go, msg, len);
   }
   // Thread-per-feature family: PyTorch's launch shape, 32x8 threads, up to 1024 blocks.
   const int64_t chunks = bags * ((c.dim + 31) / 32);
   const dim3 block(32, kBlock / 32);
   const dim3 grid((unsigned)std::max<int64_t>(1, std::min<int64_t>(1024, (chunks + 7) / 8)));
-  if (pinning && (pl.variant == DD_L2PIN || pl.variant == DD_COMBINED)) {
+  if (c.pinned_rows > 0 && (pl.variant == DD_L2PIN || pl.variant == DD_COMBINED)) {
     const int64_t lines = (int64_t)c.num_tables * c.pinned_rows * ((p.row_bytes + 127) / 128);
     const unsigned pgrid = (unsigned)std::max<int64_t>(1, std::min<int64_t>((lines + 255) / 256, dev.sms * 8));
     prefetch_hot_rows<<<pgrid, 256, 0, stream>>>(p);
   }
-  switch (pl.variant) {
-    case DD_BASELINE: return launch_kernel(bag_kernel<DT, IdxT, 0, 1, false>, grid, block, 0, p, c, d, stream, false, msg, len);
-    case DD_OCCUPANCY: return launch_kernel(bag_kernel<DT, IdxT, 0, -1, false>, grid, block, 0, p, c, d, stream, false, msg, len);
-    case DD_PREFETCH:
-      if (pl.pd == 4) return launch_kernel(bag_kernel<DT, IdxT, 4, 1, false>, grid, block, 0, p, c, d, stream, false, msg, len);
-      if (pl.pd == 8) return launch_kernel(bag_kernel<DT, IdxT, 8, 1, false>, grid, block, 0, p, c, d, stream, false, msg, len);
-      return launch_kernel(bag_kernel<DT, IdxT, 16, 1, false>, grid, block, 0, p, c, d, stream, false, msg, len);
-    case DD_L2PIN: return launch_kernel(bag_kernel<DT, IdxT, 0, 1, true>, grid, block, 0, p, c, d, stream, window, msg, len);
-    default:  // DD_COMBINED
-      if (pl.pd == 4) return launch_kernel(bag_kernel<DT, IdxT, 4, -1, true>, grid, block, 0, p, c, d, stream, window, msg, len);
-      if (pl.pd == 8) return launch_kernel(bag_kernel<DT, IdxT, 8, -1, true>, grid, block, 0, p, c, d, stream, window, msg, len);
-      return launch_kernel(bag_kernel<DT, IdxT, 16, -1, true>, grid, block, 0, p, c, d, stream, window, msg, len);
-  }
+  auto match = [&](auto policy) {
+    using P = decltype(policy);
+    return P::kVariant == pl.variant && (P::kPrefetch == 0 || P::kPrefetch == pl.pd);
+  };
+  auto go = [&](auto policy) {
+    using P = decltype(policy);
+    return launch_kernel(bag_kernel<DT, IdxT, P>, grid, block, 0, p, c, d, stream, window && P::kHint, msg, len);
+  };
+  return dispatch(BagPolicies{}, match, go, msg, len);
 }
 
 template <typename IdxT>

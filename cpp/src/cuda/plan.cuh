@@ -58,6 +58,19 @@ int env_int(const char* name, int fallback) {
   return v && *v ? std::atoi(v) : fallback;
 }
 
+// Environment knobs for experiments (docs/benchmarks.md), read once per process, not per launch.
+struct Knobs {
+  int vec_bytes;  // DLRM_DEPLOY_VEC_BYTES: widest vector load tried (16)
+  int unroll;     // DLRM_DEPLOY_UNROLL: row loads in flight per lane; -1 = per dtype
+  int l2_window;  // DLRM_DEPLOY_L2_WINDOW: 0 turns the persisting-L2 access-policy window off
+};
+
+const Knobs& knobs() {
+  static const Knobs k = {env_int("DLRM_DEPLOY_VEC_BYTES", 16), env_int("DLRM_DEPLOY_UNROLL", -1),
+                          env_int("DLRM_DEPLOY_L2_WINDOW", 1)};
+  return k;
+}
+
 Plan make_plan(const dd_config& c, const void* weights) {
   Plan pl;
   pl.variant = c.variant;
@@ -68,7 +81,7 @@ Plan make_plan(const dd_config& c, const void* weights) {
   const uintptr_t addr = reinterpret_cast<uintptr_t>(weights);
   // Vector width: the widest that divides the row data, the row stride and the base address
   // (16 bytes measured fastest for every dtype at D=128 on H100, docs/benchmarks.md).
-  int want = env_int("DLRM_DEPLOY_VEC_BYTES", 16);
+  const int want = knobs().vec_bytes;
   for (int vb : {16, 8, 4}) {
     if (vb > want) continue;
     if (data_bytes % vb == 0 && row_bytes % vb == 0 && addr % vb == 0) {
@@ -92,7 +105,7 @@ Plan make_plan(const dd_config& c, const void* weights) {
   }
   // Loads in flight per lane, measured on H100 (docs/benchmarks.md): 2-byte tables gain from the
   // extra occupancy of 4 on skewed batches, fp32 and int8 from 8.
-  pl.unroll = env_int("DLRM_DEPLOY_UNROLL", esize == 2 ? 4 : 8) <= 4 ? 4 : 8;
+  pl.unroll = (knobs().unroll != -1 ? knobs().unroll : esize == 2 ? 4 : 8) <= 4 ? 4 : 8;
   pl.pd = c.prefetch_distance ? c.prefetch_distance : 8;
   pl.pd = pl.pd <= 4 ? 4 : pl.pd <= 8 ? 8 : 16;  // compiled distances
   return pl;

@@ -1,10 +1,12 @@
 // Kernel family 2, what `auto` runs: a warp (or a group of lanes) per bag and column slice, 4-16
 // byte vector loads of whole rows, U independent row loads in flight per lane, the next 32 indices
-// fetched while the current ones are consumed. Instantiated in launch.cuh only.
+// fetched while the current ones are consumed. Templated on a WarpPolicy (policies.cuh),
+// instantiated from WarpPolicies by launch.cuh only.
 #pragma once
 
 #include "bag_io.cuh"
 #include "device_loads.cuh"
+#include "policies.cuh"
 
 namespace dd {
 namespace {
@@ -24,8 +26,11 @@ constexpr int warp_min_blocks() {
   return U >= 8 ? 2 : 4;
 }
 
-template <int DT, typename IdxT, int VB, int U>
-__global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, U>()) warp_kernel(const Params p, int lanes, int groups, int slices) {
+template <int DT, typename IdxT, typename Policy>
+__global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>())
+    warp_kernel(const Params p, int lanes, int groups, int slices) {
+  constexpr int VB = Policy::kVecBytes;
+  constexpr int U = Policy::kUnroll;
   constexpr int E = VB / Storage<DT>::kSize;  // elements per lane per row
   using RawT = typename Raw<VB>::T;
   const int lane = threadIdx.x & 31;

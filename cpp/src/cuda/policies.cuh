@@ -1,0 +1,49 @@
+// Tuning layer of the kernels (CUB's policy -> agent -> dispatch split): every kernel variant is a
+// named policy type holding its numbers, the kernels (bag_kernel.cuh, warp_kernel.cuh) are
+// templated on a policy, and launch.cuh dispatches through the one policy list per family below,
+// which is also what instantiates the kernels. Adding a variant = one policy type + one list entry.
+#pragma once
+
+#include "params.cuh"
+
+namespace dd {
+namespace {
+
+// ---- family 1 (bag_kernel): PyTorch's structure with the paper's optimisations ----
+// Prefetch: lookups in flight per thread (0 = none); CapRegisters: cut the register budget for
+// DD_OCC_MIN_BLOCKS resident 256-thread blocks per SM (a per-architecture number, so it is read in
+// each device pass here and not part of the type: host and device must name the same kernel);
+// Hint: L2 evict_last hints for hot rows and the hot-row prefetch pass.
+template <int Variant, int Prefetch, bool CapRegisters, bool Hint>
+struct BagPolicy {
+  static constexpr int kVariant = Variant;
+  static constexpr int kPrefetch = Prefetch;
+  static constexpr int kMinBlocks = CapRegisters ? DD_OCC_MIN_BLOCKS : 1;
+  static constexpr bool kHint = Hint;
+};
+
+using BaselinePolicy = BagPolicy<DD_BASELINE, 0, false, false>;
+using OccupancyPolicy = BagPolicy<DD_OCCUPANCY, 0, true, false>;
+template <int PD> using PrefetchPolicy = BagPolicy<DD_PREFETCH, PD, false, false>;
+using L2PinPolicy = BagPolicy<DD_L2PIN, 0, false, true>;
+template <int PD> using CombinedPolicy = BagPolicy<DD_COMBINED, PD, true, true>;
+
+// ---- family 2 (warp_kernel, what auto runs): vector bytes per lane and row loads in flight ----
+template <int VecBytes, int Unroll>
+struct WarpPolicy {
+  static constexpr int kVecBytes = VecBytes;
+  static constexpr int kUnroll = Unroll;
+};
+
+template <typename... Policies>
+struct PolicyList {};
+
+// The one table of compiled variants: plan.cuh picks among these (prefetch distances 4/8/16 are
+// contract::PREFETCH_DISTANCES; 0 runs 8).
+using BagPolicies = PolicyList<BaselinePolicy, OccupancyPolicy, PrefetchPolicy<4>, PrefetchPolicy<8>, PrefetchPolicy<16>,
+                               L2PinPolicy, CombinedPolicy<4>, CombinedPolicy<8>, CombinedPolicy<16>>;
+using WarpPolicies = PolicyList<WarpPolicy<16, 4>, WarpPolicy<8, 4>, WarpPolicy<4, 4>, WarpPolicy<16, 8>,
+                                WarpPolicy<8, 8>, WarpPolicy<4, 8>>;
+
+}  // namespace
+}  // namespace dd

@@ -24,11 +24,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from dlrm_deploy.libraries import library_path
+from dlrm_deploy.libraries import LIBRARIES, library_path
 
 from .timing import summary_ms
 
-TRT_LIBRARY = "libdlrm_deploy_trt.so"
+TRT_LIBRARY = LIBRARIES["trt"]
 # Python modules with TensorRT's API, in the order tried.
 MODULES = ("tensorrt", "tensorrt_rtx_bindings")
 

@@ -16,14 +16,18 @@ HELD_LOCATION = "dlrm_deploy-held-table"
 
 class HeldTables(dict):
     """The op tables kept out of the traced proto: initializer name -> the exporter's own array of it
-    (zero-copy views of the swapped model's tensors). The proto's initializer for each is an external
+    (zero-copy views of the swapped model's tensors) or a function making it (a table converted to
+    its storage form only when it is written, one at a time). The proto's initializer for each is an external
     reference to HELD_LOCATION with the right type, dims and length, so nothing holds a second copy of
     the tables: table batching reads the rows from here and streams them packed into the data file,
     and ``write_held`` writes the ones still referenced (unbatched tables) where they end up."""
 
     def rows(self, t: TensorProto) -> np.ndarray | None:
-        """The held table of initializer t as uint8 [rows, row bytes] (a view), or None."""
+        """The held table of initializer t as uint8 [rows, row bytes], or None. A held value is an
+        array (a view of the model's tensor) or a function making it (a table converted on demand)."""
         a = self.get(t.name) if is_held(t) else None
+        if callable(a):
+            a = a()
         return None if a is None else a.view(np.uint8).reshape(int(t.dims[0]), -1)
 
 

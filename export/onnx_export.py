@@ -236,13 +236,14 @@ def _swap_and_trace(model: nn.Module, bags: list, example_inputs: tuple, plans: 
     (see HeldTables); records the seconds of the swap and of the export."""
     say(f"swapping {len(bags)} nn.EmbeddingBag module(s) for {C.DOMAIN}::{C.OP_TYPE} (tables {dtype}) ...")
     t = time.perf_counter()
+    deferred = {}  # tables converted only when written (see swap_embedding_bags)
     swapped = swap_embedding_bags(model, dtype=dtype, variant=variant, prefetch_distance=prefetch_distance,
-                                  check=check, pinned_rows=pinned, hot_plans=plans).eval()  # a copy
+                                  check=check, pinned_rows=pinned, hot_plans=plans, deferred=deferred).eval()
     seconds["swap"] = time.perf_counter() - t
     say("tracing and converting with torch.onnx (dynamo) ...")
     t = time.perf_counter()
-    proto, held = trace(swapped, example_inputs, **trace_options)
-    del swapped
+    proto, held = trace(swapped, example_inputs, deferred=deferred, **trace_options)
+    del swapped, deferred
     seconds["export"] = time.perf_counter() - t
     warn_fixed_dims(proto, example_inputs)
     return proto, held

@@ -107,15 +107,31 @@ def check_supported(name: str, m: nn.EmbeddingBag) -> None:
                                   "give them per_sample_weights of 0")
 
 
+def _placeholder(rows: int, dim: int, dtype: str) -> torch.Tensor:
+    """An uninitialised table of the stored shape and type: the allocation stays untouched (so it
+    takes address space, not memory) while the exporter traces it."""
+    info = C.DTYPE_INFO[dtype]
+    return torch.empty(rows, C.row_bytes(dtype, dim) // max(info.elem_bytes, 1), dtype=getattr(torch, info.torch))
+
+
+def _stored_table(w: torch.Tensor, order, dtype: str) -> torch.Tensor:
+    """The table in storage form: rows reordered by order (or as they are), converted to dtype."""
+    return convert_table(w[torch.from_numpy(order)] if order is not None else w, dtype)
+
+
 def swap_embedding_bags(model: nn.Module, *, dtype: str = "fp32", variant: str = "auto", prefetch_distance: int = 0,
                         check: str = "checked", pinned_rows: int | dict = 0,
-                        hot_plans: dict | None = None) -> nn.Module:
+                        hot_plans: dict | None = None, deferred: dict | None = None) -> nn.Module:
     """A deep copy of model with every nn.EmbeddingBag replaced by a ``DeployEmbeddingBag``.
 
     dtype: table storage (fp32/fp16/bf16/int8); pinned_rows: hot rows per table (an int for all, or
     {module name: int}); hot_plans: {module name: HotRowPlan} to reorder rows by frequency. The
     output dtype stays the original table's dtype (fp32 for most models). Parameters other than the
     tables are copied; the original model is not modified.
+    deferred: for the exporter: a dict that receives, for each table whose storage form would be a
+    new tensor (converted or reordered), ``{placeholder.data_ptr(): (module name, placeholder, make)}``;
+    the module then holds the uninitialised placeholder and ``make()`` returns the real table, so
+    the exporter can convert one table at a time while writing instead of all of them up front.
     """
     hot_plans = hot_plans or {}
     memo = {}
@@ -125,10 +141,8 @@ def swap_embedding_bags(model: nn.Module, *, dtype: str = "fp32", variant: str =
         stored = getattr(m, STORED_ROWS, {}).get(dtype)
         w = m.weight.detach() if stored is None else stored
         plan = hot_plans.get(name)
-        remap = None
-        if plan is not None:
-            w = w[torch.from_numpy(plan.order)]
-            remap = torch.from_numpy(plan.remap)
+        order = None if plan is None else plan.order
+        remap = None if plan is None else torch.from_numpy(plan.remap)
         p = pinned_rows.get(name, 0) if isinstance(pinned_rows, dict) else int(pinned_rows)
         kw = dict(rows=m.num_embeddings, dim=m.embedding_dim, dtype=dtype,
                   out_dtype=C.dtype_of_torch(m.weight.dtype, "fp32"), mode=m.mode,
@@ -138,7 +152,14 @@ def swap_embedding_bags(model: nn.Module, *, dtype: str = "fp32", variant: str =
             table_attributes(**kw)
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
-        table = convert_table(w, dtype) if stored is None else w.contiguous()
+        if stored is not None:
+            table = (w[torch.from_numpy(order)] if order is not None else w).contiguous()
+        elif deferred is not None and m.num_embeddings > 0 and (order is not None or w.dtype != getattr(torch, C.DTYPE_INFO[dtype].torch)
+                                       or not w.is_contiguous()):
+            table = _placeholder(m.num_embeddings, m.embedding_dim, dtype)
+            deferred[table.data_ptr()] = (name, table, lambda w=w, order=order: _stored_table(w, order, dtype))
+        else:
+            table = _stored_table(w, order, dtype)
         memo[id(m)] = DeployEmbeddingBag(table, remap=remap, **kw)
     # deepcopy with the replacements pre-seeded in the memo puts them wherever the originals were
     # referenced (ModuleList, attributes, shared modules) without copying the original tables.

@@ -48,10 +48,26 @@ def _rows_array(tensor):
     return None
 
 
-def _serialize_holding_tables(ir_model) -> tuple[onnx.ModelProto, HeldTables]:
+def _deferred_maker(tensor, name: str, deferred: dict):
+    """The make() of a placeholder table (see swap_embedding_bags' deferred), or None for a real one.
+    Raises RuntimeError when a deferred module's table reaches the graph as another tensor than its
+    placeholder (a copy: its bytes would be garbage)."""
+    raw = getattr(tensor, "raw", None)
+    entry = deferred.get(raw.data_ptr()) if isinstance(raw, torch.Tensor) else None
+    if entry is None and any(name == f"{module}.weight" for module, _t, _m in deferred.values()):
+        raise RuntimeError(f"export: the exporter copied the placeholder of table '{name}'; export with the "
+                           "tables already in their storage form")
+    if entry is None:
+        return None
+    make = entry[2]
+    return lambda: make().contiguous().view(torch.uint8).numpy()
+
+
+def _serialize_holding_tables(ir_model, deferred: dict | None = None) -> tuple[onnx.ModelProto, HeldTables]:
     """The proto of the exported IR model with every op table's data left out (see HeldTables): the
     usual serialisation copies each initializer into the proto, transiently twice, which made the
-    export's memory peak about 2x the tables on top of the model."""
+    export's memory peak about 2x the tables on top of the model. Placeholder tables (deferred) are
+    held as the functions that make them."""
     held = HeldTables()
     saved = []
     for node in ir_model.graph:
@@ -59,13 +75,16 @@ def _serialize_holding_tables(ir_model) -> tuple[onnx.ModelProto, HeldTables]:
             continue
         value = node.inputs[0]
         tensor = value.const_value
-        rows = _rows_array(tensor) if tensor is not None and value.name not in held else None
+        if tensor is None or value.name in held:
+            continue
+        maker = _deferred_maker(tensor, value.name, deferred or {})
+        rows = maker if maker is not None else _rows_array(tensor)
         if rows is None:
             continue
         held[value.name] = rows
         saved.append((value, tensor))
         # serialised as a reference to HELD_LOCATION: type, dims and length, no data
-        value.const_value = ir.ExternalTensor(HELD_LOCATION, None, rows.nbytes, tensor.dtype, shape=tensor.shape,
+        value.const_value = ir.ExternalTensor(HELD_LOCATION, None, tensor.nbytes, tensor.dtype, shape=tensor.shape,
                                               name=value.name)
     try:
         proto = ir.serde.serialize_model(ir_model)
@@ -76,10 +95,11 @@ def _serialize_holding_tables(ir_model) -> tuple[onnx.ModelProto, HeldTables]:
 
 
 def trace(swapped: nn.Module, example_inputs: tuple, *, opset: int, input_names, output_names,
-          dynamic_shapes) -> tuple[onnx.ModelProto, HeldTables]:
+          dynamic_shapes, deferred: dict | None = None) -> tuple[onnx.ModelProto, HeldTables]:
     """torch.onnx (dynamo) export of the swapped model: one op node per table, and the op tables held
     out of the proto (see HeldTables). dynamic_shapes None: every dimension ``Dim.AUTO`` (see
-    ``default_dynamic_shapes``); dimensions torch.export specialised are written as fixed values."""
+    ``default_dynamic_shapes``); dimensions torch.export specialised are written as fixed values.
+    deferred: the placeholder tables of ``swap_embedding_bags(..., deferred=...)``."""
     if dynamic_shapes is None:
         dynamic_shapes = default_dynamic_shapes(example_inputs)
     quiet = logging.getLogger("torch.onnx")
@@ -92,7 +112,7 @@ def trace(swapped: nn.Module, example_inputs: tuple, *, opset: int, input_names,
                 swapped, tuple(example_inputs), dynamo=True, opset_version=opset, input_names=input_names,
                 output_names=output_names, dynamic_shapes=dynamic_shapes,
                 custom_translation_table={torch_op().default: _translate}, optimize=True, verbose=False)
-            proto, held = _serialize_holding_tables(program.model)
+            proto, held = _serialize_holding_tables(program.model, deferred)
             exported = getattr(program, "exported_program", None)
             pin_specialised_dims(proto, getattr(exported, "range_constraints", None))
         del program, exported

@@ -519,7 +519,7 @@ const PluginFieldCollection* EmbeddingBagPlugin::getFieldsToSerialize() noexcept
   // (the index type comes from the tensors).
   serialized_.clear();
   for (const FieldValue& v : values_) {
-    if (v.kind == 1)
+    if (v.kind == DD_KIND_STRING)
       serialized_.emplace_back(v.name.c_str(), v.text.c_str(), PluginFieldType::kCHAR,
                                static_cast<int32_t>(v.text.size() + 1));
     else
@@ -539,8 +539,8 @@ EmbeddingBagCreator::EmbeddingBagCreator() {
   const dd_field* contract = dd_fields(&count);
   for (int32_t i = 0; i < count; ++i) {
     // The types TensorRT's ONNX parser passes for INT, INTS and STRING attributes (kINT64 accepted too).
-    const PluginFieldType type = contract[i].kind == 1 ? PluginFieldType::kCHAR : PluginFieldType::kINT32;
-    fields_.emplace_back(contract[i].name, nullptr, type, contract[i].kind == 0 ? 1 : 0);
+    const PluginFieldType type = contract[i].kind == DD_KIND_STRING ? PluginFieldType::kCHAR : PluginFieldType::kINT32;
+    fields_.emplace_back(contract[i].name, nullptr, type, contract[i].kind == DD_KIND_INT ? 1 : 0);
   }
   field_names_.nbFields = static_cast<int32_t>(fields_.size());
   field_names_.fields = fields_.data();

@@ -79,17 +79,17 @@ int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const Devi
   const int64_t chunks = bags * ((c.dim + 31) / 32);
   const dim3 block(32, kBlock / 32);
   const dim3 grid((unsigned)std::max<int64_t>(1, std::min<int64_t>(1024, (chunks + 7) / 8)));
-  if (c.pinned_rows > 0 && (pl.variant == DD_L2PIN || pl.variant == DD_COMBINED)) {
-    const int64_t lines = (int64_t)c.num_tables * c.pinned_rows * ((p.row_bytes + 127) / 128);
-    const unsigned pgrid = (unsigned)std::max<int64_t>(1, std::min<int64_t>((lines + 255) / 256, dev.sms * 8));
-    prefetch_hot_rows<<<pgrid, 256, 0, stream>>>(p);
-  }
   auto match = [&](auto policy) {
     using P = decltype(policy);
     return P::kVariant == pl.variant && (P::kPrefetch == 0 || P::kPrefetch == pl.pd);
   };
   auto go = [&](auto policy) {
     using P = decltype(policy);
+    if (P::kHint && c.pinned_rows > 0) {  // the L2 policies pull the hot rows in first
+      const int64_t lines = (int64_t)c.num_tables * c.pinned_rows * ((p.row_bytes + 127) / 128);
+      const unsigned pgrid = (unsigned)std::max<int64_t>(1, std::min<int64_t>((lines + 255) / 256, dev.sms * 8));
+      prefetch_hot_rows<<<pgrid, 256, 0, stream>>>(p);
+    }
     return launch_kernel(bag_kernel<DT, IdxT, P>, grid, block, 0, p, c, d, stream, window && P::kHint, msg, len);
   };
   return dispatch(BagPolicies{}, match, go, msg, len);

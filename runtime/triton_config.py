@@ -10,10 +10,12 @@ import json
 
 import numpy as np
 
+from dlrm_deploy.libraries import LIBRARIES
+
 from .model_io import ModelIO
 
-ORT_LIBRARY = "libdlrm_deploy_ort.so"
-TRT_LIBRARY = "libdlrm_deploy_trt.so"
+ORT_LIBRARY = LIBRARIES["ort"]
+TRT_LIBRARY = LIBRARIES["trt"]
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 BATCHING = ("auto", "none", "dynamic")
 
@@ -41,6 +43,14 @@ def triton_dtype(elem_type: int) -> str:
         return _ONNX_TO_TRITON[elem_type][0]
     except KeyError:
         raise ValueError(f"ONNX element type {elem_type} has no Triton equivalent") from None
+
+
+def numpy_dtype(elem_type: int) -> str:
+    """The numpy dtype name of an ONNX element type (ValueError for one without)."""
+    name = _ONNX_TO_TRITON.get(elem_type, (None, None, None))[2]
+    if name is None:
+        raise ValueError(f"ONNX element type {elem_type} has no numpy dtype")
+    return name
 
 
 def perf_analyzer_data(inputs: dict[str, np.ndarray]) -> dict:

@@ -21,12 +21,11 @@ import shutil
 import numpy as np
 
 from .model_io import ModelIO, describe_onnx
-from .triton_config import _dims_text, _q, triton_dtype
+from .triton_config import _dims_text, _q, numpy_dtype, triton_dtype
 from .triton_validate import load_config
 
 MODEL_TEMPLATE = pathlib.Path(__file__).with_name("triton_python_model.py")
 IO_FILE = "dlrm_deploy_io.json"
-_NUMPY = {1: "float32", 6: "int32", 7: "int64", 10: "float16", 11: "float64"}
 
 
 def lengths_name(offsets_name: str, taken: set[str]) -> str:
@@ -66,7 +65,7 @@ def io_spec(io: ModelIO) -> dict:
                      "weights": w.name if w else None,
                      "tables": len(io.bags[k]["table_rows"]), "table_rows": list(io.bags[k]["table_rows"]),
                      "include_last_offset": int(io.bags[k].get("include_last_offset", 0)),
-                     "indices_dtype": _NUMPY[idx.elem_type], "offsets_dtype": _NUMPY[off.elem_type],
+                     "indices_dtype": numpy_dtype(idx.elem_type), "offsets_dtype": numpy_dtype(off.elem_type),
                      "indices_type": idx.elem_type, "offsets_type": off.elem_type,
                      "weights_type": w.elem_type if w else None})
     return {"onnx": "model.onnx", "library": None, "dense": [{"name": t.name} for t in dense],

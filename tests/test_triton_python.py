@@ -15,6 +15,7 @@ from onnx import TensorProto
 
 from dlrm_deploy.runtime import triton as T
 from dlrm_deploy.runtime import triton_python as P
+from dlrm_deploy.runtime.triton_config import numpy_dtype
 from dlrm_deploy.runtime import triton_server as S
 from dlrm_deploy.runtime.model_io import describe_onnx, sample_inputs
 
@@ -110,7 +111,7 @@ def test_merged_feeds_are_the_model_feeds(tmp_path, kw):
         np.testing.assert_array_equal(merged[bag["indices"]], np.concatenate(ids))
         np.testing.assert_array_equal(merged[bag["offsets"]], want_off)
         for name in (bag["indices"], bag["offsets"]):
-            assert merged[name].dtype == np.dtype(P._NUMPY[types[name]]) and merged[name].flags.c_contiguous
+            assert merged[name].dtype == np.dtype(numpy_dtype(types[name])) and merged[name].flags.c_contiguous
     one = model_py.merge([model_py.parse_request(reqs[0].get, spec)], spec)
     for bag in spec["bags"]:
         assert np.shares_memory(one[bag["indices"]], reqs[0][bag["indices"]])

@@ -30,7 +30,9 @@ FORM_KEY = "dlrm_deploy.input_form"
 TABLES_KEY = "dlrm_deploy.tables"
 
 
-def _lengths_name(offsets: str, taken: set[str]) -> str:
+def lengths_name(offsets: str, taken: set[str]) -> str:
+    """The input that carries per-sample lengths in place of the offsets input `offsets` (a name not
+    in taken): the exported lengths form and the python backend's request form use the same."""
     name = offsets.replace("offsets", "lengths") if "offsets" in offsets else f"{offsets}_lengths"
     while name in taken:
         name += "_"
@@ -106,7 +108,7 @@ def to_lengths_form(model: onnx.ModelProto, *, flat_dense: bool = False) -> onnx
     for t in tables:
         off = inputs[t["offsets"]]
         ilo = int(t.get("include_last_offset", 0))
-        lname = _lengths_name(off.name, taken)
+        lname = lengths_name(off.name, taken)
         taken.add(lname)
         elem = off.type.tensor_type.elem_type
         batch_dim = off.type.tensor_type.shape.dim[0].dim_param if not ilo else None

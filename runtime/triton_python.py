@@ -20,20 +20,14 @@ import shutil
 
 import numpy as np
 
+from dlrm_deploy.export.lengths import lengths_name
+
 from .model_io import ModelIO, describe_onnx
 from .triton_config import _dims_text, _q, numpy_dtype, triton_dtype
 from .triton_validate import load_config
 
 MODEL_TEMPLATE = pathlib.Path(__file__).with_name("triton_python_model.py")
 IO_FILE = "dlrm_deploy_io.json"
-
-
-def lengths_name(offsets_name: str, taken: set[str]) -> str:
-    """The request input that carries per-sample lengths in place of `offsets_name`."""
-    name = offsets_name.replace("offsets", "lengths") if "offsets" in offsets_name else f"{offsets_name}_lengths"
-    while name in taken:
-        name += "_"
-    return name
 
 
 def io_spec(io: ModelIO) -> dict:

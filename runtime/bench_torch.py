@@ -10,7 +10,7 @@ import time
 from .accuracy import TOLERANCE, compare
 from .bench_common import Bench, Row, check_output, say, say_outcome, set_times
 from .fbgemm_tbe import TBEModel, tbe_inputs
-from .timing import BudgetExceeded, deadline, time_torch
+from .timing import BudgetExceeded, deadline, time_torch, time_wall
 
 GPU_ONLY = "needs CUDA (running on the CPU): CUDA graphs and FBGEMM's inference TBE capture/run GPU work only"
 
@@ -64,6 +64,8 @@ def graph_row(row: Row, fn, check_args, time_args, ref, runs: int, warmup: int) 
     """fn captured in a CUDA graph: captured on the check inputs, replayed and checked; the timing
     inputs copied into the static inputs (captured again when their shapes differ) and replay()
     timed between CUDA events; then the check inputs copied back and checked once more."""
+    import torch
+
     graph, static, out = capture_graph(fn, check_args)
     graph.replay()
     if not check_output(row, out, ref):
@@ -73,6 +75,13 @@ def graph_row(row: Row, fn, check_args, time_args, ref, runs: int, warmup: int) 
         graph, static, out = capture_graph(fn, time_args)
         row.extra["captures"] = 2
     set_times(row, time_torch(graph.replay, runs, warmup, cuda=True))
+    row.extra["timer"] = "CUDA events around replay()"
+
+    def synchronised():
+        graph.replay()
+        torch.cuda.synchronize()
+
+    row.extra["wall"] = time_wall(synchronised, runs, warmup)  # as the ORT rows' extra["wall"]
     if _copy_into(static, check_args):
         graph.replay()
         err, _ = compare(out.detach().float().cpu().numpy(), ref)

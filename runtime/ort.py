@@ -25,7 +25,7 @@ import numpy as np
 from dlrm_deploy import contract
 from dlrm_deploy.libraries import library_path
 
-from .timing import time_wall
+from .timing import time_torch, time_wall
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -168,7 +168,8 @@ def _providers_for(device: str, providers, device_id: int, provider_options) -> 
 
 def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *, device_id: int = 0,
                 provider_options: Mapping[str, Any] | None = None, log_severity_level: int | None = None,
-                profile_prefix: str | None = None, cuda_graph: bool = False, **session_options) -> "OrtSession":
+                profile_prefix: str | None = None, cuda_graph: bool = False, stream: int | None = None,
+                **session_options) -> "OrtSession":
     """Creates an ONNX Runtime session with the dlrm_deploy custom ops registered.
 
     path: an .onnx file (external data next to it is found), serialized bytes or an onnx.ModelProto.
@@ -182,6 +183,11 @@ def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *
     cuda_graph: (device="cuda") capture each input-shape bucket's run into a CUDA graph (ORT's
       enable_cuda_graph) and replay it: inputs are copied into fixed device buffers, outputs read
       from fixed ones. Bounds checks stay on: check=checked errors of a replay are raised by run().
+    stream: (device="cuda") a CUDA stream handle (an int, e.g. ``torch.cuda.Stream().cuda_stream``)
+      for ONNX Runtime's work (the CUDA provider's ``user_compute_stream``); the caller keeps the
+      stream alive while the session lives. Lets a caller time the session with CUDA events on its
+      own stream (``time_runs(events=True)``), or give it a priority (a high-priority stream lets
+      the dense layers of an ``overlap`` model take SMs while the lookups run).
     session_options: attributes of onnxruntime.SessionOptions, e.g. intra_op_num_threads=4.
     """
     ort = _ort()
@@ -189,6 +195,12 @@ def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *
         if device != "cuda":
             raise ValueError("cuda_graph=True needs device='cuda'")
         provider_options = dict(provider_options or {}, enable_cuda_graph="1")
+    if stream is not None:
+        if device != "cuda":
+            raise ValueError("stream= needs device='cuda'")
+        if not int(stream):
+            raise ValueError("stream= takes a created CUDA stream's handle, not 0 (the legacy default stream)")
+        provider_options = dict(provider_options or {}, user_compute_stream=str(int(stream)))
     provider_list = _providers_for(device, providers, device_id, provider_options)
     so = _session_options(log_severity_level, profile_prefix, session_options)
     proto, folder = _load_model(path)
@@ -215,7 +227,7 @@ def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *
     if device == "cuda" and providers is None and CUDA_EP not in session.get_providers():
         raise RuntimeError(f"the CUDA execution provider did not load (session providers: {session.get_providers()}); "
                            "check the CUDA/cuDNN libraries onnxruntime-gpu needs (see its warnings above)")
-    return OrtSession(session, device=device, device_id=device_id, cuda_graph=cuda_graph)
+    return OrtSession(session, device=device, device_id=device_id, cuda_graph=cuda_graph, stream=stream)
 
 
 def _bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -244,8 +256,10 @@ class OrtSession:
     # requests to a few bucket sizes (see docs/onnxruntime.md).
     MAX_GRAPHS = 16
 
-    def __init__(self, session, device: str = "cpu", device_id: int = 0, cuda_graph: bool = False):
+    def __init__(self, session, device: str = "cpu", device_id: int = 0, cuda_graph: bool = False,
+                 stream: int | None = None):
         self.session = session
+        self.stream = stream
         self.device = device
         self.device_id = device_id
         self.cuda_graph = cuda_graph
@@ -341,22 +355,43 @@ class OrtSession:
         outputs = self.run_device(self.to_device(feeds))
         return [_to_numpy(v) for v in outputs]  # OrtValue.numpy() copies device tensors to the host
 
-    def time_runs(self, feeds: Mapping[str, Any], runs: int = 100, warmup: int = 10) -> dict:
+    def time_runs(self, feeds: Mapping[str, Any], runs: int = 100, warmup: int = 10, events: bool = False) -> dict:
         """Times `runs` inferences after `warmup` ones, inputs copied to the device once.
 
-        Returns {"median_ms", "min_ms", "max_ms", "runs"}: wall-clock milliseconds per
-        run, each run including ORT's end-of-run stream synchronisation."""
+        Returns {"median_ms", "min_ms", "max_ms", "runs"} in milliseconds per run. By default
+        wall-clock per run, each run including ORT's end-of-run stream synchronisation. events=True
+        (a session made with ``stream=``; needs torch): CUDA events on that stream around each run,
+        which returns without synchronising (the host then waits for the end event), the way
+        PyTorch's rows of ``bench e2e`` are timed: launch work and GPU time, not the wake-up after it."""
         if runs < 1:
             raise ValueError("runs must be >= 1")
+        if events and (self.stream is None or self.device != "cuda"):
+            raise ValueError("time_runs(events=True) needs a CUDA session made with ort_session(..., stream=...)")
+        finish = None
         if self.cuda_graph:
             self._check_feeds(feeds)
             slot = self._graph_slot(feeds)
             for name in self.input_names:
                 slot.inputs[name].update_inplace(np.ascontiguousarray(feeds[name]))
-            return time_wall(lambda: self._replay(slot), runs, warmup)
-        device_feeds = self.to_device(feeds)
-        binding = self.make_binding(device_feeds)
-        return time_wall(lambda: self.run_device(device_feeds, binding), runs, warmup)
+            if not events:
+                return time_wall(lambda: self._replay(slot), runs, warmup)
+            options, finish = _run_options(slot.graph_id, synchronize=False), raise_captured_error
+            call = lambda: self.session.run_with_iobinding(slot.binding, options)  # noqa: E731
+        else:
+            device_feeds = self.to_device(feeds)
+            binding = self.make_binding(device_feeds)
+            if not events:
+                return time_wall(lambda: self.run_device(device_feeds, binding), runs, warmup)
+            options = _run_options(None, synchronize=False)
+            call = lambda: self.session.run_with_iobinding(binding, options)  # noqa: E731
+        import torch
+
+        with torch.cuda.stream(torch.cuda.ExternalStream(int(self.stream), device=f"cuda:{self.device_id}")):
+            result = time_torch(call, runs, warmup, cuda=True)
+        torch.cuda.synchronize(self.device_id)
+        if finish is not None:
+            finish()
+        return result
 
     # -- CUDA graphs --------------------------------------------------------------------------
 
@@ -389,7 +424,7 @@ class OrtSession:
             binding.bind_ortvalue_input(n, v)
         for n, v in outputs.items():
             binding.bind_ortvalue_output(n, v)
-        slot = _GraphSlot(inputs, outputs, binding, _run_options(len(self._graphs)))
+        slot = _GraphSlot(inputs, outputs, binding, _run_options(len(self._graphs)), len(self._graphs))
         self._graphs[key] = slot
         return slot
 
@@ -402,13 +437,19 @@ class _GraphSlot:
     """One shape bucket of a CUDA-graph session: fixed input/output OrtValues, their binding and
     the run options naming its graph."""
 
-    def __init__(self, inputs: dict, outputs: dict, binding, run_options):
+    def __init__(self, inputs: dict, outputs: dict, binding, run_options, graph_id: int):
         self.inputs, self.outputs, self.binding, self.run_options = inputs, outputs, binding, run_options
+        self.graph_id = graph_id
 
 
-def _run_options(graph_id: int):
+def _run_options(graph_id: int | None, synchronize: bool = True):
+    """RunOptions naming a CUDA graph (-1: run outside any; None: no graph entry); synchronize=False
+    returns from a run once its work is queued on the provider's stream."""
     ro = _ort().RunOptions()
-    ro.add_run_config_entry("gpu_graph_id", str(graph_id))  # -1: run outside any CUDA graph
+    if graph_id is not None:
+        ro.add_run_config_entry("gpu_graph_id", str(graph_id))
+    if not synchronize:
+        ro.add_run_config_entry("disable_synchronize_execution_providers", "1")
     return ro
 
 

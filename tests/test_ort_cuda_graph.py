@@ -82,3 +82,17 @@ def test_cuda_graph_checked_bad_input_raises_and_recovers(exported):
         sess.run(bad)
     (out,) = sess.run(feeds)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_user_stream_runs_and_times_with_events(exported, cuda_graph):
+    """A session on a stream of ours (high priority, as bench e2e's overlap rows) gives the same
+    outputs, and time_runs(events=True) times it with CUDA events on that stream."""
+    cfg, model, path = exported
+    stream = torch.cuda.Stream(priority=-1)
+    sess = dd_ort.ort_session(path, device="cuda", cuda_graph=cuda_graph, stream=stream.cuda_stream)
+    feeds, ref = _feeds(cfg, model, 32, 7)
+    np.testing.assert_allclose(sess.run(feeds)[0], ref, rtol=1e-4, atol=1e-5)
+    t = sess.time_runs(feeds, runs=5, warmup=2, events=True)
+    assert t["runs"] == 5 and 0 < t["min_ms"] <= t["median_ms"] <= t["max_ms"]
+    np.testing.assert_allclose(sess.run(feeds)[0], ref, rtol=1e-4, atol=1e-5)

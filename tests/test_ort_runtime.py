@@ -106,6 +106,17 @@ def test_cuda_device_without_cuda_ep_is_a_clear_error():
         dd_ort.ort_session(small_dlrm().SerializeToString(), device="cuda")
 
 
+def test_stream_and_event_timing_need_cuda():
+    """stream= (ORT's user compute stream) is for CUDA sessions; events=True timing needs one."""
+    with pytest.raises(ValueError, match="stream= needs device='cuda'"):
+        dd_ort.ort_session(small_dlrm().SerializeToString(), device="cpu", stream=1234)
+    sess = dd_ort.ort_session(small_dlrm().SerializeToString(), device="cpu")
+    feeds = run_cli.random_inputs(small_dlrm(), batch=4)
+    with pytest.raises(ValueError, match="events=True"):
+        sess.time_runs(feeds, runs=1, warmup=0, events=True)
+    assert sess.time_runs(feeds, runs=2, warmup=0)["runs"] == 2
+
+
 def test_external_data_model_with_patched_types(tmp_path):
     """A model whose tables live in external data and whose custom-op output is untyped: the
     session is built from a patched copy beside the data file, removed afterwards."""

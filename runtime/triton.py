@@ -74,6 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lengths", action="store_true",
                    help="onnxruntime: serve the lengths form of the model (per-sample lengths, flattened dense "
                         "inputs) with ragged dynamic batching (docs/triton.md)")
+    p.add_argument("--request-form", choices=("packed", "tables"),
+                   help="python backend: packed (default: dense inputs + one ids [INT32 unless a table has more "
+                        "than 2^31 rows], one lengths and one weights input for all tables) or tables (ids and "
+                        "lengths per model input); docs/triton.md")
     p.add_argument("--threads", type=int, default=0,
                    help="python backend: ONNX Runtime intra-op threads per instance (default 0: its default)")
     p.add_argument("--library", help=f"custom-op ({ORT_LIBRARY}) or plugin ({TRT_LIBRARY}) library "
@@ -101,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
             library=args.library, plan=args.plan, serve_root=args.serve_root,
             cuda_options=dict(args.cuda_option) if args.cuda_option else None,
             shapes=dict(args.shape) if args.shape else None, trtexec_args=args.trtexec_arg,
-            overwrite=args.force, threads=args.threads, lengths=args.lengths)
+            overwrite=args.force, threads=args.threads, lengths=args.lengths,
+            request_form=args.request_form)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"dlrm-deploy triton-repo: error: {e}", file=sys.stderr)
         return 2

@@ -37,16 +37,13 @@ class Workload:
     seed: int = 0
 
 
-def make_requests(io, work: Workload, python_form: bool) -> list[tuple[int, dict]]:
-    """``[(samples, request arrays)]``: valid requests of the workload, in the served model's form."""
+def make_requests(io, work: Workload, spec: dict | None) -> list[tuple[int, dict]]:
+    """``[(samples, request arrays)]``: valid requests of the workload, in the served model's form
+    (`spec`: the python backend's request spec, packed or tables, from triton_client.request_spec;
+    None: the model's own feeds)."""
     from .model_io import sample_inputs
 
     rng = np.random.default_rng(work.seed)
-    spec = None
-    if python_form:
-        from .triton_python import io_spec
-
-        spec = io_spec(io)
     out = []
     for i in range(work.pool):
         b = int(rng.integers(work.batch[0], work.batch[1] + 1))
@@ -360,7 +357,7 @@ def sweep(onnx_path, model: str, urls: dict[str, str], concurrencies: list[int],
     """Runs every (protocol, concurrency) point with the clients spread over `processes` client
     processes (1: threads of this process); returns ``{"model", "workload", ..., "rows"}``."""
     from .model_io import describe_onnx
-    from .triton_client import client_module, is_python_backend, model_config
+    from .triton_client import client_module, model_config, request_spec
 
     io = describe_onnx(onnx_path)
     first = next(iter(urls))
@@ -369,10 +366,12 @@ def sweep(onnx_path, model: str, urls: dict[str, str], concurrencies: list[int],
     except Exception as e:  # noqa: BLE001 - tritonclient's errors: unknown model, no server
         msg = e.message() if hasattr(e, "message") else str(e)
         raise ValueError(f"cannot read model '{model}' from {urls[first]} ({first}): {msg}") from None
-    python_form = is_python_backend(config)
-    requests = make_requests(io, work, python_form)
+    spec = request_spec(config, io)  # ValueError when the served inputs are not this ONNX file's
+    requests = make_requests(io, work, spec)
     instances = instance_count(config)
     outputs = [t.name for t in io.outputs]
+    if spec is not None:
+        progress(f"  python backend, {spec['form']} request form: {len(requests[0][1])} inputs per request")
     rows = []
     for protocol, url in urls.items():
         with LoadGenerator(protocol, url, model, requests, outputs, processes=processes, sender=sender) as load:
@@ -386,6 +385,8 @@ def sweep(onnx_path, model: str, urls: dict[str, str], concurrencies: list[int],
                              f"(more --processes, or clients on another machine)")
     return {"model": model, "onnx": str(onnx_path), "workload": dataclasses.asdict(work),
             "backend": config.get("backend"), "max_batch_size": config.get("max_batch_size"),
+            "request_form": spec["form"] if spec else None,
+            "request_inputs": len(requests[0][1]) if requests else None,
             "instances": instances, "processes": processes, "sender": sender, "duration_s": duration_s,
             "rows": rows}
 

@@ -2,8 +2,8 @@
 
 A model served by the onnxruntime/tensorrt backends takes the model's own feeds (whole batches); a
 python-backend model takes the ragged request format of triton_python.py (per-sample lengths,
-leading 1). ``infer_feeds`` reads the served config and converts both ways, so callers always deal
-in the model's feeds and outputs.
+leading 1) in its packed or tables form. ``infer_feeds`` reads the served config (which form, which
+ids type) and converts both ways, so callers always deal in the model's feeds and outputs.
 """
 
 from __future__ import annotations
@@ -63,21 +63,31 @@ def is_python_backend(config: dict) -> bool:
     return config.get("backend") == "python"
 
 
-def infer_feeds(feeds: dict[str, np.ndarray], model: str, onnx_or_io, url: str, protocol: str = "grpc",
-                timeout_s: float = 60.0, client=None) -> dict[str, np.ndarray]:
-    """Sends the model feeds `feeds` (e.g. from sample_inputs) in the form the served model takes and
-    returns the model's outputs ``{name: [b, ...]}``, whatever the backend."""
-    from .model_io import ModelIO, describe_onnx
-
-    tc = client_module(protocol)
-    client = client or tc.InferenceServerClient(url=url)
-    config = model_config(client, model, protocol)
+def request_spec(config: dict, onnx_or_io) -> dict | None:
+    """The request spec (triton_python.io_spec) of a served python-backend model, in the form its
+    config takes (packed or tables); None for the other backends (the model's own feeds)."""
     if not is_python_backend(config):
-        return triton_infer(feeds, model, url, protocol, timeout_s=timeout_s, client=client)
-    from .triton_python import io_spec, request_from_feeds
+        return None
+    from .model_io import ModelIO, describe_onnx
+    from .triton_python import served_spec
 
     io = onnx_or_io if isinstance(onnx_or_io, ModelIO) else describe_onnx(onnx_or_io)
-    spec = io_spec(io)
+    return served_spec(io, config)
+
+
+def infer_feeds(feeds: dict[str, np.ndarray], model: str, onnx_or_io, url: str, protocol: str = "grpc",
+                timeout_s: float = 60.0, client=None, spec: dict | None = None) -> dict[str, np.ndarray]:
+    """Sends the model feeds `feeds` (e.g. from sample_inputs) in the form the served model takes and
+    returns the model's outputs ``{name: [b, ...]}``, whatever the backend and request form. `spec`:
+    the served request spec when known (request_spec), else read from the server."""
+    tc = client_module(protocol)
+    client = client or tc.InferenceServerClient(url=url)
+    if spec is None:
+        spec = request_spec(model_config(client, model, protocol), onnx_or_io)
+    if spec is None:
+        return triton_infer(feeds, model, url, protocol, timeout_s=timeout_s, client=client)
+    from .triton_python import request_from_feeds
+
     out = triton_infer(request_from_feeds(feeds, spec), model, url, protocol, outputs=spec["outputs"],
                        timeout_s=timeout_s, client=client)
     return {k: v[0] for k, v in out.items()}

@@ -4,12 +4,15 @@ format they take.
 The model (``1/model.py``, a copy of ``triton_python_model.py``) runs the ONNX file in ONNX Runtime
 with our custom-op library and merges the requests Triton's dynamic batcher hands it. Requests carry
 per-sample lengths instead of offsets, so merging is concatenation (see triton_python_model.py and
-docs/triton.md): one request = ``[1, b, ...]`` dense rows, and per table ``[1, b]`` lengths and
-``[1, N]`` ids. ``max_batch_size`` counts requests merged into one execution.
+docs/triton.md): one request = ``[1, b, ...]`` dense rows and, in the ``packed`` form (the default),
+one ``ids`` input with every table's ids (INT32 on the wire unless a table has more rows than INT32
+addresses), one ``lengths`` input ``[1, T*b]`` and, where the model has them, one ``weights``
+input; in the ``tables`` form, per table ``[1, b]`` lengths and ``[1, N]`` ids. ``max_batch_size``
+counts requests merged into one execution.
 
 ``io_spec`` derives that format from the ONNX file; ``request_from_feeds`` turns the offsets-form
 feeds of ``sample_inputs`` into one such request, so clients, tests and benchmarks build requests the
-same way.
+same way; ``served_spec`` finds which form a served config takes.
 """
 
 from __future__ import annotations
@@ -28,13 +31,57 @@ from .triton_validate import load_config
 
 MODEL_TEMPLATE = pathlib.Path(__file__).with_name("triton_python_model.py")
 IO_FILE = "dlrm_deploy_io.json"
+# Request forms: packed (dense inputs + one ids, one lengths, one weights input for all tables: few
+# tensors through the python backend's IPC per request) and tables (one input per model input).
+FORMS = ("packed", "tables")
+DEFAULT_FORM = "packed"  # faster per request (docs/triton.md, "Request forms")
+PACKED_NAMES = ("ids", "lengths", "weights")
+INT32_MAX = 2**31 - 1
+_ONNX_INT32, _ONNX_INT64 = 6, 7
 
 
-def io_spec(io: ModelIO) -> dict:
-    """The request format of a model (written as ``1/dlrm_deploy_io.json``): per-sample inputs,
-    per EmbeddingBag input pair the ids / lengths / weights names, tables and dtypes, outputs.
+def _packed_part(spec: dict, outputs: list[str]) -> dict:
+    """The packed form's description: input names (``ids``/``lengths``/``weights``, with a ``_``
+    added while a per-sample input or output has the name), tables across the EmbeddingBag inputs,
+    each input's table range, which tables take weights, the wire and model dtypes."""
+    taken = {d["name"] for d in spec["dense"]} | set(outputs)
+    names = {}
+    for n in PACKED_NAMES:
+        name = n
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        names[n] = name
+    bag_tables, weighted, rows, t = [], [], [], 0
+    for bag in spec["bags"]:
+        bag_tables.append([t, t + bag["tables"]])
+        t += bag["tables"]
+        weighted += [bool(bag["weights"])] * bag["tables"]
+        rows += bag["table_rows"]
+    wtypes = {bag["weights_type"] for bag in spec["bags"] if bag["weights"]}
+    if len(wtypes) > 1:
+        raise ValueError("the packed request form carries one weights input, but this model's per-sample weights "
+                         f"have different types {sorted(wtypes)}: use the tables form (--request-form tables)")
+    # INT32 ids address rows 0..2^31-1; a table with more rows needs INT64 on the wire.
+    wide = [r for r in rows if r - 1 > INT32_MAX]
+    ids_type = _ONNX_INT64 if wide else _ONNX_INT32
+    index_dtypes = {bag["indices_dtype"] for bag in spec["bags"]}
+    return {"ids": names["ids"], "lengths": names["lengths"], "weights": names["weights"] if any(weighted) else None,
+            "tables": t, "table_rows": rows, "bag_tables": bag_tables, "weighted": weighted,
+            "ids_type": ids_type, "ids_dtype": numpy_dtype(ids_type), "lengths_type": _ONNX_INT32,
+            "lengths_dtype": "int32", "index_dtype": next(iter(index_dtypes)) if len(index_dtypes) == 1 else None,
+            "weights_type": next(iter(wtypes)) if wtypes else None,
+            "weights_dtype": numpy_dtype(next(iter(wtypes))) if wtypes else None}
+
+
+def io_spec(io: ModelIO, form: str = "tables") -> dict:
+    """The request format of a model in `form` ("packed" or "tables"; written as
+    ``1/dlrm_deploy_io.json``): per-sample inputs, per EmbeddingBag input pair the ids / lengths /
+    weights names, tables and dtypes, outputs, and for the packed form its inputs (``spec["packed"]``).
     ValueError for models the python backend cannot merge (an input that is neither per-sample
     nor an ids/offsets/weights input, or outputs without the samples' leading dim)."""
+    if form not in FORMS:
+        raise ValueError(f"request form '{form}' is not one of {FORMS}")
     dense = [t for t in io.inputs if t.role == "dense"]
     batch_syms = {t.dims[0] for t in dense + io.outputs if t.dims}
     if not dense or len(batch_syms) != 1 or not isinstance(next(iter(batch_syms)), str):
@@ -62,8 +109,11 @@ def io_spec(io: ModelIO) -> dict:
                      "indices_dtype": numpy_dtype(idx.elem_type), "offsets_dtype": numpy_dtype(off.elem_type),
                      "indices_type": idx.elem_type, "offsets_type": off.elem_type,
                      "weights_type": w.elem_type if w else None})
-    return {"onnx": "model.onnx", "library": None, "dense": [{"name": t.name} for t in dense],
+    spec = {"onnx": "model.onnx", "library": None, "form": form, "dense": [{"name": t.name} for t in dense],
             "bags": bags, "outputs": [t.name for t in io.outputs]}
+    if form == "packed":
+        spec["packed"] = _packed_part(spec, spec["outputs"])
+    return spec
 
 
 def request_inputs(io: ModelIO, spec: dict) -> list[tuple[str, str, list[int]]]:
@@ -71,6 +121,12 @@ def request_inputs(io: ModelIO, spec: dict) -> list[tuple[str, str, list[int]]]:
     by_name = {t.name: t for t in io.inputs}
     out = [(d["name"], triton_dtype(by_name[d["name"]].elem_type), by_name[d["name"]].triton_dims)
            for d in spec["dense"]]
+    if spec.get("form") == "packed":
+        p = spec["packed"]
+        out += [(p["ids"], triton_dtype(p["ids_type"]), [-1]), (p["lengths"], triton_dtype(p["lengths_type"]), [-1])]
+        if p["weights"]:
+            out.append((p["weights"], triton_dtype(p["weights_type"]), [-1]))
+        return out
     for bag in spec["bags"]:
         out.append((bag["indices"], triton_dtype(bag["indices_type"]), [-1]))
         out.append((bag["lengths"], triton_dtype(bag["offsets_type"]), [-1]))
@@ -79,10 +135,36 @@ def request_inputs(io: ModelIO, spec: dict) -> list[tuple[str, str, list[int]]]:
     return out
 
 
+def _wire_ids(ids: np.ndarray, dtype: str, name: str) -> np.ndarray:
+    """`ids` as the wire's integer type; ValueError when a value does not fit it (never wrapped)."""
+    if ids.dtype == np.dtype(dtype) or not ids.size:
+        return ids.astype(dtype, copy=False)
+    info = np.iinfo(dtype)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < info.min or hi > info.max:
+        raise ValueError(f"ids of '{name}' ({lo}..{hi}) do not fit the served {dtype} ids input")
+    return ids.astype(dtype)
+
+
 def request_from_feeds(feeds: dict[str, np.ndarray], spec: dict) -> dict[str, np.ndarray]:
-    """One python-backend request from offsets-form model feeds (e.g. ``sample_inputs``): dense
-    inputs and ids with a leading 1, offsets turned into per-sample lengths."""
+    """One python-backend request in `spec`'s form from offsets-form model feeds (e.g.
+    ``sample_inputs``): dense inputs with a leading 1, offsets turned into per-sample lengths; packed:
+    every input's ids (table-major already, inputs in order) concatenated into one ``ids`` input of
+    the wire type (ValueError for an id that does not fit it), the lengths into one ``lengths``."""
     req = {d["name"]: feeds[d["name"]][None] for d in spec["dense"]}
+    if spec.get("form") == "packed":
+        p = spec["packed"]
+        ids, lengths, weights = [], [], []
+        for bag in spec["bags"]:
+            ids.append(_wire_ids(np.asarray(feeds[bag["indices"]]).reshape(-1), p["ids_dtype"], bag["indices"]))
+            lengths.append(_lengths_of(feeds, bag).astype(p["lengths_dtype"]))
+            if bag["weights"]:
+                weights.append(np.asarray(feeds[bag["weights"]]).reshape(-1))
+        req[p["ids"]] = np.concatenate(ids)[None]
+        req[p["lengths"]] = np.concatenate(lengths)[None]
+        if p["weights"]:
+            req[p["weights"]] = np.concatenate(weights).astype(p["weights_dtype"], copy=False)[None]
+        return req
     for bag in spec["bags"]:
         if bag["offsets"] is None:  # the model takes lengths already
             req[bag["indices"]] = feeds[bag["indices"]][None]
@@ -99,6 +181,30 @@ def request_from_feeds(feeds: dict[str, np.ndarray], spec: dict) -> dict[str, np
     return req
 
 
+def _lengths_of(feeds: dict, bag: dict) -> np.ndarray:
+    """Per-sample lengths of one EmbeddingBag input pair from offsets-form (or lengths-form) feeds."""
+    if bag["offsets"] is None:
+        return np.asarray(feeds[bag["lengths"]]).reshape(-1)
+    offs = np.asarray(feeds[bag["offsets"]]).astype(np.int64).reshape(-1)
+    ends = offs if bag["include_last_offset"] else np.append(offs, np.asarray(feeds[bag["indices"]]).size)
+    return np.diff(ends)
+
+
+def served_spec(io: ModelIO, config: dict) -> dict:
+    """The request spec of a served python-backend model: the form whose inputs (names and Triton
+    types) are the served config's (HTTP's JSON form of the config). ValueError when neither is."""
+    got = [(i["name"], i["data_type"]) for i in config.get("input", [])]
+    for form in FORMS:
+        try:
+            spec = io_spec(io, form)
+        except ValueError:
+            continue
+        if [(n, t) for n, t, _ in request_inputs(io, spec)] == got:
+            return spec
+    raise ValueError(f"the served model's inputs {[n for n, _ in got]} are neither request form ({', '.join(FORMS)}) "
+                     "of this ONNX file: is it the file the repository was written from?")
+
+
 def responses_to_rows(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A python-backend response ``{output: [1, b, ...]}`` as the model's ``[b, ...]`` outputs."""
     return {k: v[0] for k, v in outputs.items()}
@@ -110,6 +216,7 @@ def python_config_text(io: ModelIO, spec: dict, name: str, *, max_batch_size: in
     """config.pbtxt of the python-backend model: ragged request inputs, dynamic batching (merge=False:
     max_batch_size 1 and no batcher, one request per execution: the no-merging baseline)."""
     lines = ["# Written by dlrm-deploy triton-repo --backend python (request format: README.md).",
+             f"# Request form: {spec.get('form', 'tables')}.",
              f"name: {_q(name)}", 'backend: "python"',
              "# Requests merged into one execution; each request holds any number of samples.",
              f"max_batch_size: {max_batch_size if merge else 1}", "input ["]
@@ -136,13 +243,13 @@ def python_config_text(io: ModelIO, spec: dict, name: str, *, max_batch_size: in
 
 
 def write_python_model(onnx_path: pathlib.Path, io: ModelIO, model_dir: pathlib.Path, library: pathlib.Path, *,
-                       name: str, version: int = 1, **config) -> dict:
+                       name: str, version: int = 1, form: str = DEFAULT_FORM, **config) -> dict:
     """Writes the python-backend model into `model_dir` (created by the caller): config.pbtxt,
     ``<version>/model.py``, ``<version>/model.onnx`` (+ external data, output types declared),
-    ``<version>/dlrm_deploy_io.json`` and the op library. Returns the request spec."""
+    ``<version>/dlrm_deploy_io.json`` (the request spec in `form`) and the op library. Returns the spec."""
     from .triton_repo import _copy_onnx
 
-    spec = io_spec(io)
+    spec = io_spec(io, form)
     version_dir = model_dir / str(version)
     _copy_onnx(onnx_path, io, version_dir)
     _declare_types(version_dir / "model.onnx")
@@ -193,7 +300,13 @@ def validate_python_repo(model_dir, onnx_path=None):
     if onnx_path is None and versions:
         onnx_path = versions[0] / "model.onnx"
     io = describe_onnx(onnx_path)
-    spec = io_spec(io)
+    form = "tables"  # what repositories written before the packed form take
+    if versions and (versions[0] / IO_FILE).is_file():
+        form = json.loads((versions[0] / IO_FILE).read_text()).get("form", "tables")
+    try:
+        spec = io_spec(io, form)
+    except ValueError as e:
+        raise ValueError(f"{model_dir}: {e}") from None
     want = [(n, t, d) for n, t, d in request_inputs(io, spec)]
     got = [(i.name, pb.DataType.Name(i.data_type), list(i.dims)) for i in cfg.input]
     if got != want:

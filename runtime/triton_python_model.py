@@ -7,12 +7,17 @@ itself: ``execute`` gets every request the batcher merged, concatenates them exa
 model once and splits the outputs back per request.
 
 Request format (one request = one query with any number of samples b; Triton's batch dim, the
-leading 1, counts requests):
+leading 1, counts requests), in one of two forms (``dlrm_deploy_io.json``'s ``form``):
 
-- every per-sample model input (dense features), shape ``[1, b, ...]`` as in the ONNX file;
-- per table (or per EmbeddingBag input pair): ``lengths`` ``[1, T*b]`` ids per sample (table-major
-  for a fused multi-table input), and the ids themselves ``[1, N]`` (N = sum of lengths), and the
-  per-sample weights ``[1, N]`` where the model has them;
+- every per-sample model input (dense features), shape ``[1, b, ...]`` as in the ONNX file (both forms);
+- ``packed`` (few tensors): one ``ids`` input ``[1, N]`` with every table's ids, table-major (table
+  0's ids of the b samples, then table 1's, ...; tables numbered across the model's EmbeddingBag
+  inputs in order), INT32 unless a table has more rows than INT32 addresses; one ``lengths``
+  input ``[1, T*b]`` (INT32, table-major: ids per sample per table); where the model takes
+  per-sample weights, one ``weights`` input ``[1, N_w]`` (the ids of the weighted tables, same order);
+- ``tables`` (one input per model input): per table (or per EmbeddingBag input pair) ``lengths``
+  ``[1, T*b]`` ids per sample (table-major for a fused multi-table input), the ids ``[1, N]``
+  (N = sum of lengths) and the per-sample weights ``[1, N]`` where the model has them;
 - outputs come back as ``[1, b, ...]``.
 
 Lengths (TorchRec's KeyedJaggedTensor form) concatenate exactly when requests merge; offsets are
@@ -50,27 +55,137 @@ def one_line(text: str) -> str:
     return text
 
 
+def _fetch(get, name):
+    """The request's input `name` without Triton's leading 1 (RequestError if missing or not [1, ...])."""
+    a = get(name)
+    if a is None:
+        raise RequestError(f"input '{name}' is missing")
+    if a.ndim < 1 or a.shape[0] != 1:
+        raise RequestError(f"input '{name}' has shape {list(a.shape)}: its leading dim must be 1 "
+                           "(one request; the samples follow)")
+    return a[0]
+
+
+def _dense(get, spec: dict):
+    """(samples, {name: [b, ...]}) of the per-sample inputs."""
+    dense = {d["name"]: _fetch(get, d["name"]) for d in spec["dense"]}
+    sizes = {a.shape[0] if a.ndim else -1 for a in dense.values()}
+    if len(sizes) != 1 or -1 in sizes:
+        raise RequestError(f"per-sample inputs {sorted(dense)} disagree on the number of samples: "
+                           f"{ {k: list(v.shape) for k, v in dense.items()} }")
+    return next(iter(sizes)), dense
+
+
 def parse_request(get, spec: dict) -> dict:
+    """The arrays of one request (either form): see parse_tables / parse_packed."""
+    return parse_packed(get, spec) if spec.get("form") == "packed" else parse_tables(get, spec)
+
+
+def merge(requests: list[dict], spec: dict) -> dict:
+    """Model feeds of the parsed requests run as one batch (either form): see merge_tables / merge_packed."""
+    return merge_packed(requests, spec) if spec.get("form") == "packed" else merge_tables(requests, spec)
+
+
+def parse_packed(get, spec: dict) -> dict:
+    """One packed request as ``{"b", "dense", "lengths" [T, b], "ids" [N], "weights" [N_w] or None,
+    "bounds": [T+1] (where each table's ids start in "ids"), "wbounds"}``. RequestError when it
+    breaks the format: a missing input, a leading dim that is not 1, lengths of the wrong size or
+    type, negative, or not adding up to the ids (weights) sent."""
+    p = spec["packed"]
+    b, dense = _dense(get, spec)
+    t = p["tables"]
+    lengths = _fetch(get, p["lengths"]).reshape(-1)
+    ids = _fetch(get, p["ids"]).reshape(-1)
+    if lengths.dtype.kind not in "iu" or ids.dtype.kind not in "iu":
+        raise RequestError(f"inputs '{p['lengths']}' and '{p['ids']}' must be integers, not {lengths.dtype} / {ids.dtype}")
+    if lengths.size != t * b:
+        raise RequestError(f"input '{p['lengths']}' has {lengths.size} entries; {b} samples x {t} table(s) need {t * b}")
+    per_table = lengths.reshape(t, b)
+    counts = per_table.sum(axis=1, dtype=np.int64)
+    if lengths.size and lengths.min() < 0:
+        raise RequestError(f"input '{p['lengths']}' has a negative length")
+    bounds = [0] + np.cumsum(counts).tolist()
+    if bounds[-1] != ids.size:
+        raise RequestError(f"input '{p['lengths']}' adds up to {bounds[-1]} ids, but '{p['ids']}' has {ids.size}")
+    weights, wbounds = None, bounds
+    if p.get("weights"):
+        weights = _fetch(get, p["weights"]).reshape(-1)
+        if not all(p["weighted"]):
+            wbounds = [0] + np.cumsum(counts * np.asarray(p["weighted"], np.int64)).tolist()
+        if weights.size != wbounds[-1]:
+            raise RequestError(f"input '{p['weights']}' has {weights.size} entries; the weighted tables' lengths "
+                               f"add up to {wbounds[-1]}")
+    return {"b": b, "dense": dense, "lengths": per_table, "ids": ids, "weights": weights, "counts": counts,
+            "bounds": bounds, "wbounds": wbounds}
+
+
+def _packed_join(requests: list[dict], key: str, bkey: str, tables, dtype) -> np.ndarray:
+    """The requests' packed `key` arrays (ids or weights) regrouped table-major over the requests
+    (table 0 of every request, then table 1, ...) as one contiguous array of `dtype`: one copy (the
+    cast included); one request's array passes through uncopied where it has `dtype` already."""
+    if len(requests) == 1:
+        return np.ascontiguousarray(requests[0][key]).astype(dtype, copy=False)
+    parts = [r[key][r[bkey][t]:r[bkey][t + 1]] for t in tables for r in requests]
+    return np.concatenate(parts, dtype=dtype) if parts else np.zeros(0, dtype)
+
+
+def merge_packed(requests: list[dict], spec: dict) -> dict:
+    """Model feeds of packed requests run as one batch: dense rows concatenated; every table's ids
+    gathered table-major over the requests into one buffer (cast to the model's index type on the
+    way) that each EmbeddingBag input takes a view of; offsets from one cumulative sum per table
+    row of the merged [T, B] lengths."""
+    p = spec["packed"]
+    feeds = {}
+    for d in spec["dense"]:
+        parts = [r["dense"][d["name"]] for r in requests]
+        feeds[d["name"]] = np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts)
+    t_all = range(p["tables"])
+    if len(requests) == 1:
+        lengths, counts = requests[0]["lengths"], requests[0]["counts"]
+    else:
+        lengths = np.concatenate([r["lengths"] for r in requests], axis=1)  # [T, B], table-major
+        counts = np.add.reduce([r["counts"] for r in requests])
+    ends = [0] + np.cumsum(counts).tolist()
+    ids = _packed_join(requests, "ids", "bounds", t_all, p["index_dtype"] or p["ids_dtype"])
+    weights = wends = None
+    if p.get("weights"):
+        weighted = [t for t in t_all if p["weighted"][t]]
+        weights = _packed_join(requests, "weights", "wbounds", weighted, p["weights_dtype"])
+        wends = ends if len(weighted) == len(t_all) else             [0] + np.cumsum(counts * np.asarray(p["weighted"], np.int64)).tolist()
+    n = lengths.shape[1]
+    rows = None
+    if any(bag["tables"] == 1 and bag["offsets"] is not None for bag in spec["bags"]):
+        rows = np.empty((lengths.shape[0], n + 1), np.int64)  # exclusive cumsum per table, B+1 with the total
+        rows[:, 0] = 0
+        np.cumsum(lengths, axis=1, dtype=np.int64, out=rows[:, 1:])
+    for bag, (t0, t1) in zip(spec["bags"], p["bag_tables"]):
+        feeds[bag["indices"]] = ids[ends[t0]:ends[t1]].astype(bag["indices_dtype"], copy=False)
+        if bag.get("weights"):
+            feeds[bag["weights"]] = weights[wends[t0]:wends[t1]]
+        if bag["offsets"] is None:  # a lengths-form model derives its offsets itself
+            feeds[bag["lengths"]] = np.ascontiguousarray(lengths[t0:t1].reshape(-1), dtype=bag["offsets_dtype"])
+            continue
+        if t1 - t0 == 1:
+            offsets = rows[t0]
+        else:  # a fused input: offsets run on across its tables
+            offsets = np.empty((t1 - t0) * n + 1, np.int64)
+            offsets[0] = 0
+            np.cumsum(lengths[t0:t1], dtype=np.int64, out=offsets[1:])
+        if bag["offsets_dtype"] != "int64" and offsets[-1] > np.iinfo(bag["offsets_dtype"]).max:
+            raise ValueError(f"{offsets[-1]} ids in one run do not fit the model's {bag['offsets_dtype']} offsets")
+        offsets = offsets.astype(bag["offsets_dtype"], copy=False)
+        feeds[bag["offsets"]] = offsets if bag["include_last_offset"] else offsets[:-1]
+    return feeds
+
+
+def parse_tables(get, spec: dict) -> dict:
     """The arrays of one request as ``{"b": samples, "dense": {...}, "bags": [...]}``.
 
     get(name) returns the request's tensor (numpy) or None. Raises RequestError when the request
     does not follow the format (missing input, leading dim not 1, lengths that do not add up).
     Each bag also gets ``counts``: its ids per table (``[T]``, the split points of a fused input)."""
-    def fetch(name):
-        a = get(name)
-        if a is None:
-            raise RequestError(f"input '{name}' is missing")
-        if a.ndim < 1 or a.shape[0] != 1:
-            raise RequestError(f"input '{name}' has shape {list(a.shape)}: its leading dim must be 1 "
-                               "(one request; the samples follow)")
-        return a[0]
-
-    dense = {d["name"]: fetch(d["name"]) for d in spec["dense"]}
-    sizes = {a.shape[0] if a.ndim else -1 for a in dense.values()}
-    if len(sizes) != 1 or -1 in sizes:
-        raise RequestError(f"per-sample inputs {sorted(dense)} disagree on the number of samples: "
-                           f"{ {k: list(v.shape) for k, v in dense.items()} }")
-    (b,) = sizes
+    b, dense = _dense(get, spec)
+    fetch = lambda name: _fetch(get, name)  # noqa: E731
     bags = []
     for bag in spec["bags"]:
         t = bag["tables"]
@@ -115,8 +230,8 @@ def _joined(parts: list[np.ndarray], dtype) -> np.ndarray:
         any(p.dtype != parts[0].dtype for p in parts) else np.concatenate(parts)
 
 
-def merge(requests: list[dict], spec: dict) -> dict:
-    """Model feeds for the requests run as one batch: dense rows concatenated, each table's ids and
+def merge_tables(requests: list[dict], spec: dict) -> dict:
+    """Model feeds of tables-form requests run as one batch: dense rows concatenated, each table's ids and
     lengths concatenated (tables stay in order for fused inputs), offsets from the lengths (or the
     lengths themselves for a model in lengths form). One request's arrays go through uncopied
     where their type is already the model's."""

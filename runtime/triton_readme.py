@@ -156,14 +156,47 @@ and the GPUs passed through (`--gpus all`), publishing ports 8000 (HTTP), 8001 (
     (model_dir / "README.md").write_text(text)
 
 
-def write_python_readme(model_dir: pathlib.Path, spec: dict, inputs: list, *, name: str, onnx_name: str,
-                        max_batch_size: int, max_queue_delay_us: int, repo: str) -> None:
-    """README.md of a python-backend model folder: the request format and how to serve it."""
-    rows = "\n".join(f"| `{n}` | {t} | `[1] + {d}` |" for n, t, d in inputs)
+def _python_form_text(spec: dict) -> str:
+    """The request-form paragraph of a python-backend README (packed or tables)."""
     bags = "\n".join(f"- `{b['lengths']}` / `{b['indices']}`"
                      + (f" / `{b['weights']}`" if b["weights"] else "")
                      + f": {b['tables']} table(s) with {b['table_rows']} rows; model inputs `{b['indices']}`, "
                      f"`{b['offsets']}`" for b in spec["bags"])
+    if spec.get("form") != "packed":
+        return ("**Tables form** (`--request-form tables`): one ids and one lengths input per model ids/offsets\n"
+                "input, in the model's own types:\n\n" + bags + "\n\n"
+                "Lengths hold b entries per table (table-major when one input serves several tables), and add\n"
+                "up to the number of ids.")
+    p = spec["packed"]
+    order = []
+    for b, (t0, t1) in zip(spec["bags"], p["bag_tables"]):
+        order.append(f"{t0}" if t1 - t0 == 1 else f"{t0}-{t1 - 1}")
+    tables = "\n".join(f"| {o} | `{b['indices']}` | {', '.join(map(str, b['table_rows']))} | "
+                        f"{'yes' if b['weights'] else 'no'} |"
+                        for o, b in zip(order, spec["bags"]))
+    wire = p["ids_dtype"].upper()
+    why = ("no table has more than 2^31 rows" if p["ids_type"] == 6 else
+           "a table has more than 2^31 rows, more than INT32 ids address")
+    weights = (f"\n- `{p['weights']}` `[1, N_w]` ({p['weights_dtype']}): the per-sample weights of the tables that take "
+               "them (column `weights` below), in the same order as their ids." if p["weights"] else "")
+    return f"""**Packed form** (the default; `--request-form tables` gives one input per model input): besides the
+per-sample inputs, a request carries
+- `{p['ids']}` `[1, N]` ({wire}: {why}): every table's ids, **table-major**: all ids of table 0 for
+  the request's b samples (sample after sample), then table 1's, ... ({p['tables']} tables);
+- `{p['lengths']}` `[1, {p['tables']}*b]` (INT32): ids per sample, table-major (table 0's b lengths, then table 1's, ...);
+  they add up to N.{weights}
+
+| table | model input | rows | weights |
+|---|---|---|---|
+{tables}
+
+`model.py` casts the ids to the model's index type and derives each model input's offsets."""
+
+
+def write_python_readme(model_dir: pathlib.Path, spec: dict, inputs: list, *, name: str, onnx_name: str,
+                        max_batch_size: int, max_queue_delay_us: int, repo: str) -> None:
+    """README.md of a python-backend model folder: the request format and how to serve it."""
+    rows = "\n".join(f"| `{n}` | {t} | `[1] + {d}` |" for n, t, d in inputs)
     text = f"""# Triton model `{name}` (python backend)
 
 Written by `dlrm-deploy triton-repo --backend python` from `{onnx_name}`. `1/model.py` runs
@@ -180,12 +213,12 @@ exactly; the model's offsets are derived from them.
 |---|---|---|
 {rows}
 
-{bags}
+{_python_form_text(spec)}
 
-Lengths hold b entries per table (table-major when one input serves several tables), and add up to
-the number of ids. Outputs come back as `[1, b, ...]`. A request that breaks the format, or whose ids
-fall outside a table, gets its own error (the op's one-line message); the other requests of the same
-merged batch still get their answers and the model stays ready.
+Outputs come back as `[1, b, ...]`. A request that breaks the format, or whose ids fall outside a
+table, gets its own error (the op's one-line message; its position counts within that table's ids);
+the other requests of the same merged batch still get their answers and the model stays ready.
+`dlrm_deploy.runtime.triton_client.infer_feeds` builds requests of this form from model feeds.
 
 ## Start the server
 ```

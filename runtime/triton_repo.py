@@ -53,7 +53,8 @@ def _copy_onnx(onnx_path: pathlib.Path, io: ModelIO, dest_dir: pathlib.Path) -> 
         shutil.copyfile(src, dst)
 
 
-def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths) -> None:
+def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths,
+                     request_form=None) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend '{backend}' is not one of {BACKENDS}")
     if batching not in BATCHING:
@@ -69,6 +70,9 @@ def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling
     if lengths and backend != "onnxruntime":
         raise ValueError("lengths=True (ragged batching of the lengths form) is for the onnxruntime backend; "
                          "the python backend takes lengths anyway")
+    if request_form is not None and backend != "python":
+        raise ValueError("request_form (--request-form) is for the python backend; the onnxruntime and tensorrt "
+                         "backends take the model's own inputs")
 
 
 def _batched(io: ModelIO, batching: str, onnx_name: str) -> bool:
@@ -141,7 +145,7 @@ def _write_python(onnx_path, io, model_dir, library, o) -> None:
                               max_batch_size=o["max_batch_size"], instances=o["instances"], kind=o["kind"],
                               gpus=o["gpus"], preferred_batch_sizes=o["preferred_batch_sizes"],
                               max_queue_delay_us=o["max_queue_delay_us"], threads=o.get("threads", 0),
-                              merge=o["batching"] != "none")
+                              merge=o["batching"] != "none", form=o["request_form"])
     write_python_readme(model_dir, spec, request_inputs(io, spec), name=o["name"], onnx_name=onnx_path.name,
                         max_batch_size=o["max_batch_size"], max_queue_delay_us=o["max_queue_delay_us"],
                         repo=o["serve_root"])
@@ -218,7 +222,8 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
                 max_queue_delay_us: int | None = None, library=None, plan=None, serve_root: str | None = None,
                 cuda_options: dict | None = None, shapes: dict | None = None,
                 trtexec_args: list[str] | None = None, version: int = 1, validate: bool | None = None,
-                overwrite: bool = False, threads: int = 0, lengths: bool = False) -> pathlib.Path:
+                overwrite: bool = False, threads: int = 0, lengths: bool = False,
+                request_form: str | None = None) -> pathlib.Path:
     """Writes a Triton model repository for an exported model; returns ``out_dir/<name>``.
 
     onnx_path: the exported ONNX file. backend: "onnxruntime", "tensorrt" or "python" (ONNX Runtime
@@ -243,7 +248,10 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
     (export/lengths.py: per-sample lengths for offsets, dense inputs flattened) with Triton's ragged
     batching: every input ``allow_ragged_batch``, outputs scattered back per request by a lengths
     input's shape (``batch_output``), max_batch_size counting requests (default 64); a model already
-    in that form gets it without the flag. validate: parse the written config with Triton's schema and compare it with
+    in that form gets it without the flag. request_form (python): "packed" (default: dense inputs
+    plus one ids, one lengths and one weights input for all tables, INT32 ids on the wire unless a
+    table has more than 2^31 rows, then INT64) or "tables" (one ids and one lengths input per model
+    ids/offsets input, the model's own types). validate: parse the written config with Triton's schema and compare it with
     the model file (True: required, needs tritonclient; None: whenever tritonclient is installed).
     """
     max_batch_size_given = max_batch_size is not None
@@ -251,15 +259,16 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
         max_batch_size = 64 if backend == "python" else 1024
     if max_queue_delay_us is None:
         max_queue_delay_us = 500 if backend == "python" else 100
-    _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths)
+    _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths, request_form)
     onnx_path = pathlib.Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file {onnx_path} not found")
     io = describe_onnx(onnx_path)
     if backend == "python":
-        from .triton_python import io_spec
+        from .triton_python import DEFAULT_FORM, io_spec
 
-        io_spec(io)  # refuses models it cannot merge before anything is written
+        request_form = request_form or DEFAULT_FORM
+        io_spec(io, request_form)  # refuses models it cannot merge before anything is written
     library = pathlib.Path(library) if library is not None else _find_library(backend)
     if not library.is_file():
         raise FileNotFoundError(f"library {library} not found")
@@ -271,7 +280,8 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
                 opt_batch_size=opt_batch_size, pooling=pooling, instances=instances, kind=kind, gpus=gpus,
                 batching=batching, preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
                 plan=plan, serve_root=serve_root or str(out_dir.resolve()), cuda_options=cuda_options, shapes=shapes,
-                trtexec_args=trtexec_args, threads=threads, lengths=lengths, max_batch_size_given=max_batch_size_given)
+                trtexec_args=trtexec_args, threads=threads, lengths=lengths, max_batch_size_given=max_batch_size_given,
+                request_form=request_form)
     (_write_python if backend == "python" else _write_onnx_or_trt)(onnx_path, io, model_dir, library, opts)
     _validate_written(model_dir, onnx_path if backend == "tensorrt" else None, validate)  # else: the served copy
     return model_dir

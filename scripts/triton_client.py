@@ -7,8 +7,8 @@ run locally on the same ONNX file (through our custom-op library).
 
 The batch is valid for the model (row ids inside each table), built from the ONNX file by
 ``dlrm_deploy.runtime.model_io.sample_inputs``; it goes out in the form the served model takes (whole
-batches for the onnxruntime/tensorrt backends, per-sample lengths for the python backend: see
-``dlrm_deploy.runtime.triton_client.infer_feeds``). Exit status 0 when every output matches, 1 on a
+batches for the onnxruntime/tensorrt backends, per-sample lengths for the python backend in the
+request form its config takes, packed or tables: see ``dlrm_deploy.runtime.triton_client.infer_feeds``). Exit status 0 when every output matches, 1 on a
 mismatch, 2 on an error (one line).
 """
 
@@ -61,21 +61,25 @@ def main(argv=None) -> int:
 
     from dlrm_deploy.cli import error_line
     from dlrm_deploy.runtime.model_io import describe_onnx, sample_inputs
-    from dlrm_deploy.runtime.triton_client import infer_feeds
+    from dlrm_deploy.runtime.triton_client import client_module, infer_feeds, model_config, request_spec
 
     url = args.url or ("localhost:8001" if args.protocol == "grpc" else "localhost:8000")
     try:
         io = describe_onnx(args.onnx)
         inputs = sample_inputs(io, batch=args.batch, pooling=args.pooling, seed=args.seed)
+        client = client_module(args.protocol).InferenceServerClient(url=url)
+        config = model_config(client, args.model, args.protocol)
+        spec = request_spec(config, io)
+        form = f"{config.get('backend')} backend" + (f", {spec['form']} request form" if spec else "")
         t0 = time.perf_counter()
-        served = infer_feeds(inputs, args.model, io, url=url, protocol=args.protocol)
+        served = infer_feeds(inputs, args.model, io, url=url, protocol=args.protocol, client=client, spec=spec)
         ms = (time.perf_counter() - t0) * 1e3
         local = local_reference(args.onnx, inputs, args.device)
     except Exception as e:  # noqa: BLE001 - a script for people: one line, exit status 2
         print(f"triton_client: error: {error_line(e)}", file=sys.stderr)
         return 2
     ok, lines = compare(local, served, args.rtol, args.atol)
-    print(f"{'output':<16} {'shape':<14} {'max abs diff':>14}  match   ({args.protocol} {url}, {ms:.1f} ms)")
+    print(f"{'output':<16} {'shape':<14} {'max abs diff':>14}  match   ({args.protocol} {url}, {form}, {ms:.1f} ms)")
     print("\n".join(lines))
     return 0 if ok else 1
 

@@ -1,8 +1,10 @@
 """A real Triton server (tritonserver 2.51 from the nvidia-pytriton wheel, python backend) serving a
-python-backend repository of a small exported DLRM on loopback: HTTP and gRPC answers equal local
-ONNX Runtime per request, bad requests get their own error while the server stays ready, concurrent
-clients of different-sized requests get exactly their rows back while Triton merges requests, and the
-client script and triton-bench run against it. CPU only; `make venv` installs the server."""
+python-backend repository of a small exported DLRM on loopback, once in each request form (`dlrm`:
+packed, the default; `dlrm_tables`: one input per model input): HTTP and gRPC answers equal local
+ONNX Runtime per request, bad requests get their own one-line error while the server stays ready,
+concurrent clients of different-sized requests get exactly their rows back while Triton merges
+requests, and the client script and triton-bench run against it. CPU only; `make venv` installs
+the server."""
 
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from dlrm_deploy.runtime.model_io import describe_onnx, sample_inputs
 from dlrm_deploy.runtime.triton_client import infer_feeds, make_infer_inputs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-MODEL = "dlrm"
+MODEL = "dlrm"  # packed request form (the default)
+TABLES = "dlrm_tables"  # the same model in the tables form
+FORM = {MODEL: "packed", TABLES: "tables"}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +40,9 @@ def served(tmp_path_factory):
     onnx_path = d / "dlrm.onnx"
     export.export_onnx(export.DLRM("small"), export.make_inputs("small", batch=4), onnx_path)
     # A long queue delay so that concurrent requests on 2 CPU cores reliably meet in the batcher.
-    triton_repo(onnx_path, d / "repo", backend="python", name=MODEL, kind="cpu", max_batch_size=32,
-                max_queue_delay_us=20000, validate=True)
+    for name, form in FORM.items():
+        triton_repo(onnx_path, d / "repo", backend="python", name=name, kind="cpu", max_batch_size=32,
+                    max_queue_delay_us=20000, validate=True, request_form=form if name != MODEL else None)
     server = TritonServer(d / "repo", timeout_s=90, profile_dir=d / "profile")  # model.py logs its steps
     try:
         server.start()
@@ -50,20 +55,21 @@ def local(sess, feeds):
     return dict(zip(sess.output_names, sess.run(feeds)))
 
 
-def stats(server) -> dict:
+def stats(server, model=MODEL) -> dict:
     import tritonclient.grpc as tg
 
-    s = tg.InferenceServerClient(server.grpc_url).get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    s = tg.InferenceServerClient(server.grpc_url).get_inference_statistics(model, as_json=True)["model_stats"][0]
     return {"requests": int(s["inference_stats"]["success"]["count"]), "executions": int(s["execution_count"])}
 
 
+@pytest.mark.parametrize("model", [MODEL, TABLES])
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_answers_equal_local_onnxruntime(served, protocol):
+def test_answers_equal_local_onnxruntime(served, protocol, model):
     server, onnx_path, io, sess = served
     url = server.http_url if protocol == "http" else server.grpc_url
     for i, (b, pooling) in enumerate([(1, 1), (7, 20), (33, 5)]):
         feeds = sample_inputs(io, batch=b, pooling=pooling, seed=10 + i)
-        got = infer_feeds(feeds, MODEL, io, url=url, protocol=protocol)
+        got = infer_feeds(feeds, model, io, url=url, protocol=protocol)
         want = local(sess, feeds)
         assert set(got) == set(want)
         for name in want:
@@ -71,27 +77,20 @@ def test_answers_equal_local_onnxruntime(served, protocol):
             np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7)
 
 
-def test_bad_requests_get_their_own_errors(served):
+def send_together(server, model, requests) -> list:
+    """Sends every request at once over gRPC (so the batcher merges them); per request its output or
+    the InferenceServerException."""
     import tritonclient.grpc as tg
-    import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
 
-    server, onnx_path, io, sess = served
-    spec = P.io_spec(io)
-    good = [sample_inputs(io, batch=b, pooling=4, seed=b) for b in (3, 5, 8)]
-    bad_id = sample_inputs(io, batch=4, pooling=4, seed=99)
-    bad_id["indices_2"][3] = 10**6  # table 2 has 3000 rows
-    bad_len = P.request_from_feeds(sample_inputs(io, batch=2, pooling=3, seed=7), spec)
-    bad_len["lengths_1"] = bad_len["lengths_1"] + 1  # no longer adds up to the ids sent
-    requests = [P.request_from_feeds(f, spec) for f in good] + [P.request_from_feeds(bad_id, spec), bad_len]
     results = [None] * len(requests)
     barrier = threading.Barrier(len(requests))
 
-    def send(k):  # all at once, so the batcher merges good and bad requests
+    def send(k):
         client = tg.InferenceServerClient(server.grpc_url)
         barrier.wait()
         try:
-            results[k] = client.infer(MODEL, make_infer_inputs(requests[k], "grpc")).as_numpy("sigmoid")
+            results[k] = client.infer(model, make_infer_inputs(requests[k], "grpc")).as_numpy("sigmoid")
         except InferenceServerException as e:
             results[k] = e
 
@@ -100,27 +99,74 @@ def test_bad_requests_get_their_own_errors(served):
         t.start()
     for t in threads:
         t.join(60)
+    return results
+
+
+def one_line_error(result, *needles) -> str:
+    from tritonclient.utils import InferenceServerException
+
+    assert isinstance(result, InferenceServerException), result
+    msg = result.message()
+    assert "\n" not in msg and all(n in msg for n in needles), msg
+    return msg
+
+
+@pytest.mark.parametrize("model", [MODEL, TABLES])
+def test_bad_requests_get_their_own_errors(served, model):
+    """Sent together with good requests: an id outside its table, ids that wrapped around INT32
+    (negative) or sit at its top, lengths that do not add up, negative lengths; then alone: the
+    wrong ids type, a missing input. Each gets its own one-line error, the good ones their rows,
+    and the server and model stay ready."""
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    server, onnx_path, io, sess = served
+    spec = P.io_spec(io, FORM[model])
+    good = [sample_inputs(io, batch=b, pooling=4, seed=b) for b in (3, 5, 8)]
+    bad_ids = []
+    for value in (10**6, -7, 2**31 - 1):  # table 2 has 3000 rows
+        f = sample_inputs(io, batch=4, pooling=4, seed=99)
+        f["indices_2"][3] = value
+        bad_ids.append(f)
+    req = lambda f: P.request_from_feeds(f, spec)  # noqa: E731
+    lengths = spec["packed"]["lengths"] if FORM[model] == "packed" else "lengths_1"
+    bad_len = req(sample_inputs(io, batch=2, pooling=3, seed=7))
+    bad_len[lengths] = bad_len[lengths] + 1  # no longer adds up to the ids sent
+    negative = req(sample_inputs(io, batch=2, pooling=3, seed=8))
+    negative[lengths] = negative[lengths].copy()
+    negative[lengths][0, 1] += negative[lengths][0, 0] + 1
+    negative[lengths][0, 0] = -1  # same sum
+    results = send_together(server, model, [req(f) for f in good] + [req(f) for f in bad_ids] + [bad_len, negative])
     for feeds, got in zip(good, results[:3]):
         assert not isinstance(got, Exception), got
         np.testing.assert_allclose(got[0], local(sess, feeds)["sigmoid"], rtol=1e-5, atol=1e-6)
-    msg = results[3].message()
-    assert isinstance(results[3], InferenceServerException) and "\n" not in msg
-    assert "out of range" in msg and "indices_2" in msg and "3000 rows" in msg
-    assert isinstance(results[4], InferenceServerException) and "lengths_1" in results[4].message()
-    http = th.InferenceServerClient(server.http_url)  # the same over HTTP, then the server is still fine
+    for value, got in zip((10**6, -7, 2**31 - 1), results[3:6]):
+        one_line_error(got, "out of range", "indices_2", "3000 rows", str(value))
+    one_line_error(results[6], lengths, "adds up to")
+    one_line_error(results[7], lengths, "negative")
+    wrong_type = req(good[0])
+    ids = spec["packed"]["ids"] if FORM[model] == "packed" else "indices_0"
+    wrong_type[ids] = wrong_type[ids].astype(np.int64 if wrong_type[ids].dtype == np.int32 else np.int32)
+    missing = {k: v for k, v in req(good[0]).items() if k != ids}
+    http = th.InferenceServerClient(server.http_url)  # over HTTP too, then the server is still fine
+    for bad, needle in ((wrong_type, "data-type"), (missing, "expected")):
+        with pytest.raises(InferenceServerException) as e:
+            http.infer(model, make_infer_inputs(bad, "http"))
+        one_line_error(e.value, needle)
     with pytest.raises(InferenceServerException, match="out of range"):
-        http.infer(MODEL, make_infer_inputs(P.request_from_feeds(bad_id, spec), "http"))
-    assert http.is_server_ready() and http.is_model_ready(MODEL)
-    got = infer_feeds(good[0], MODEL, io, url=server.http_url, protocol="http")["sigmoid"]
+        http.infer(model, make_infer_inputs(req(bad_ids[0]), "http"))
+    assert http.is_server_ready() and http.is_model_ready(model)
+    got = infer_feeds(good[0], model, io, url=server.http_url, protocol="http")["sigmoid"]
     np.testing.assert_allclose(got, local(sess, good[0])["sigmoid"], rtol=1e-6, atol=1e-7)
 
 
-def test_concurrent_clients_get_their_own_rows_from_merged_executions(served):
+@pytest.mark.parametrize("model", [MODEL, TABLES])
+def test_concurrent_clients_get_their_own_rows_from_merged_executions(served, model):
     import tritonclient.grpc as tg
     import tritonclient.http as th
 
     server, onnx_path, io, sess = served
-    spec = P.io_spec(io)
+    spec = P.io_spec(io, FORM[model])
     rng = np.random.default_rng(5)
     jobs = [(k, int(rng.integers(1, 48)), int(rng.integers(1, 12))) for k in range(48)]
     wanted = {}
@@ -128,7 +174,7 @@ def test_concurrent_clients_get_their_own_rows_from_merged_executions(served):
         feeds = sample_inputs(io, batch=b, pooling=pooling, seed=1000 + k)
         wanted[k] = (P.request_from_feeds(feeds, spec), local(sess, feeds)["sigmoid"])
     got, failures = {}, []
-    before = stats(server)
+    before = stats(server, model)
 
     def client_thread(t):
         protocol = "grpc" if t % 2 else "http"
@@ -136,7 +182,7 @@ def test_concurrent_clients_get_their_own_rows_from_merged_executions(served):
         client = mod.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url)
         for k, _, _ in jobs[t::8]:
             try:
-                got[k] = client.infer(MODEL, make_infer_inputs(wanted[k][0], protocol)).as_numpy("sigmoid")
+                got[k] = client.infer(model, make_infer_inputs(wanted[k][0], protocol)).as_numpy("sigmoid")
             except Exception as e:  # noqa: BLE001 - reported below
                 failures.append(f"request {k}: {e}")
 
@@ -149,21 +195,21 @@ def test_concurrent_clients_get_their_own_rows_from_merged_executions(served):
     for k, b, _ in jobs:
         assert got[k].shape == (1, b, 1), (k, got[k].shape)
         np.testing.assert_allclose(got[k][0], wanted[k][1], rtol=1e-5, atol=1e-6, err_msg=f"request {k}")
-    after = stats(server)
+    after = stats(server, model)
     requests, executions = after["requests"] - before["requests"], after["executions"] - before["executions"]
     assert requests == len(jobs)
     assert executions < requests, f"no merged executions: {executions} executions for {requests} requests"
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_client_script(served, protocol):
+@pytest.mark.parametrize("protocol,model", [("grpc", MODEL), ("http", TABLES)])
+def test_client_script(served, protocol, model):
     server, onnx_path, io, sess = served
     url = server.http_url if protocol == "http" else server.grpc_url
     r = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "triton_client.py"), "--onnx", str(onnx_path),
-                        "--model", MODEL, "--protocol", protocol, "--url", url, "--batch", "16"],
+                        "--model", model, "--protocol", protocol, "--url", url, "--batch", "16"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "sigmoid" in r.stdout and "yes" in r.stdout
+    assert "sigmoid" in r.stdout and "yes" in r.stdout and f"{FORM[model]} request form" in r.stdout
 
 
 def test_client_script_one_line_error_for_a_missing_model(served):
@@ -190,6 +236,7 @@ def test_bench_tiny_sweep(served, tmp_path):
     assert triton_bench.main(args) == 0
     result = json.loads(out.read_text())
     assert result["backend"] == "python" and out.with_suffix(".png").stat().st_size > 1000
+    assert result["request_form"] == "packed" and result["request_inputs"] == 3
     rows = {(r["protocol"], r["concurrency"]): r for r in result["rows"]}
     assert set(rows) == {("grpc", 1), ("grpc", 4), ("http", 1), ("http", 4)}
     for r in rows.values():
@@ -199,15 +246,16 @@ def test_bench_tiny_sweep(served, tmp_path):
     assert rows[("grpc", 4)]["requests_per_execution"] > 1  # 4 clients, 20 ms queue delay: merged
 
 
-def test_prebuilt_grpc_requests_answer_like_local_onnxruntime(served):
+@pytest.mark.parametrize("model", [MODEL, TABLES])
+def test_prebuilt_grpc_requests_answer_like_local_onnxruntime(served, model):
     """triton-bench's default sender (gRPC requests serialised once, sent as bytes) gets the same
     answers as the model run locally."""
     from dlrm_deploy.runtime import triton_bench as B
 
     server, onnx_path, io, sess = served
-    spec = P.io_spec(io)
+    spec = P.io_spec(io, FORM[model])
     feeds = [sample_inputs(io, batch=b, pooling=p, seed=50 + b) for b, p in ((3, 2), (17, 9))]
-    target = B._Target("grpc", server.grpc_url, MODEL, [(f["dense"].shape[0], P.request_from_feeds(f, spec))
+    target = B._Target("grpc", server.grpc_url, model, [(f["dense"].shape[0], P.request_from_feeds(f, spec))
                                                         for f in feeds], ["sigmoid"], "prebuilt")
     send = target.send_function()
     for f, (b, data) in zip(feeds, target.inputs):
@@ -215,14 +263,15 @@ def test_prebuilt_grpc_requests_answer_like_local_onnxruntime(served):
         got = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(list(resp.outputs[0].shape))
         assert got.shape == (1, b, 1)
         np.testing.assert_allclose(got[0], local(sess, f)["sigmoid"], rtol=1e-6, atol=1e-7)
-    bad = P.request_from_feeds(sample_inputs(io, batch=2, pooling=2, seed=3), spec)
+    bad = sample_inputs(io, batch=2, pooling=2, seed=3)
     bad["indices_1"] = bad["indices_1"] + 10**6
     with pytest.raises(RuntimeError, match="out of range"):
-        send(B.grpc_request_bytes(MODEL, bad, ["sigmoid"]))
+        send(B.grpc_request_bytes(model, P.request_from_feeds(bad, spec), ["sigmoid"]))
 
 
 def test_bench_client_processes(served, tmp_path):
-    """--processes 2: the clients run in two client processes, their results merged into one row."""
+    """--processes 2: the clients run in two client processes, their results merged into one row
+    (against the tables form: triton-bench sends the form the served config takes)."""
     import argparse
 
     from dlrm_deploy.runtime import triton_bench
@@ -231,13 +280,14 @@ def test_bench_client_processes(served, tmp_path):
     p = argparse.ArgumentParser()
     triton_bench.add_arguments(p)
     out = tmp_path / "bench.json"
-    args = p.parse_args(["--model", MODEL, "--onnx", str(onnx_path), "--grpc-url", server.grpc_url,
+    args = p.parse_args(["--model", TABLES, "--onnx", str(onnx_path), "--grpc-url", server.grpc_url,
                          "--protocol", "grpc", "--concurrency", "1,4", "--processes", "2", "--batch", "8:32",
                          "--pooling", "2:10", "--pool", "4", "--duration", "1", "--warmup", "0.2",
                          "--out", str(out)])
     assert triton_bench.main(args) == 0
     result = json.loads(out.read_text())
     assert result["processes"] == 2 and result["sender"] == "prebuilt" and result["instances"] == 1
+    assert result["request_form"] == "tables" and result["request_inputs"] == 9  # dense + 4 x (ids, lengths)
     rows = {r["concurrency"]: r for r in result["rows"]}
     for r in rows.values():
         assert r["processes"] == 2 and r["errors"] == 0 and r["requests"] > 0

@@ -29,12 +29,14 @@ def export_stock(model, example, path: str) -> None:
 
 
 def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None = None,
-                 check: str | None = None, overlap: bool = False) -> None:
+                 check: str | None = None, overlap: bool = False, fuse: bool = False) -> None:
     """Copies the ONNX file src to dst with every op node's variant (and prefetch distance, bounds
-    check mode) set, and with overlap the lookups beside the dense layers (export's overlap pass);
-    external data stays where it is (dst must be in src's folder)."""
+    check mode) set, with overlap the lookups beside the dense layers (export's overlap pass) and
+    with fuse the dot interaction as one node (export's fuse_interaction pass); external data
+    stays where it is (dst must be in src's folder)."""
     import onnx
 
+    from dlrm_deploy.export.interaction import fuse_interaction
     from dlrm_deploy.export.overlap import apply_overlap
 
     m = onnx.load(src, load_external_data=False)
@@ -51,6 +53,8 @@ def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None
                 n.attribute.append(onnx.helper.make_attribute("check", check))
     if overlap:
         apply_overlap(m)
+    if fuse and not fuse_interaction(m):
+        raise ValueError(f"{src}: no dot interaction to fuse")
     onnx.save(m, dst)
 
 

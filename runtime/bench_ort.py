@@ -161,18 +161,24 @@ def probe_layouts(b: Bench, plain: str, hot: str, variant: str, check: str) -> d
 
 def first_variant_rows(b: Bench, prov: str, src: str, path: str, v: str, chk: str, label: str,
                        hot: str) -> list[Row]:
-    """The GPU-only rows of the first variant: CUDA graph, and the lookups overlapped with the dense
-    layers (inline and in a CUDA graph)."""
+    """The GPU-only rows of the first variant: CUDA graph, the lookups overlapped with the dense
+    layers (inline and in a CUDA graph), and the dot interaction fused into one node (CUDA graph,
+    alone and with overlap)."""
     a = b.args
-    overlapped = os.path.join(b.workdir, f"{os.path.basename(src)[:-5]}_{v}_{chk}_overlap.onnx")
-    with_variant(src, overlapped, v, check=chk, overlap=True)
+    stem = os.path.join(b.workdir, f"{os.path.basename(src)[:-5]}_{v}_{chk}")
+    files = {"overlap": (True, False), "fused": (False, True), "overlap_fused": (True, True)}
+    for key, (overlap, fuse) in files.items():
+        with_variant(src, f"{stem}_{key}.onnx", v, check=chk, overlap=overlap, fuse=fuse)
     # Overlapped rows run ORT's stream at high priority, so that the dense layers' blocks are
     # scheduled ahead of the lookups' remaining ones (the op's own stream has the default priority).
-    specs = [] if a.no_cuda_graphs else [("CUDA graph", path, True, 0)]
-    specs.append(("overlap", overlapped, False, -1))
-    if not a.no_cuda_graphs:
-        specs.append(("overlap, CUDA graph", overlapped, True, -1))
-        specs.append(("overlap, CUDA graph, default priority", overlapped, True, 0))
+    graphs = not a.no_cuda_graphs
+    specs = [("CUDA graph", path, True, 0)] if graphs else []
+    specs.append(("overlap", f"{stem}_overlap.onnx", False, -1))
+    if graphs:
+        specs += [("overlap, CUDA graph", f"{stem}_overlap.onnx", True, -1),
+                  ("overlap, CUDA graph, default priority", f"{stem}_overlap.onnx", True, 0),
+                  ("fused interaction, CUDA graph", f"{stem}_fused.onnx", True, 0),
+                  ("overlap + fused interaction, CUDA graph", f"{stem}_overlap_fused.onnx", True, -1)]
     rows = []
     for what, p, graph, priority in specs:
         row = ort_row(b, f"ORT {prov} + dlrm_deploy op ({a.dtype}, {label}, {what})", "ort-dlrm_deploy", a.dtype, p, v,

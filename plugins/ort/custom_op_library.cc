@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "embedding_bag_op.h"
+#include "interaction_op.h"
 #include "join_op.h"
 
 namespace {
@@ -12,6 +13,7 @@ namespace {
 struct Registry {
   std::vector<std::unique_ptr<dd_ort::EmbeddingBagOp>> ops;
   std::vector<std::unique_ptr<dd_ort::JoinOp>> joins;
+  std::vector<std::unique_ptr<dd_ort::InteractionOp>> interactions;
   Ort::CustomOpDomain domain{nullptr};
 };
 
@@ -44,6 +46,10 @@ Registry& GetRegistry() {
         r->joins.push_back(std::make_unique<dd_ort::JoinOp>(p, t));
         r->domain.Add(r->joins.back().get());
       }
+    for (dd_ort::Provider p : providers) {
+      r->interactions.push_back(std::make_unique<dd_ort::InteractionOp>(p));
+      r->domain.Add(r->interactions.back().get());
+    }
     return r;
   }();
   return *registry;

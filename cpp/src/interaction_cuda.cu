@@ -1,0 +1,139 @@
+// DLRM's dot interaction fused (dlrm_deploy::DotInteraction) on the GPU: one block per sample
+// stages the sample's n vectors in shared memory, then each warp computes dot products of pairs
+// (lanes over the dim, a shuffle reduction). Replaces ORT's Concat, batched MatMul (the Transpose folded in),
+// Gather and Concat (four kernels, 37 us at batch 2048 x 13 x 128 fp32 on an H100).
+#include <cuda_runtime.h>
+
+#include <vector>
+
+#include "cuda/status.cuh"
+#include "dlrm_deploy/interaction.h"
+#include "internal.h"
+
+using dd::fail;
+
+struct dd_interaction_plan {
+  int2* pairs = nullptr;  // (i, j) per output dot, on the device
+  int64_t num_pairs = 0, n = 0;
+  std::vector<int64_t> flat;  // as given (checked against the call's)
+};
+
+namespace {
+constexpr int kThreads = 128;
+
+struct KernelParts {
+  const float* data[DD_INTERACTION_MAX_PARTS];
+  int64_t width[DD_INTERACTION_MAX_PARTS];
+  int64_t offset[DD_INTERACTION_MAX_PARTS];  // floats before part k in a sample's staged vectors
+  int count;
+};
+
+__global__ void __launch_bounds__(kThreads) interaction_kernel(KernelParts parts, int64_t dim, const int2* pairs,
+                                                               int num_pairs, int prefix, float* out, int64_t out_width) {
+  extern __shared__ float staged[];
+  const int64_t b = blockIdx.x;
+  for (int k = 0; k < parts.count; ++k) {
+    const float* src = parts.data[k] + b * parts.width[k];
+    float* dst = staged + parts.offset[k];
+    for (int64_t e = threadIdx.x; e < parts.width[k]; e += kThreads) dst[e] = src[e];
+  }
+  __syncthreads();
+  float* o = out + b * out_width;
+  if (prefix >= 0) {
+    const float* src = staged + parts.offset[prefix];
+    for (int64_t e = threadIdx.x; e < parts.width[prefix]; e += kThreads) o[e] = src[e];
+    o += parts.width[prefix];
+  }
+  const int lane = threadIdx.x & 31;
+  for (int p = threadIdx.x >> 5; p < num_pairs; p += kThreads / 32) {
+    const int2 ij = pairs[p];
+    const float* x = staged + ij.x * dim;
+    const float* y = staged + ij.y * dim;
+    float acc = 0.f;
+    for (int64_t e = lane; e < dim; e += 32) acc = fmaf(x[e], y[e], acc);
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+    if (lane == 0) o[p] = acc;
+  }
+}
+}  // namespace
+
+extern "C" {
+
+dd_interaction_plan* dd_interaction_plan_create(const int64_t* pairs, int64_t num_pairs, int64_t n, char* msg,
+                                                size_t len) {
+  if (num_pairs < 0 || n < 1 || (num_pairs > 0 && pairs == nullptr) || num_pairs > (1 << 30)) {
+    fail(DD_ERR_CONFIG, msg, len, "bad pairs");
+    return nullptr;
+  }
+  std::vector<int2> ij(num_pairs);
+  for (int64_t p = 0; p < num_pairs; ++p) {
+    if (pairs[p] < 0 || pairs[p] >= n * n) {
+      fail(DD_ERR_CONFIG, msg, len, "pair index %lld is outside the %lld x %lld dot products", (long long)pairs[p],
+           (long long)n, (long long)n);
+      return nullptr;
+    }
+    ij[p] = make_int2((int)(pairs[p] / n), (int)(pairs[p] % n));
+  }
+  auto* plan = new dd_interaction_plan;
+  plan->num_pairs = num_pairs;
+  plan->n = n;
+  plan->flat.assign(pairs, pairs + num_pairs);
+  if (num_pairs > 0) {
+    cudaError_t e = cudaMalloc(&plan->pairs, sizeof(int2) * num_pairs);
+    if (e == cudaSuccess) e = cudaMemcpy(plan->pairs, ij.data(), sizeof(int2) * num_pairs, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+      dd::cuda_fail(e, "copying the interaction's pairs to the device", msg, len);
+      dd_interaction_plan_destroy(plan);
+      return nullptr;
+    }
+  }
+  return plan;
+}
+
+void dd_interaction_plan_destroy(dd_interaction_plan* plan) {
+  if (!plan) return;
+  if (plan->pairs) cudaFree(plan->pairs);
+  delete plan;
+}
+
+int dd_interaction_cuda(const dd_interaction_plan* plan, const dd_interaction_args* a, void* stream, char* msg,
+                        size_t len) {
+  if (plan == nullptr) return fail(DD_ERR_CONFIG, msg, len, "no interaction plan");
+  dd_interaction_args checked = *a;
+  checked.pairs = plan->flat.data();
+  checked.num_pairs = plan->num_pairs;
+  int64_t width = 0;
+  if (int rc = dd_interaction_check(&checked, &width, msg, len)) return rc;
+  KernelParts parts{};
+  int64_t total = 0;
+  for (int k = 0; k < a->count; ++k) {
+    parts.data[k] = a->parts[k];
+    parts.width[k] = a->widths[k];
+    parts.offset[k] = total;
+    total += a->widths[k];
+  }
+  parts.count = a->count;
+  if (total / a->dim != plan->n)
+    return fail(DD_ERR_INPUT, msg, len, "the inputs hold %lld vectors of dim %lld; the node's pairs are for %lld",
+                (long long)(total / a->dim), (long long)a->dim, (long long)plan->n);
+  if (a->batch == 0) return DD_OK;
+  if (a->batch > 0x7fffffff) return fail(DD_ERR_INPUT, msg, len, "batch over 2^31 - 1 samples");
+  const size_t smem = sizeof(float) * (size_t)total;
+  int device = 0, limit = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) return dd::cuda_fail(e, "querying shared memory", msg, len);
+  if (smem > (size_t)limit)
+    return fail(DD_ERR_UNSUPPORTED, msg, len, "a sample's %lld floats do not fit in shared memory (%d bytes)",
+                (long long)total, limit);
+  if (smem > 48 * 1024) {
+    e = cudaFuncSetAttribute(interaction_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return dd::cuda_fail(e, "raising the interaction kernel's shared memory", msg, len);
+  }
+  interaction_kernel<<<(unsigned)a->batch, kThreads, smem, static_cast<cudaStream_t>(stream)>>>(
+      parts, a->dim, plan->pairs, (int)plan->num_pairs, a->prefix, a->out, width);
+  e = cudaGetLastError();
+  return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "launching the interaction kernel", msg, len);
+}
+
+}  // extern "C"

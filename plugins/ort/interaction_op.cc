@@ -1,0 +1,122 @@
+// dlrm_deploy::DotInteraction: see interaction_op.h.
+#include "interaction_op.h"
+
+#include <memory>
+
+namespace dd_ort {
+
+InteractionKernel::InteractionKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status)
+    : provider_(provider) {
+  *status = nullptr;
+  Ort::ConstKernelInfo kinfo(info);
+  node_name_ = kinfo.GetNodeName();
+  const OrtApi& api = Ort::GetApi();
+  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "dim", &dim_)) {
+    api.ReleaseStatus(st);
+    *status = Error(ORT_INVALID_ARGUMENT, "attribute 'dim' is required");
+    return;
+  }
+  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "prefix", &prefix_)) api.ReleaseStatus(st);
+  size_t n = 0;
+  if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, "pairs", nullptr, &n)) {
+    api.ReleaseStatus(st);
+    *status = Error(ORT_INVALID_ARGUMENT, "attribute 'pairs' is required");
+    return;
+  }
+  pairs_.resize(n);
+  if (n > 0) {
+    if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, "pairs", pairs_.data(), &n)) {
+      api.ReleaseStatus(st);
+      *status = Error(ORT_INVALID_ARGUMENT, "cannot read attribute 'pairs'");
+      return;
+    }
+  }
+  if (dim_ < 1) *status = Error(ORT_INVALID_ARGUMENT, "dim must be >= 1");
+  else if (prefix_ < -1 || prefix_ >= (int64_t)kinfo.GetInputCount())
+    *status = Error(ORT_INVALID_ARGUMENT, "prefix must be -1 or an input index");
+}
+
+InteractionKernel::~InteractionKernel() {
+#ifdef DD_HAVE_CUDA
+  dd_interaction_plan_destroy(plan_);
+#endif
+}
+
+OrtStatusPtr InteractionKernel::Error(OrtErrorCode code, const std::string& what) const {
+  std::string text = "dlrm_deploy::DotInteraction";
+  if (!node_name_.empty()) text += " (node '" + node_name_ + "')";
+  return Ort::GetApi().CreateStatus(code, (text + ": " + what).c_str());
+}
+
+OrtStatusPtr InteractionKernel::ComputeV2(OrtKernelContext* context) {
+  return Guarded([&] { return Compute(context); },
+                 [&](OrtErrorCode code, const char* what) { return Error(code, what); });
+}
+
+OrtStatusPtr InteractionKernel::Compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  dd_interaction_args a{};
+  a.count = (int32_t)ctx.GetInputCount();
+  if (a.count > DD_INTERACTION_MAX_PARTS)
+    return Error(ORT_INVALID_ARGUMENT, "at most " + std::to_string(DD_INTERACTION_MAX_PARTS) + " inputs");
+  a.batch = -1;
+  for (int32_t k = 0; k < a.count; ++k) {
+    Ort::ConstValue v = ctx.GetInput(k);
+    const std::vector<int64_t> shape = v.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.size() != 2) return Error(ORT_INVALID_ARGUMENT, "inputs must be 2-D [batch, columns]");
+    if (a.batch >= 0 && shape[0] != a.batch) return Error(ORT_INVALID_ARGUMENT, "inputs differ in their batch size");
+    a.batch = shape[0];
+    a.widths[k] = shape[1];
+    a.parts[k] = v.GetTensorData<float>();
+  }
+  a.dim = dim_;
+  a.pairs = pairs_.data();
+  a.num_pairs = (int64_t)pairs_.size();
+  a.prefix = (int32_t)prefix_;
+  char msg[DD_MSG_LEN] = {0};
+  int64_t width = 0;
+  if (dd_interaction_check(&a, &width, msg, sizeof(msg)) != DD_OK) return Error(ORT_INVALID_ARGUMENT, msg);
+  Ort::UnownedValue out = ctx.GetOutput(0, {a.batch, width});
+  a.out = out.GetTensorMutableData<float>();
+  if (provider_ == Provider::kCpu) {
+    if (dd_interaction_cpu(&a, msg, sizeof(msg)) != DD_OK) return Error(ORT_FAIL, msg);
+    return nullptr;
+  }
+#ifdef DD_HAVE_CUDA
+  {
+    std::lock_guard<std::mutex> lock(plan_mutex_);
+    if (plan_ == nullptr) {  // ORT runs a model once before capturing it in a CUDA graph
+      int64_t n = 0;
+      for (int32_t k = 0; k < a.count; ++k) n += a.widths[k] / a.dim;
+      plan_ = dd_interaction_plan_create(pairs_.data(), (int64_t)pairs_.size(), n, msg, sizeof(msg));
+      if (plan_ == nullptr) return Error(ORT_FAIL, msg);
+    }
+  }
+  if (dd_interaction_cuda(plan_, &a, ctx.GetGPUComputeStream(), msg, sizeof(msg)) != DD_OK)
+    return Error(ORT_FAIL, msg);
+  return nullptr;
+#else
+  return Error(ORT_FAIL, "this library was built without CUDA");
+#endif
+}
+
+InteractionOp::InteractionOp(Provider provider) : provider_(provider) {
+  OrtCustomOp::version = kMinOrtApiVersion;
+}
+
+OrtStatusPtr InteractionOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+  OrtStatusPtr status = nullptr;
+  auto k = std::make_unique<InteractionKernel>(info, provider_, &status);
+  if (status != nullptr) {
+    *kernel = nullptr;
+    return status;
+  }
+  *kernel = k.release();
+  return nullptr;
+}
+
+const char* InteractionOp::GetExecutionProviderType() const {
+  return provider_ == Provider::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
+}
+
+}  // namespace dd_ort

@@ -1,0 +1,154 @@
+"""dlrm_deploy::DotInteraction and the fuse_interaction pass: the fused node computes what the chain
+it replaces computes (random shapes against numpy; whole DLRMs against the unfused file and
+PyTorch), bad shapes fail with the op's message, graphs without the chain are left alone. CPU
+provider everywhere; the CUDA provider (plain and in a CUDA graph) where onnxruntime has it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from dlrm_deploy import contract as C
+from dlrm_deploy.export import export_onnx
+from dlrm_deploy.export.dlrm import DLRM, get_config, make_inputs
+from dlrm_deploy.export.interaction import OP_TYPE, fuse_interaction
+from dlrm_deploy.runtime import ort as dd_ort
+from dlrm_deploy.runtime.accuracy import onnx_feeds
+
+DEVICES = ["cpu"] + (["cuda"] if dd_ort.cuda_available() else [])
+
+
+def _one_node(widths, dim, pairs, prefix):
+    inputs = [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, ["B", w]) for k, w in enumerate(widths)]
+    node = helper.make_node(OP_TYPE, [i.name for i in inputs], ["y"], domain=C.DOMAIN, dim=dim,
+                            pairs=[int(p) for p in pairs], prefix=prefix)
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], "interaction", inputs, [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(C.DOMAIN, 1)])
+
+
+def _reference(parts, dim, pairs, prefix):
+    b = parts[0].shape[0]
+    n = sum(p.shape[1] for p in parts) // dim
+    v = np.concatenate(parts, axis=1).reshape(b, n, dim).astype(np.float64)
+    z = np.einsum("bid,bjd->bij", v, v).reshape(b, n * n)[:, pairs]
+    return np.concatenate([parts[prefix], z], axis=1) if prefix >= 0 else z
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(6))
+def test_random_shapes_match_numpy(device, seed):
+    rng = np.random.default_rng(seed)
+    dim = int(rng.choice([1, 3, 16, 33, 128]))
+    widths = [dim * int(rng.integers(1, 5)) for _ in range(int(rng.integers(1, 5)))]
+    n = sum(widths) // dim
+    pairs = rng.integers(0, n * n, size=int(rng.integers(1, 3 * n + 2)))  # the pass normalises negatives
+    prefix = int(rng.integers(-1, len(widths)))
+    batch = int(rng.choice([0, 1, 7, 300]))
+    parts = [rng.standard_normal((batch, w)).astype(np.float32) for w in widths]
+    sess = dd_ort.ort_session(_one_node(widths, dim, pairs, prefix).SerializeToString(), device=device)
+    got = sess.run({f"x{k}": p for k, p in enumerate(parts)})[0]
+    want = _reference(parts, dim, pairs, prefix)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * dim)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_shapes_fail_with_the_ops_message(device):
+    sess = dd_ort.ort_session(_one_node([6, 8], 4, [0, 1], -1).SerializeToString(), device=device)
+    with pytest.raises(Exception, match="DotInteraction.*not a multiple of dim 4"):
+        sess.run({"x0": np.zeros((2, 6), np.float32), "x1": np.zeros((2, 8), np.float32)})
+    sess = dd_ort.ort_session(_one_node([4, 4], 4, [0, 4], -1).SerializeToString(), device=device)
+    with pytest.raises(Exception, match="pair index 4 is outside the 2 x 2 dot products"):
+        sess.run({"x0": np.zeros((2, 4), np.float32), "x1": np.zeros((2, 4), np.float32)})
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory):
+    cfg = get_config("small")
+    model = DLRM(cfg, seed=0).eval()
+    folder = tmp_path_factory.mktemp("interaction")
+    plain = folder / "plain.onnx"
+    export_onnx(model, make_inputs(cfg, 16, seed=0), plain)
+    proto = onnx.load(str(plain))
+    assert fuse_interaction(proto) == 1
+    fused = folder / "fused.onnx"
+    onnx.save(proto, str(fused))
+    return cfg, model, plain, fused, proto
+
+
+def test_the_chain_becomes_one_node(small_files):
+    *_, proto = small_files
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count(OP_TYPE) == 1
+    for gone in ("Concat", "Reshape", "Transpose", "MatMul", "Gather"):
+        assert gone not in ops, ops
+    node = next(n for n in proto.graph.node if n.op_type == OP_TYPE)
+    cfg = small_files[0]
+    n = cfg.num_tables + 1
+    pairs = helper.get_attribute_value(next(a for a in node.attribute if a.name == "pairs"))
+    assert pairs == [i * n + j for i in range(n) for j in range(i)]  # the model's lower triangle
+    used = {x for nd in proto.graph.node for x in nd.input}
+    assert all(t.name in used for t in proto.graph.initializer)  # the chain's constants went with it
+    assert fuse_interaction(proto) == 0  # nothing left to fuse
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch,seed", [(1, 1), (64, 2), (257, 3)])
+def test_fused_dlrm_matches_unfused_and_pytorch(small_files, device, batch, seed):
+    cfg, model, plain, fused, _ = small_files
+    a, b = dd_ort.ort_session(plain, device=device), dd_ort.ort_session(fused, device=device)
+    inputs = make_inputs(cfg, batch, seed=seed)
+    feeds = onnx_feeds(a.input_names, *inputs)
+    with torch.no_grad():
+        ref = model(*inputs).numpy()
+    got = b.run(feeds)[0]
+    np.testing.assert_allclose(got, a.run(feeds)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not dd_ort.cuda_available(), reason="onnxruntime has no CUDA execution provider")
+def test_fused_dlrm_in_a_cuda_graph(small_files):
+    cfg, model, _plain, fused, _ = small_files
+    sess = dd_ort.ort_session(fused, device="cuda", cuda_graph=True)
+    for seed in (4, 5, 6):
+        inputs = make_inputs(cfg, 32, seed=seed, pooling=8)
+        with torch.no_grad():
+            ref = model(*inputs).numpy()
+        np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_overlap_then_fuse_keeps_the_join(small_files, tmp_path):
+    """With overlap the first Concat is a Join (streams joined there): the fused node reads the
+    Join's output and the last Concat stays."""
+    from dlrm_deploy.export.overlap import apply_overlap
+
+    cfg, model, plain, _fused, _ = small_files
+    proto = onnx.load(str(plain))
+    assert apply_overlap(proto) == 1
+    assert fuse_interaction(proto) == 1
+    ops = [n.op_type for n in proto.graph.node]
+    assert C.JOIN_OP_TYPE in ops and OP_TYPE in ops and ops.count("Concat") == 1
+    path = tmp_path / "both.onnx"
+    onnx.save(proto, str(path))
+    inputs = make_inputs(cfg, 40, seed=9)
+    with torch.no_grad():
+        ref = model(*inputs).numpy()
+    sess = dd_ort.ort_session(path, device="cpu")
+    np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_graphs_without_the_chain_are_left_alone(small_files):
+    *_, proto0 = small_files
+    cfg, _model, plain, _fused, _ = small_files
+    proto = onnx.load(str(plain))
+    gather = next(n for n in proto.graph.node if n.op_type == "Gather")
+    # pairs from a graph input instead of a constant: not fusable
+    proto.graph.input.append(helper.make_tensor_value_info("pairs_in", TensorProto.INT64, [None]))
+    gather.input[1] = "pairs_in"
+    before = proto.SerializeToString()
+    assert fuse_interaction(proto) == 0
+    assert proto.SerializeToString() == before

@@ -32,7 +32,7 @@ class DtypeInfo:
     onnx: ONNX TensorProto element type of the stored weights (int8 rows are uint8 bytes);
     onnx_type: ONNX Runtime's type string of that element type; torch / numpy: the dtype
     attribute names (bf16 has no numpy type: its bits travel as uint16); elem_bytes: bytes per
-    element, 0 for the row-wise int8 rows (see ``row_bytes``); output: may also be ``out_dtype``.
+    element, 0 for the row-wise int8/int4 rows (see ``row_bytes``); output: may also be ``out_dtype``.
     """
 
     name: str
@@ -50,7 +50,13 @@ DTYPE_INFO: dict[str, DtypeInfo] = {d.name: d for d in (
     DtypeInfo("fp16", 1, 10, "tensor(float16)", "float16", "float16", 2, True),
     DtypeInfo("bf16", 2, 16, "tensor(bfloat16)", "bfloat16", "uint16", 2, True),
     DtypeInfo("int8", 3, 2, "tensor(uint8)", "uint8", "uint8", 0, False),
+    DtypeInfo("int4", 4, 2, "tensor(uint8)", "uint8", "uint8", 0, False),
 )}
+# Row-wise quantized dtypes: rows of codes with an fp32 scale and bias each (row_bytes), stored as uint8.
+ROWWISE = ("int8", "int4")
+# dim of a row-wise table must be a multiple of this: int8 keeps the scale 4-byte aligned behind the
+# dim codes; int4 packs 8 codes per 32-bit word (dim/2 bytes, again a multiple of 4).
+ROWWISE_DIM_MULTIPLE = {"int8": 4, "int4": 8}
 
 DTYPES = tuple(DTYPE_INFO)
 OUT_DTYPES = tuple(d for d, i in DTYPE_INFO.items() if i.output)
@@ -61,7 +67,8 @@ INDEX_TYPES = ("int32", "int64")
 
 # The enums of the C ABI, in value order, with what each value means (the generated header's comments).
 ENUMS = {
-    "dtype": ("dd_dtype", "DD_", (("fp32", ""), ("fp16", ""), ("bf16", ""), ("int8", "row-wise: codes, fp32 scale and bias"))),
+    "dtype": ("dd_dtype", "DD_", (("fp32", ""), ("fp16", ""), ("bf16", ""), ("int8", "row-wise: codes, fp32 scale and bias"),
+                                 ("int4", "row-wise: 4-bit codes, two per byte, fp32 scale and bias"))),
     "mode": ("dd_mode", "DD_", (("sum", ""), ("mean", "an empty bag gives zeros"))),
     "index_type": ("dd_index_type", "DD_", (("int32", ""), ("int64", ""))),
     "variant": ("dd_variant", "DD_", (
@@ -119,8 +126,8 @@ CONFIG_MEMBERS = (
 FIELDS: tuple[Field, ...] = (
     Field("table_rows", INTS, "", "rows of each table, in table order; its length is the number of tables T",
           (1, 2**63 - 1)),
-    Field("dim", INT, "", "embedding dimension D of every table (columns); int8: a multiple of 4", (1, 1 << 20)),
-    Field("dtype", STRING, "fp32", "table storage: " + "|".join(DTYPES) + " (int8 = row-wise, fp32 scale and bias per row)"),
+    Field("dim", INT, "", "embedding dimension D of every table (columns); int8: a multiple of 4, int4: of 8", (1, 1 << 20)),
+    Field("dtype", STRING, "fp32", "table storage: " + "|".join(DTYPES) + " (int8/int4 = row-wise, fp32 scale and bias per row)"),
     Field("out_dtype", STRING, "fp32", "output element type: " + "|".join(OUT_DTYPES)),
     Field("mode", STRING, "sum", "pooling: " + "|".join(MODES)),
     Field("include_last_offset", INT, "0", "1: each table's offsets end with the end of its last bag (B+1 entries; packed form: T*B+1)",
@@ -141,7 +148,7 @@ FIELD_BY_NAME = {f.name: f for f in FIELDS}
 # Inputs and outputs, in order (name, element types, doc). Two forms of the lookups: per-table
 # (what the exporter writes; T = 1 is both forms) and packed (FBGEMM-style concatenation).
 INPUTS = (
-    ("weights", "float|float16|bfloat16|uint8", "packed tables: [total_rows, D], or [total_rows, row_bytes] uint8 for int8"),
+    ("weights", "float|float16|bfloat16|uint8", "packed tables: [total_rows, D], or [total_rows, row_bytes] uint8 for int8/int4"),
     ("indices", "int32|int64", "per-table form: table 0's [N_0] ids; packed form: [N] ids of every table, table-major"),
     ("lookups", "variadic: int32|int64 (as indices), then float",
      "per-table form: indices of tables 1..T-1, offsets of tables 0..T-1 ([B], or [B+1] with include_last_offset), "
@@ -161,10 +168,18 @@ def int8_row_bytes(dim: int) -> int:
     return (dim + 8 + 15) // 16 * 16
 
 
+def int4_row_bytes(dim: int) -> int:
+    """Bytes of one int4 row-wise row: dim/2 bytes of codes (two per byte, the even column in the low
+    nibble) + fp32 scale + fp32 bias, padded to 16 bytes."""
+    return (dim // 2 + 8 + 15) // 16 * 16
+
+
 def row_bytes(dtype: str, dim: int) -> int:
     """Bytes of one stored row of a ``dim``-wide table in ``dtype`` (a DTYPE_INFO key)."""
     info = DTYPE_INFO[dtype]
-    return info.elem_bytes * dim if info.elem_bytes else int8_row_bytes(dim)
+    if info.elem_bytes:
+        return info.elem_bytes * dim
+    return int4_row_bytes(dim) if dtype == "int4" else int8_row_bytes(dim)
 
 
 def dtype_of_torch(torch_dtype, default: str | None = None) -> str | None:

@@ -8,7 +8,7 @@ import ctypes
 MAX_TABLES = 256
 MSG_LEN = 512
 
-DTYPE = {'fp32': 0, 'fp16': 1, 'bf16': 2, 'int8': 3}
+DTYPE = {'fp32': 0, 'fp16': 1, 'bf16': 2, 'int8': 3, 'int4': 4}
 MODE = {'sum': 0, 'mean': 1}
 INDEX_TYPE = {'int32': 0, 'int64': 1}
 VARIANT = {'auto': 0, 'baseline': 1, 'occupancy': 2, 'prefetch': 3, 'l2pin': 4, 'combined': 5}

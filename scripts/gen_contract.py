@@ -154,7 +154,8 @@ def md_table() -> str:
                     f"| {range_text(f)} | {md_cell(f.doc)} |")
     rows += ["", "| dtype | enum | ONNX element type | torch | numpy | row bytes |", "|---|---|---|---|---|---|"]
     for d in contract.DTYPE_INFO.values():
-        rb = f"{d.elem_bytes} * dim" if d.elem_bytes else "(dim + 8) rounded up to 16"
+        rb = (f"{d.elem_bytes} * dim" if d.elem_bytes else "(dim / 2 + 8) rounded up to 16" if d.name == "int4"
+              else "(dim + 8) rounded up to 16")
         rows.append(f"| `{d.name}` | {d.enum} | {d.onnx_type} ({d.onnx}) | {d.torch} | {d.numpy} | {rb} |")
     rows += ["", "| input/output | element type | shape and meaning |", "|---|---|---|"]
     for name, types, doc in contract.INPUTS + contract.OUTPUTS:

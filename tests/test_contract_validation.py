@@ -65,6 +65,7 @@ def _ort_message(attrs: dict, dtype: str = "fp32") -> str:
 CASES = {  # what export_onnx is asked for, and the attributes of the node it would write
     "300_tables": (dict(n=300), {}, dict(table_rows=[ROWS] * 300, dim=DIM)),
     "int8_dim_6": (dict(n=1, dim=6), dict(dtype="int8"), dict(table_rows=[ROWS], dim=6, dtype="int8")),
+    "int4_dim_12": (dict(n=1, dim=12), dict(dtype="int4"), dict(table_rows=[ROWS], dim=12, dtype="int4")),
     "prefetch_100": (dict(n=1), dict(prefetch_distance=100), dict(table_rows=[ROWS], dim=DIM, prefetch_distance=100)),
     "prefetch_12": (dict(n=1), dict(prefetch_distance=12), dict(table_rows=[ROWS], dim=DIM, prefetch_distance=12)),
     "pinned_over_rows": (dict(n=2), dict(pinned_rows=ROWS + 5),
@@ -109,7 +110,9 @@ def test_generated_ctypes_mirror_matches_the_core():
     assert cfg.variant == contract.VARIANTS.index("combined") and cfg.check == contract.CHECKS.index("deferred")
     assert _core.row_bytes(cfg) == contract.row_bytes("bf16", 8)
     for dtype in contract.DTYPES:
-        for dim in (4, 8, 12, 124):
+        for dim in (4, 8, 12, 24, 124, 128):
+            if dim % contract.ROWWISE_DIM_MULTIPLE.get(dtype, 1):
+                continue
             c = _core.make_config(dict(table_rows=[1], dim=dim, dtype=dtype))
             assert _core.row_bytes(c) == contract.row_bytes(dtype, dim), (dtype, dim)
     assert onnx.TensorProto.BFLOAT16 == contract.DTYPE_INFO["bf16"].onnx

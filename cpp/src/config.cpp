@@ -192,6 +192,8 @@ int dd_config_validate(const dd_config* c, char* msg, size_t len) {
   if (c->index_type != DD_INT32 && c->index_type != DD_INT64) return fail(DD_ERR_CONFIG, msg, len, "bad index_type %d", c->index_type);
   if (c->dtype == DD_INT8 && c->dim % 4 != 0)
     return fail(DD_ERR_CONFIG, msg, len, "int8 row-wise tables need dim divisible by 4 (got %d)", c->dim);
+  if (c->dtype == DD_INT4 && c->dim % 8 != 0)
+    return fail(DD_ERR_CONFIG, msg, len, "int4 row-wise tables need dim divisible by 8 (got %d)", c->dim);
   for (int t = 0; t < c->num_tables; ++t)
     if (c->table_rows[t] <= 0) return fail(DD_ERR_CONFIG, msg, len, "table_rows[%d] must be positive", t);
   if (c->hot_first) {
@@ -250,14 +252,16 @@ int dd_config_get(const dd_config* cfg, const char* name, dd_attribute* out, cha
 
 int dd_check_weights_shape(const dd_config* c, int32_t rank, const int64_t* dims, char* msg, size_t len) {
   const int64_t rows = dd_total_rows(c);
-  const int64_t cols = c->dtype == DD_INT8 ? dd_row_bytes(c) : c->dim;
+  const bool rowwise = c->dtype == DD_INT8 || c->dtype == DD_INT4;
+  const int64_t cols = rowwise ? dd_row_bytes(c) : c->dim;
   const bool ok = rank == 2 && (dims[0] < 0 || dims[0] == rows) && (dims[1] < 0 || dims[1] == cols);
   if (ok) return DD_OK;
   std::string shape = "[";
   for (int32_t i = 0; i < rank; ++i) shape += (i ? ", " : "") + std::to_string(dims[i]);
   return fail(DD_ERR_INPUT, msg, len, "weights have shape %s]; expected [%lld, %lld] (sum of table_rows, %s)",
               shape.c_str(), (long long)rows, (long long)cols,
-              c->dtype == DD_INT8 ? "row bytes of int8 row-wise rows" : "dim");
+              rowwise ? (c->dtype == DD_INT8 ? "row bytes of int8 row-wise rows" : "row bytes of int4 row-wise rows")
+                      : "dim");
 }
 
 int dd_uses_l2(const dd_config* c) {
@@ -269,6 +273,7 @@ int64_t dd_row_bytes(const dd_config* c) {
     case DD_FP32: return 4LL * c->dim;
     case DD_FP16:
     case DD_BF16: return 2LL * c->dim;
+    case DD_INT4: return ((int64_t)c->dim / 2 + 8 + 15) / 16 * 16;
     default: return ((int64_t)c->dim + 8 + 15) / 16 * 16;
   }
 }

@@ -17,7 +17,8 @@ typedef enum {
   DD_FP16 = 1,
   DD_BF16 = 2,
   DD_INT8 = 3,  /* row-wise: codes, fp32 scale and bias */
-  DD_NUM_DTYPES = 4
+  DD_INT4 = 4,  /* row-wise: 4-bit codes, two per byte, fp32 scale and bias */
+  DD_NUM_DTYPES = 5
 } dd_dtype;
 typedef enum {
   DD_SUM = 0,

@@ -99,6 +99,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--pooling", type=int, default=None)
     ap.add_argument("--overlap", action="store_true", help="also profile the overlap export (high-priority ORT stream)")
+    ap.add_argument("--fuse", action="store_true", help="also profile the fused dot interaction (and with --overlap both)")
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None, help="JSON with every profile")
@@ -110,6 +111,7 @@ def main() -> int:
     from dlrm_deploy.export import DLRM, export_onnx, get_config, make_inputs
     from dlrm_deploy.runtime import ort as ort_rt
     from dlrm_deploy.runtime.accuracy import TOLERANCE, compare, onnx_feeds
+    from dlrm_deploy.runtime.bench_files import with_variant
     from dlrm_deploy.runtime.bench_torch import capture_graph
     from dlrm_deploy.runtime.fbgemm_tbe import TBEModel, tbe_inputs
 
@@ -142,11 +144,19 @@ def main() -> int:
     gpu_model.cpu()
     torch.cuda.empty_cache()
 
-    kinds = [("ort_graph", False, 0)] + ([("ort_overlap_graph_high_priority", True, -1)] if a.overlap else [])
-    for key, overlap, priority in kinds:
+    kinds = [("ort_graph", False, False, 0)]
+    if a.overlap:
+        kinds.append(("ort_overlap_graph_high_priority", True, False, -1))
+    if a.fuse:
+        kinds.append(("ort_fused_graph", False, True, 0))
+    if a.fuse and a.overlap:
+        kinds.append(("ort_overlap_fused_graph_high_priority", True, True, -1))
+    plain = os.path.join(workdir, "plain.onnx")
+    for key, overlap, fuse, priority in kinds:
         path = os.path.join(workdir, f"{key}.onnx")
-        if not os.path.exists(path):
-            export_onnx(model, inputs, path, dtype=a.dtype, overlap=overlap)
+        if not os.path.exists(plain):
+            export_onnx(model, inputs, plain, dtype=a.dtype)
+        with_variant(plain, path, "auto", overlap=overlap, fuse=fuse)
         stream = torch.cuda.Stream(priority=priority)
         sess = ort_rt.ort_session(path, device="cuda", cuda_graph=True, stream=stream.cuda_stream)
         feeds = onnx_feeds(sess.input_names, *inputs)

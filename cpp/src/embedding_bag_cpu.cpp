@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "int4_rows.h"
 #include "internal.h"
 
 namespace dd {
@@ -87,6 +88,12 @@ int forward_cpu(const dd_config& c, const uint8_t* weights, const Lookups& v, vo
             case DD_FP32: std::memcpy(&x, row + 4 * d, 4); break;
             case DD_FP16: { uint16_t h; std::memcpy(&h, row + 2 * d, 2); x = half_bits_to_float(h); break; }
             case DD_BF16: { uint16_t h; std::memcpy(&h, row + 2 * d, 2); x = bf16_bits_to_float(h); break; }
+            case DD_INT4: {
+              float scale, bias;
+              int4_scale_bias(row, D, &scale, &bias);
+              x = int4_element(row, d, scale, bias);
+              break;
+            }
             default: {
               float sb[2];
               std::memcpy(sb, row + D, 8);
@@ -121,11 +128,24 @@ int forward_cpu_view(const dd_config& c, const void* weights, const Lookups& v, 
 
 }  // namespace
 
-// Checks shared by both forwards: config, shapes, weighted/mean combination.
+// int4 tables in a forward that does not decode them (the fast CPU forward, for now): a clear
+// refusal instead of reading the rows as another dtype.
+int refuse_int4(const dd_config* cfg, bool int4_ok, char* msg, size_t len) {
+  if (int4_ok || cfg->dtype != DD_INT4) return DD_OK;
+  return fail(DD_ERR_UNSUPPORTED, msg, len,
+              "int4 tables are not supported by the multi-threaded CPU forward (dd_forward_cpu*, "
+              "dd_forward_tables_cpu*) yet: use dd_forward_cpu_reference / dd_forward_tables_cpu_reference or the CUDA "
+              "forward");
+}
+
+// Checks shared by every forward: config, shapes, weighted/mean combination.
 int check_call(const dd_config* cfg, const void* weights, const void* indices, const void* offsets, const float* psw,
-               int64_t num_indices, int64_t num_offsets, const void* output, Lookups* view, char* msg, size_t len) {
+               int64_t num_indices, int64_t num_offsets, const void* output, Lookups* view, char* msg, size_t len,
+               bool int4_ok) {
   if (!cfg) return fail(DD_ERR_CONFIG, msg, len, "config is NULL");
   int rc = dd_config_validate(cfg, msg, len);
+  if (rc) return rc;
+  rc = refuse_int4(cfg, int4_ok, msg, len);
   if (rc) return rc;
   if (num_indices < 0) return fail(DD_ERR_INPUT, msg, len, "number of indices is negative (%" PRId64 ")", num_indices);
   const int64_t batch = dd_batch_size(cfg, num_offsets, msg, len);
@@ -149,9 +169,11 @@ int check_call(const dd_config* cfg, const void* weights, const void* indices, c
 }
 
 int check_tables_call(const dd_config* cfg, const void* weights, const dd_table_lookups* tables, const void* output,
-                      Lookups* view, char* msg, size_t len) {
+                      Lookups* view, char* msg, size_t len, bool int4_ok) {
   if (!cfg) return fail(DD_ERR_CONFIG, msg, len, "config is NULL");
   int rc = dd_config_validate(cfg, msg, len);
+  if (rc) return rc;
+  rc = refuse_int4(cfg, int4_ok, msg, len);
   if (rc) return rc;
   if (!tables) return fail(DD_ERR_INPUT, msg, len, "NULL table lookups");
   const int64_t ilo = cfg->include_last_offset ? 1 : 0;
@@ -185,7 +207,8 @@ extern "C" int dd_forward_cpu_reference(const dd_config* cfg, const void* weight
                               const float* psw, int64_t num_indices, int64_t num_offsets, void* output, char* msg,
                               size_t len) {
   auto view = std::make_unique<dd::Lookups>();
-  int rc = dd::check_call(cfg, weights, indices, offsets, psw, num_indices, num_offsets, output, view.get(), msg, len);
+  int rc = dd::check_call(cfg, weights, indices, offsets, psw, num_indices, num_offsets, output, view.get(), msg, len,
+                          /*int4_ok=*/true);
   if (rc) return rc;
   return dd::forward_cpu_view(*cfg, weights, *view, output, nullptr, msg, len);
 }
@@ -193,7 +216,7 @@ extern "C" int dd_forward_cpu_reference(const dd_config* cfg, const void* weight
 extern "C" int dd_forward_tables_cpu_reference(const dd_config* cfg, const void* weights, const dd_table_lookups* tables,
                                      void* output, char* msg, size_t len) {
   auto view = std::make_unique<dd::Lookups>();
-  int rc = dd::check_tables_call(cfg, weights, tables, output, view.get(), msg, len);
+  int rc = dd::check_tables_call(cfg, weights, tables, output, view.get(), msg, len, /*int4_ok=*/true);
   if (rc) return rc;
   return dd::forward_cpu_view(*cfg, weights, *view, output, tables, msg, len);
 }

@@ -79,7 +79,8 @@ int dd_forward_cuda(const dd_config* cfg, const void* weights, const void* indic
                     const float* psw, int64_t num_indices, int64_t num_offsets, void* output, void* workspace,
                     void* stream_ptr, char* msg, size_t len) {
   auto view = std::make_unique<dd::Lookups>();
-  int rc = dd::check_call(cfg, weights, indices, offsets, psw, num_indices, num_offsets, output, view.get(), msg, len);
+  int rc = dd::check_call(cfg, weights, indices, offsets, psw, num_indices, num_offsets, output, view.get(), msg, len,
+                          /*int4_ok=*/true);
   if (rc) return rc;
   return dd::forward_cuda_view(cfg, weights, *view, output, workspace, stream_ptr, nullptr, msg, len);
 }
@@ -87,7 +88,7 @@ int dd_forward_cuda(const dd_config* cfg, const void* weights, const void* indic
 int dd_forward_tables_cuda(const dd_config* cfg, const void* weights, const dd_table_lookups* tables, void* output,
                            void* workspace, void* stream_ptr, char* msg, size_t len) {
   auto view = std::make_unique<dd::Lookups>();
-  int rc = dd::check_tables_call(cfg, weights, tables, output, view.get(), msg, len);
+  int rc = dd::check_tables_call(cfg, weights, tables, output, view.get(), msg, len, /*int4_ok=*/true);
   if (rc) return rc;
   return dd::forward_cuda_view(cfg, weights, *view, output, workspace, stream_ptr, tables, msg, len);
 }

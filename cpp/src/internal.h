@@ -156,10 +156,12 @@ DD_HD int32_t bag_bounds(const TableIO& io, int64_t b, bool first, int64_t* star
 std::string error_message(const ErrorRecord& e, const dd_table_lookups* tables = nullptr);
 
 // Checks shared by the CPU and CUDA forwards (config, shapes, argument combinations) and the
-// per-table view of the call's tensors.
+// per-table view of the call's tensors. int4_ok: the caller decodes int4 rows (the reference and the
+// CUDA kernels pass true); a forward that does not refuses int4 tables with DD_ERR_UNSUPPORTED.
 int check_call(const dd_config* cfg, const void* weights, const void* indices, const void* offsets, const float* psw,
-               int64_t num_indices, int64_t num_offsets, const void* output, Lookups* view, char* msg, size_t len);
+               int64_t num_indices, int64_t num_offsets, const void* output, Lookups* view, char* msg, size_t len,
+               bool int4_ok = false);
 int check_tables_call(const dd_config* cfg, const void* weights, const dd_table_lookups* tables, const void* output,
-                      Lookups* view, char* msg, size_t len);
+                      Lookups* view, char* msg, size_t len, bool int4_ok = false);
 
 }  // namespace dd

@@ -32,6 +32,8 @@ ONNXTensorElementDataType WeightsTypeOf(int32_t dtype) {
     case DD_FP32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     case DD_FP16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
     case DD_BF16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+    case DD_INT8:
+    case DD_INT4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;  // row-wise rows: bytes [rows, row_bytes]
     default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
   }
 }
@@ -371,9 +373,13 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
         fn(arg, 0, n);
       }
     };
-    rc = tables ? dd_forward_tables_cpu_parallel(&cfg_, w, tables->data(), out, parallel_for, &pool, msg, DD_MSG_LEN)
-                : dd_forward_cpu_parallel(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, parallel_for,
-                                          &pool, msg, DD_MSG_LEN);
+    if (cfg_.dtype == DD_INT4)  // the multi-threaded CPU forward does not decode int4 rows yet: the reference does
+      rc = tables ? dd_forward_tables_cpu_reference(&cfg_, w, tables->data(), out, msg, DD_MSG_LEN)
+                  : dd_forward_cpu_reference(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, msg, DD_MSG_LEN);
+    else
+      rc = tables ? dd_forward_tables_cpu_parallel(&cfg_, w, tables->data(), out, parallel_for, &pool, msg, DD_MSG_LEN)
+                  : dd_forward_cpu_parallel(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, parallel_for,
+                                            &pool, msg, DD_MSG_LEN);
   } else {
     Ort::KernelContext ctx(context);
     void* stream = ctx.GetGPUComputeStream();

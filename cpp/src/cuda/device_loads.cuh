@@ -1,10 +1,11 @@
 // Device loads: global loads with L2 eviction-priority hints (sm_80+) and the decoding of stored
-// elements (fp32/fp16/bf16, int8 row-wise with the row's scale and bias) into fp32.
+// elements (fp32/fp16/bf16, int8 and int4 row-wise with the row's scale and bias) into fp32.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "../int4_rows.h"
 #include "params.cuh"
 
 namespace dd {
@@ -50,12 +51,22 @@ __device__ __forceinline__ float2 ld_scale_bias(const uint8_t* p, uint64_t pol) 
   return make_float2(__uint_as_float(ld<4>(p, pol)), __uint_as_float(ld<4>(p + 4, pol)));
 }
 
-// ---- element decoding: Raw bytes -> E floats (int8 codes use the row's scale and bias) ----
+// ---- element decoding: Raw bytes -> E floats (row-wise codes use the row's scale and bias) ----
+// kPerWord: elements per 32-bit word of stored data; kRowwise: rows end with an fp32 scale and bias,
+// at byte codes_bytes(dim) of the row (int4_rows.h describes the int4 row).
 template <int DT> struct Storage;
-template <> struct Storage<DD_FP32> { static constexpr int kSize = 4; };
-template <> struct Storage<DD_FP16> { static constexpr int kSize = 2; };
-template <> struct Storage<DD_BF16> { static constexpr int kSize = 2; };
-template <> struct Storage<DD_INT8> { static constexpr int kSize = 1; };
+template <> struct Storage<DD_FP32> { static constexpr int kPerWord = 1; static constexpr bool kRowwise = false; };
+template <> struct Storage<DD_FP16> { static constexpr int kPerWord = 2; static constexpr bool kRowwise = false; };
+template <> struct Storage<DD_BF16> { static constexpr int kPerWord = 2; static constexpr bool kRowwise = false; };
+template <> struct Storage<DD_INT8> { static constexpr int kPerWord = 4; static constexpr bool kRowwise = true; };
+template <> struct Storage<DD_INT4> { static constexpr int kPerWord = 8; static constexpr bool kRowwise = true; };
+
+// Bytes of a row's codes, where its scale and bias start (row-wise dtypes).
+template <int DT>
+__device__ __forceinline__ int64_t codes_bytes(int dim) {
+  if constexpr (DT == DD_INT4) return int4_scale_offset(dim);
+  else return dim;
+}
 
 template <int DT>
 __device__ __forceinline__ float decode_word(uint32_t w, int k, float2 sb) {
@@ -63,12 +74,13 @@ __device__ __forceinline__ float decode_word(uint32_t w, int k, float2 sb) {
   if constexpr (DT == DD_FP32) return __uint_as_float(w);
   else if constexpr (DT == DD_FP16) return __half2float(__ushort_as_half((unsigned short)(w >> (16 * k))));
   else if constexpr (DT == DD_BF16) return __uint_as_float((w >> (16 * k)) << 16);
+  else if constexpr (DT == DD_INT4) return fmaf(sb.x, int4_code_to_float(int4_word_code(w, k)), sb.y);
   else return fmaf(sb.x, (float)((w >> (8 * k)) & 0xffu), sb.y);
 }
 
 template <int DT, int Bytes>
 __device__ __forceinline__ void decode(const typename Raw<Bytes>::T& r, float2 sb, float* v) {
-  constexpr int per_word = 4 / Storage<DT>::kSize;
+  constexpr int per_word = Storage<DT>::kPerWord;
   uint32_t words[Bytes / 4];
   if constexpr (Bytes == 16) { words[0] = r.x; words[1] = r.y; words[2] = r.z; words[3] = r.w; }
   else if constexpr (Bytes == 8) { words[0] = r.x; words[1] = r.y; }
@@ -84,7 +96,11 @@ __device__ __forceinline__ float load_element(const uint8_t* row, int feature, i
   if constexpr (DT == DD_FP32) return __uint_as_float(ld<4>(row + 4 * feature, pol));
   else if constexpr (DT == DD_FP16) return __half2float(__ushort_as_half(ld<2>(row + 2 * feature, pol)));
   else if constexpr (DT == DD_BF16) return __uint_as_float((uint32_t)ld<2>(row + 2 * feature, pol) << 16);
-  else {
+  else if constexpr (DT == DD_INT4) {
+    float2 sb = ld_scale_bias(row + int4_scale_offset(dim), pol);
+    const uint32_t byte = ld<1>(row + (feature >> 1), pol);
+    return fmaf(sb.x, int4_code_to_float((byte >> ((feature & 1) * 4)) & 0xfu), sb.y);
+  } else {
     float2 sb = ld_scale_bias(row + dim, pol);
     return fmaf(sb.x, (float)ld<1>(row + feature, pol), sb.y);
   }

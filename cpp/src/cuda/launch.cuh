@@ -102,6 +102,7 @@ int launch_index(const Params& p, const dd_config& c, const Plan& pl, const Devi
     case DD_FP32: return launch_typed<DD_FP32, IdxT>(p, c, pl, dev, s, msg, len);
     case DD_FP16: return launch_typed<DD_FP16, IdxT>(p, c, pl, dev, s, msg, len);
     case DD_BF16: return launch_typed<DD_BF16, IdxT>(p, c, pl, dev, s, msg, len);
+    case DD_INT4: return launch_typed<DD_INT4, IdxT>(p, c, pl, dev, s, msg, len);
     default: return launch_typed<DD_INT8, IdxT>(p, c, pl, dev, s, msg, len);
   }
 }

@@ -75,8 +75,9 @@ Plan make_plan(const dd_config& c, const void* weights) {
   Plan pl;
   pl.variant = c.variant;
   pl.warp = c.variant == DD_AUTO;
-  const int esize = c.dtype == DD_FP32 ? 4 : c.dtype == DD_INT8 ? 1 : 2;
-  const int64_t data_bytes = (int64_t)c.dim * esize;
+  const bool int4 = c.dtype == DD_INT4;
+  const int esize = c.dtype == DD_FP32 ? 4 : (c.dtype == DD_INT8 || int4) ? 1 : 2;
+  const int64_t data_bytes = int4 ? (int64_t)c.dim / 2 : (int64_t)c.dim * esize;  // int4: two codes per byte
   const int64_t row_bytes = dd_row_bytes(&c);
   const uintptr_t addr = reinterpret_cast<uintptr_t>(weights);
   // Vector width: the widest that divides the row data, the row stride and the base address
@@ -105,7 +106,10 @@ Plan make_plan(const dd_config& c, const void* weights) {
   }
   // Loads in flight per lane, measured on H100 (docs/benchmarks.md): 2-byte tables gain from the
   // extra occupancy of 4 on skewed batches, fp32 and int8 from 8.
-  pl.unroll = (knobs().unroll != -1 ? knobs().unroll : esize == 2 ? 4 : 8) <= 4 ? 4 : 8;
+  // int4 (not measured yet): 8 unless fewer loads per lane cover the 32 lookups of one index batch
+  // (groups * 4 >= 32, e.g. D=128: 4 lanes per row, 8 groups), which frees registers.
+  const int dflt = esize == 2 ? 4 : (int4 && pl.warp && pl.groups * 4 >= 32) ? 4 : 8;
+  pl.unroll = (knobs().unroll != -1 ? knobs().unroll : dflt) <= 4 ? 4 : 8;
   pl.pd = c.prefetch_distance ? c.prefetch_distance : 8;
   pl.pd = pl.pd <= 4 ? 4 : pl.pd <= 8 ? 8 : 16;  // compiled distances
   return pl;

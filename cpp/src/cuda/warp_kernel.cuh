@@ -21,7 +21,7 @@ namespace {
 // compiles without spills (ptxas -v) for 16-byte loads.
 template <int DT, int U>
 constexpr int warp_min_blocks() {
-  if (DT == DD_INT8) return U >= 8 ? 1 : 2;
+  if (DT == DD_INT8 || DT == DD_INT4) return U >= 8 ? 1 : 2;
   if (DT == DD_FP32) return U >= 8 ? 3 : 4;
   return U >= 8 ? 2 : 4;
 }
@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>()
     warp_kernel(const Params p, int lanes, int groups, int slices) {
   constexpr int VB = Policy::kVecBytes;
   constexpr int U = Policy::kUnroll;
-  constexpr int E = VB / Storage<DT>::kSize;  // elements per lane per row
+  constexpr int E = VB / 4 * Storage<DT>::kPerWord;  // elements per lane per row
   using RawT = typename Raw<VB>::T;
   const int lane = threadIdx.x & 31;
   const int gsize = groups > 1 ? lanes : 32;
@@ -96,14 +96,14 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>()
           if (ok[k]) {
             const uint64_t off = (uint64_t)r * row_bytes;  // one IMAD.WIDE
             v[k] = ld<VB>(col + off, pol);
-            if constexpr (DT == DD_INT8) sb[k] = ld_scale_bias(p.weights + off + p.dim, pol);
+            if constexpr (Storage<DT>::kRowwise) sb[k] = ld_scale_bias(p.weights + off + codes_bytes<DT>(p.dim), pol);
           }
         }
 #pragma unroll
         for (int k = 0; k < U; ++k) {
           if (ok[k]) {
             float x[E];
-            decode<DT, VB>(v[k], DT == DD_INT8 ? sb[k] : make_float2(0.f, 0.f), x);
+            decode<DT, VB>(v[k], Storage<DT>::kRowwise ? sb[k] : make_float2(0.f, 0.f), x);
 #pragma unroll
             for (int e = 0; e < E; ++e) acc[e] = psw ? fmaf(w[k], x[e], acc[e]) : acc[e] + x[e];
           }

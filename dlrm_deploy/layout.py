@@ -1,13 +1,14 @@
 """Packing tables into the op's weight blob (docs/op_contract.md): plain or hot-first row order,
-and int8 row-wise quantization, one copy shared by export, tests and benchmarks. Imports numpy only;
-quantize_int8_rowwise imports torch when called (it quantizes tensors on their own device).
+and int8 / int4 row-wise quantization, one copy shared by export, tests and benchmarks. Imports numpy
+only; quantize_int8_rowwise / quantize_int4_rowwise import torch when called (they quantize tensors
+on their own device).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .contract import int8_row_bytes
+from .contract import int4_row_bytes, int8_row_bytes
 
 
 def quantize_int8_rowwise(table):
@@ -40,6 +41,53 @@ def dequantize_int8_rowwise(rows: np.ndarray, dim: int) -> np.ndarray:
     scale = rows[:, dim:dim + 4].copy().view(np.float32).astype(np.float64)
     bias = rows[:, dim + 4:dim + 8].copy().view(np.float32).astype(np.float64)
     return codes * scale + bias
+
+
+def quantize_int4_rowwise(table):
+    """[rows, dim] float -> [rows, row_bytes] uint8 int4 rows: dim/2 bytes of codes (column 2i in the
+    low nibble of byte i, 2i+1 in the high one), fp32 scale, fp32 bias, zero pad to 16 bytes.
+
+    Per row, computed in fp32: bias = min, scale = (max - min) / 15 (a constant row gets scale 1, codes
+    0), code = clamp(round((x - bias) / scale), 0, 15) with round-half-to-even (torch.round), so
+    the dequantized value scale * code + bias is within scale / 2 of x (up to fp32 rounding).
+    dim must be divisible by 8. Takes and returns a numpy array, or a torch tensor (on its device).
+    """
+    import torch
+
+    as_numpy = not isinstance(table, torch.Tensor)
+    t = torch.as_tensor(table).to(torch.float32)
+    rows, dim = t.shape
+    if dim % 8:
+        raise ValueError(f"int4 row-wise tables need dim divisible by 8, got {dim}")
+    lo, hi = t.amin(dim=1), t.amax(dim=1)
+    scale = (hi - lo) / 15.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    codes = torch.clamp(torch.round((t - lo[:, None]) / scale[:, None]), 0, 15).to(torch.uint8)
+    out = torch.zeros((rows, int4_row_bytes(dim)), dtype=torch.uint8, device=t.device)
+    out[:, :dim // 2] = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    out[:, dim // 2:dim // 2 + 8] = torch.stack([scale, lo], dim=1).contiguous().view(torch.uint8)
+    return out.cpu().numpy() if as_numpy else out
+
+
+def int4_codes(rows: np.ndarray, dim: int) -> np.ndarray:
+    """The codes of int4 rows: [rows, row_bytes] uint8 -> [rows, dim] uint8 values 0..15."""
+    packed = np.asarray(rows, dtype=np.uint8)[:, :dim // 2]
+    codes = np.empty((packed.shape[0], dim), dtype=np.uint8)
+    codes[:, 0::2] = packed & 0x0F
+    codes[:, 1::2] = packed >> 4
+    return codes
+
+
+def int4_scale_bias(rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, bias) float32 [rows] of int4 rows."""
+    sb = np.ascontiguousarray(np.asarray(rows, dtype=np.uint8)[:, dim // 2:dim // 2 + 8]).view(np.float32)
+    return sb[:, 0].copy(), sb[:, 1].copy()
+
+
+def dequantize_int4_rowwise(rows: np.ndarray, dim: int) -> np.ndarray:
+    """Inverse view of quantize_int4_rowwise: [rows, row_bytes] uint8 -> [rows, dim] float64 values."""
+    scale, bias = int4_scale_bias(rows, dim)
+    return int4_codes(rows, dim).astype(np.float64) * scale.astype(np.float64)[:, None] + bias.astype(np.float64)[:, None]
 
 
 def pack_tables(tables: list[np.ndarray], pinned_rows: int = 0, hot_first: bool = False) -> np.ndarray:

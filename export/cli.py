@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``dlrm-deploy export``."""
     parser.add_argument("--config", default="small", help="DLRM config: small or paper (default small)")
     parser.add_argument("--out", required=True, help="output .onnx path (big tables go to <out>.data)")
-    parser.add_argument("--dtype", default="fp32", choices=C.DTYPES, help="table storage (int8 = row-wise)")
+    parser.add_argument("--dtype", default="fp32", choices=C.DTYPES, help="table storage (int8, int4 = row-wise quantized)")
     parser.add_argument("--variant", default="auto", choices=C.VARIANTS, help="kernel variant attribute")
     parser.add_argument("--prefetch-distance", type=int, default=0, help="lookups in flight (0 = default)")
     parser.add_argument("--check", default="checked", choices=C.CHECKS, help="bounds checking attribute")

@@ -270,8 +270,9 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
       of ids; a feature width a Linear fixes becomes fixed); a warning names the inputs when the
       batch or a number of ids was specialised (use a batch >= 2 unlike the other sizes). Pass
       dynamic_shapes (torch.export's form) to choose otherwise.
-    dtype: table storage fp32|fp16|bf16|int8 (int8 = row-wise, see ``quantize_int8_rowwise``);
-      the op's output keeps the model's dtype.
+    dtype: table storage fp32|fp16|bf16|int8|int4 (int8/int4 = row-wise, see ``quantize_int8_rowwise``
+      / ``quantize_int4_rowwise``; int4 needs every table's dim divisible by 8); the op's output keeps
+      the model's dtype.
     variant, prefetch_distance (lookups), check: op attributes (see docs/op_contract.md).
     table_batching: fuse the tables into one op node per compatible group (packed blob); False
       keeps one node per table.

@@ -1,9 +1,11 @@
-"""Embedding-table transformations done at export time: storage dtype conversion, int8 row-wise
-quantization, hot-row profiling, frequency reordering and packing into the op's weights blob.
+"""Embedding-table transformations done at export time: storage dtype conversion, int8 and int4
+row-wise quantization, hot-row profiling, frequency reordering and packing into the op's weights blob.
 
 Layouts follow the op contract (docs/op_contract.md): an int8 row is ``dim`` uint8 codes, an fp32
-scale, an fp32 bias, zero-padded to a multiple of 16 bytes; with ``hot_first`` the packed blob holds
-every table's first ``pinned_rows`` rows first.
+scale, an fp32 bias, zero-padded to a multiple of 16 bytes; an int4 row is ``dim / 2`` bytes of
+4-bit codes (two per byte, the even column in the low nibble), an fp32 scale, an fp32 bias, zero-padded
+to a multiple of 16 bytes; with ``hot_first`` the packed blob holds every table's first
+``pinned_rows`` rows first.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ DEFAULT_L2_BUDGET_BYTES = 30 * 1024 * 1024  # hot rows pinned in L2, all tables 
 DEFAULT_HOT_COVERAGE = 0.9  # fraction of sampled lookups the pinned rows should serve
 
 def storage_row_bytes(dim: int, dtype: str) -> int:
-    """Bytes of one stored row of a ``dim``-wide table in ``dtype`` (fp32/fp16/bf16/int8)."""
+    """Bytes of one stored row of a ``dim``-wide table in ``dtype`` (fp32/fp16/bf16/int8/int4)."""
     return C.row_bytes(dtype, dim)
 
 
@@ -42,6 +44,29 @@ def quantize_int8_rowwise(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([_layout.quantize_int8_rowwise(w[s:s + chunk]) for s in range(0, w.shape[0], chunk)])
 
 
+def quantize_int4_rowwise(weight: torch.Tensor) -> torch.Tensor:
+    """Row-wise int4 quantization: float [rows, dim] -> uint8 [rows, row_bytes] (dim divisible by 8).
+
+    Per row: scale = (max - min) / 15, bias = min, code = round((x - bias) / scale) (ties to even),
+    clamped to 0..15, so x ~= scale * code + bias (error <= scale / 2). row_bytes = ceil((dim / 2 +
+    8) / 16) * 16: the codes two per byte (even column in the low nibble), fp32 scale, fp32 bias, zero
+    padding (``dlrm_deploy.layout``). Quantizes in chunks of rows to bound temporaries.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"expected a [rows, dim] table, got shape {list(weight.shape)}")
+    w = weight.detach()
+    chunk = 1 << 17
+    if w.shape[0] <= chunk:
+        return _layout.quantize_int4_rowwise(w)
+    return torch.cat([_layout.quantize_int4_rowwise(w[s:s + chunk]) for s in range(0, w.shape[0], chunk)])
+
+
+def dequantize_int4_rowwise(packed: torch.Tensor | np.ndarray, dim: int) -> np.ndarray:
+    """Inverse of ``quantize_int4_rowwise``: uint8 [rows, row_bytes] -> float32 [rows, dim] values."""
+    a = np.ascontiguousarray(packed.numpy() if isinstance(packed, torch.Tensor) else packed, dtype=np.uint8)
+    return _layout.dequantize_int4_rowwise(a, dim).astype(np.float32)
+
+
 def dequantize_int8_rowwise(packed: torch.Tensor | np.ndarray, dim: int) -> np.ndarray:
     """Inverse of ``quantize_int8_rowwise``: uint8 [rows, row_bytes] -> float32 [rows, dim] values."""
     a = np.ascontiguousarray(packed.numpy() if isinstance(packed, torch.Tensor) else packed, dtype=np.uint8)
@@ -49,13 +74,15 @@ def dequantize_int8_rowwise(packed: torch.Tensor | np.ndarray, dim: int) -> np.n
 
 
 def convert_table(weight: torch.Tensor, dtype: str) -> torch.Tensor:
-    """A [rows, dim] float table in the op's storage dtype: fp32/fp16/bf16 elements, or int8
-    row-wise (uint8 [rows, row_bytes], see ``quantize_int8_rowwise``)."""
+    """A [rows, dim] float table in the op's storage dtype: fp32/fp16/bf16 elements, or int8 / int4
+    row-wise (uint8 [rows, row_bytes], see ``quantize_int8_rowwise`` / ``quantize_int4_rowwise``)."""
     if dtype not in C.DTYPES:
         raise ValueError(f"dtype must be one of {C.DTYPES}, got {dtype!r}")
     w = weight.detach()
     if dtype == "int8":
         return quantize_int8_rowwise(w)
+    if dtype == "int4":
+        return quantize_int4_rowwise(w)
     return w.to(getattr(torch, C.DTYPE_INFO[dtype].torch)).contiguous()
 
 

@@ -398,8 +398,8 @@ def _node_feeds(graph, graph_inputs: dict, feeds: dict, batch: int, pooling: int
                 out[p_name] = rng.uniform(0.5, 1.5, size=len(indices)).astype(elem_of(p_name, np.float32))
         if w_name in graph_inputs and w_name not in feeds and w_name not in out:
             total = sum(rows)
-            if attrs["dtype"] == "int8":
-                out[w_name] = rng.integers(0, 256, size=(total, C.int8_row_bytes(D)), dtype=np.uint8)
+            if attrs["dtype"] in C.ROWWISE:  # random row bytes (codes, scale, bias)
+                out[w_name] = rng.integers(0, 256, size=(total, C.row_bytes(attrs["dtype"], D)), dtype=np.uint8)
             else:
                 out[w_name] = _random_tensor([total, D], C.DTYPE_INFO[attrs["dtype"]].onnx, rng)
     return out

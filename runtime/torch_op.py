@@ -168,10 +168,11 @@ def embedding_bag(input, weight, offsets, mode="sum", per_sample_weights=None, i
     """Drop-in for ``torch.nn.functional.embedding_bag`` (1-D ``input`` + ``offsets`` form) on our
     kernels. Note the default ``mode="sum"`` (PyTorch's default is "mean").
 
-    input: 1-D int32/int64 row ids; weight: [rows, dim] fp32/fp16/bf16 (or uint8 int8 row-wise rows
-    with ``dtype="int8", dim=...`` in kernel_options); offsets: bag starts.
+    input: 1-D int32/int64 row ids; weight: [rows, dim] fp32/fp16/bf16 (or uint8 int8/int4 row-wise
+    rows with ``dtype="int8"/"int4", dim=...`` in kernel_options; int4 runs on CUDA only for now: the
+    multi-threaded CPU forward refuses it); offsets: bag starts.
     kernel_options: any other contract attribute (variant, prefetch_distance, pinned_rows, check, ...).
-    Returns [bags, dim] in the weight's dtype (fp32 for int8 tables) unless out_dtype is given.
+    Returns [bags, dim] in the weight's dtype (fp32 for int8/int4 tables) unless out_dtype is given.
     Bad input raises RuntimeError (check="checked", the default).
     """
     if input.dim() != 1:
@@ -182,7 +183,7 @@ def embedding_bag(input, weight, offsets, mode="sum", per_sample_weights=None, i
     if dtype is None:
         raise TypeError(f"embedding_bag: unsupported weight dtype {weight.dtype} (int8 tables: pass dtype='int8')")
     dim = kernel_options.pop("dim", None) or weight.shape[1]
-    out_dtype = kernel_options.pop("out_dtype", "fp32" if dtype == "int8" else dtype)
+    out_dtype = kernel_options.pop("out_dtype", "fp32" if dtype in contract.ROWWISE else dtype)
     if offsets.dtype != input.dtype:
         offsets = offsets.to(input.dtype)
     return op_call(weight, input, offsets, per_sample_weights, table_rows=[weight.shape[0]], dim=dim, dtype=dtype,

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dlrm_deploy.layout import dequantize_int8_rowwise, pack_tables, quantize_int8_rowwise
+from dlrm_deploy.layout import (dequantize_int4_rowwise, dequantize_int8_rowwise, pack_tables, quantize_int4_rowwise,
+                                quantize_int8_rowwise)
 
-TORCH_DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.uint8}
+TORCH_DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.uint8,
+            "int4": torch.uint8}
 
 
 @dataclass
@@ -42,6 +44,10 @@ def make_case(seed=0, tables=(50, 70), dim=16, batch=8, dtype="fp32", mode="sum"
             q = quantize_int8_rowwise(t)
             stored.append(q)
             logical.append(dequantize_int8_rowwise(q, dim))
+        elif dtype == "int4":
+            q = quantize_int4_rowwise(t)
+            stored.append(q)
+            logical.append(dequantize_int4_rowwise(q, dim))
         elif dtype == "fp32":
             stored.append(t)
             logical.append(t.astype(np.float64))
@@ -99,6 +105,36 @@ def run_op(case: Case) -> torch.Tensor:
     from dlrm_deploy.runtime.torch_op import op_call
 
     return op_call(case.weight, case.indices, case.offsets, case.psw, **case.attrs)
+
+
+def run_reference(case: Case) -> torch.Tensor:
+    """The core's sequential CPU reference (dd_forward_cpu_reference) on the case's packed lookups,
+    on host copies: what the tests compare int4 with (the torch op's CPU path is the multi-threaded
+    forward, which does not take int4 tables yet)."""
+    import ctypes
+
+    from dlrm_deploy.runtime import _core
+
+    lib = _core.lib()
+    fn = lib.dd_forward_cpu_reference
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.POINTER(_core.Config)] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + \
+        [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    c = case.to("cpu")
+    a = c.attrs
+    cfg = _core.make_config(a, "int32" if c.indices.dtype == torch.int32 else "int64")
+    T, D, ilo = len(a["table_rows"]), int(a["dim"]), int(a.get("include_last_offset", 0))
+    batch = (c.offsets.numel() - ilo) // T
+    out_t = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.get("out_dtype", "fp32")]
+    out = torch.empty((batch, T * D), dtype=out_t)
+    w, idx, off = c.weight.contiguous(), c.indices.contiguous(), c.offsets.contiguous()
+    psw = None if c.psw is None else c.psw.contiguous()
+    buf = ctypes.create_string_buffer(512)
+    rc = fn(ctypes.byref(cfg), w.data_ptr(), idx.data_ptr() if idx.numel() else None, off.data_ptr(),
+            None if psw is None else psw.data_ptr(), idx.numel(), off.numel(), out.data_ptr(), buf, 512)
+    if rc:
+        raise RuntimeError(buf.value.decode())
+    return out
 
 
 def assert_close(case: Case, out: torch.Tensor, rel: float = 1e-5) -> None:

@@ -5,7 +5,7 @@ mode. Skipped without a GPU."""
 import pytest
 import torch
 
-from cases import assert_close, make_case, run_op
+from cases import assert_close, make_case, run_op, run_reference
 from dlrm_deploy import contract
 from dlrm_deploy.runtime import _core
 
@@ -16,7 +16,8 @@ DTYPES = list(contract.DTYPES)
 
 
 def _cpu_and_gpu(case):
-    cpu = run_op(case)
+    # int4: the core's sequential reference (the torch op's CPU path does not take int4 yet)
+    cpu = run_reference(case) if case.attrs["dtype"] == "int4" else run_op(case)
     gpu_case = case.to("cuda")
     gpu = run_op(gpu_case)
     torch.cuda.synchronize()
@@ -37,6 +38,8 @@ def _exact_expected(case, variant):
 def test_variants_match_reference(variant, dtype, dim):
     if dtype == "int8" and dim % 4:
         pytest.skip("int8 needs dim % 4 == 0")
+    if dtype == "int4" and dim % 8:
+        pytest.skip("int4 needs dim % 8 == 0")
     for seed, kw in enumerate([dict(), dict(mode="mean"), dict(weighted=True, include_last_offset=1),
                                dict(index_dtype=torch.int32, lengths="fixed", max_len=150)]):
         kw = {"max_len": 40, **kw}
@@ -118,3 +121,44 @@ def test_drop_in_on_cuda_equals_torch():
     ours = embedding_bag(idx, w, off)
     ref = torch.nn.functional.embedding_bag(idx, w, off, mode="sum")
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dim", [8, 24, 40, 128, 1024])
+def test_int4_shapes_against_reference(variant, dim):
+    """int4 rows at every vector width the plan picks (4-byte loads for 8/24/40, 16-byte, column
+    slices at 1024), long bags, int32 ids, fp16 output: the float64 reference and the CPU reference."""
+    for seed, kw in enumerate([dict(lengths="fixed", max_len=150, index_dtype=torch.int32),
+                               dict(weighted=True, out_dtype="fp16"), dict(mode="mean", include_last_offset=1)]):
+        case = make_case(seed=seed, tables=(1000, 37, 300), dim=dim, batch=17, dtype="int4", variant=variant,
+                         **{"max_len": 40, **kw})
+        cpu, gpu = _cpu_and_gpu(case)
+        assert_close(case, gpu)
+        if _exact_expected(case, variant):
+            assert torch.equal(cpu, gpu), f"not bit-exact: max diff {(cpu.double() - gpu.double()).abs().max()}"
+
+
+def test_int4_bad_input_checked_and_deferred():
+    """Out-of-range ids in int4 tables: an error in checked mode, zeros and a record in deferred mode."""
+    from dlrm_deploy.runtime.torch_op import op_call
+
+    case = make_case(seed=3, tables=(100,), dim=64, batch=1, dtype="int4", lengths="one")
+    w = case.weight.to("cuda")
+    with pytest.raises(RuntimeError, match="index 100 at position 1"):
+        op_call(w, torch.tensor([1, 100], device="cuda"), torch.tensor([0], device="cuda"), table_rows=[100], dim=64,
+                dtype="int4")
+    cfg = _core.make_config(dict(table_rows=[100], dim=64, dtype="int4", check="deferred"))
+    idx = torch.tensor([1, 500, 2], device="cuda")
+    off = torch.tensor([0], device="cuda")
+    out = torch.empty(1, 64, device="cuda")
+    ws = torch.zeros(_core.workspace_size(cfg), dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    _core.forward_cuda(cfg, w.data_ptr(), idx.data_ptr(), off.data_ptr(), None, 3, 1, out.data_ptr(), ws.data_ptr(),
+                       stream)
+    buf = __import__("ctypes").create_string_buffer(512)
+    rc = _core.lib().dd_read_error(__import__("ctypes").byref(cfg), ws.data_ptr(), stream, buf, 512)
+    assert rc == 2 and b"index 500 at position 1" in buf.value
+    good = make_case(seed=3, tables=(100,), dim=64, batch=1, dtype="int4", lengths="one")
+    good.indices = torch.tensor([1, 2])
+    good.offsets = torch.tensor([0])
+    torch.testing.assert_close(out.cpu(), run_reference(good), rtol=0, atol=0)  # the bad lookup added zero

@@ -36,7 +36,7 @@ GPU_REASON = _gpu_reason()
 gpu = pytest.mark.skipif(GPU_REASON is not None, reason=GPU_REASON or "")
 
 WEIGHT_ELEM = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
-               "int8": TensorProto.UINT8}
+               "int8": TensorProto.UINT8, "int4": TensorProto.UINT8}
 OUT_ELEM = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 INDEX_ELEM = {"int32": TensorProto.INT32, "int64": TensorProto.INT64}
 ROWS = [7, 40, 300]
@@ -107,6 +107,16 @@ def make_weights(dtype: str, total_rows: int, dim: int, rng) -> tuple[np.ndarray
     if dtype == "bf16":
         stored = f32_to_bf16_bits(values)
         return stored, bf16_bits_to_f32(stored)
+    if dtype == "int4":  # random codes two per byte (even column low), fp32 scale and bias behind them
+        codes = rng.integers(0, 16, size=(total_rows, dim), dtype=np.uint8)
+        scale = rng.uniform(0.01, 0.3, size=total_rows).astype(np.float32)
+        bias = rng.uniform(-1, 1, size=total_rows).astype(np.float32)
+        stored = np.zeros((total_rows, contract.int4_row_bytes(dim)), np.uint8)
+        h = dim // 2
+        stored[:, :h] = codes[:, 0::2] | (codes[:, 1::2] << 4)
+        stored[:, h:h + 4] = scale.view(np.uint8).reshape(-1, 4)
+        stored[:, h + 4:h + 8] = bias.view(np.uint8).reshape(-1, 4)
+        return stored, (scale[:, None] * codes.astype(np.float32) + bias[:, None]).astype(np.float32)
     row_bytes = contract.int8_row_bytes(dim)
     codes = rng.integers(0, 256, size=(total_rows, dim), dtype=np.uint8)
     scale = rng.uniform(0.001, 0.02, size=total_rows).astype(np.float32)
@@ -218,7 +228,7 @@ def run_case(device, dtype, mode, include_last_offset, index, psw=False, out_dty
     # The CPU op adds in index order (exact against this reference; int8 dequantisation and per-sample
     # weights use FMAs). The CUDA kernel may split a bag over lane groups when a row is short (see
     # embedding_bag_cuda.cu; test_core_gpu.py checks where it is bit-exact), so CUDA gets a tolerance.
-    check(out, ref, exact=(device == "cpu" and dtype != "int8" and not psw), out_dtype=out_dtype)
+    check(out, ref, exact=(device == "cpu" and dtype not in contract.ROWWISE and not psw), out_dtype=out_dtype)
     return sess, feeds, ref
 
 
@@ -229,13 +239,13 @@ def run_case(device, dtype, mode, include_last_offset, index, psw=False, out_dty
 @pytest.mark.parametrize("index", ["int64", "int32"])
 @pytest.mark.parametrize("include_last_offset", [0, 1])
 @pytest.mark.parametrize("mode", ["sum", "mean"])
-@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8", "int4"])
 def test_cpu_matches_reference(dtype, mode, include_last_offset, index):
     run_case("cpu", dtype, mode, include_last_offset, index)
 
 
 @pytest.mark.parametrize("index", ["int64", "int32"])
-@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8", "int4"])
 def test_cpu_per_sample_weights(dtype, index):
     run_case("cpu", dtype, "sum", 0, index, psw=True)
 
@@ -377,12 +387,13 @@ BAD_MODELS = {
     "missing_dim": (dict(table_rows=ROWS), {}, "'dim' .* is required"),
     "dim_type": (dict(table_rows=ROWS, dim="8"), {}, "'dim' must be of type int, got string"),
     "table_rows": (dict(table_rows=[5, 0], dim=DIM), {}, "table_rows\\[1\\] = 0 must be positive"),
-    "dtype_name": (dict(table_rows=ROWS, dim=DIM, dtype="int4"), {}, "dtype='int4' is not one of"),
+    "dtype_name": (dict(table_rows=ROWS, dim=DIM, dtype="int2"), {}, "dtype='int2' is not one of"),
     "dtype_vs_weights": (dict(table_rows=ROWS, dim=DIM, dtype="fp32"), dict(dtype="fp16"),
                          "weights are float16 but attribute dtype='fp32'"),
     "out_dtype_vs_output": (dict(table_rows=ROWS, dim=DIM, out_dtype="fp32"), dict(out_dtype="fp16"),
                             "declares the output as float16"),
     "int8_dim": (dict(table_rows=ROWS, dim=6, dtype="int8"), dict(dtype="int8"), "divisible by 4"),
+    "int4_dim": (dict(table_rows=ROWS, dim=12, dtype="int4"), dict(dtype="int4"), "int4 row-wise tables need dim divisible by 8"),
     "check_name": (dict(table_rows=ROWS, dim=DIM, check="sometimes"), {}, "check='sometimes' is not one of"),
 }
 
@@ -424,7 +435,7 @@ def _model_with_input_types(w, i, o) -> bytes:
 @pytest.mark.gpu
 @pytest.mark.parametrize("index", ["int64", "int32"])
 @pytest.mark.parametrize("mode", ["sum", "mean"])
-@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8", "int4"])
 def test_cuda_matches_reference(dtype, mode, index):
     run_case("cuda", dtype, mode, 1, index)
     run_case("cuda", dtype, mode, 0, index, seed=1)
@@ -432,7 +443,7 @@ def test_cuda_matches_reference(dtype, mode, index):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8", "int4"])
 def test_cuda_per_sample_weights_and_out_dtypes(dtype):
     run_case("cuda", dtype, "sum", 0, "int64", psw=True)
     run_case("cuda", dtype, "mean", 1, "int32", out_dtype="fp16")

@@ -2,11 +2,15 @@
 
 The very ONNX file that runs in ONNX Runtime builds in TensorRT: the parser maps each
 ``dlrm_deploy::EmbeddingBag`` node to our plugin (name = op type, namespace = domain, version 1).
+Row-wise (int8/int4) tables are uint8 in the file, a type TensorRT plugins cannot take: the build
+hands TensorRT the same bytes as int32 ``[rows, row_bytes / 4]`` (``trt_onnx_model``), in memory.
 Works with either Python module of the same API: ``tensorrt`` (TensorRT) or ``tensorrt_rtx_bindings``
 (TensorRT-RTX); pick one with ``module=`` or the environment variable ``DLRM_DEPLOY_TRT_MODULE``.
 
 - ``trt_plugin_library()``: path of the plugin library.
 - ``build_trt_engine(onnx_path, engine_path, ...)``: parse, build, serialize (a ``.plan``).
+- ``trt_onnx_model(onnx_path)`` / ``save_trt_onnx(onnx_path, out)``: the model as handed to TensorRT
+  (for trtexec and polygraphy: ``dlrm-deploy trt-build --save-onnx``).
 - ``trt_session(engine_path)``: deserialize and run with numpy inputs (device buffers via torch).
 - ``dlrm-deploy trt-build model.onnx --out model.plan`` (``add_arguments``/``main``) and
   ``run_plan`` behind ``dlrm-deploy run model.plan --runtime trt``.
@@ -122,6 +126,87 @@ def _say(progress):
 
 
 # --------------------------------------------------------------------------------------------------
+# The model as TensorRT gets it: row-wise tables as int32 views
+# --------------------------------------------------------------------------------------------------
+
+def _node_dtype(node) -> str:
+    from dlrm_deploy import contract as C
+
+    for a in node.attribute:
+        if a.name == "dtype":
+            return a.s.decode() if isinstance(a.s, bytes) else str(a.s)
+    return C.FIELD_BY_NAME["dtype"].default
+
+
+def trt_onnx_model(onnx_path):
+    """The exported model with every row-wise (int8/int4) weights initializer of an EmbeddingBag node
+    retyped from uint8 ``[rows, row_bytes]`` to int32 ``[rows, row_bytes / 4]``: the same bytes (row
+    bytes are a multiple of 16), in an element type TensorRT can hand a plugin (TensorRT plugins take
+    no uint8 inputs; int8 means quantized values to TensorRT). The plugin reads the bytes as they are.
+
+    Returns (onnx.ModelProto, number of initializers retyped). External data is not loaded: its
+    references stay valid for a model read from or saved into onnx_path's folder. Weights that are
+    not an initializer (a graph input, another node's output) cannot be retyped: ValueError.
+    """
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from dlrm_deploy import contract as C
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    retyped: dict[str, list[int]] = {}
+    for node in g.node:
+        if node.domain != C.DOMAIN or node.op_type != C.OP_TYPE or _node_dtype(node) not in C.ROWWISE:
+            continue
+        name = node.input[0]
+        if name in retyped:
+            continue
+        t = inits.get(name)
+        if t is None:
+            raise ValueError(f"node '{node.name}': its {_node_dtype(node)} weights '{name}' are not an initializer; "
+                             "TensorRT can take row-wise tables only as initializers (handed over as int32)")
+        if t.data_type == TensorProto.INT32:  # already a view
+            continue
+        if t.data_type != TensorProto.UINT8 or len(t.dims) != 2 or t.dims[1] % 4:
+            raise ValueError(f"node '{node.name}': weights '{name}' must be uint8 [rows, row_bytes] with row_bytes a "
+                             f"multiple of 4, got element type {t.data_type} and shape {list(t.dims)}")
+        if t.data_location != TensorProto.EXTERNAL and not t.raw_data:
+            raw = numpy_helper.to_array(t).astype(np.uint8).tobytes()  # values kept one per int32_data entry
+            del t.int32_data[:]
+            t.raw_data = raw
+        t.data_type = TensorProto.INT32
+        t.dims[1] //= 4
+        retyped[name] = list(t.dims)
+    for vi in list(g.input) + list(g.value_info):  # old-style graphs list initializers as inputs too
+        if vi.name in retyped and vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.elem_type = TensorProto.INT32
+            if vi.type.tensor_type.HasField("shape") and len(vi.type.tensor_type.shape.dim) == 2:
+                vi.type.tensor_type.shape.dim[1].dim_value = retyped[vi.name][1]
+    return model, len(retyped)
+
+
+def save_trt_onnx(onnx_path, out_path) -> pathlib.Path:
+    """Writes the model as ``build_trt_engine`` hands it to TensorRT (``trt_onnx_model``) to out_path,
+    for trtexec or polygraphy. External data is not copied: the new file refers to the exported
+    file's ``.data``, so a model with external data must be written into the same folder (ONNX reads
+    external data only from inside the model's folder); ValueError otherwise."""
+    import onnx
+    from onnx import TensorProto
+
+    onnx_path, out_path = pathlib.Path(onnx_path), pathlib.Path(out_path)
+    model, _ = trt_onnx_model(onnx_path)
+    external = any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+    if external and onnx_path.resolve().parent != out_path.resolve().parent:
+        raise ValueError(f"{onnx_path} keeps its tables in external data: write the TensorRT copy into the same "
+                         f"folder ({onnx_path.resolve().parent}), not {out_path.resolve().parent}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+# --------------------------------------------------------------------------------------------------
 # Building
 # --------------------------------------------------------------------------------------------------
 
@@ -159,7 +244,16 @@ def build_trt_engine(onnx_path, engine_path, fp16: bool = False, workspace_mb: i
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     say(f"parsing {onnx_path}")
-    if not parser.parse_from_file(str(onnx_path)):
+    model, retyped = trt_onnx_model(onnx_path)
+    if retyped:
+        # Row-wise tables: their bytes as int32 (plugins take no uint8 inputs); external data is found
+        # beside onnx_path.
+        say(f"{retyped} row-wise weights handed to TensorRT as int32 [rows, row_bytes / 4] (the same bytes)")
+        ok = parser.parse(model.SerializeToString(), str(onnx_path))
+    else:
+        ok = parser.parse_from_file(str(onnx_path))
+    del model
+    if not ok:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT's ONNX parser failed on {onnx_path}:\n  " + "\n  ".join(errors))
     layers = [network.get_layer(i) for i in range(network.num_layers)]
@@ -373,12 +467,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module", choices=MODULES, help="TensorRT Python module (default: the first importable)")
     p.add_argument("--plugin", help="plugin library (default: the built libdlrm_deploy_trt.so)")
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
+    p.add_argument("--save-onnx", metavar="PATH",
+                   help="also write the ONNX file as handed to TensorRT (int8/int4 tables as int32 views) for "
+                        "trtexec or polygraphy; with --save-onnx alone and no TensorRT module, only this is done")
 
 
 def main(args: argparse.Namespace) -> int:
     """``dlrm-deploy trt-build``: builds the engine; returns the exit code."""
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.onnx).with_suffix(".plan")
     try:
+        if getattr(args, "save_onnx", None):
+            print(f"wrote {save_trt_onnx(args.onnx, args.save_onnx)} (the model as TensorRT gets it)")
+            try:
+                trt_module(args.module)
+            except ImportError as e:
+                print(f"dlrm-deploy trt-build: no engine built: {e}", file=sys.stderr)
+                return 0
         build_trt_engine(args.onnx, out, fp16=args.fp16, workspace_mb=args.workspace_mb, min_batch=args.min_batch,
                          opt_batch=args.opt_batch, max_batch=args.max_batch, pooling=args.pooling,
                          max_pooling=args.max_pooling, shapes=dict(args.shape), strongly_typed=args.strongly_typed,

@@ -119,11 +119,12 @@ def _tiny_model(path, dtype="fp32", mode="sum", index_type=TensorProto.INT64, in
     elif dtype == "fp16":
         w = w32.astype(np.float16)
     else:
-        from dlrm_deploy.export import quantize_int8_rowwise
+        from dlrm_deploy.export import quantize_int4_rowwise, quantize_int8_rowwise
 
         import torch
 
-        w = quantize_int8_rowwise(torch.from_numpy(w32)).numpy()
+        quantize = quantize_int8_rowwise if dtype == "int8" else quantize_int4_rowwise
+        w = quantize(torch.from_numpy(w32)).numpy()
     weights = numpy_helper.from_array(w, "weights")
     node = helper.make_node(C.OP_TYPE, ["weights", "indices", "offsets"], ["out"], domain=C.DOMAIN,
                             table_rows=TABLE_ROWS, dim=DIM, dtype=dtype, mode=mode,
@@ -140,10 +141,11 @@ def _tiny_model(path, dtype="fp32", mode="sum", index_type=TensorProto.INT64, in
 
 
 def _reference(w, dtype, mode, indices, offsets, batch, include_last_offset):
-    if dtype == "int8":
-        from dlrm_deploy.export import dequantize_int8_rowwise
+    if dtype in C.ROWWISE:
+        from dlrm_deploy.export import dequantize_int4_rowwise, dequantize_int8_rowwise
 
-        table = np.asarray(dequantize_int8_rowwise(w, DIM), dtype=np.float32)
+        dequantize = dequantize_int8_rowwise if dtype == "int8" else dequantize_int4_rowwise
+        table = np.asarray(dequantize(w, DIM), dtype=np.float32)
     else:
         table = w.astype(np.float32)
     T = len(TABLE_ROWS)
@@ -190,17 +192,14 @@ def _session(plan):
         raise
 
 
-INT8_XFAIL = pytest.mark.xfail(reason="TensorRT refuses UINT8 plugin inputs (seen with TensorRT-RTX 1.7.1: no "
-                                      "supported format combination); int8 row-wise tables run in ONNX Runtime",
-                               strict=False)
-
-
 @requires_trt
 @pytest.mark.trt
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype,mode,ilo", [("fp32", "sum", 0), ("fp16", "mean", 1),
-                                            pytest.param("int8", "sum", 0, marks=INT8_XFAIL)])
+@pytest.mark.parametrize("dtype,mode,ilo", [("fp32", "sum", 0), ("fp16", "mean", 1), ("int8", "sum", 0),
+                                            ("int4", "mean", 1)])
 def test_engine_build_and_run(tmp_path, dtype, mode, ilo):
+    """Row-wise (int8/int4) tables: build_trt_engine hands their bytes to TensorRT as int32 views
+    (plugins take no uint8 inputs); the plugin reads the same bytes."""
     from dlrm_deploy.runtime.trt import build_trt_engine
 
     onnx_path = tmp_path / "tiny.onnx"
@@ -359,3 +358,23 @@ def test_parse_exported_model():
     parser = trt.OnnxParser(network, trt_logger(trt))
     ok = parser.parse_from_file(os.environ["DLRM_DEPLOY_TRT_ONNX"])
     assert ok, [str(parser.get_error(i)) for i in range(parser.num_errors)]
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_trt_build_save_onnx_hands_row_bytes_as_int32(tmp_path, monkeypatch, capsys, dtype):
+    """`trt-build --save-onnx` writes the model as TensorRT gets it (row-wise tables as int32 views of the
+    same bytes), also where no TensorRT module is installed (then it says no engine was built)."""
+    from dlrm_deploy import cli
+    from dlrm_deploy.runtime import trt as T
+
+    monkeypatch.setenv("DLRM_DEPLOY_TRT_MODULE", "no_such_tensorrt_module")
+    monkeypatch.setattr(T, "_modules", {})
+    path = tmp_path / "tiny.onnx"
+    w = _tiny_model(path, dtype)
+    out = tmp_path / "tiny.trt.onnx"
+    assert cli.main(["trt-build", str(path), "--save-onnx", str(out)]) == 0
+    t = onnx.load(str(out)).graph.initializer[0]
+    assert t.data_type == TensorProto.INT32 and list(t.dims) == [sum(TABLE_ROWS), C.row_bytes(dtype, DIM) // 4]
+    assert numpy_helper.to_array(t).tobytes() == np.ascontiguousarray(w).tobytes()
+    assert "no engine built" in capsys.readouterr().err
+    assert T.trt_onnx_model(out)[1] == 0  # already int32: nothing left to retype

@@ -39,15 +39,33 @@ const char* type_name(DataType t) {
   }
 }
 
-// Element type of the weights input for a table dtype. int8 row-wise rows are raw bytes: uint8 as
-// exported, int8 accepted too (same bytes; some TensorRT versions import uint8 constants as int8).
+bool rowwise(int32_t dtype) { return dtype == DD_INT8 || dtype == DD_INT4; }
+
+// Element type of the weights input for a table dtype. Row-wise (int8/int4) rows are raw bytes that
+// TensorRT hands over as a view: int32 [rows, row_bytes / 4] (what `dlrm-deploy trt-build` gives
+// TensorRT: plugins take no kUINT8 inputs, and kINT8 means quantized values to TensorRT), or int8
+// [rows, row_bytes]. The kernels read the same bytes either way.
 bool weights_type_ok(int32_t dtype, DataType t) {
   switch (dtype) {
     case DD_FP32: return t == DataType::kFLOAT;
     case DD_FP16: return t == DataType::kHALF;
     case DD_BF16: return t == DataType::kBF16;
-    case DD_INT8: return t == DataType::kUINT8 || t == DataType::kINT8;
+    case DD_INT8:
+    case DD_INT4: return t == DataType::kINT32 || t == DataType::kINT8;
     default: return false;
+  }
+}
+
+// Bytes per element of the weights input's type (row-wise views: the column count to row bytes).
+int64_t weights_elem_bytes(DataType t) { return t == DataType::kINT32 ? 4 : 1; }
+
+// What the weights input should be, for messages.
+const char* weights_wanted(int32_t dtype) {
+  switch (dtype) {
+    case DD_FP32: return "float32 [rows, dim]";
+    case DD_FP16: return "float16 [rows, dim]";
+    case DD_BF16: return "bfloat16 [rows, dim]";
+    default: return "int32 [rows, row_bytes / 4] (the row bytes viewed as int32; or int8 [rows, row_bytes])";
   }
 }
 
@@ -306,7 +324,7 @@ bool EmbeddingBagPlugin::check_tensors(const PluginTensorDesc* in, int32_t nb_in
     if (in[i].format != TensorFormat::kLINEAR) return error("%s must have the linear format", input_label(l, i).text);
   if (!weights_type_ok(cfg_.dtype, in[kWeights].type))
     return error("weights are %s but dtype=%s needs %s", type_name(in[kWeights].type), dd_name("dtype", cfg_.dtype),
-                 cfg_.dtype == DD_INT8 ? "uint8 [rows, row_bytes]" : type_name(output_type(cfg_.dtype)));
+                 weights_wanted(cfg_.dtype));
   const DataType it = in[l.indices(0)].type;
   if (!index_type(it)) return error("%s must be int32 or int64, got %s", input_label(l, l.indices(0)).text, type_name(it));
   for (int32_t i = l.indices(0) + 1; i < l.index_inputs_end(); ++i)
@@ -324,7 +342,15 @@ bool EmbeddingBagPlugin::check_tensors(const PluginTensorDesc* in, int32_t nb_in
   char text[DD_MSG_LEN];
   int64_t wdims[nvinfer1::Dims::MAX_DIMS] = {};  // -1 (unknown at build time) passes
   for (int32_t i = 0; i < w.nbDims && i < nvinfer1::Dims::MAX_DIMS; ++i) wdims[i] = w.d[i];
-  if (dd_check_weights_shape(&cfg_, w.nbDims, wdims, text, sizeof(text)) != DD_OK) return error("%s", text);
+  // Row-wise rows viewed as wider elements: the core checks the row bytes.
+  const int64_t view = rowwise(cfg_.dtype) ? weights_elem_bytes(in[kWeights].type) : 1;
+  if (w.nbDims == 2 && wdims[1] >= 0) wdims[1] *= view;
+  if (dd_check_weights_shape(&cfg_, w.nbDims, wdims, text, sizeof(text)) != DD_OK) {
+    if (view == 4)  // the core counts bytes: say what the int32 view was
+      return error("weights are int32 [%lld, %lld] (a view of the row bytes: [rows, row_bytes / 4]), as bytes: %s",
+                   static_cast<long long>(w.d[0]), static_cast<long long>(w.d[1]), text);
+    return error("%s", text);
+  }
   for (int32_t i = l.indices(0); i < nb_inputs; ++i)
     if (in[i].dims.nbDims != 1) return error("%s must have rank 1, got rank %d", input_label(l, i).text, in[i].dims.nbDims);
   for (int32_t g = 0; l.weighted && g < l.groups; ++g) {
@@ -387,6 +413,15 @@ int32_t EmbeddingBagPlugin::getOutputDataTypes(DataType* output_types, int32_t n
                                                int32_t nb_inputs) const noexcept {
   const InputLayout l = layout_for(nb_inputs, nb_outputs);
   if (!l.valid) return 1;
+  // Called when the layer is added (the ONNX parser's import): a weights type TensorRT cannot hand a
+  // plugin fails here with the fix, not later as "no supported format" in the builder.
+  if (!weights_type_ok(cfg_.dtype, input_types[kWeights]))
+    return error("weights are %s but dtype=%s needs %s%s", type_name(input_types[kWeights]), dd_name("dtype", cfg_.dtype),
+                 weights_wanted(cfg_.dtype),
+                 input_types[kWeights] == DataType::kUINT8
+                     ? ": TensorRT plugins take no uint8 inputs; build with `dlrm-deploy trt-build` (or write the "
+                       "model with its --save-onnx), which hands the row bytes to TensorRT as int32"
+                     : ""), 1;
   const DataType it = input_types[l.indices(0)];
   if (!index_type(it)) return error("indices must be int32 or int64, got %s", type_name(it)), 1;
   for (int32_t i = l.indices(0) + 1; i < l.index_inputs_end(); ++i)
@@ -493,6 +528,7 @@ int32_t EmbeddingBagPlugin::enqueue(const PluginTensorDesc* input_desc, const Pl
       t.num_offsets = input_desc[l.offsets(g)].dims.d[0];
       t.indices_name = t.offsets_name = nullptr;  // TensorRT gives a plugin no tensor names
     }
+    // inputs[kWeights]: the packed rows as bytes, whatever element type TensorRT's view of them has.
     st = dd_forward_tables_cuda(&c, inputs[kWeights], tables_.data(), outputs[0], workspace, stream, msg, sizeof(msg));
   } else {
     const float* psw = l.weighted ? static_cast<const float*>(inputs[l.weights(0)]) : nullptr;

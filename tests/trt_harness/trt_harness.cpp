@@ -261,11 +261,16 @@ struct Case {
   bool per_table = false;
   int trailing_ids = 0;  // per-table form with include_last_offset: ids after each table's last offset
   int pooling = -1;      // ids per bag; -1: 0..6 at random (empty bags included)
+  // Row-wise (int8/int4) weights as TensorRT hands them: kINT32 [rows, row_bytes / 4] (what
+  // `dlrm-deploy trt-build` gives TensorRT), or with int8_view kINT8 [rows, row_bytes].
+  bool int8_view = false;
   int num_tables() const { return static_cast<int>(table_rows.size()); }
+  bool rowwise() const { return dtype == "int8" || dtype == "int4"; }
   std::string label() const {
     char buf[256];
-    std::snprintf(buf, sizeof(buf), "%s T=%d dtype=%s out=%s mode=%s idx=%s ilo=%d%s psw=%d check=%s variant=%s D=%d B=%d",
-                  per_table ? "per-table" : "packed", num_tables(), dtype.c_str(), out_dtype.c_str(), mode.c_str(),
+    std::snprintf(buf, sizeof(buf), "%s T=%d dtype=%s%s out=%s mode=%s idx=%s ilo=%d%s psw=%d check=%s variant=%s D=%d B=%d",
+                  per_table ? "per-table" : "packed", num_tables(), dtype.c_str(),
+                  rowwise() ? (int8_view ? "(as int8)" : "(as int32)") : "", out_dtype.c_str(), mode.c_str(),
                   int64_indices ? "int64" : "int32", include_last_offset, trailing_ids ? "+trailing" : "",
                   per_sample_weights, check.c_str(), variant.c_str(), dim, batch);
     return buf;
@@ -287,8 +292,10 @@ Fields fields_for(const Case& c) {
   return f;
 }
 
-DataType weights_type(const std::string& d) {
-  return d == "fp32" ? DataType::kFLOAT : d == "fp16" ? DataType::kHALF : d == "bf16" ? DataType::kBF16 : DataType::kUINT8;
+DataType weights_type(const Case& c) {
+  const std::string& d = c.dtype;
+  if (c.rowwise()) return c.int8_view ? DataType::kINT8 : DataType::kINT32;
+  return d == "fp32" ? DataType::kFLOAT : d == "fp16" ? DataType::kHALF : DataType::kBF16;
 }
 DataType out_type(const std::string& d) {
   return d == "fp16" ? DataType::kHALF : d == "bf16" ? DataType::kBF16 : DataType::kFLOAT;
@@ -331,12 +338,14 @@ Problem make_problem(const Case& c, std::mt19937& rng) {
       if (c.dtype == "fp32") std::memcpy(row + 4 * d, &v, 4);
       else if (c.dtype == "fp16") { uint16_t h = dd::float_to_half_bits(v); std::memcpy(row + 2 * d, &h, 2); }
       else if (c.dtype == "bf16") { uint16_t h = dd::float_to_bf16_bits(v); std::memcpy(row + 2 * d, &h, 2); }
-      else row[d] = static_cast<uint8_t>(rng() & 0xff);
+      else if (c.dtype == "int8") row[d] = static_cast<uint8_t>(rng() & 0xff);
+      else if (d % 2 == 0) row[d / 2] = static_cast<uint8_t>(rng() & 0xff);  // int4: two codes per byte
     }
-    if (c.dtype == "int8") {
-      const float scale = 0.01f * (1.f + val(rng)), bias = 0.5f * val(rng);
-      std::memcpy(row + c.dim, &scale, 4);
-      std::memcpy(row + c.dim + 4, &bias, 4);
+    if (c.rowwise()) {  // scale and bias behind the codes (dim bytes of int8 codes, dim / 2 of int4)
+      const int codes = c.dtype == "int8" ? c.dim : c.dim / 2;
+      const float scale = (c.dtype == "int8" ? 0.01f : 0.15f) * (1.f + val(rng)), bias = 0.5f * val(rng);
+      std::memcpy(row + codes, &scale, 4);
+      std::memcpy(row + codes + 4, &bias, 4);
     }
   }
   // Table-major bags with 0..6 lookups each (empty bags included), or c.pooling each.
@@ -399,12 +408,14 @@ std::vector<std::vector<uint8_t>> lookup_bytes(const Case& c, const Problem& p) 
   return in;
 }
 
-// The core's CPU reference on the host copies of the inputs (lookup_bytes order).
+// The core's CPU reference on the host copies of the inputs (lookup_bytes order). int4 tables: the
+// sequential reference (the multi-threaded CPU forward refuses them for now).
 int reference(const Case& c, const Problem& p, const std::vector<std::vector<uint8_t>>& in, void* out, char* msg,
               size_t len) {
   dd_config cfg = p.cfg;
+  const bool int4 = c.dtype == "int4";
   if (!c.per_table)
-    return dd_forward_cpu(&cfg, p.weights.data(), in[0].data(), in[1].data(),
+    return (int4 ? dd_forward_cpu_reference : dd_forward_cpu)(&cfg, p.weights.data(), in[0].data(), in[1].data(),
                           c.per_sample_weights ? p.psw.data() : nullptr, static_cast<int64_t>(p.indices.size()),
                           static_cast<int64_t>(p.offsets.size()), out, msg, len);
   const size_t T = p.t_indices.size();
@@ -416,7 +427,8 @@ int reference(const Case& c, const Problem& p, const std::vector<std::vector<uin
     tables[t].num_indices = static_cast<int64_t>(p.t_indices[t].size());
     tables[t].num_offsets = static_cast<int64_t>(p.t_offsets[t].size());
   }
-  return dd_forward_tables_cpu(&cfg, p.weights.data(), tables.data(), out, msg, len);
+  return (int4 ? dd_forward_tables_cpu_reference : dd_forward_tables_cpu)(&cfg, p.weights.data(), tables.data(), out,
+                                                                          msg, len);
 }
 
 // The packed form of a valid per-table problem (trailing ids dropped): the same bags, concatenated.
@@ -493,7 +505,8 @@ Tensors tensors_for(const Case& c, const Problem& p) {
   Tensors t;
   const DataType it = c.int64_indices ? DataType::kINT64 : DataType::kINT32;
   auto len = [](const auto& v) { return static_cast<int64_t>(v.size()); };
-  t.in.push_back(desc(weights_type(c.dtype), {p.rows, c.dtype == "int8" ? p.row_bytes : c.dim}));
+  // Row-wise rows: their bytes as int32 [rows, row_bytes / 4] (or int8 [rows, row_bytes]).
+  t.in.push_back(desc(weights_type(c), {p.rows, !c.rowwise() ? c.dim : c.int8_view ? p.row_bytes : p.row_bytes / 4}));
   if (c.per_table) {
     for (const auto& ids : p.t_indices) t.in.push_back(desc(it, {len(ids)}));
     for (const auto& offs : p.t_offsets) t.in.push_back(desc(it, {len(offs)}));
@@ -708,6 +721,8 @@ void bad_fields(const Api& api) {
       {"bad mode", [](Fields& f) { f.add_string("mode", "max"); }, "mode"},
       {"bad check", [](Fields& f) { f.add_string("check", "sometimes"); }, "check"},
       {"zero rows", [](Fields& f) { f.add_ints("table_rows", {5, 0}); }, "table_rows"},
+      {"int4 with dim 12", [](Fields& f) { f.add_string("dtype", "int4"); f.add_int("dim", 12); }, "divisible by 8"},
+      {"int8 with dim 6", [](Fields& f) { f.add_string("dtype", "int8"); f.add_int("dim", 6); }, "divisible by 4"},
   };
   for (auto& b : cases) {
     Fields f = fields_for(base);
@@ -918,6 +933,66 @@ void bad_lookups(const Api& api, cudaStream_t stream, std::mt19937& rng) {
                     : "the CPU reference names the table (enqueue checks need a GPU)");
 }
 
+// Row-wise weights: the element types TensorRT can hand a plugin (int32 / int8 views of the row bytes)
+// pass; uint8 (what the ONNX file holds, and what TensorRT plugins cannot take) fails when the layer is
+// added (getOutputDataTypes) with the fix in the message; a view of the wrong width fails with the
+// core's shape message.
+void rowwise_weight_types(const Api& api, std::mt19937& rng) {
+  for (const char* dtype : {"int8", "int4"}) {
+    Case c;
+    c.dtype = dtype;
+    Problem p = make_problem(c, rng);
+    Tensors t = tensors_for(c, p);
+    Fields f = fields_for(c);
+    PluginFieldCollection fc = f.collection();
+    IPluginV3* plugin = api.creator->createPlugin("rowwise", &fc, TensorRTPhase::kBUILD);
+    EXPECT(plugin != nullptr, "createPlugin %s", dtype);
+    if (!plugin) continue;
+    IPluginV3OneBuild* build = build_of(plugin);
+    const int32_t nb_in = static_cast<int32_t>(t.in.size());
+    std::vector<DataType> types;
+    for (const auto& d : t.in) types.push_back(d.type);
+    std::vector<DynamicPluginTensorDesc> io;
+    for (const auto& d : t.in) io.push_back(dyn(d, &d != &t.in[0]));
+    io.push_back(dyn(t.out, true));
+    for (DataType wt : {DataType::kINT32, DataType::kINT8}) {
+      types[0] = wt;
+      io[0].desc.type = wt;
+      DataType out_t = DataType::kINT8;
+      EXPECT(build->getOutputDataTypes(&out_t, 1, types.data(), nb_in) == 0 && out_t == DataType::kFLOAT,
+             "%s weights as %s refused by getOutputDataTypes", dtype, wt == DataType::kINT32 ? "int32" : "int8");
+      EXPECT(build->supportsFormatCombination(0, io.data(), nb_in, 1), "%s weights as %s: format refused", dtype,
+             wt == DataType::kINT32 ? "int32" : "int8");
+    }
+    g_logger.take_errors();
+    for (DataType wt : {DataType::kUINT8, DataType::kFLOAT, DataType::kHALF}) {
+      types[0] = wt;
+      io[0].desc.type = wt;
+      DataType out_t = DataType::kINT8;
+      EXPECT(build->getOutputDataTypes(&out_t, 1, types.data(), nb_in) != 0, "%s weights as type %d accepted by "
+             "getOutputDataTypes", dtype, static_cast<int>(wt));
+      EXPECT(!build->supportsFormatCombination(0, io.data(), nb_in, 1), "%s weights as type %d: format accepted",
+             dtype, static_cast<int>(wt));
+      auto errors = g_logger.take_errors();
+      EXPECT(logged(errors, "needs int32 [rows, row_bytes / 4]"), "%s: no message naming the int32 view", dtype);
+      if (wt == DataType::kUINT8)
+        EXPECT(logged(errors, "no uint8 inputs") && logged(errors, "trt-build"),
+               "%s: uint8 weights without the hint to trt-build", dtype);
+    }
+    // int32 view one column short: the core's shape message, with the view named.
+    io = {};
+    for (const auto& d : t.in) io.push_back(dyn(d, false));
+    io.push_back(dyn(t.out, false));
+    io[0].desc.dims.d[1] -= 1;
+    EXPECT(build->configurePlugin(io.data(), nb_in, &io[nb_in], 1) != 0, "%s: int32 view one column short accepted", dtype);
+    auto errors = g_logger.take_errors();
+    EXPECT(logged(errors, "weights are int32 [") && logged(errors, "[rows, row_bytes / 4]"),
+           "%s: short int32 view without the view's shape", dtype);
+    delete plugin;
+  }
+  std::printf("  ok  row-wise weights: int32/int8 views accepted, uint8 refused with the fix, wrong widths refused\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -970,7 +1045,7 @@ int main(int argc, char** argv) {
   std::mt19937 rng(1234);
 
   std::printf("outputs vs the CPU reference (build-phase plugin, then the deserialized runtime plugin):\n");
-  for (const char* dtype : {"fp32", "fp16", "int8", "bf16"}) {
+  for (const char* dtype : {"fp32", "fp16", "int8", "bf16", "int4"}) {
     for (const char* mode : {"sum", "mean"}) {
       Case c;
       c.dtype = dtype;
@@ -1010,6 +1085,52 @@ int main(int argc, char** argv) {
     c.dtype = "int8";
     c.check = "deferred";
     run_case(api, c, stream, rng);
+    c.int8_view = true;  // the other view TensorRT may hand: int8 [rows, row_bytes]
+    run_case(api, c, stream, rng);
+  }
+  std::printf("int4 row-wise tables (row bytes as int32 [rows, row_bytes / 4], int8 [rows, row_bytes]):\n");
+  {
+    Case c;
+    c.dtype = "int4";
+    c.dim = 128;  // 64 bytes of codes: 16-byte loads, 4 lanes per row, 8 lookups side by side per warp
+    c.batch = 64;
+    c.table_rows = {1000, 2000};
+    c.pooling = 40;  // bags longer than one 32-index batch
+    c.per_sample_weights = true;
+    run_case(api, c, stream, rng);
+    c.per_sample_weights = false;
+    c.int8_view = true;
+    c.mode = "mean";
+    c.out_dtype = "fp16";
+    run_case(api, c, stream, rng);
+    for (const char* variant : {"baseline", "occupancy", "prefetch", "l2pin", "combined"}) {
+      c = Case{};
+      c.dtype = "int4";
+      c.dim = 128;
+      c.batch = 32;
+      c.table_rows = {1000, 2000};
+      c.variant = variant;
+      if (std::string(variant) == "l2pin" || std::string(variant) == "combined") {
+        c.pinned_rows = 16;
+        c.hot_first = 1;
+      }
+      run_case(api, c, stream, rng);
+    }
+    for (int dim : {8, 24, 40, 256, 1024}) {  // 4-byte loads (8, 24, 40: 3 and 5 lanes), 16-byte, column slices
+      c = Case{};
+      c.dtype = "int4";
+      c.dim = dim;
+      c.int64_indices = dim % 16 == 0;
+      c.include_last_offset = dim == 24;
+      c.out_dtype = dim == 40 ? "bf16" : "fp32";
+      run_case(api, c, stream, rng);
+    }
+    c = Case{};
+    c.dtype = "int4";
+    c.table_rows = {40};
+    c.check = "deferred";
+    c.batch = 0;  // empty batch
+    run_case(api, c, stream, rng);
   }
   std::printf("per-table form (each table's own indices, offsets and per_sample_weights):\n");
   {
@@ -1040,6 +1161,20 @@ int main(int argc, char** argv) {
     c.check = "unchecked";
     c.int64_indices = false;
     run_case(api, c, stream, rng);
+    c = Case{};
+    c.per_table = true;
+    c.dtype = "int4";
+    c.dim = 64;
+    c.per_sample_weights = true;
+    c.include_last_offset = true;
+    c.trailing_ids = 2;
+    run_case(api, c, stream, rng);
+    c.per_sample_weights = false;
+    c.mode = "mean";
+    c.int8_view = true;
+    c.table_rows = {1000, 2000, 30, 500, 70};
+    c.batch = 48;
+    run_case(api, c, stream, rng);
     c = Case{};  // several tables, wide rows, one launch
     c.per_table = true;
     c.table_rows = {1000, 2000, 30, 500, 70};
@@ -1065,6 +1200,7 @@ int main(int argc, char** argv) {
   std::printf("failure paths:\n");
   bad_fields(api);
   bad_tensors(api, rng);
+  rowwise_weight_types(api, rng);
   mismatched_bags_at_enqueue(api, rng);
   bad_lookups(api, stream, rng);
   if (g_gpu) {

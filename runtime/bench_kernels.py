@@ -22,7 +22,8 @@ from dlrm_deploy import contract
 from .bench_env import driver_version
 from .bench_kernels_report import add_ratios, plot, print_table
 from .fbgemm_tbe import DTYPES as TBE_DTYPES
-from .fbgemm_tbe import import_tbe, make_tbe, write_int8_rows, write_rows
+from .fbgemm_tbe import (import_tbe, int4_nibble_positions, make_tbe, pack_int4_codes, unpack_int4_codes,
+                         write_int8_rows, write_rows)
 from .timing import time_cuda
 
 
@@ -44,7 +45,7 @@ class Workload:
     def __init__(self, args, ids: np.ndarray, dtype: str):
         import torch
 
-        from dlrm_deploy.layout import quantize_int8_rowwise
+        from dlrm_deploy.layout import quantize_int4_rowwise, quantize_int8_rowwise
 
         self.T, self.R, self.D, self.B, self.L = args.tables, args.rows, args.dim, args.batch, args.pooling
         self.dtype = dtype
@@ -59,6 +60,17 @@ class Workload:
             dq = self.stored[:, :self.D].float()
             sb = self.stored[:, self.D:self.D + 8].contiguous().view(torch.float32)
             logical = torch.addcmul(sb[:, 1:2], dq, sb[:, 0:1])  # scale * code + bias in fp32, as the kernels do
+            del dq, sb
+        elif dtype == "int4":
+            self.stored = torch.empty(self.T * self.R, contract.row_bytes("int4", self.D), dtype=torch.uint8,
+                                      device="cuda")
+            for t in range(self.T):
+                sl = slice(t * self.R, (t + 1) * self.R)
+                self.stored[sl] = quantize_int4_rowwise(logical[sl])
+            dq = unpack_int4_codes(self.stored, self.D).float()
+            h = self.D // 2
+            sb = self.stored[:, h:h + 8].contiguous().view(torch.float32)
+            logical = torch.addcmul(sb[:, 1:2], dq, sb[:, 0:1])
             del dq, sb
         else:
             self.stored = logical.to(getattr(torch, contract.DTYPE_INFO[dtype].torch))
@@ -151,8 +163,8 @@ def torch_baseline(wl: Workload):
     import torch
     import torch.nn.functional as F
 
-    if wl.dtype == "int8":
-        return None, "torch has no int8 row-wise embedding_bag"
+    if wl.dtype in contract.ROWWISE:
+        return None, f"torch has no {wl.dtype} row-wise embedding_bag"
     off = torch.arange(0, wl.B * wl.L, wl.L, device="cuda")
     views = [wl.stored[t * wl.R:(t + 1) * wl.R] for t in range(wl.T)]
     out = torch.empty(wl.B, wl.T * wl.D, device="cuda", dtype=wl.stored.dtype)
@@ -166,7 +178,8 @@ def torch_baseline(wl: Workload):
 
 
 def fbgemm_baseline(wl: Workload):
-    """FBGEMM TBE inference kernel on the same tables (its own int8 format: fp16 scale/bias)."""
+    """FBGEMM TBE inference kernel on the same tables (its own int8/int4 format: fp16 scale/bias; int4
+    codes in the nibble order its kernel reads, measured by int4_nibble_positions)."""
     import torch
 
     try:
@@ -175,11 +188,21 @@ def fbgemm_baseline(wl: Workload):
         return None, f"fbgemm_gpu not importable ({type(e).__name__}: {e})"
     if wl.dtype not in TBE_DTYPES:
         return None, f"FBGEMM has no {wl.dtype} inference tables"
+    positions = None
+    if wl.dtype == "int4":
+        try:
+            positions = int4_nibble_positions("cuda", wl.D)
+        except Exception as e:  # noqa: BLE001 - reported as a skipped row
+            return None, f"FBGEMM int4 layout probe failed ({type(e).__name__}: {e})"
     emb, splits = make_tbe([(wl.R, wl.D)] * wl.T, wl.dtype, torch.device("cuda"))
     for t, (w, ss) in enumerate(splits):
         src = wl.stored[t * wl.R:(t + 1) * wl.R]
         if wl.dtype == "int8":  # our fp32 scale and bias as FBGEMM's fp16 ones
             write_int8_rows(w, ss, src[:, :wl.D], src[:, wl.D:wl.D + 8].contiguous().view(torch.float32).half())
+        elif wl.dtype == "int4":  # our codes in FBGEMM's nibble order, our fp32 scale and bias as fp16
+            h = wl.D // 2
+            write_int8_rows(w, ss, pack_int4_codes(unpack_int4_codes(src, wl.D), positions),
+                            src[:, h:h + 8].contiguous().view(torch.float32).half())
         else:
             write_rows(w, src)
     indices = wl.indices.int()
@@ -189,13 +212,14 @@ def fbgemm_baseline(wl: Workload):
         return emb.forward(indices, offsets)
 
     ref_override = None
-    if wl.dtype == "int8":  # FBGEMM dequantizes with fp16 scale/bias: its own reference
-        ref_override = splits
+    if wl.dtype in ("int8", "int4"):  # FBGEMM dequantizes with fp16 scale/bias: its own reference
+        ref_override = (splits, positions)
     return (run, ref_override), "IntNBitTableBatchedEmbeddingBagsCodegen"
 
 
-def fbgemm_reference(wl: Workload, splits):
-    """Reference for FBGEMM's int8 tables (fp16 scale and bias)."""
+def fbgemm_reference(wl: Workload, splits, positions=None):
+    """Reference for FBGEMM's int8 / int4 tables (fp16 scale and bias; int4 codes read in the nibble
+    order ``positions``)."""
     import torch
     import torch.nn.functional as F
 
@@ -203,7 +227,8 @@ def fbgemm_reference(wl: Workload, splits):
     off = torch.arange(0, wl.B * wl.L, wl.L, device="cuda")
     for t, (w, ss) in enumerate(splits):
         sb = ss.contiguous().view(torch.float16).double()
-        deq = w[:, :wl.D].double() * sb[:, 0:1] + sb[:, 1:2]
+        codes = unpack_int4_codes(w, wl.D, positions) if wl.dtype == "int4" else w[:, :wl.D]
+        deq = codes.double() * sb[:, 0:1] + sb[:, 1:2]
         outs.append(F.embedding_bag(wl.ids[t], deq, off, mode="sum"))
         mags.append(F.embedding_bag(wl.ids[t], deq.abs(), off, mode="sum"))
     return torch.cat(outs, 1), torch.cat(mags, 1)
@@ -247,9 +272,9 @@ def _run_candidate(args, wl: Workload, dtype: str, name: str, make, ref, mag, ro
         return row
     r_ref, r_mag = ref, mag
     if isinstance(fn, tuple):
-        fn, splits = fn
-        if splits is not None:
-            r_ref, r_mag = fbgemm_reference(wl, splits)
+        fn, override = fn
+        if override is not None:
+            r_ref, r_mag = fbgemm_reference(wl, *override)
     try:
         out = fn()
         torch.cuda.synchronize()
@@ -257,8 +282,8 @@ def _run_candidate(args, wl: Workload, dtype: str, name: str, make, ref, mag, ro
         row.update(status="failed", detail=f"{desc}: {type(e).__name__}: {e}")
         print(f"  {name:<28} FAILED: {e}", flush=True)
         return row
-    # FBGEMM's int8 kernel dequantizes in reduced precision: judged at 1e-3 of sum|terms|.
-    rel = 1e-3 if (name == "fbgemm" and dtype == "int8") else 1e-5
+    # FBGEMM's int8/int4 kernels dequantize in reduced precision: judged at 1e-3 of sum|terms|.
+    rel = 1e-3 if (name == "fbgemm" and dtype in ("int8", "int4")) else 1e-5
     ok, worst = check(out, r_ref, r_mag, rel)
     row["tolerance_rel"] = rel
     row.update(correct=ok, worst_error_over_tolerance=worst)
@@ -316,7 +341,7 @@ def add_kernel_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--pooling", type=int, default=150, help="lookups per bag (fixed)")
     p.add_argument("--indices", default="uniform", help="uniform | zipf:<alpha> | trace:<file>")
-    p.add_argument("--dtypes", default="fp32,fp16,int8", help="comma list of fp32,fp16,bf16,int8")
+    p.add_argument("--dtypes", default="fp32,fp16,int8", help="comma list of fp32,fp16,bf16,int8,int4")
     p.add_argument("--variants", default=",".join(contract.VARIANTS), help="our kernel variants to run")
     p.add_argument("--pinned-variants", default="auto,l2pin,combined",
                    help="variants also run on hot-first reordered tables with pinned rows")

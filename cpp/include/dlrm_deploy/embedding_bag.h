@@ -7,6 +7,11 @@
  *            fp32/fp16/bf16: [total_rows, dim] elements.
  *            int8 row-wise:  [total_rows, dd_row_bytes()] bytes; a row is dim uint8 codes, then an
  *            fp32 scale and an fp32 bias (value = scale * code + bias), zero-padded to 16 bytes.
+ *            int4 row-wise:  [total_rows, dd_row_bytes()] bytes; dim/2 bytes of 4-bit codes (column
+ *            2i in the low nibble of byte i, 2i+1 in the high one), then fp32 scale and bias, zero-
+ *            padded to 16 bytes (cpp/src/int4_rows.h). The multi-threaded CPU forward
+ *            (dd_forward_cpu*, dd_forward_tables_cpu*) refuses int4 (DD_ERR_UNSUPPORTED) for now;
+ *            the references and the CUDA forward take it.
  *   indices  all lookups, table-major: table 0's bags, then table 1's; ids are rows local to a table.
  *   offsets  start of each bag in indices, table-major (bag b of table t is entry t*B + b);
  *            T*B entries (the last bag ends at num_indices) or T*B+1 with include_last_offset.
@@ -109,7 +114,7 @@ DD_API int dd_config_parse(dd_config* cfg, dd_attribute_getter get, void* ctx, i
 DD_API int dd_config_get(const dd_config* cfg, const char* name, dd_attribute* out, char* msg, size_t msg_len);
 
 /* Checks the packed weights' shape: rank 2, [dd_total_rows, dim] ([dd_total_rows, dd_row_bytes] for
- * int8 rows). Entries < 0 are unknown (build-time shapes) and pass. DD_ERR_INPUT with the message. */
+ * int8/int4 rows). Entries < 0 are unknown (build-time shapes) and pass. DD_ERR_INPUT with the message. */
 DD_API int dd_check_weights_shape(const dd_config* cfg, int32_t rank, const int64_t* dims, char* msg, size_t msg_len);
 
 /* 1 when the config keeps hot rows in persisting L2 (pinned_rows > 0 and variant auto, l2pin or

@@ -27,7 +27,8 @@ def _one_node(widths, dim, pairs, prefix):
                             pairs=[int(p) for p in pairs], prefix=prefix)
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     graph = helper.make_graph([node], "interaction", inputs, [out])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(C.DOMAIN, 1)])
+    return helper.make_model(graph, ir_version=10,  # onnxruntime 1.31 reads IR <= 13
+                             opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(C.DOMAIN, 1)])
 
 
 def _reference(parts, dim, pairs, prefix):

@@ -81,7 +81,8 @@ def _quant_table(name: str, dim: int, kind: str, weight: torch.Tensor, scale_shi
         return weight.contiguous().view(torch.float32)[:, :dim].clone(), {}
     raise NotImplementedError(f"table '{name}' is stored as {kind} by FBGEMM, which dlrm_deploy cannot store: quantize "
                               "it to int8 or fp16 (torchrec quantize_embeddings(dtype=torch.qint8 or torch.half)), "
-                              "or export the float model with export_onnx(..., dtype='int8')")
+                              "or export the float model with export_onnx(..., dtype='int8' or 'int4') (FBGEMM's own "
+                              "int4 rows are not converted)")
 
 
 def _float_collection(qebc: nn.Module) -> nn.Module:

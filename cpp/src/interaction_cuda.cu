@@ -1,6 +1,5 @@
 // DLRM's dot interaction fused (dlrm_deploy::DotInteraction) on the GPU: one block per sample
-// stages the sample's n vectors in shared memory, then each warp computes dot products of pairs
-// (lanes over the dim, a shuffle reduction). Replaces ORT's Concat, batched MatMul (the Transpose folded in),
+// stages the sample's n vectors in shared memory, then each thread computes one kept dot product. Replaces ORT's Concat, batched MatMul (the Transpose folded in),
 // Gather and Concat (four kernels, 37 us at batch 2048 x 13 x 128 fp32 on an H100).
 #include <cuda_runtime.h>
 
@@ -28,13 +27,18 @@ struct KernelParts {
   int count;
 };
 
-// Copies n floats (n4 = n / 4 float4s when vec) from global src to shared dst, four loads in
-// flight per thread before the stores: one memory latency per part instead of one per element.
-__device__ __forceinline__ void stage(float* dst, const float* __restrict__ src, int n, bool vec) {
+// Stages one part's row (n floats, n4 = n / 4 float4s when vec) into shared memory at vector
+// stride `stride` (dim + 1: the dot loop's rows then fall in different banks), four loads in
+// flight per thread before the stores. first: the part's first float within the sample.
+__device__ __forceinline__ void stage(float* staged, const float* __restrict__ src, int n, int first, int dim,
+                                      int stride, bool vec) {
+  auto put = [&](int e, float v) {
+    const int g = first + e;
+    staged[(g / dim) * stride + g % dim] = v;
+  };
   if (vec) {
     const int n4 = n >> 2;
     const float4* s4 = reinterpret_cast<const float4*>(src);
-    float4* d4 = reinterpret_cast<float4*>(dst);
     for (int base = threadIdx.x; base < n4; base += 4 * kThreads) {
       float4 v[4];
 #pragma unroll
@@ -42,7 +46,13 @@ __device__ __forceinline__ void stage(float* dst, const float* __restrict__ src,
         if (base + u * kThreads < n4) v[u] = __ldg(s4 + base + u * kThreads);
 #pragma unroll
       for (int u = 0; u < 4; ++u)
-        if (base + u * kThreads < n4) d4[base + u * kThreads] = v[u];
+        if (base + u * kThreads < n4) {
+          const int e = 4 * (base + u * kThreads);
+          put(e, v[u].x);
+          put(e + 1, v[u].y);
+          put(e + 2, v[u].z);
+          put(e + 3, v[u].w);
+        }
     }
   } else {
     for (int base = threadIdx.x; base < n; base += 4 * kThreads) {
@@ -52,34 +62,45 @@ __device__ __forceinline__ void stage(float* dst, const float* __restrict__ src,
         if (base + u * kThreads < n) v[u] = __ldg(src + base + u * kThreads);
 #pragma unroll
       for (int u = 0; u < 4; ++u)
-        if (base + u * kThreads < n) dst[base + u * kThreads] = v[u];
+        if (base + u * kThreads < n) put(base + u * kThreads, v[u]);
     }
   }
 }
 
+// One block per sample: its vectors staged, then one thread per kept dot product (four
+// independent accumulators over the dim), the prefix part copied in front.
 __global__ void __launch_bounds__(kThreads) interaction_kernel(KernelParts parts, int dim, const int2* pairs,
                                                                int num_pairs, int prefix, float* out, int out_width,
                                                                bool vec) {
-  extern __shared__ __align__(16) float staged[];
+  extern __shared__ float staged[];
   const int64_t b = blockIdx.x;
+  const int stride = dim + 1;
   for (int k = 0; k < parts.count; ++k)
-    stage(staged + parts.offset[k], parts.data[k] + b * parts.width[k], (int)parts.width[k], vec);
+    stage(staged, parts.data[k] + b * parts.width[k], (int)parts.width[k], (int)parts.offset[k], dim, stride, vec);
   __syncthreads();
   float* o = out + b * out_width;
   if (prefix >= 0) {
-    const float* src = staged + parts.offset[prefix];
-    for (int e = threadIdx.x; e < (int)parts.width[prefix]; e += kThreads) o[e] = src[e];
+    const int first = (int)parts.offset[prefix];
+    for (int e = threadIdx.x; e < (int)parts.width[prefix]; e += kThreads) {
+      const int g = first + e;
+      o[e] = staged[(g / dim) * stride + g % dim];
+    }
     o += parts.width[prefix];
   }
-  const int lane = threadIdx.x & 31;
-  for (int p = threadIdx.x >> 5; p < num_pairs; p += kThreads / 32) {
+  for (int p = threadIdx.x; p < num_pairs; p += kThreads) {
     const int2 ij = pairs[p];
-    const float* x = staged + ij.x * dim;
-    const float* y = staged + ij.y * dim;
-    float acc = 0.f;
-    for (int e = lane; e < dim; e += 32) acc = fmaf(x[e], y[e], acc);
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-    if (lane == 0) o[p] = acc;
+    const float* x = staged + ij.x * stride;
+    const float* y = staged + ij.y * stride;
+    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+    int e = 0;
+    for (; e + 4 <= dim; e += 4) {
+      a0 = fmaf(x[e], y[e], a0);
+      a1 = fmaf(x[e + 1], y[e + 1], a1);
+      a2 = fmaf(x[e + 2], y[e + 2], a2);
+      a3 = fmaf(x[e + 3], y[e + 3], a3);
+    }
+    for (; e < dim; ++e) a0 = fmaf(x[e], y[e], a0);
+    o[p] = (a0 + a1) + (a2 + a3);
   }
 }
 }  // namespace
@@ -150,7 +171,7 @@ int dd_interaction_cuda(const dd_interaction_plan* plan, const dd_interaction_ar
                 (long long)(total / a->dim), (long long)a->dim, (long long)plan->n);
   if (a->batch == 0) return DD_OK;
   if (a->batch > 0x7fffffff) return fail(DD_ERR_INPUT, msg, len, "batch over 2^31 - 1 samples");
-  const size_t smem = sizeof(float) * (size_t)total;
+  const size_t smem = sizeof(float) * (size_t)(total + plan->n);  // one float of padding per vector
   int device = 0, limit = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);

@@ -1,14 +1,23 @@
 """One table's embedding stage on the CPU: PyTorch's F.embedding_bag against dlrm_deploy::EmbeddingBag
 in ONNX Runtime's CPU provider (and, optionally, the core's sequential reference), same inputs, same
-thread count. Median of --runs wall-clock runs after warm-up; outputs checked before timing.
+thread count. Median of --runs wall-clock runs after warm-up, taken in alternating blocks
+(runtime/timing.py time_interleaved); outputs checked before timing.
 
     python scripts/bench_cpu_kernel.py --rows 500000 --dim 128 --batch 2048 --pooling 150 --threads 2
+
+Pages: PyTorch's default CPU allocator gives a big table 4 KB pages (THP_MEM_ALLOC_ENABLE=1 in the
+environment makes it ask for transparent huge pages); our op asks for huge pages for the table ONNX
+Runtime holds (DD_CPU_HUGE_PAGES=0 turns that off). The row "PyTorch, huge-page table" runs
+F.embedding_bag on a copy of the table in huge pages (what THP_MEM_ALLOC_ENABLE=1 gives it);
+--no-torch-huge-pages leaves it out. The huge-page share of each table is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import mmap
+import os
 
 import numpy as np
 
@@ -37,6 +46,47 @@ def _model(weight: np.ndarray, dtype: str, psw: bool) -> bytes:
     return model.SerializeToString()
 
 
+def _smaps_kb(field: str, lo: int | None = None, hi: int | None = None) -> int:
+    """Sum of one /proc/self/smaps field (kB) over the mappings overlapping [lo, hi) (all when None);
+    -1 where smaps cannot be read."""
+    total, inside = 0, False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if not head.endswith(":"):
+                    a, b = (int(x, 16) for x in head.split("-"))
+                    inside = lo is None or (a < hi and b > lo)
+                elif inside and head == field + ":":
+                    total += int(line.split()[1])
+    except OSError:
+        return -1
+    return total
+
+
+def _huge_page_share(t) -> str:
+    lo = t.data_ptr()
+    hi = lo + t.numel() * t.element_size()
+    kb = _smaps_kb("AnonHugePages", lo, hi)
+    return "unknown" if kb < 0 else f"{min(kb * 1024, hi - lo) / (hi - lo):.0%}"
+
+
+def _huge_page_copy(t):
+    """A copy of t in an anonymous mapping advised for transparent huge pages before it is touched."""
+    import torch
+
+    nbytes = t.numel() * t.element_size()
+    buf = mmap.mmap(-1, nbytes + (2 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shared memory: no THP
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    start = (-raw.ctypes.data) % (2 << 20)  # 2 MB-aligned start
+    out = torch.from_numpy(raw[start:start + nbytes]).view(t.dtype).view(t.shape)
+    out.copy_(t)
+    out._keep_alive = buf  # the mapping lives as long as the tensor
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=500_000)
@@ -49,6 +99,8 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reference", action="store_true", help="also time the core's sequential reference")
+    p.add_argument("--no-torch-huge-pages", action="store_true",
+                   help="leave out the PyTorch row on a huge-page copy of the table")
     args = p.parse_args()
 
     import torch
@@ -67,7 +119,10 @@ def main() -> int:
     offsets = torch.arange(0, n, args.pooling, dtype=torch.int64)
     psw = torch.from_numpy(rng.standard_normal(n).astype(np.float32)) if args.weighted else None
     print(f"one table: {args.rows} rows x {args.dim} {args.dtype}, batch {args.batch}, pooling {args.pooling}, "
-          f"{'weighted, ' if psw is not None else ''}{args.threads} threads; torch {torch.__version__}", flush=True)
+          f"{'weighted, ' if psw is not None else ''}{args.threads} threads; torch {torch.__version__}; "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '(unset)')}, "
+          f"DD_CPU_HUGE_PAGES={os.environ.get('DD_CPU_HUGE_PAGES', '(unset)')}; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
     with torch.no_grad():
         want = F.embedding_bag(ids, weight, offsets, mode="sum", per_sample_weights=psw).float().numpy()
@@ -88,6 +143,16 @@ def main() -> int:
 
     fns = {"PyTorch F.embedding_bag": torch_run,
            "ORT CPU + dlrm_deploy op": lambda: sess.session.run_with_ort_values(sess.output_names, ort_values)}
+    pages = {"PyTorch table": _huge_page_share(weight)}
+    if not args.no_torch_huge_pages:
+        huge = _huge_page_copy(weight)
+        pages["PyTorch huge-page copy"] = _huge_page_share(huge)
+
+        def torch_huge_run():
+            with torch.no_grad():
+                F.embedding_bag(ids, huge, offsets, mode="sum", per_sample_weights=psw)
+
+        fns["PyTorch, huge-page table"] = torch_huge_run
     if args.reference:
         cfg = _core.make_config({"table_rows": [args.rows], "dim": args.dim, "dtype": args.dtype, "mode": "sum"})
         L = _core.lib()
@@ -102,13 +167,17 @@ def main() -> int:
                          psw.data_ptr() if psw is not None else None, n, args.batch, out.ctypes.data, buf, 512)
         fns["core reference (1 thread)"] = call
     times = time_interleaved(fns, args.runs, args.warmup)
+    # ORT's copy of the table is not reachable from here: the process's huge pages outside torch's.
+    process_kb = _smaps_kb("AnonHugePages")
+    print("huge pages: " + ", ".join(f"{k} {v}" for k, v in pages.items()) +
+          f"; whole process {process_kb / 1024:.0f} MB (table {weight.numel() * weight.element_size() / 2**20:.0f} MB)")
     rows = list(times.items())
     base = times["PyTorch F.embedding_bag"]["median_ms"]
     print(f"{'row':<34} {'median ms':>10} {'min':>8} {'max':>8} {'vs torch':>9}")
     for name, t in rows:
         print(f"{name:<34} {t['median_ms']:>10.3f} {t['min_ms']:>8.3f} {t['max_ms']:>8.3f} "
               f"{base / t['median_ms']:>8.2f}x")
-    print(f"max |ORT - torch| = {err:.2e}")
+    print(f"max |ORT - torch| = {err:.2e}; load average after {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

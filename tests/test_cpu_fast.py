@@ -1,13 +1,20 @@
 """The fast CPU forward (dd_forward_cpu, dd_forward_tables_cpu and their _parallel forms) against the
 sequential CPU reference (dd_forward_*_cpu_reference), bit for bit: every dtype, mode, output type,
-per-sample weights, include_last_offset, empty and huge bags, odd dims, int32/int64 ids, the
-hot-first layout, both call forms, serial and with a multi-threaded parallel_for; and bad input,
-which must give the very same message (the lowest (table, bag) wins, whatever the threads do)."""
+per-sample weights, include_last_offset, empty and huge bags, odd dims and the multiples of 8 that
+the x86 intrinsic kernels take (register and L1 accumulators), int32/int64 ids, the hot-first
+layout, both call forms, serial and with a multi-threaded parallel_for; and bad input, which must
+give the very same message (the lowest (table, bag) wins, whatever the threads do). Tables past
+16 MB are put in transparent huge pages by the forward: same bits, a failing madvise (file-backed
+memory) harmless, DD_CPU_HUGE_PAGES=0 respected, concurrent first calls safe."""
 
 from __future__ import annotations
 
 import ctypes
+import mmap
+import os
 import random
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -185,7 +192,7 @@ def _all_forms_equal(cfg, w, lk, batch, seed=0):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "int8"])
-@pytest.mark.parametrize("dim", [1, 3, 4, 16, 100, 128, 260])
+@pytest.mark.parametrize("dim", [1, 3, 4, 8, 16, 24, 32, 64, 100, 128, 136, 256, 260])
 def test_dtypes_and_dims(dtype, dim):
     if dtype == "int8" and dim % 4:
         pytest.skip("int8 row-wise tables need dim divisible by 4")
@@ -201,10 +208,11 @@ def test_dtypes_and_dims(dtype, dim):
 @pytest.mark.parametrize("mode,weighted", [("sum", False), ("sum", True), ("mean", False)])
 @pytest.mark.parametrize("ilo", [0, 1])
 @pytest.mark.parametrize("index", ["int32", "int64"])
-def test_modes_weights_offsets_index_types(dtype, mode, weighted, ilo, index):
-    rng = np.random.default_rng(hash((dtype, mode, weighted, ilo, index)) % 2**32)
+@pytest.mark.parametrize("dim", [20, 16, 128])
+def test_modes_weights_offsets_index_types(dtype, mode, weighted, ilo, index, dim):
+    rng = np.random.default_rng(hash((dtype, mode, weighted, ilo, index, dim)) % 2**32)
     tables = (70, 20)
-    cfg = _config(tables, 20, dtype, mode=mode, index=index, ilo=ilo)
+    cfg = _config(tables, dim, dtype, mode=mode, index=index, ilo=ilo)
     w = _weights(cfg, dtype, rng)
     lk = _lookups(tables, 17, rng, index=index, ilo=ilo, weighted=weighted, trailing=3 if ilo else 0)
     assert _all_forms_equal(cfg, w, lk, 17)[0] == 0
@@ -221,22 +229,25 @@ def test_output_rounding(out, mode):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])
-def test_hot_first_layout(dtype):
+@pytest.mark.parametrize("dim", [16, 128, 20])
+def test_hot_first_layout(dtype, dim):
     rng = np.random.default_rng(5)
     tables = (50, 80, 30)
-    cfg = _config(tables, 16, dtype, pinned=10, hot_first=1)
+    cfg = _config(tables, dim, dtype, pinned=10, hot_first=1)
     w = _weights(cfg, dtype, rng)
     assert _all_forms_equal(cfg, w, _lookups(tables, 20, rng, max_len=9, weighted=True), 20)[0] == 0
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_huge_bags_and_many_tasks(weighted):
+@pytest.mark.parametrize("dtype,dim", [("fp32", 128), ("fp16", 128), ("int8", 128), ("fp32", 16), ("bf16", 64)])
+def test_huge_bags_and_many_tasks(weighted, dtype, dim):
     """Bags of thousands of ids (many prefetches ahead, fp32 rounding over long sums) next to empty
-    ones, and a batch big enough to split into many parallel tasks."""
+    ones, and a batch big enough to split into many parallel tasks; the first table is past the
+    1 MB from which rows are prefetched."""
     rng = np.random.default_rng(9)
-    tables = (5000, 300)
-    cfg = _config(tables, 128)
-    w = _weights(cfg, "fp32", rng)
+    tables = (5000 if dim == 128 else 40000, 300)
+    cfg = _config(tables, dim, dtype)
+    w = _weights(cfg, dtype, rng)
     lk = _lookups(tables, 6, rng, max_len=4000, weighted=weighted)
     assert _all_forms_equal(cfg, w, lk, 6)[0] == 0
     lk = _lookups(tables, 600, rng, max_len=150, weighted=weighted)
@@ -292,10 +303,11 @@ BAD = ["id past the table", "negative id", "first offset", "negative offset", "o
 
 @pytest.mark.parametrize("what", BAD)
 @pytest.mark.parametrize("index", ["int32", "int64"])
-def test_bad_input_same_message(what, index):
+@pytest.mark.parametrize("dim", [16, 128, 12])
+def test_bad_input_same_message(what, index, dim):
     rng = np.random.default_rng(len(what))
     tables = (60, 90, 40)
-    cfg = _config(tables, 16, index=index)
+    cfg = _config(tables, dim, index=index)
     w = _weights(cfg, "fp32", rng)
     lk = _lookups(tables, 300, rng, lengths="fixed", max_len=5, index=index)
     _break(lk, what, 1, tables[1])
@@ -323,3 +335,155 @@ def test_several_errors_lowest_table_and_bag_wins():
             lk[2] = (lk[2][0], off, None)
         rc, msg = _all_forms_equal(cfg, w, lk, 400, seed=trial)
         assert rc == 2 and "of table 1" in msg
+
+
+# --------------------------------------------------------------------------------------------
+# Tables in transparent huge pages
+
+HUGE_ROWS = 40_000  # x 128 fp32 = 20 MB: past the 16 MB from which the forward asks for huge pages
+PAGE_2M = 2 << 20
+
+
+def _anon_table(w: np.ndarray, offset: int = 64):
+    """A copy of w in a private anonymous mapping (4 KB pages unless someone asks otherwise),
+    `offset` bytes past a page boundary like a heap buffer. Returns (mapping, array)."""
+    buf = mmap.mmap(-1, w.nbytes + offset, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    t = np.frombuffer(buf, dtype=np.uint8)[offset:offset + w.nbytes].reshape(w.shape)
+    t[:] = w
+    return buf, t
+
+
+def _anon_huge_kb(t: np.ndarray) -> int:
+    """AnonHugePages (kB) of the mappings under t (-1: no /proc/self/smaps)."""
+    lo, hi = t.ctypes.data, t.ctypes.data + t.nbytes
+    total, inside = 0, False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if not head.endswith(":"):
+                    a, b = (int(x, 16) for x in head.split("-"))
+                    inside = a < hi and b > lo
+                elif inside and head == "AnonHugePages:":
+                    total += int(line.split()[1])
+    except OSError:
+        return -1
+    return total
+
+
+def _collapse_works() -> bool:
+    """Whether this kernel turns an anonymous range into huge pages on MADV_COLLAPSE (Linux >= 6.1
+    with transparent huge pages)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    buf, t = _anon_table(np.ones(2 * PAGE_2M, dtype=np.uint8), offset=0)
+    lo = (t.ctypes.data + PAGE_2M - 1) & ~(PAGE_2M - 1)
+    return libc.madvise(lo, PAGE_2M, 25) == 0 and _anon_huge_kb(t) >= PAGE_2M // 1024
+
+
+def _huge_case(seed: int, batch: int = 64):
+    rng = np.random.default_rng(seed)
+    tables = (HUGE_ROWS, 300)
+    cfg = _config(tables, 128)
+    w = _weights(cfg, "fp32", rng)
+    return cfg, w, _lookups(tables, batch, rng, max_len=40, weighted=True), batch
+
+
+def test_huge_page_table_same_bits():
+    """A 20 MB table in 4 KB pages: the first fast call collapses it into huge pages in place; every
+    form still equals the reference bit for bit, and the table's bytes are untouched."""
+    cfg, w, lk, batch = _huge_case(31)
+    buf, t = _anon_table(w)
+    before = _anon_huge_kb(t)
+    assert _all_forms_equal(cfg, t, lk, batch)[0] == 0
+    assert np.array_equal(t, w)
+    if before == 0 and _collapse_works():
+        assert _anon_huge_kb(t) > 0, "the forward did not put the table in huge pages"
+    assert _all_forms_equal(cfg, t, lk, batch, seed=1)[0] == 0  # again, on huge pages
+
+
+def test_huge_pages_failing_madvise_is_harmless(tmp_path):
+    """A table in a read-only file mapping: MADV_COLLAPSE refuses it (or does nothing useful);
+    the forward runs as before, now and on later calls."""
+    cfg, w, lk, batch = _huge_case(32)
+    path = tmp_path / "table.bin"
+    w.tofile(path)
+    with open(path, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    t = np.frombuffer(m, dtype=np.uint8).reshape(w.shape)
+    for seed in range(3):
+        assert _all_forms_equal(cfg, t, lk, batch, seed=seed)[0] == 0
+
+
+def test_huge_pages_concurrent_first_calls():
+    """Several threads make the first call on one fresh table at once (one collapses, the others
+    read it meanwhile): every output equals the reference."""
+    cfg, w, lk, batch = _huge_case(33, batch=200)
+    buf, t = _anon_table(w)
+    ref = _run_tables(L.dd_forward_tables_cpu_reference, cfg, t, lk, batch)
+    assert ref[0] == 0
+    results = [None] * 4
+
+    def call(k):
+        results[k] = _run_tables(L.dd_forward_tables_cpu_parallel, cfg, t, lk, batch, _threaded_parallel_for(k), None)
+
+    ts = [threading.Thread(target=call, args=(k,)) for k in range(len(results))]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    for rc, msg, out in results:
+        assert rc == 0 and np.array_equal(out, ref[2])
+    assert np.array_equal(t, w)
+
+
+_CHILD = r"""
+import ctypes, mmap, sys
+import numpy as np
+L = ctypes.CDLL(sys.argv[1])
+cfg = ctypes.create_string_buffer(1 << 16)  # room for any dd_config
+L.dd_config_init(cfg)
+msg = ctypes.create_string_buffer(512)
+rows, dim = 40_000, 128
+assert L.dd_config_set_ints(cfg, b"table_rows", (ctypes.c_int64 * 1)(rows), ctypes.c_int64(1), msg, 512) == 0, msg.value
+assert L.dd_config_set_int(cfg, b"dim", ctypes.c_int64(dim), msg, 512) == 0, msg.value
+buf = mmap.mmap(-1, rows * dim * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+w = np.frombuffer(buf, dtype=np.float32)
+w[:] = 1.0
+ids = np.arange(0, rows, 7, dtype=np.int64)
+off = np.zeros(1, dtype=np.int64)
+out = np.zeros(dim, dtype=np.float32)
+rc = L.dd_forward_cpu(cfg, ctypes.c_void_p(w.ctypes.data), ctypes.c_void_p(ids.ctypes.data),
+                      ctypes.c_void_p(off.ctypes.data), None, ctypes.c_int64(len(ids)), ctypes.c_int64(1),
+                      ctypes.c_void_p(out.ctypes.data), msg, ctypes.c_size_t(512))
+assert rc == 0 and out[0] == len(ids), (rc, msg.value)
+lo, hi, kb, inside = w.ctypes.data, w.ctypes.data + w.nbytes, 0, False
+for line in open("/proc/self/smaps"):
+    head = line.split(None, 1)[0]
+    if not head.endswith(":"):
+        a, b = (int(x, 16) for x in head.split("-"))
+        inside = a < hi and b > lo
+    elif inside and head == "AnonHugePages:":
+        kb += int(line.split()[1])
+print(kb)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
+def test_huge_pages_switch():
+    """DD_CPU_HUGE_PAGES=0 leaves the table's pages alone; without it they become huge (where the
+    kernel can collapse)."""
+    lib_path = L._name
+
+    def huge_kb(**env):
+        e = {k: v for k, v in os.environ.items() if k != "DD_CPU_HUGE_PAGES"}
+        e.update(env)
+        r = subprocess.run([sys.executable, "-c", _CHILD, lib_path], env=e, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout.split()[-1])
+
+    assert huge_kb(DD_CPU_HUGE_PAGES="0") == 0
+    if _collapse_works():
+        assert huge_kb() > 0

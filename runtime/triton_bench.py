@@ -10,7 +10,10 @@ request, the requests per model execution (> 1: dynamic batching merged requests
 model instances were; plus the clients' CPU use and a "client-bound" verdict when the clients, not
 the server, probably limited the throughput. gRPC requests are serialised once per distinct request
 (``grpc_request_bytes``) and sent as bytes; ``sender="tritonclient"`` calls ``client.infer`` instead.
-Results go to JSON and a PNG plot.
+Several models (e.g. one per request form) are measured interleaved, point by point, in alternating
+order over `rounds` (medians reported), so that a shared machine's load hits them alike; with the
+server's model.py timing log, each row also gets model.py's and the python backend's own time per
+request. Results go to JSON and a PNG plot.
 """
 
 from __future__ import annotations
@@ -351,44 +354,123 @@ def run_point(protocol: str, url: str, model: str, requests, concurrency: int, d
     return row
 
 
-def sweep(onnx_path, model: str, urls: dict[str, str], concurrencies: list[int], work: Workload,
-          duration_s: float = 5.0, warmup_s: float = 1.0, progress=print, *, processes: int = 1,
-          sender: str = "prebuilt") -> dict:
-    """Runs every (protocol, concurrency) point with the clients spread over `processes` client
-    processes (1: threads of this process); returns ``{"model", "workload", ..., "rows"}``."""
-    from .model_io import describe_onnx
+def _served(onnx_path, io, model: str, url: str, protocol: str, work: Workload) -> dict:
+    """What the clients need about one served model: its config, request spec, instances, requests."""
     from .triton_client import client_module, model_config, request_spec
 
-    io = describe_onnx(onnx_path)
-    first = next(iter(urls))
     try:
-        config = model_config(client_module(first).InferenceServerClient(url=urls[first]), model, first)
+        config = model_config(client_module(protocol).InferenceServerClient(url=url), model, protocol)
     except Exception as e:  # noqa: BLE001 - tritonclient's errors: unknown model, no server
         msg = e.message() if hasattr(e, "message") else str(e)
-        raise ValueError(f"cannot read model '{model}' from {urls[first]} ({first}): {msg}") from None
+        raise ValueError(f"cannot read model '{model}' from {url} ({protocol}): {msg}") from None
     spec = request_spec(config, io)  # ValueError when the served inputs are not this ONNX file's
-    requests = make_requests(io, work, spec)
-    instances = instance_count(config)
+    return {"config": config, "spec": spec, "instances": instance_count(config),
+            "requests": make_requests(io, work, spec)}
+
+
+def median_row(rows: list[dict], instances: int) -> dict:
+    """One row of several rounds of the same point: the median of every number, errors summed."""
+    out = dict(rows[0])
+    for k, v in rows[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and all(r.get(k) is not None for r in rows):
+            out[k] = float(np.median([r[k] for r in rows]))
+    out.update(errors=sum(r["errors"] for r in rows), rounds=len(rows), concurrency=rows[0]["concurrency"],
+               processes=rows[0]["processes"], requests=int(sum(r["requests"] for r in rows)),
+               first_error=next((r["first_error"] for r in rows if r["first_error"]), None))
+    out.pop("round", None)
+    out["client_bound"] = client_bound(out, instances)
+    return out
+
+
+def _attach_profile(row: dict, summary: dict) -> None:
+    """model.py's timing over the point beside Triton's: model.py's ms per request and the python
+    backend's own (Triton's compute per execution / requests per execution - model.py's)."""
+    row["profile"] = summary
+    per = summary["ms_per_request"].get("execute")
+    row["model_py_ms_per_request"] = per
+    rpe = row["requests_per_execution"]
+    row["backend_ms_per_request"] = row["server_compute_ms"] / rpe - per if per is not None and rpe else None
+
+
+def sweep(onnx_path, model, urls: dict[str, str], concurrencies: list[int], work: Workload,
+          duration_s: float = 5.0, warmup_s: float = 1.0, progress=print, *, processes: int = 1,
+          sender: str = "prebuilt", rounds: int = 1, profile_dir=None) -> dict:
+    """Runs every (protocol, concurrency) point with the clients spread over `processes` client
+    processes (1: threads of this process); returns ``{"model", "workload", ..., "rows"}``.
+
+    model: one served model, or a list of several served from the same ONNX file (e.g. the two
+    request forms): each point then measures them in turn, `rounds` times in alternating order, so
+    that a shared machine's changing load hits them alike; rows are per model (``"model"``) and, with
+    rounds > 1, the medians of the rounds (every round in ``"round_rows"``). profile_dir: the
+    server's model.py timing log (``triton-serve --profile DIR`` on this machine): each row gets
+    model.py's ms per request and the python backend's own (``backend_ms_per_request``)."""
+    from .model_io import describe_onnx
+
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    models = [model] if isinstance(model, str) else list(model)
+    io = describe_onnx(onnx_path)
+    first = next(iter(urls))
+    served = {m: _served(onnx_path, io, m, urls[first], first, work) for m in models}
     outputs = [t.name for t in io.outputs]
-    if spec is not None:
-        progress(f"  python backend, {spec['form']} request form: {len(requests[0][1])} inputs per request")
-    rows = []
+    several = len(models) > 1
+    tag = (lambda m: f"{m:<16}") if several else (lambda m: "")  # noqa: E731
+    for m, sv in served.items():
+        if sv["spec"] is not None:
+            progress(f"  {tag(m)}python backend, {sv['spec']['form']} request form: "
+                     f"{len(sv['requests'][0][1])} inputs per request")
+    rows, round_rows = [], []
     for protocol, url in urls.items():
-        with LoadGenerator(protocol, url, model, requests, outputs, processes=processes, sender=sender) as load:
+        loads = {}
+        try:
+            for m in models:
+                loads[m] = LoadGenerator(protocol, url, m, served[m]["requests"], outputs, processes=processes,
+                                         sender=sender)
             for c in concurrencies:
-                row = run_point(protocol, url, model, requests, c, duration_s, warmup_s, outputs, load=load,
-                                instances=instances)
-                rows.append(row)
-                progress(format_row(row))
-                if row["client_bound"]:
-                    progress(f"  client-bound? {row['client_bound']}: the numbers may understate the server "
-                             f"(more --processes, or clients on another machine)")
-    return {"model": model, "onnx": str(onnx_path), "workload": dataclasses.asdict(work),
-            "backend": config.get("backend"), "max_batch_size": config.get("max_batch_size"),
-            "request_form": spec["form"] if spec else None,
-            "request_inputs": len(requests[0][1]) if requests else None,
-            "instances": instances, "processes": processes, "sender": sender, "duration_s": duration_s,
-            "rows": rows}
+                per = {m: [] for m in models}
+                for k in range(rounds):
+                    for m in (models if k % 2 == 0 else models[::-1]):
+                        marks = profile_marks(profile_dir) if profile_dir else None
+                        row = run_point(protocol, url, m, served[m]["requests"], c, duration_s, warmup_s, outputs,
+                                        load=loads[m], instances=served[m]["instances"])
+                        row.update(model=m, round=k)
+                        if profile_dir:
+                            _attach_profile(row, profile_summary(profile_dir, since=marks))
+                        per[m].append(row)
+                        if rounds > 1:
+                            round_rows.append(row)
+                for m in models:
+                    row = per[m][0] if rounds == 1 else median_row(per[m], served[m]["instances"])
+                    rows.append(row)
+                    progress(tag(m) + format_row(row))
+                    if profile_dir:
+                        progress(f"  {tag(m)}{format_profile(row['profile'])}" + (
+                            f"; python backend's own {row['backend_ms_per_request']:.3f} ms per request"
+                            if row["backend_ms_per_request"] is not None else ""))
+                    if row["client_bound"]:
+                        progress(f"  client-bound? {row['client_bound']}: the numbers may understate the server "
+                                 f"(more --processes, or clients on another machine)")
+        finally:
+            for load in loads.values():
+                load.close()
+    head = served[models[0]]
+    spec = head["spec"]
+    result = {"model": model if isinstance(model, str) else models, "onnx": str(onnx_path),
+              "workload": dataclasses.asdict(work), "backend": head["config"].get("backend"),
+              "max_batch_size": head["config"].get("max_batch_size"),
+              "request_form": spec["form"] if spec else None,
+              "request_inputs": len(head["requests"][0][1]) if head["requests"] else None,
+              "instances": head["instances"], "processes": processes, "sender": sender, "duration_s": duration_s,
+              "rounds": rounds, "rows": rows}
+    if several:
+        result["models"] = {m: {"backend": sv["config"].get("backend"),
+                                "max_batch_size": sv["config"].get("max_batch_size"),
+                                "request_form": sv["spec"]["form"] if sv["spec"] else None,
+                                "request_inputs": len(sv["requests"][0][1]) if sv["requests"] else None,
+                                "instances": sv["instances"]} for m, sv in served.items()}
+    if round_rows:
+        result["round_rows"] = round_rows
+    return result
 
 
 PROFILE_STEPS = ("fetch", "parse", "merge", "run", "split", "respond", "execute")
@@ -438,24 +520,28 @@ def format_row(r: dict) -> str:
 
 
 def plot(result: dict, path) -> None:
-    """PNG: throughput (samples/s) and p99 latency against concurrency, one line per protocol."""
+    """PNG: throughput (samples/s) and p99 latency against concurrency, one line per protocol (and
+model, when several were compared)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for proto in sorted({r["protocol"] for r in result["rows"]}):
-        rows = [r for r in result["rows"] if r["protocol"] == proto]
+    several = isinstance(result["model"], list)
+    for key in sorted({(r.get("model", ""), r["protocol"]) for r in result["rows"]}):
+        rows = [r for r in result["rows"] if (r.get("model", ""), r["protocol"]) == key]
+        label = f"{key[0]} {key[1]}" if several else key[1]
         xs = [r["concurrency"] for r in rows]
-        a.plot(xs, [r["samples_per_s"] for r in rows], marker="o", label=proto)
-        b.plot(xs, [r["p99_ms"] or 0 for r in rows], marker="o", label=f"{proto} p99")
-        b.plot(xs, [r["server_queue_ms"] for r in rows], linestyle="--", label=f"{proto} server queue (mean)")
+        a.plot(xs, [r["samples_per_s"] for r in rows], marker="o", label=label)
+        b.plot(xs, [r["p99_ms"] or 0 for r in rows], marker="o", label=f"{label} p99")
+        b.plot(xs, [r["server_queue_ms"] for r in rows], linestyle="--", label=f"{label} server queue (mean)")
     for ax, title, unit in ((a, "throughput", "samples/s"), (b, "latency", "ms")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(unit)
-        ax.set_title(f"{result['model']} ({result['backend']}): {title}")
+        name = " vs ".join(result["model"]) if several else result["model"]
+        ax.set_title(f"{name} ({result['backend']}): {title}")
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -477,7 +563,10 @@ def _range_arg(text: str) -> tuple[int, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``dlrm-deploy triton-bench``."""
-    p.add_argument("--model", default="dlrm", help="served model name (default dlrm)")
+    p.add_argument("--model", default="dlrm",
+                   help="served model name (default dlrm), or several, comma-separated, served from the same ONNX "
+                        "file (e.g. the packed and tables request forms): each point measures them in turn, "
+                        "--rounds times in alternating order")
     p.add_argument("--onnx", help="the ONNX file the model was made from (default: REPO/MODEL/1/model.onnx)")
     p.add_argument("--repo", help="the model repository (to find the ONNX file)")
     p.add_argument("--protocol", default="grpc,http", help="grpc, http or both (default grpc,http)")
@@ -496,13 +585,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sender", choices=SENDERS, default="prebuilt",
                    help="gRPC: prebuilt (requests serialised once, sent as bytes; default) or tritonclient "
                         "(client.infer per request); HTTP always uses tritonclient")
+    p.add_argument("--rounds", type=int,
+                   help="rounds per point; rows are the medians (default 1; 3 with several models)")
+    p.add_argument("--profile", metavar="DIR",
+                   help="the server's model.py timing log (triton-serve --profile DIR, same machine): each row "
+                        "gets model.py's time per request and the python backend's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="triton_bench.json", help="JSON results; the plot goes beside it as .png")
 
 
 def main(args: argparse.Namespace) -> int:
     """Runs ``dlrm-deploy triton-bench``: prints a table, writes JSON and PNG."""
-    onnx = args.onnx or (str(pathlib.Path(args.repo) / args.model / "1" / "model.onnx") if args.repo else None)
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    if not models or len(set(models)) != len(models):
+        raise ValueError(f"--model '{args.model}': one or more distinct model names, comma-separated")
+    rounds = args.rounds if args.rounds is not None else (3 if len(models) > 1 else 1)
+    if rounds < 1:
+        raise ValueError("--rounds must be >= 1")
+    if args.profile and not pathlib.Path(args.profile).is_dir():
+        raise FileNotFoundError(f"--profile {args.profile}: no such folder (the server's triton-serve --profile DIR)")
+    onnx = args.onnx or (str(pathlib.Path(args.repo) / models[0] / "1" / "model.onnx") if args.repo else None)
     if onnx is None:
         raise ValueError("give --onnx (the exported file) or --repo (the model repository)")
     if not pathlib.Path(onnx).is_file():
@@ -518,9 +620,10 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--concurrency, --pool and --processes must be >= 1, --duration > 0, --warmup >= 0")
     urls = {p: args.grpc_url if p == "grpc" else args.http_url for p in protocols}
     work = Workload(args.batch, args.pooling, args.pool, args.seed)
-    print(HEADER, flush=True)
-    result = sweep(onnx, args.model, urls, conc, work, args.duration, args.warmup,
-                   progress=lambda line: print(line, flush=True), processes=args.processes, sender=args.sender)
+    print((f"{'model':<16}" if len(models) > 1 else "") + HEADER, flush=True)
+    result = sweep(onnx, models[0] if len(models) == 1 else models, urls, conc, work, args.duration, args.warmup,
+                   progress=lambda line: print(line, flush=True), processes=args.processes, sender=args.sender,
+                   rounds=rounds, profile_dir=args.profile)
     out = pathlib.Path(args.out)
     out.write_text(json.dumps(result, indent=1) + "\n")
     plot(result, out.with_suffix(".png"))

@@ -397,3 +397,20 @@ def test_python_repo_without_merging(tmp_path, ort_lib):
                        batching="none", validate=True)
     cfg = parse(md)
     assert cfg.max_batch_size == 1 and not cfg.HasField("dynamic_batching")
+
+
+def test_request_form_option(tmp_path, ort_lib, capsys):
+    """triton-repo --request-form: tables/packed for the python backend; for another backend a
+    one-line error."""
+    from dlrm_deploy.cli import main
+
+    onnx_path = fake_dlrm(tmp_path / "m.onnx", per_table=True)
+    assert main(["triton-repo", str(onnx_path), "--backend", "python", "--kind", "cpu", "--out", str(tmp_path / "r"),
+                 "--request-form", "tables"]) == 0
+    assert json.loads((tmp_path / "r" / "dlrm" / "1" / P.IO_FILE).read_text())["form"] == "tables"
+    assert "lengths_0" in [i.name for i in parse(tmp_path / "r" / "dlrm").input]
+    capsys.readouterr()
+    assert main(["triton-repo", str(onnx_path), "--backend", "onnxruntime", "--out", str(tmp_path / "o"),
+                 "--request-form", "packed"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "python backend" in err and "Traceback" not in err

@@ -316,3 +316,31 @@ def test_bench_unknown_model_is_one_line(served, tmp_path):
                         "--grpc-url", server.grpc_url, "--protocol", "grpc", "--concurrency", "1", "--processes", "2",
                         "--duration", "1", "--out", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_bench_compares_the_request_forms_interleaved(served, tmp_path):
+    """--model dlrm,dlrm_tables --rounds 2 --profile DIR: both forms measured in turn at each point,
+    median rows per model with model.py's and the python backend's own time per request."""
+    import argparse
+
+    from dlrm_deploy.runtime import triton_bench
+
+    server, onnx_path, io, sess = served
+    p = argparse.ArgumentParser()
+    triton_bench.add_arguments(p)
+    out = tmp_path / "ab.json"
+    args = p.parse_args(["--model", f"{MODEL},{TABLES}", "--onnx", str(onnx_path), "--grpc-url", server.grpc_url,
+                         "--protocol", "grpc", "--concurrency", "3", "--rounds", "2", "--batch", "8:16",
+                         "--pooling", "2:6", "--pool", "4", "--duration", "0.6", "--warmup", "0.2",
+                         "--profile", str(server.profile_dir), "--out", str(out)])
+    assert triton_bench.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == [MODEL, TABLES] and result["rounds"] == 2
+    assert {m: v["request_form"] for m, v in result["models"].items()} == FORM
+    assert [r["model"] for r in result["rows"]] == [MODEL, TABLES]
+    assert sorted((r["model"], r["round"]) for r in result["round_rows"]) == sorted(
+        (m, k) for m in FORM for k in range(2))
+    for r in result["rows"]:
+        assert r["rounds"] == 2 and r["errors"] == 0 and r["requests"] > 0
+        assert r["model_py_ms_per_request"] > 0 and r["backend_ms_per_request"] is not None
+    assert out.with_suffix(".png").stat().st_size > 1000

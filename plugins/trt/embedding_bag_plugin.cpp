@@ -413,9 +413,10 @@ int32_t EmbeddingBagPlugin::getOutputDataTypes(DataType* output_types, int32_t n
                                                int32_t nb_inputs) const noexcept {
   const InputLayout l = layout_for(nb_inputs, nb_outputs);
   if (!l.valid) return 1;
-  // Called when the layer is added (the ONNX parser's import): a weights type TensorRT cannot hand a
-  // plugin fails here with the fix, not later as "no supported format" in the builder.
-  if (!weights_type_ok(cfg_.dtype, input_types[kWeights]))
+  // Called when the layer is added (the ONNX parser's import): row-wise weights of a type TensorRT
+  // cannot hand a plugin (uint8, as exported) fail here with the fix, not later as "no supported
+  // format" in the builder. (Float tables' types are checked in configurePlugin, as before.)
+  if (rowwise(cfg_.dtype) && !weights_type_ok(cfg_.dtype, input_types[kWeights]))
     return error("weights are %s but dtype=%s needs %s%s", type_name(input_types[kWeights]), dd_name("dtype", cfg_.dtype),
                  weights_wanted(cfg_.dtype),
                  input_types[kWeights] == DataType::kUINT8

@@ -265,8 +265,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra tritonserver flag, e.g. --server-arg=--log-verbose=1 (repeatable)")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM/SIGHUP stop the server like Ctrl-C (it runs in its own session)
+
+
 def main(args: argparse.Namespace) -> int:
-    """Runs ``dlrm-deploy triton-serve``: starts the server, prints its URLs, serves until Ctrl-C."""
+    """Runs ``dlrm-deploy triton-serve``: starts the server, prints its URLs, serves until Ctrl-C,
+    SIGTERM or SIGHUP, and always stops it (tritonserver runs in a session of its own, so it would
+    outlive this process otherwise)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     server = TritonServer(args.repo, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, stub_env=args.stub_env, log_path=args.log,
                           timeout_s=args.timeout, extra_args=args.server_arg, profile_dir=args.profile)

@@ -344,3 +344,35 @@ def test_bench_compares_the_request_forms_interleaved(served, tmp_path):
         assert r["rounds"] == 2 and r["errors"] == 0 and r["requests"] > 0
         assert r["model_py_ms_per_request"] > 0 and r["backend_ms_per_request"] is not None
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_serve_command_stops_its_server_on_sigterm(served, tmp_path):
+    """dlrm-deploy triton-serve stopped with SIGTERM (kill, a process manager, a shell trap) stops the
+    tritonserver it started, which runs in a session of its own."""
+    import os
+    import signal
+    import time
+
+    server = served[0]
+    proc = subprocess.Popen([sys.executable, "-m", "dlrm_deploy.cli", "triton-serve", str(server.repo), "--http-port", "0",
+                             "--grpc-port", "0", "--metrics-port", "0", "--log", str(tmp_path / "s.log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # "tritonserver ready (pid N), ..." once it serves
+        assert "ready (pid" in line, line + proc.stderr.read()
+        pid = int(line.split("(pid ", 1)[1].split(")")[0])
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"tritonserver {pid} still runs after triton-serve got SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -23,7 +23,9 @@
 #        PROCESSES (client processes the clients are spread over, default 8: one Python client
 #        process cannot load an H100; gRPC requests are serialised once), SENDER (prebuilt or
 #        tritonclient, default prebuilt), PROFILE (1: model.py logs its steps, summarised per
-#        point, default 1), FORMS (request forms measured, default "packed tables").
+#        point, default 1), FORMS (request forms measured, default "packed tables"; the summary also
+#        covers a form measured into OUT_DIR by an earlier call, so FORMS=packed then FORMS=tables
+#        splits the run in two).
 # Results: OUT_DIR/bench_{none1,dyn1}_FORM.{json,png,txt} (dyn2_FORM with 2 GPUs) and a summary.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -109,7 +111,9 @@ fi
 
 python3 - "$out" "$FORMS" <<'EOF'
 import sys, json, os
-out, forms = sys.argv[1], sys.argv[2].split()
+out, measured = sys.argv[1], sys.argv[2].split()
+# this run's forms, then any other form measured into OUT_DIR before (FORMS=packed, then FORMS=tables)
+forms = measured + [f for f in ("packed", "tables") if f not in measured and os.path.exists(f"{out}/bench_dyn1_{f}.json")]
 def load(n):
     path = f"{out}/bench_{n}.json"
     return {r["concurrency"]: r for r in json.load(open(path))["rows"]} if os.path.exists(path) else {}
@@ -138,7 +142,7 @@ if "packed" in at and "tables" in at:
     print(f"packed vs tables with dynamic batching at concurrency {c}: "
           f"{at['packed']['samples_per_s'] / at['tables']['samples_per_s']:.2f}x the throughput, "
           f"p99 {at['packed']['p99_ms']:.1f} vs {at['tables']['p99_ms']:.1f} ms")
-first = forms[0]
+first = measured[0]
 if os.path.exists(f"{out}/bench_dyn2_{first}.json"):
     one, two = load(f"dyn1_{first}"), load(f"dyn2_{first}")
     s1 = max(r["samples_per_s"] for r in one.values())

@@ -3,7 +3,7 @@
 The interaction of DLRM (facebookresearch/dlrm's ``interact_features`` with ``arch_interaction_op
 = "dot"``, and this package's ``export.dlrm``) exports as
 
-    S = Concat(axis=1)(x, pooled...)          [B, n*D]   (or any [B, n*D] tensor, e.g. a Join)
+    S = Concat(axis=1)(x, pooled...)          [B, n*D]   (or overlap's Join, or any [B, n*D] tensor)
     V = Reshape(S, [-1, n, D])
     Z = MatMul(V, Transpose(V, perm=[0, 2, 1]))   [B, n, n]
     F = Reshape(Z, [-1, n*n])
@@ -12,8 +12,10 @@ The interaction of DLRM (facebookresearch/dlrm's ``interact_features`` with ``ar
 
 which ONNX Runtime runs as four kernels (Concat, a batched MatMul, Gather, Concat: 37 us at batch
 2048 with 13 x 128 fp32 vectors on an H100, where the fused kernel reads the vectors once).
-The pass replaces the chain by one node taking S's parts (the Concat's inputs, when S is a Concat
-used only here) and writing G, or R when the last Concat is (one of those parts, G). Element type
+The pass replaces the chain by one node taking S's parts (the Concat's or Join's inputs, when S is
+one used only here) and writing G, or R when the last Concat is (one of those parts, G). In place
+of a Join (export's overlap pass) the fused node itself joins the overlapped lookups' stream before
+its kernel, so no copy is made of the pooled rows. Element type
 float only. Runs in ONNX Runtime (CPU and CUDA providers) with our op library; TensorRT has no
 plugin for it, so files meant for trt-build are exported without it.
 """
@@ -152,6 +154,13 @@ def _rewrite(model: onnx.ModelProto, g: _Graph, m: dict) -> bool:
     if (cat is not None and cat.op_type == "Concat" and cat.domain in ("", "ai.onnx") and _attr(cat, "axis") in (1, -1)
             and g.only_use(m["src"], m["chain"][0]) and len(cat.input) <= MAX_PARTS):
         parts = list(cat.input)
+        remove.append(cat)
+    elif (cat is not None and cat.op_type == C.JOIN_OP_TYPE and cat.domain == C.DOMAIN
+          and g.only_use(m["src"], m["chain"][0]) and len(cat.input) <= MAX_PARTS):
+        # overlap's Join: the fused node joins the lookups' stream itself (ORT, CUDA provider)
+        others = list(cat.input[1:])
+        at = int(_attr(cat, "position", 0))
+        parts = others[:at] + [cat.input[0]] + others[at:]
         remove.append(cat)
     widths = _float_widths(model, parts)
     if widths is None or any(w % m["dim"] for w in widths) or sum(widths) != m["n"] * m["dim"]:

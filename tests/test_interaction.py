@@ -122,9 +122,9 @@ def test_fused_dlrm_in_a_cuda_graph(small_files):
         np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
 
 
-def test_overlap_then_fuse_keeps_the_join(small_files, tmp_path):
-    """With overlap the first Concat is a Join (streams joined there): the fused node reads the
-    Join's output and the last Concat stays."""
+def test_overlap_then_fuse_absorbs_the_join(small_files, tmp_path):
+    """With overlap the first Concat is a Join (streams joined there): the fused node takes the
+    Join's inputs in concatenation order and joins the lookups' stream itself."""
     from dlrm_deploy.export.overlap import apply_overlap
 
     cfg, model, plain, _fused, _ = small_files
@@ -132,7 +132,9 @@ def test_overlap_then_fuse_keeps_the_join(small_files, tmp_path):
     assert apply_overlap(proto) == 1
     assert fuse_interaction(proto) == 1
     ops = [n.op_type for n in proto.graph.node]
-    assert C.JOIN_OP_TYPE in ops and OP_TYPE in ops and ops.count("Concat") == 1
+    assert C.JOIN_OP_TYPE not in ops and OP_TYPE in ops and "Concat" not in ops, ops
+    node = next(n for n in proto.graph.node if n.op_type == OP_TYPE)
+    assert list(node.input) == ["relu_1", "dd_group0_output"]
     path = tmp_path / "both.onnx"
     onnx.save(proto, str(path))
     inputs = make_inputs(cfg, 40, seed=9)

@@ -3,6 +3,8 @@
 
 #include <memory>
 
+#include "join_op.h"
+
 namespace dd_ort {
 
 InteractionKernel::InteractionKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status)
@@ -83,6 +85,14 @@ OrtStatusPtr InteractionKernel::Compute(OrtKernelContext* context) {
     return nullptr;
   }
 #ifdef DD_HAVE_CUDA
+  void* stream = ctx.GetGPUComputeStream();
+  for (int32_t k = 0; k < a.count; ++k) {  // an overlapped EmbeddingBag's output: join its stream first
+    PendingLookups pending;
+    if (TakePending(a.parts[k], &pending)) {
+      const std::string who = "dlrm_deploy::DotInteraction" + (node_name_.empty() ? "" : " (node '" + node_name_ + "')");
+      if (OrtStatusPtr st = FinishPending(pending, stream, who)) return st;
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(plan_mutex_);
     if (plan_ == nullptr) {  // ORT runs a model once before capturing it in a CUDA graph
@@ -92,7 +102,7 @@ OrtStatusPtr InteractionKernel::Compute(OrtKernelContext* context) {
       if (plan_ == nullptr) return Error(ORT_FAIL, msg);
     }
   }
-  if (dd_interaction_cuda(plan_, &a, ctx.GetGPUComputeStream(), msg, sizeof(msg)) != DD_OK)
+  if (dd_interaction_cuda(plan_, &a, stream, msg, sizeof(msg)) != DD_OK)
     return Error(ORT_FAIL, msg);
   return nullptr;
 #else

@@ -52,18 +52,22 @@ OrtStatusPtr JoinKernel::ComputeV2(OrtKernelContext* context) {
 }
 
 // Joins the EmbeddingBag's stream into ORT's; with check=checked waits for it and reports its
-// first bad input; frees a per-call workspace.
-OrtStatusPtr JoinKernel::Finish(const PendingLookups& p, void* stream) const {
+// first bad input; frees a per-call workspace. who names the joining node in CUDA failures.
+OrtStatusPtr FinishPending(const PendingLookups& p, void* stream, const std::string& who) {
   char msg[DD_MSG_LEN] = {0};
   int rc = dd_overlap_join(p.overlap, stream, msg, sizeof(msg));
   dd_error_record rec{};
   if (rc == DD_OK && p.checked) rc = dd_fetch_error(p.workspace, stream, &rec, msg, sizeof(msg));
   if (p.allocator != nullptr) p.allocator->Free(p.allocator, p.workspace);
-  if (rc != DD_OK) return Error(ORT_FAIL, msg);
+  if (rc != DD_OK) return Ort::GetApi().CreateStatus(ORT_FAIL, (who + ": " + msg).c_str());
   if (dd_format_error_tables(&rec, p.names.empty() ? nullptr : p.names.data(), msg, sizeof(msg)) != DD_OK)
     return Ort::GetApi().CreateStatus(
         ORT_INVALID_ARGUMENT, ("dlrm_deploy::EmbeddingBag (node '" + p.node + "'): " + std::string(msg)).c_str());
   return nullptr;
+}
+
+OrtStatusPtr JoinKernel::Finish(const PendingLookups& p, void* stream) const {
+  return FinishPending(p, stream, "dlrm_deploy::Join" + (node_name_.empty() ? "" : " (node '" + node_name_ + "')"));
 }
 
 OrtStatusPtr JoinKernel::Compute(OrtKernelContext* context) {

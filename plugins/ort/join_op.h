@@ -28,6 +28,9 @@ struct PendingLookups {
 // Output data pointer -> its pending lookups (set by EmbeddingBag, taken by Join).
 void RegisterPending(const void* output, PendingLookups pending);
 bool TakePending(const void* output, PendingLookups* pending);
+// Joins pending lookups back into stream and reports their bad input (a status, or nullptr);
+// frees their per-call workspace. who: the joining node, for CUDA failures.
+OrtStatusPtr FinishPending(const PendingLookups& pending, void* stream, const std::string& who);
 
 class JoinKernel {
  public:

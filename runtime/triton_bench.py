@@ -378,6 +378,13 @@ def median_row(rows: list[dict], instances: int) -> dict:
                processes=rows[0]["processes"], requests=int(sum(r["requests"] for r in rows)),
                first_error=next((r["first_error"] for r in rows if r["first_error"]), None))
     out.pop("round", None)
+    if all(r.get("profile") for r in rows):  # model.py's steps: medians too, counts summed
+        profs = [r["profile"] for r in rows]
+        steps = lambda key: {k: float(np.median([p[key].get(k, 0.0) for p in profs]))  # noqa: E731
+                             for k in profs[0][key]}
+        out["profile"] = {"executions": sum(p["executions"] for p in profs), "requests": sum(p["requests"] for p in profs),
+                          "requests_per_execution": float(np.median([p["requests_per_execution"] or 0 for p in profs])),
+                          "ms_per_execution": steps("ms_per_execution"), "ms_per_request": steps("ms_per_request")}
     out["client_bound"] = client_bound(out, instances)
     return out
 

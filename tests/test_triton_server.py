@@ -343,6 +343,7 @@ def test_bench_compares_the_request_forms_interleaved(served, tmp_path):
     for r in result["rows"]:
         assert r["rounds"] == 2 and r["errors"] == 0 and r["requests"] > 0
         assert r["model_py_ms_per_request"] > 0 and r["backend_ms_per_request"] is not None
+        assert r["profile"]["executions"] >= 2 and r["profile"]["ms_per_request"]["execute"] > 0
     assert out.with_suffix(".png").stat().st_size > 1000
 
 

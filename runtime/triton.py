@@ -14,7 +14,9 @@ of the modules that implement it, and the triton-repo command line.
 
 Batching (docs/triton.md): our ``EmbeddingBag`` inputs are ragged and table-major, so the onnxruntime
 and tensorrt configs get ``max_batch_size: 0`` (whole batches per request); the python backend takes
-per-sample lengths, which merge exactly, and uses Triton's dynamic batcher.
+per-sample lengths, which merge exactly, and uses Triton's dynamic batcher; its requests carry all
+tables' ids and lengths in one input each (``--request-form packed``, the default) or one input per
+model input (``tables``).
 """
 
 from __future__ import annotations

@@ -75,8 +75,9 @@ def _packed_part(spec: dict, outputs: list[str]) -> dict:
 
 
 def io_spec(io: ModelIO, form: str = "tables") -> dict:
-    """The request format of a model in `form` ("packed" or "tables"; written as
-    ``1/dlrm_deploy_io.json``): per-sample inputs, per EmbeddingBag input pair the ids / lengths /
+    """The request format of a model in `form` ("packed" or "tables"; the default here is tables,
+    what repositories written before the packed form take; triton-repo writes DEFAULT_FORM) as
+    ``1/dlrm_deploy_io.json`` holds it: per-sample inputs, per EmbeddingBag input pair the ids / lengths /
     weights names, tables and dtypes, outputs, and for the packed form its inputs (``spec["packed"]``).
     ValueError for models the python backend cannot merge (an input that is neither per-sample
     nor an ids/offsets/weights input, or outputs without the samples' leading dim)."""

@@ -10,6 +10,14 @@ environment makes it ask for transparent huge pages); our op asks for huge pages
 Runtime holds (DD_CPU_HUGE_PAGES=0 turns that off). The row "PyTorch, huge-page table" runs
 F.embedding_bag on a copy of the table in huge pages (what THP_MEM_ALLOC_ENABLE=1 gives it);
 --no-torch-huge-pages leaves it out. The huge-page share of each table is printed.
+
+    python scripts/bench_cpu_kernel.py --dlrm paper --threads 2 --runs 10
+
+--dlrm CONFIG times a whole DLRM instead (export/dlrm.py's config; --batch/--pooling as above, or
+the config's): PyTorch eager against its export in ONNX Runtime with our op, interleaved like the
+one-table rows (``dlrm-deploy bench e2e`` times its rows one after the other, which a shared
+machine's changing load can skew). The export goes to a temporary folder (big tables as external
+data, memory-mapped by ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -87,12 +95,68 @@ def _huge_page_copy(t):
     return out
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _dlrm(args) -> int:
+    """Whole DLRM: PyTorch eager vs ONNX Runtime + our op, interleaved (see the module's doc)."""
+    import tempfile
+
+    import torch
+
+    from dlrm_deploy.runtime import ort as dd_ort
+    from dlrm_deploy.runtime.accuracy import onnx_feeds
+    from dlrm_deploy.runtime.timing import time_interleaved
+    from export.dlrm import DLRM, get_config, make_inputs
+    from export.onnx_export import export_onnx
+
+    torch.set_num_threads(args.threads)
+    cfg = get_config(args.dlrm)
+    batch = cfg.batch if args.batch is None else args.batch
+    pooling = cfg.pooling if args.pooling is None else args.pooling
+    print(f"DLRM {args.dlrm}: {len(cfg.table_rows)} tables, dim {cfg.dim}, batch {batch}, pooling {pooling}, "
+          f"{args.threads} threads; torch {torch.__version__}; THP_MEM_ALLOC_ENABLE="
+          f"{os.environ.get('THP_MEM_ALLOC_ENABLE', '(unset)')}, DD_CPU_HUGE_PAGES="
+          f"{os.environ.get('DD_CPU_HUGE_PAGES', '(unset)')}; load average {_load()}", flush=True)
+    model = DLRM(cfg).eval()
+    dense, indices, offsets = make_inputs(cfg, batch, pooling=pooling)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "dlrm.onnx")
+        export_onnx(model, make_inputs(cfg, 64, pooling=pooling), path)
+        sess = dd_ort.ort_session(path, device="cpu", intra_op_num_threads=args.threads, inter_op_num_threads=1)
+        feeds = onnx_feeds(sess.input_names, dense, indices, offsets)
+        with torch.no_grad():
+            want = model(dense, indices, offsets).numpy()
+        err = float(np.max(np.abs(sess.run(feeds)[0] - want)))
+        values = {k: dd_ort._ort().OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+
+        def torch_run():
+            with torch.no_grad():
+                model(dense, indices, offsets)
+
+        times = time_interleaved({"PyTorch eager": torch_run,
+                                  "ORT CPU + dlrm_deploy op": lambda: sess.session.run_with_ort_values(
+                                      sess.output_names, values)}, args.runs, args.warmup)
+        tables = [e.weight for e in model.embeddings]
+        print("huge pages: PyTorch tables " + ", ".join(_huge_page_share(t) for t in tables[:3]) +
+              (", ..." if len(tables) > 3 else "") + f"; whole process {_smaps_kb('AnonHugePages') / 1024:.0f} MB "
+              f"anonymous, {_smaps_kb('FilePmdMapped') / 1024:.0f} MB file-backed")
+        del sess
+    base = times["PyTorch eager"]["median_ms"]
+    print(f"{'row':<34} {'median ms':>10} {'min':>8} {'max':>8} {'vs torch':>9}")
+    for name, t in times.items():
+        print(f"{name:<34} {t['median_ms']:>10.3f} {t['min_ms']:>8.3f} {t['max_ms']:>8.3f} {base / t['median_ms']:>8.2f}x")
+    print(f"max |ORT - torch| = {err:.2e}; load average after {_load()}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=500_000)
     p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--batch", type=int, default=2048)
-    p.add_argument("--pooling", type=int, default=150)
+    p.add_argument("--batch", type=int, default=None, help="default 2048 (--dlrm: the config's)")
+    p.add_argument("--pooling", type=int, default=None, help="default 150 (--dlrm: the config's)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
     p.add_argument("--weighted", action="store_true", help="with per-sample weights")
     p.add_argument("--threads", type=int, default=2)
@@ -101,7 +165,12 @@ def main() -> int:
     p.add_argument("--reference", action="store_true", help="also time the core's sequential reference")
     p.add_argument("--no-torch-huge-pages", action="store_true",
                    help="leave out the PyTorch row on a huge-page copy of the table")
+    p.add_argument("--dlrm", default=None, help="time a whole DLRM of this config (paper, small) instead")
     args = p.parse_args()
+    if args.dlrm:
+        return _dlrm(args)
+    args.batch = 2048 if args.batch is None else args.batch
+    args.pooling = 150 if args.pooling is None else args.pooling
 
     import torch
     import torch.nn.functional as F

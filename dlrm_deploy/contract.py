@@ -160,6 +160,14 @@ INPUTS = (
 JOIN_OP_TYPE = "Join"
 JOIN_INPUTS = (("lookups", "float|float16|bfloat16", "the output of an EmbeddingBag node with overlap=1"),
                ("others", "variadic, the same type", "the other tensors of the concatenation, in order"))
+# DLRM's dot interaction in one node (export's fuse_interaction pass, export/interaction.py):
+# output row b = [input `prefix`'s row b (prefix >= 0)] + [dot(v_i, v_j) for (i, j) = divmod(p, n),
+# p in pairs], v_0..v_{n-1} the dim-wide vectors of the inputs' rows side by side.
+INTERACTION_OP_TYPE = "DotInteraction"
+INTERACTION_INPUTS = (("parts", "variadic float", "[B, k_i * dim] each: the vectors of every sample, side by side"),)
+INTERACTION_ATTRIBUTES = (("dim", "int", "floats per vector"),
+                          ("pairs", "ints", "flat indices i * n + j of the dot products kept, in output order"),
+                          ("prefix", "int", "the input copied in front of the dots, or -1 (default)"))
 OUTPUTS = (("output", "float|float16|bfloat16 (out_dtype)", "[B, T*D] pooled bags, table t in columns t*D..t*D+D-1"),)
 
 

@@ -28,7 +28,7 @@ from onnx import helper, numpy_helper
 
 from dlrm_deploy import contract as C
 
-OP_TYPE = "DotInteraction"
+OP_TYPE = C.INTERACTION_OP_TYPE
 MAX_PARTS = 16  # DD_INTERACTION_MAX_PARTS (cpp/include/dlrm_deploy/interaction.h)
 
 
@@ -80,8 +80,13 @@ def _shape_is(value: np.ndarray | None, tail: tuple[int, ...]) -> bool:
 
 def _float_widths(model: onnx.ModelProto, names: list[str]) -> list[int] | None:
     """Static column counts of 2-D float tensors names, from shape inference; None if unknown."""
+    from .onnx_schema import register_onnx_schema
+
+    register_onnx_schema()
+    light = onnx.ModelProto()  # the graph without initializer data: tables may be gigabytes
+    light.CopyFrom(model) if model.ByteSize() < (64 << 20) else _without_data(model, light)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
     except Exception:  # noqa: BLE001 - no fusion when the shapes are unknown
         return None
     infos = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)
@@ -96,6 +101,18 @@ def _float_widths(model: onnx.ModelProto, names: list[str]) -> list[int] | None:
             return None
         widths.append(dims[1].dim_value)
     return widths
+
+
+def _without_data(model: onnx.ModelProto, light: onnx.ModelProto) -> None:
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    g = light.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
+    for t in model.graph.initializer:
+        g.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
 
 
 def _match(g: _Graph, reshape: onnx.NodeProto) -> dict | None:
@@ -189,3 +206,38 @@ def _rewrite(model: onnx.ModelProto, g: _Graph, m: dict) -> bool:
     if not any(o.domain == C.DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(C.DOMAIN, int(C.OP_VERSION)))
     return True
+
+
+def unfuse_interaction(model: onnx.ModelProto) -> int:
+    """The inverse of fuse_interaction, in place: every DotInteraction node back into standard ops
+    (Concat, Reshape, Transpose, MatMul, Reshape, Gather, Concat) for runtimes without our op library
+    (TensorRT). Returns how many were expanded."""
+    nodes, done = [], 0
+    for node in model.graph.node:
+        if node.op_type != OP_TYPE or node.domain != C.DOMAIN:
+            nodes.append(node)
+            continue
+        done += 1
+        base = (node.name or node.output[0]) + "_unfused"
+        dim, pairs, prefix = int(_attr(node, "dim")), list(_attr(node, "pairs", [])), int(_attr(node, "prefix", -1))
+        consts = {f"{base}_view": [0, -1, dim], f"{base}_flat": [0, -1], f"{base}_pairs": pairs}
+        for name, values in consts.items():
+            model.graph.initializer.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
+        parts = list(node.input)
+        src = parts[0]
+        if len(parts) > 1:
+            nodes.append(helper.make_node("Concat", parts, [f"{base}_cat"], name=f"{base}_cat", axis=1))
+            src = f"{base}_cat"
+        gathered = node.output[0] if prefix < 0 else f"{base}_dots"
+        nodes += [helper.make_node("Reshape", [src, f"{base}_view"], [f"{base}_v"], name=f"{base}_reshape"),
+                  helper.make_node("Transpose", [f"{base}_v"], [f"{base}_vt"], name=f"{base}_transpose", perm=[0, 2, 1]),
+                  helper.make_node("MatMul", [f"{base}_v", f"{base}_vt"], [f"{base}_z"], name=f"{base}_matmul"),
+                  helper.make_node("Reshape", [f"{base}_z", f"{base}_flat"], [f"{base}_zf"], name=f"{base}_flatten"),
+                  helper.make_node("Gather", [f"{base}_zf", f"{base}_pairs"], [gathered], name=f"{base}_gather", axis=1)]
+        if prefix >= 0:
+            nodes.append(helper.make_node("Concat", [parts[prefix], gathered], [node.output[0]], name=f"{base}_out",
+                                          axis=1))
+    if done:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return done

@@ -30,6 +30,7 @@ from .external_data import (EXTERNAL_DATA_THRESHOLD, ExternalDataWriter, HeldTab
 from .model_inputs import dumps, input_source, warn_fixed_dims
 from .onnx_graph import annotate_outputs, is_op, op_nodes
 from .onnx_schema import register_onnx_schema
+from .interaction import fuse_interaction as fuse_dot_interaction
 from .overlap import apply_overlap
 from .swap import check_supported, embedding_bags, swap_embedding_bags
 from .tables import (DEFAULT_HOT_COVERAGE, DEFAULT_L2_BUDGET_BYTES, choose_pinned_rows, hot_coverage, plan_hot_rows,
@@ -255,7 +256,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
                 l2_budget_bytes: int = DEFAULT_L2_BUDGET_BYTES, check: str = "checked", opset: int = 18,
                 input_names: list[str] | None = None, output_names: list[str] | None = None,
                 dynamic_shapes=None, external_data: bool | None = None, validate: bool = True,
-                overlap: bool = False, progress=None) -> ExportInfo:
+                overlap: bool = False, fuse_interaction: bool = True, progress=None) -> ExportInfo:
     """Exports model to ONNX at path with every nn.EmbeddingBag as ``dlrm_deploy::EmbeddingBag``.
 
     model: any torch module using nn.EmbeddingBag (mode sum or mean, with or without
@@ -290,6 +291,11 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     overlap: on ONNX Runtime's CUDA provider, run the lookups on the op's own stream beside the
       dense layers where the graph allows (see export/overlap.py); such a file needs ONNX Runtime
       (TensorRT has no Join plugin).
+    fuse_interaction: DLRM's dot interaction (Concat, Reshape, Transpose, MatMul, Reshape, Gather,
+      Concat, as facebookresearch's DLRM and ``export.dlrm`` write it) as one
+      ``dlrm_deploy::DotInteraction`` node where the graph has that chain (export/interaction.py):
+      one kernel instead of four on ONNX Runtime's CUDA provider. ``trt-build`` expands it back
+      for TensorRT. False keeps the chain.
     progress: callable taking a message string (e.g. print), or None.
     Returns an ExportInfo.
     """
@@ -309,14 +315,15 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     table_map, node_bags = _table_map(proto, model, bags, example_inputs, plans)
     options = dict(dtype=dtype, variant=variant, prefetch_distance=prefetch_distance,
                    table_batching=bool(table_batching), check=check, pinned_rows=max(pinned.values(), default=0),
-                   overlap=bool(overlap))
+                   overlap=bool(overlap), fuse_interaction=bool(fuse_interaction))
     meta = {"dlrm_deploy.tables": dumps(table_map), "dlrm_deploy.export": dumps(options)}
     if external_data is None:
         external_data = sum(tensor_bytes(t) for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     data_name = os.path.basename(path) + ".data" if external_data else None
     with _staged_output(path) as stage:
         groups, op_count = _write(proto, held, os.path.join(stage, os.path.basename(path)), data_name, node_bags, meta,
-                                  table_batching=table_batching, validate=validate, overlap=overlap, say=say,
+                                  table_batching=table_batching, validate=validate, overlap=overlap,
+                                  fuse_interaction=fuse_interaction, say=say,
                                   seconds=seconds)
     seconds["total"] = time.perf_counter() - t0
     info = ExportInfo(path=path, external_data=data_name, tables=_table_infos(bags, plans, pinned, dtype),
@@ -341,7 +348,8 @@ def _batch(proto: onnx.ModelProto, held: HeldTables, node_bags: list, writer: Ex
 
 
 def _write(proto: onnx.ModelProto, held: HeldTables, path: str, data_name: str | None, node_bags: list, meta: dict, *,
-           table_batching: bool, validate: bool, overlap: bool, say, seconds: dict) -> tuple[list[list[str]], int]:
+           table_batching: bool, validate: bool, overlap: bool, fuse_interaction: bool, say,
+           seconds: dict) -> tuple[list[list[str]], int]:
     """Table batching, metadata, saving and checking of the traced model at path (a staging name).
     Returns (module names per op node, number of op nodes)."""
     writer = ExternalDataWriter(os.path.join(os.path.dirname(path), data_name), data_name) if data_name else None
@@ -351,6 +359,8 @@ def _write(proto: onnx.ModelProto, held: HeldTables, path: str, data_name: str |
     if overlap:
         say(f"overlap: {apply_overlap(proto)} op node(s) beside the dense layers")
     annotate_outputs(proto)
+    if fuse_interaction:
+        say(f"fuse_interaction: {fuse_dot_interaction(proto)} dot interaction(s) as one node")
     proto.producer_name = "dlrm_deploy"
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)

@@ -124,9 +124,55 @@ def build_join_schema() -> defs.OpSchema:
     return schema
 
 
+def _infer_interaction(ctx) -> None:
+    """DotInteraction's output: float [B, prefix input's width + len(pairs)] (width unknown when the
+    prefix input's is)."""
+    out = onnx.TypeProto()
+    out.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    batch, width = out.tensor_type.shape.dim.add(), out.tensor_type.shape.dim.add()
+    first = ctx.get_input_type(0)
+    dims = first.tensor_type.shape.dim if first is not None and first.tensor_type.HasField("shape") else []
+    if len(dims) == 2 and dims[0].HasField("dim_param"):
+        batch.dim_param = dims[0].dim_param
+    elif len(dims) == 2 and dims[0].HasField("dim_value"):
+        batch.dim_value = dims[0].dim_value
+    pairs, prefix = ctx.get_attribute("pairs"), ctx.get_attribute("prefix")
+    n_pairs = len(pairs.ints) if pairs is not None else None
+    k = prefix.i if prefix is not None else -1
+    extra = 0
+    if k >= 0:
+        t = ctx.get_input_type(k)
+        pd = t.tensor_type.shape.dim if t is not None and t.tensor_type.HasField("shape") else []
+        extra = pd[1].dim_value if len(pd) == 2 and pd[1].HasField("dim_value") else None
+    if n_pairs is not None and extra is not None:
+        width.dim_value = extra + n_pairs
+    ctx.set_output_type(0, out)
+
+
+def build_interaction_schema() -> defs.OpSchema:
+    """The OpSchema of ``dlrm_deploy::DotInteraction`` (export/interaction.py)."""
+    fp = defs.OpSchema.FormalParameter
+    (name, _t, doc), = C.INTERACTION_INPUTS
+    inputs = [fp(name, "T", doc, param_option=defs.OpSchema.FormalParameterOption.Variadic, min_arity=1)]
+    kinds = {"int": defs.OpSchema.AttrType.INT, "ints": defs.OpSchema.AttrType.INTS}
+    attrs = []
+    for a_name, kind, a_doc in C.INTERACTION_ATTRIBUTES:
+        if a_name == "prefix":
+            attrs.append(defs.OpSchema.Attribute(a_name, onnx.helper.make_attribute(a_name, -1), a_doc))
+        else:
+            attrs.append(defs.OpSchema.Attribute(a_name, kinds[kind], a_doc, required=True))
+    schema = defs.OpSchema(C.INTERACTION_OP_TYPE, C.DOMAIN, C.OP_VERSION,
+                           "DLRM's dot interaction in one node (docs/op_contract.md).", inputs=inputs,
+                           outputs=[fp("output", "T", "[B, prefix width + len(pairs)]")],
+                           type_constraints=[("T", ["tensor(float)"], "float")], attributes=attrs)
+    schema.set_type_and_shape_inference_function(_infer_interaction)
+    return schema
+
+
 def register_onnx_schema() -> None:
     """Registers the ops' schemas with the onnx package of this process (idempotent)."""
-    for op_type, build in ((C.OP_TYPE, build_onnx_schema), (C.JOIN_OP_TYPE, build_join_schema)):
+    for op_type, build in ((C.OP_TYPE, build_onnx_schema), (C.JOIN_OP_TYPE, build_join_schema),
+                           (C.INTERACTION_OP_TYPE, build_interaction_schema)):
         try:
             defs.get_schema(op_type, C.OP_VERSION, C.DOMAIN)
         except defs.SchemaError:

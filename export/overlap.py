@@ -7,7 +7,9 @@ provider the lookups then run on the op's own stream, concurrently with whatever
 before the Join (the bottom MLP), and Join joins the streams, reports bad input (check=checked) and
 concatenates. The EmbeddingBag node is moved just before its Join: ONNX Runtime's default order
 visits the later-defined input of a node first, so the lookups are launched before the other
-branch. ONNX Runtime only (TensorRT has no Join plugin); other providers run it inline.
+branch. An EmbeddingBag whose output feeds a fused ``DotInteraction`` (export/interaction.py) is
+marked the same way without a Join: that node joins the op's stream itself. ONNX Runtime only
+(TensorRT has no Join plugin); other providers run it inline.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from dlrm_deploy import contract as C
 
 def _concat_axis(node: onnx.NodeProto) -> int | None:
     return next((a.i for a in node.attribute if a.name == "axis"), None)
+
+
+def _mark(op: onnx.NodeProto) -> None:
+    for a in op.attribute:
+        if a.name == "overlap":
+            a.i = 1
+            return
+    op.attribute.append(helper.make_attribute("overlap", 1))
 
 
 def apply_overlap(model: onnx.ModelProto) -> int:
@@ -41,6 +51,15 @@ def apply_overlap(model: onnx.ModelProto) -> int:
                 or len(users) != 1):
             continue
         cat = users[0]
+        if cat.domain == C.DOMAIN and cat.op_type == C.INTERACTION_OP_TYPE:  # a fused interaction joins itself
+            nodes = list(graph.node)
+            nodes.remove(op)
+            nodes.insert(next(i for i, n in enumerate(nodes) if n is cat), op)
+            _mark(op)
+            del graph.node[:]
+            graph.node.extend(nodes)
+            marked += 1
+            continue
         others = [x for x in cat.input if x != out]
         if (cat.op_type != "Concat" or cat.domain not in ("", "ai.onnx") or _concat_axis(cat) not in (1, -1)
                 or list(cat.input).count(out) != 1 or not others):
@@ -52,12 +71,7 @@ def apply_overlap(model: onnx.ModelProto) -> int:
         nodes[at] = join
         nodes.remove(op)
         nodes.insert(nodes.index(join), op)
-        for a in op.attribute:
-            if a.name == "overlap":
-                a.i = 1
-                break
-        else:
-            op.attribute.append(helper.make_attribute("overlap", 1))
+        _mark(op)
         del graph.node[:]
         graph.node.extend(nodes)
         marked += 1

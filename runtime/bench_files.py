@@ -29,14 +29,15 @@ def export_stock(model, example, path: str) -> None:
 
 
 def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None = None,
-                 check: str | None = None, overlap: bool = False, fuse: bool = False) -> None:
+                 check: str | None = None, overlap: bool = False, fuse: bool | None = None) -> None:
     """Copies the ONNX file src to dst with every op node's variant (and prefetch distance, bounds
-    check mode) set, with overlap the lookups beside the dense layers (export's overlap pass) and
-    with fuse the dot interaction as one node (export's fuse_interaction pass); external data
-    stays where it is (dst must be in src's folder)."""
+    check mode) set, with overlap the lookups beside the dense layers (export's overlap pass), with
+    fuse=True the dot interaction as one node (export's fuse_interaction pass; ValueError where the
+    model has none) and with fuse=False as standard ops; external data stays where it is (dst must
+    be in src's folder)."""
     import onnx
 
-    from dlrm_deploy.export.interaction import fuse_interaction
+    from dlrm_deploy.export.interaction import OP_TYPE, fuse_interaction, unfuse_interaction
     from dlrm_deploy.export.overlap import apply_overlap
 
     m = onnx.load(src, load_external_data=False)
@@ -51,9 +52,11 @@ def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None
                 for a in [a for a in n.attribute if a.name == "check"]:
                     n.attribute.remove(a)
                 n.attribute.append(onnx.helper.make_attribute("check", check))
+    if fuse is False:
+        unfuse_interaction(m)
     if overlap:
         apply_overlap(m)
-    if fuse and not fuse_interaction(m):
+    if fuse and not fuse_interaction(m) and not any(n.op_type == OP_TYPE for n in m.graph.node):
         raise ValueError(f"{src}: no dot interaction to fuse")
     onnx.save(m, dst)
 

@@ -162,23 +162,26 @@ def probe_layouts(b: Bench, plain: str, hot: str, variant: str, check: str) -> d
 def first_variant_rows(b: Bench, prov: str, src: str, path: str, v: str, chk: str, label: str,
                        hot: str) -> list[Row]:
     """The GPU-only rows of the first variant: CUDA graph, the lookups overlapped with the dense
-    layers (inline and in a CUDA graph), and the dot interaction fused into one node (CUDA graph,
-    alone and with overlap)."""
+    layers (inline and in a CUDA graph), and, where the export fused the dot interaction, the
+    same model with the interaction as standard ops (CUDA graph)."""
+    import onnx
+
+    from dlrm_deploy.export.interaction import OP_TYPE
+
     a = b.args
     stem = os.path.join(b.workdir, f"{os.path.basename(src)[:-5]}_{v}_{chk}")
-    files = {"overlap": (True, False), "fused": (False, True), "overlap_fused": (True, True)}
-    for key, (overlap, fuse) in files.items():
-        with_variant(src, f"{stem}_{key}.onnx", v, check=chk, overlap=overlap, fuse=fuse)
+    with_variant(src, f"{stem}_overlap.onnx", v, check=chk, overlap=True)
+    fused = any(n.op_type == OP_TYPE for n in onnx.load(src, load_external_data=False).graph.node)
     # Overlapped rows run ORT's stream at high priority, so that the dense layers' blocks are
     # scheduled ahead of the lookups' remaining ones (the op's own stream has the default priority).
     graphs = not a.no_cuda_graphs
     specs = [("CUDA graph", path, True, 0)] if graphs else []
     specs.append(("overlap", f"{stem}_overlap.onnx", False, -1))
     if graphs:
-        specs += [("overlap, CUDA graph", f"{stem}_overlap.onnx", True, -1),
-                  ("overlap, CUDA graph, default priority", f"{stem}_overlap.onnx", True, 0),
-                  ("fused interaction, CUDA graph", f"{stem}_fused.onnx", True, 0),
-                  ("overlap + fused interaction, CUDA graph", f"{stem}_overlap_fused.onnx", True, -1)]
+        specs.append(("overlap, CUDA graph", f"{stem}_overlap.onnx", True, -1))
+    if graphs and fused:
+        with_variant(src, f"{stem}_unfused.onnx", v, check=chk, fuse=False)
+        specs.append(("interaction not fused, CUDA graph", f"{stem}_unfused.onnx", True, 0))
     rows = []
     for what, p, graph, priority in specs:
         row = ort_row(b, f"ORT {prov} + dlrm_deploy op ({a.dtype}, {label}, {what})", "ort-dlrm_deploy", a.dtype, p, v,

@@ -144,6 +144,9 @@ def trt_onnx_model(onnx_path):
     bytes are a multiple of 16), in an element type TensorRT can hand a plugin (TensorRT plugins take
     no uint8 inputs; int8 means quantized values to TensorRT). The plugin reads the bytes as they are.
 
+    A fused dot interaction (``dlrm_deploy::DotInteraction``, which TensorRT has no plugin for) is
+    expanded back into standard ops (export/interaction.py's unfuse_interaction).
+
     Returns (onnx.ModelProto, number of initializers retyped). External data is not loaded: its
     references stay valid for a model read from or saved into onnx_path's folder. Weights that are
     not an initializer (a graph input, another node's output) cannot be retyped: ValueError.
@@ -153,7 +156,10 @@ def trt_onnx_model(onnx_path):
 
     from dlrm_deploy import contract as C
 
+    from dlrm_deploy.export.interaction import unfuse_interaction
+
     model = onnx.load(str(onnx_path), load_external_data=False)
+    unfuse_interaction(model)
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     retyped: dict[str, list[int]] = {}
@@ -246,12 +252,10 @@ def build_trt_engine(onnx_path, engine_path, fp16: bool = False, workspace_mb: i
     say(f"parsing {onnx_path}")
     model, retyped = trt_onnx_model(onnx_path)
     if retyped:
-        # Row-wise tables: their bytes as int32 (plugins take no uint8 inputs); external data is found
-        # beside onnx_path.
         say(f"{retyped} row-wise weights handed to TensorRT as int32 [rows, row_bytes / 4] (the same bytes)")
-        ok = parser.parse(model.SerializeToString(), str(onnx_path))
-    else:
-        ok = parser.parse_from_file(str(onnx_path))
+    # Row-wise tables as int32 (plugins take no uint8 inputs), a fused interaction expanded; external
+    # data is found beside onnx_path.
+    ok = parser.parse(model.SerializeToString(), str(onnx_path))
     del model
     if not ok:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]

@@ -87,8 +87,22 @@ class EmbeddingBag(OpRun):
         return (reference_embedding_bag(weights, indices, offsets, per_sample_weights, **a),)
 
 
+class DotInteraction(OpRun):
+    """numpy reference of dlrm_deploy::DotInteraction (the fused dot interaction, docs/op_contract.md)."""
+
+    op_domain = C.DOMAIN
+
+    def _run(self, *parts, dim=None, pairs=None, prefix=-1):
+        v = np.concatenate(parts, axis=1)
+        b = v.shape[0]
+        n = v.shape[1] // dim
+        v = v.reshape(b, n, dim)
+        dots = np.einsum("bid,bjd->bij", v, v).reshape(b, n * n)[:, np.asarray(pairs, dtype=np.int64)]
+        return (np.concatenate([parts[prefix], dots], axis=1) if prefix >= 0 else dots,)
+
+
 def run_reference(path, feeds):
-    return ReferenceEvaluator(str(path), new_ops=[EmbeddingBag]).run(None, feeds)[0]
+    return ReferenceEvaluator(str(path), new_ops=[EmbeddingBag, DotInteraction]).run(None, feeds)[0]
 
 
 def feeds_of(model_path, dense, indices, offsets):

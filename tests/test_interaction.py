@@ -72,13 +72,14 @@ def small_files(tmp_path_factory):
     cfg = get_config("small")
     model = DLRM(cfg, seed=0).eval()
     folder = tmp_path_factory.mktemp("interaction")
-    plain = folder / "plain.onnx"
-    export_onnx(model, make_inputs(cfg, 16, seed=0), plain)
+    plain, fused = folder / "plain.onnx", folder / "fused.onnx"
+    export_onnx(model, make_inputs(cfg, 16, seed=0), plain, fuse_interaction=False)
+    export_onnx(model, make_inputs(cfg, 16, seed=0), fused)  # the default fuses (and validates the file)
     proto = onnx.load(str(plain))
-    assert fuse_interaction(proto) == 1
-    fused = folder / "fused.onnx"
-    onnx.save(proto, str(fused))
-    return cfg, model, plain, fused, proto
+    assert fuse_interaction(proto) == 1  # the pass on its own gives the same graph
+    default = onnx.load(str(fused))
+    assert [n.op_type for n in proto.graph.node] == [n.op_type for n in default.graph.node]
+    return cfg, model, plain, fused, default
 
 
 def test_the_chain_becomes_one_node(small_files):
@@ -142,6 +143,34 @@ def test_overlap_then_fuse_absorbs_the_join(small_files, tmp_path):
         ref = model(*inputs).numpy()
     sess = dd_ort.ort_session(path, device="cpu")
     np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_unfuse_restores_standard_ops(small_files, tmp_path):
+    """trt-build's expansion: no dlrm_deploy node but the EmbeddingBag, same outputs."""
+    from dlrm_deploy.export.interaction import unfuse_interaction
+
+    cfg, model, _plain, fused, _ = small_files
+    proto = onnx.load(str(fused))
+    assert unfuse_interaction(proto) == 1
+    assert {n.op_type for n in proto.graph.node if n.domain == C.DOMAIN} == {C.OP_TYPE}
+    onnx.checker.check_model(proto)
+    path = tmp_path / "unfused.onnx"
+    onnx.save(proto, str(path))
+    inputs = make_inputs(cfg, 33, seed=8)
+    with torch.no_grad():
+        ref = model(*inputs).numpy()
+    sess = dd_ort.ort_session(path, device="cpu")
+    np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_export_cli_fuses_by_default(tmp_path):
+    from dlrm_deploy.cli import main
+
+    for extra, want in (([], 1), (["--no-fuse-interaction"], 0)):
+        out = tmp_path / f"m{len(extra)}.onnx"
+        assert main(["export", "--config", "small", "--out", str(out), *extra]) == 0
+        ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+        assert ops.count(OP_TYPE) == want
 
 
 def test_graphs_without_the_chain_are_left_alone(small_files):

@@ -1,4 +1,5 @@
-"""export_onnx(overlap=True): the lookups beside the dense layers (EmbeddingBag overlap=1 + Join).
+"""export_onnx(overlap=True): the lookups beside the dense layers (EmbeddingBag overlap=1, joined by
+the fused DotInteraction, or by a Join where the interaction is not fused).
 On the CPU (any machine) the graph must compute exactly what the plain export computes and still
 reject bad input; on the CUDA provider (GPU machines) the same, plus CUDA-graph sessions."""
 
@@ -23,8 +24,14 @@ def exported(tmp_path_factory):
     model = DLRM(cfg, seed=0).eval()
     folder = tmp_path_factory.mktemp("overlap")
     export_onnx(model, make_inputs(cfg, 16, seed=0), folder / "plain.onnx")
+    export_onnx(model, make_inputs(cfg, 16, seed=0), folder / "plain_join.onnx", fuse_interaction=False)
     export_onnx(model, make_inputs(cfg, 16, seed=0), folder / "overlap.onnx", overlap=True)
+    export_onnx(model, make_inputs(cfg, 16, seed=0), folder / "overlap_join.onnx", overlap=True,
+                fuse_interaction=False)
     return cfg, model, folder
+
+
+FILES = ["overlap.onnx", "overlap_join.onnx"]
 
 
 def _feeds(cfg, model, batch, seed):
@@ -36,9 +43,22 @@ def _feeds(cfg, model, batch, seed):
         return feeds, model(dense, indices, offsets).numpy()
 
 
-def test_graph_structure(exported):
+def test_graph_structure_fused(exported):
+    """The default export fuses the interaction: the op right before the DotInteraction that joins
+    its stream, no Join."""
     _cfg, _model, folder = exported
     nodes = list(onnx.load(str(folder / "overlap.onnx")).graph.node)
+    kinds = [(n.domain, n.op_type) for n in nodes]
+    op_at = kinds.index((C.DOMAIN, C.OP_TYPE))
+    assert kinds[op_at + 1] == (C.DOMAIN, C.INTERACTION_OP_TYPE)
+    assert next(a.i for a in nodes[op_at].attribute if a.name == "overlap") == 1
+    assert nodes[op_at].output[0] in nodes[op_at + 1].input
+    assert (C.DOMAIN, C.JOIN_OP_TYPE) not in kinds
+
+
+def test_graph_structure(exported):
+    _cfg, _model, folder = exported
+    nodes = list(onnx.load(str(folder / "overlap_join.onnx")).graph.node)
     kinds = [(n.domain, n.op_type) for n in nodes]
     op_at = kinds.index((C.DOMAIN, C.OP_TYPE))
     assert kinds[op_at + 1] == (C.DOMAIN, C.JOIN_OP_TYPE)  # the lookups right before their Join
@@ -50,11 +70,12 @@ def test_graph_structure(exported):
     assert (C.DOMAIN, C.JOIN_OP_TYPE) not in plain
 
 
+@pytest.mark.parametrize("name", FILES)
 @pytest.mark.parametrize("device", DEVICES)
-def test_overlap_matches_plain_and_rejects_bad_input(exported, device):
+def test_overlap_matches_plain_and_rejects_bad_input(exported, device, name):
     cfg, model, folder = exported
-    plain = dd_ort.ort_session(folder / "plain.onnx", device=device)
-    over = dd_ort.ort_session(folder / "overlap.onnx", device=device)
+    plain = dd_ort.ort_session(folder / ("plain.onnx" if name == "overlap.onnx" else "plain_join.onnx"), device=device)
+    over = dd_ort.ort_session(folder / name, device=device)
     for batch, seed in [(32, 1), (5, 2), (64, 3)]:
         feeds, ref = _feeds(cfg, model, batch, seed)
         (a,) = plain.run(feeds)
@@ -72,9 +93,10 @@ def test_overlap_matches_plain_and_rejects_bad_input(exported, device):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not dd_ort.cuda_available(), reason="onnxruntime has no CUDA execution provider")
-def test_overlap_in_cuda_graph(exported):
+@pytest.mark.parametrize("name", FILES)
+def test_overlap_in_cuda_graph(exported, name):
     cfg, model, folder = exported
-    sess = dd_ort.ort_session(folder / "overlap.onnx", device="cuda", cuda_graph=True)
+    sess = dd_ort.ort_session(folder / name, device="cuda", cuda_graph=True)
     for seed in (1, 2, 3):
         feeds, ref = _feeds(cfg, model, 32, seed)
         (out,) = sess.run(feeds)

@@ -11,6 +11,34 @@ import numpy as np
 from .contract import int4_row_bytes, int8_row_bytes
 
 
+def _rowwise_codes(table, levels: int, multiple: int, name: str):
+    """Per-row min/max quantization shared by int8 and int4, in fp32 on table's device:
+    (as_numpy, tensor, codes uint8 [rows, dim] in 0..levels, scale, bias). A constant row gets
+    scale 1 (codes 0); codes round half to even (torch.round)."""
+    import torch
+
+    as_numpy = not isinstance(table, torch.Tensor)
+    t = torch.as_tensor(table).to(torch.float32)
+    dim = t.shape[1]
+    if dim % multiple:
+        raise ValueError(f"{name} row-wise tables need dim divisible by {multiple}, got {dim}")
+    lo, hi = t.amin(dim=1), t.amax(dim=1)
+    scale = (hi - lo) / float(levels)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    codes = torch.clamp(torch.round((t - lo[:, None]) / scale[:, None]), 0, levels).to(torch.uint8)
+    return as_numpy, t, codes, scale, lo
+
+
+def _rows_out(as_numpy: bool, t, row_bytes: int, code_bytes, first: int, scale, bias):
+    """The rows: code_bytes [rows, first], then fp32 scale and bias, zero padding to row_bytes."""
+    import torch
+
+    out = torch.zeros((t.shape[0], row_bytes), dtype=torch.uint8, device=t.device)
+    out[:, :first] = code_bytes
+    out[:, first:first + 8] = torch.stack([scale, bias], dim=1).contiguous().view(torch.uint8)
+    return out.cpu().numpy() if as_numpy else out
+
+
 def quantize_int8_rowwise(table):
     """[rows, dim] float -> [rows, row_bytes] uint8 rows: dim codes, fp32 scale, fp32 bias, zero pad.
 
@@ -18,21 +46,9 @@ def quantize_int8_rowwise(table):
     row gets scale 1 (codes 0). Dequantized value = scale * code + bias (within scale / 2 of x).
     Takes and returns a numpy array, or a torch tensor (on its device: quantize big tables on the GPU).
     """
-    import torch
-
-    as_numpy = not isinstance(table, torch.Tensor)
-    t = torch.as_tensor(table).to(torch.float32)
-    rows, dim = t.shape
-    if dim % 4:
-        raise ValueError(f"int8 row-wise tables need dim divisible by 4, got {dim}")
-    lo, hi = t.amin(dim=1), t.amax(dim=1)
-    scale = (hi - lo) / 255.0
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    codes = torch.clamp(torch.round((t - lo[:, None]) / scale[:, None]), 0, 255).to(torch.uint8)
-    out = torch.zeros((rows, int8_row_bytes(dim)), dtype=torch.uint8, device=t.device)
-    out[:, :dim] = codes
-    out[:, dim:dim + 8] = torch.stack([scale, lo], dim=1).contiguous().view(torch.uint8)
-    return out.cpu().numpy() if as_numpy else out
+    as_numpy, t, codes, scale, lo = _rowwise_codes(table, 255, 4, "int8")
+    dim = t.shape[1]
+    return _rows_out(as_numpy, t, int8_row_bytes(dim), codes, dim, scale, lo)
 
 
 def dequantize_int8_rowwise(rows: np.ndarray, dim: int) -> np.ndarray:
@@ -52,21 +68,9 @@ def quantize_int4_rowwise(table):
     the dequantized value scale * code + bias is within scale / 2 of x (up to fp32 rounding).
     dim must be divisible by 8. Takes and returns a numpy array, or a torch tensor (on its device).
     """
-    import torch
-
-    as_numpy = not isinstance(table, torch.Tensor)
-    t = torch.as_tensor(table).to(torch.float32)
-    rows, dim = t.shape
-    if dim % 8:
-        raise ValueError(f"int4 row-wise tables need dim divisible by 8, got {dim}")
-    lo, hi = t.amin(dim=1), t.amax(dim=1)
-    scale = (hi - lo) / 15.0
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    codes = torch.clamp(torch.round((t - lo[:, None]) / scale[:, None]), 0, 15).to(torch.uint8)
-    out = torch.zeros((rows, int4_row_bytes(dim)), dtype=torch.uint8, device=t.device)
-    out[:, :dim // 2] = codes[:, 0::2] | (codes[:, 1::2] << 4)
-    out[:, dim // 2:dim // 2 + 8] = torch.stack([scale, lo], dim=1).contiguous().view(torch.uint8)
-    return out.cpu().numpy() if as_numpy else out
+    as_numpy, t, codes, scale, lo = _rowwise_codes(table, 15, 8, "int4")
+    dim = t.shape[1]
+    return _rows_out(as_numpy, t, int4_row_bytes(dim), codes[:, 0::2] | (codes[:, 1::2] << 4), dim // 2, scale, lo)
 
 
 def int4_codes(rows: np.ndarray, dim: int) -> np.ndarray:

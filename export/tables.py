@@ -35,13 +35,7 @@ def quantize_int8_rowwise(weight: torch.Tensor) -> torch.Tensor:
     fp32 scale, fp32 bias, zero padding. (The layout code is ``dlrm_deploy.layout``, shared with the
     benchmarks and tests.) Quantizes in chunks of rows to bound temporaries on 500K-row tables.
     """
-    if weight.dim() != 2:
-        raise ValueError(f"expected a [rows, dim] table, got shape {list(weight.shape)}")
-    w = weight.detach()
-    chunk = 1 << 17
-    if w.shape[0] <= chunk:
-        return _layout.quantize_int8_rowwise(w)
-    return torch.cat([_layout.quantize_int8_rowwise(w[s:s + chunk]) for s in range(0, w.shape[0], chunk)])
+    return _in_chunks(_layout.quantize_int8_rowwise, weight)
 
 
 def quantize_int4_rowwise(weight: torch.Tensor) -> torch.Tensor:
@@ -52,13 +46,17 @@ def quantize_int4_rowwise(weight: torch.Tensor) -> torch.Tensor:
     8) / 16) * 16: the codes two per byte (even column in the low nibble), fp32 scale, fp32 bias, zero
     padding (``dlrm_deploy.layout``). Quantizes in chunks of rows to bound temporaries.
     """
+    return _in_chunks(_layout.quantize_int4_rowwise, weight)
+
+
+def _in_chunks(quantize, weight: torch.Tensor, chunk: int = 1 << 17) -> torch.Tensor:
+    """quantize over [rows, dim] weight, chunk rows at a time (bounds temporaries on big tables)."""
     if weight.dim() != 2:
         raise ValueError(f"expected a [rows, dim] table, got shape {list(weight.shape)}")
     w = weight.detach()
-    chunk = 1 << 17
     if w.shape[0] <= chunk:
-        return _layout.quantize_int4_rowwise(w)
-    return torch.cat([_layout.quantize_int4_rowwise(w[s:s + chunk]) for s in range(0, w.shape[0], chunk)])
+        return quantize(w)
+    return torch.cat([quantize(w[s:s + chunk]) for s in range(0, w.shape[0], chunk)])
 
 
 def dequantize_int4_rowwise(packed: torch.Tensor | np.ndarray, dim: int) -> np.ndarray:

@@ -95,9 +95,11 @@ def test_bad_input_checked_raises(variant):
     torch.testing.assert_close(out[0], w[1] + w[2])
 
 
-def test_deferred_mode_records_without_sync():
-    cfg = _core.make_config(dict(table_rows=[100], dim=64, check="deferred"))
-    w = torch.randn(100, 64, device="cuda")
+def _deferred_bad_index(cfg, w):
+    """One bag [1, 500, 2] of a 100-row table in check=deferred: the record names id 500. Returns
+    (output [1, 64], a callable reading the record again: its return code)."""
+    import ctypes
+
     idx = torch.tensor([1, 500, 2], device="cuda")
     off = torch.tensor([0], device="cuda")
     out = torch.empty(1, 64, device="cuda")
@@ -105,11 +107,19 @@ def test_deferred_mode_records_without_sync():
     stream = torch.cuda.current_stream().cuda_stream
     _core.forward_cuda(cfg, w.data_ptr(), idx.data_ptr(), off.data_ptr(), None, 3, 1, out.data_ptr(), ws.data_ptr(),
                        stream)
-    buf = __import__("ctypes").create_string_buffer(512)
-    rc = _core.lib().dd_read_error(__import__("ctypes").byref(cfg), ws.data_ptr(), stream, buf, 512)
+    buf = ctypes.create_string_buffer(512)
+    read = lambda: _core.lib().dd_read_error(ctypes.byref(cfg), ws.data_ptr(), stream, buf, 512)  # noqa: E731
+    rc = read()
     assert rc == 2 and b"index 500 at position 1" in buf.value
+    return out, read
+
+
+def test_deferred_mode_records_without_sync():
+    cfg = _core.make_config(dict(table_rows=[100], dim=64, check="deferred"))
+    w = torch.randn(100, 64, device="cuda")
+    out, read = _deferred_bad_index(cfg, w)
     torch.testing.assert_close(out[0], w[1] + w[2])  # the bad lookup contributed zero
-    assert _core.lib().dd_read_error(__import__("ctypes").byref(cfg), ws.data_ptr(), stream, buf, 512) == 0
+    assert read() == 0
 
 
 def test_drop_in_on_cuda_equals_torch():
@@ -148,16 +158,7 @@ def test_int4_bad_input_checked_and_deferred():
         op_call(w, torch.tensor([1, 100], device="cuda"), torch.tensor([0], device="cuda"), table_rows=[100], dim=64,
                 dtype="int4")
     cfg = _core.make_config(dict(table_rows=[100], dim=64, dtype="int4", check="deferred"))
-    idx = torch.tensor([1, 500, 2], device="cuda")
-    off = torch.tensor([0], device="cuda")
-    out = torch.empty(1, 64, device="cuda")
-    ws = torch.zeros(_core.workspace_size(cfg), dtype=torch.uint8, device="cuda")
-    stream = torch.cuda.current_stream().cuda_stream
-    _core.forward_cuda(cfg, w.data_ptr(), idx.data_ptr(), off.data_ptr(), None, 3, 1, out.data_ptr(), ws.data_ptr(),
-                       stream)
-    buf = __import__("ctypes").create_string_buffer(512)
-    rc = _core.lib().dd_read_error(__import__("ctypes").byref(cfg), ws.data_ptr(), stream, buf, 512)
-    assert rc == 2 and b"index 500 at position 1" in buf.value
+    out, _read = _deferred_bad_index(cfg, w)
     good = make_case(seed=3, tables=(100,), dim=64, batch=1, dtype="int4", lengths="one")
     good.indices = torch.tensor([1, 2])
     good.offsets = torch.tensor([0])

@@ -123,6 +123,16 @@ def test_fused_dlrm_in_a_cuda_graph(small_files):
         np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
 
 
+def _matches_pytorch(proto, path, cfg, model, batch, seed):
+    """proto saved at path runs in ORT's CPU provider like the PyTorch model on fresh inputs."""
+    onnx.save(proto, str(path))
+    inputs = make_inputs(cfg, batch, seed=seed)
+    with torch.no_grad():
+        ref = model(*inputs).numpy()
+    sess = dd_ort.ort_session(path, device="cpu")
+    np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
+
+
 def test_overlap_then_fuse_absorbs_the_join(small_files, tmp_path):
     """With overlap the first Concat is a Join (streams joined there): the fused node takes the
     Join's inputs in concatenation order and joins the lookups' stream itself."""
@@ -136,13 +146,7 @@ def test_overlap_then_fuse_absorbs_the_join(small_files, tmp_path):
     assert C.JOIN_OP_TYPE not in ops and OP_TYPE in ops and "Concat" not in ops, ops
     node = next(n for n in proto.graph.node if n.op_type == OP_TYPE)
     assert list(node.input) == ["relu_1", "dd_group0_output"]
-    path = tmp_path / "both.onnx"
-    onnx.save(proto, str(path))
-    inputs = make_inputs(cfg, 40, seed=9)
-    with torch.no_grad():
-        ref = model(*inputs).numpy()
-    sess = dd_ort.ort_session(path, device="cpu")
-    np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
+    _matches_pytorch(proto, tmp_path / "both.onnx", cfg, model, 40, 9)
 
 
 def test_unfuse_restores_standard_ops(small_files, tmp_path):
@@ -154,13 +158,7 @@ def test_unfuse_restores_standard_ops(small_files, tmp_path):
     assert unfuse_interaction(proto) == 1
     assert {n.op_type for n in proto.graph.node if n.domain == C.DOMAIN} == {C.OP_TYPE}
     onnx.checker.check_model(proto)
-    path = tmp_path / "unfused.onnx"
-    onnx.save(proto, str(path))
-    inputs = make_inputs(cfg, 33, seed=8)
-    with torch.no_grad():
-        ref = model(*inputs).numpy()
-    sess = dd_ort.ort_session(path, device="cpu")
-    np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
+    _matches_pytorch(proto, tmp_path / "unfused.onnx", cfg, model, 33, 8)
 
 
 def test_export_cli_fuses_by_default(tmp_path):

@@ -27,43 +27,31 @@ struct KernelParts {
   int count;
 };
 
-// Stages one part's row (n floats, n4 = n / 4 float4s when vec) into shared memory at vector
-// stride `stride` (dim + 1: the dot loop's rows then fall in different banks), four loads in
-// flight per thread before the stores. first: the part's first float within the sample.
+// Stages one part's row (n floats) into shared memory at vector stride `stride` (dim + 1: the dot
+// loop's rows then fall in different banks), in loads of V (float4 where the row allows, else
+// float), four in flight per thread before the stores. first: the part's first float within the
+// sample.
+template <typename V>
 __device__ __forceinline__ void stage(float* staged, const float* __restrict__ src, int n, int first, int dim,
-                                      int stride, bool vec) {
-  auto put = [&](int e, float v) {
-    const int g = first + e;
-    staged[(g / dim) * stride + g % dim] = v;
-  };
-  if (vec) {
-    const int n4 = n >> 2;
-    const float4* s4 = reinterpret_cast<const float4*>(src);
-    for (int base = threadIdx.x; base < n4; base += 4 * kThreads) {
-      float4 v[4];
+                                      int stride) {
+  constexpr int k = sizeof(V) / sizeof(float);
+  const int nv = n / k;
+  const V* sv = reinterpret_cast<const V*>(src);
+  for (int base = threadIdx.x; base < nv; base += 4 * kThreads) {
+    V v[4];
 #pragma unroll
-      for (int u = 0; u < 4; ++u)
-        if (base + u * kThreads < n4) v[u] = __ldg(s4 + base + u * kThreads);
+    for (int u = 0; u < 4; ++u)
+      if (base + u * kThreads < nv) v[u] = __ldg(sv + base + u * kThreads);
 #pragma unroll
-      for (int u = 0; u < 4; ++u)
-        if (base + u * kThreads < n4) {
-          const int e = 4 * (base + u * kThreads);
-          put(e, v[u].x);
-          put(e + 1, v[u].y);
-          put(e + 2, v[u].z);
-          put(e + 3, v[u].w);
+    for (int u = 0; u < 4; ++u)
+      if (base + u * kThreads < nv) {
+        const float* f = reinterpret_cast<const float*>(&v[u]);
+#pragma unroll
+        for (int c = 0; c < k; ++c) {
+          const int g = first + k * (base + u * kThreads) + c;
+          staged[(g / dim) * stride + g % dim] = f[c];
         }
-    }
-  } else {
-    for (int base = threadIdx.x; base < n; base += 4 * kThreads) {
-      float v[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        if (base + u * kThreads < n) v[u] = __ldg(src + base + u * kThreads);
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        if (base + u * kThreads < n) put(base + u * kThreads, v[u]);
-    }
+      }
   }
 }
 
@@ -75,8 +63,13 @@ __global__ void __launch_bounds__(kThreads) interaction_kernel(KernelParts parts
   extern __shared__ float staged[];
   const int64_t b = blockIdx.x;
   const int stride = dim + 1;
-  for (int k = 0; k < parts.count; ++k)
-    stage(staged, parts.data[k] + b * parts.width[k], (int)parts.width[k], (int)parts.offset[k], dim, stride, vec);
+  for (int k = 0; k < parts.count; ++k) {
+    const float* src = parts.data[k] + b * parts.width[k];
+    if (vec)
+      stage<float4>(staged, src, (int)parts.width[k], (int)parts.offset[k], dim, stride);
+    else
+      stage<float>(staged, src, (int)parts.width[k], (int)parts.offset[k], dim, stride);
+  }
   __syncthreads();
   float* o = out + b * out_width;
   if (prefix >= 0) {

@@ -235,22 +235,21 @@ def test_reference_bad_ids_and_offsets():
         run_reference(case)
 
 
-def test_fast_cpu_forward_refuses_int4():
-    """The multi-threaded CPU forward does not decode int4 rows yet: a clear refusal, never another
-    dtype's decoding (both forms, and the torch op's CPU path)."""
-    case = make_case(seed=1, tables=(30, 20), dim=16, batch=3, dtype="int4")
+@pytest.mark.parametrize("seed", range(16))
+def test_fast_cpu_forward_matches_the_reference(seed):
+    """The multi-threaded CPU forward (AVX2 where the machine has it) decodes int4 rows exactly as
+    the reference: both forms bit for bit, on the random cases of the reference test."""
+    case = _random_case(100 + seed)
     lib = _lib()
-    idx_l, off_l, _ = per_table(case)
-    rc, msg, _ = _tables_call(lib.dd_forward_tables_cpu, case, idx_l, off_l, None)
-    assert rc == 4 and msg.startswith("int4 tables are not supported by the multi-threaded CPU forward")
-    assert "dd_forward_tables_cpu_reference" in msg
+    idx_l, off_l, psw_l = per_table(case, trailing=2 if case.attrs["include_last_offset"] else 0)
+    rc, msg, fast = _tables_call(lib.dd_forward_tables_cpu, case, idx_l, off_l, psw_l)
+    assert rc == 0, msg
+    rc, msg, ref = _tables_call(lib.dd_forward_tables_cpu_reference, case, idx_l, off_l, psw_l)
+    assert rc == 0, msg
+    assert torch.equal(fast, ref)
     from cases import run_op
 
-    with pytest.raises(RuntimeError, match="int4 tables are not supported by the multi-threaded CPU forward"):
-        run_op(case)
-    # every other dtype still runs there
-    for dtype in ("fp32", "int8"):
-        run_op(make_case(seed=1, tables=(30, 20), dim=16, batch=3, dtype=dtype))
+    assert torch.equal(run_op(case), run_reference(case))  # the torch op's CPU path, packed form
 
 
 # --------------------------------------------------------------------------------------------

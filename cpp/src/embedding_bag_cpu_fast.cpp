@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu_hugepages.h"
+#include "int4_rows.h"
 #include "internal.h"
 
 #if defined(__GNUC__)
@@ -80,6 +81,8 @@ DD_ALWAYS_INLINE float element(const uint8_t* row, int d, float scale, float bia
     uint16_t h;
     std::memcpy(&h, row + 2 * d, 2);
     return bf16_bits_to_float(h);
+  } else if constexpr (DT == DD_INT4) {
+    return int4_element(row, d, scale, bias);
   } else {
     return std::fma(scale, (float)row[d], bias);
   }
@@ -97,6 +100,7 @@ DD_ALWAYS_INLINE void accumulate(float* __restrict acc, const uint8_t* const* ro
       std::memcpy(&scale[r], rows[r] + D, 4);
       std::memcpy(&bias[r], rows[r] + D + 4, 4);
     }
+    if constexpr (DT == DD_INT4) int4_scale_bias(rows[r], D, &scale[r], &bias[r]);
   }
   for (int d = 0; d < D; ++d) {
     float a = acc[d];
@@ -285,6 +289,13 @@ DD_ALWAYS_INLINE __m256 load8(const uint8_t* row, int d, __m256 scale, __m256 bi
   } else if constexpr (DT == DD_BF16) {
     const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * d)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+  } else if constexpr (DT == DD_INT4) {  // 8 codes in one little-endian word, column d + k in bits 4k..4k+3
+    uint32_t word;
+    std::memcpy(&word, row + d / 2, 4);
+    const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word),
+                                                         _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                       _mm256_set1_epi32(0xF));
+    return _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(q), bias);
   } else {
     const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + d)));
     return _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(q), bias);
@@ -309,9 +320,9 @@ struct Lookup {
   __m256 scale, bias, w;
   DD_ALWAYS_INLINE void load(const uint8_t* r, int D, const float* psw, int64_t i) {
     row = r;
-    if constexpr (DT == DD_INT8) {
+    if constexpr (DT == DD_INT8 || DT == DD_INT4) {
       float sb[2];
-      std::memcpy(sb, r + D, 8);
+      std::memcpy(sb, r + (DT == DD_INT4 ? D / 2 : D), 8);
       scale = _mm256_set1_ps(sb[0]);
       bias = _mm256_set1_ps(sb[1]);
     } else {
@@ -460,6 +471,7 @@ TaskFn pick_dtype(int dtype, int dim) {
     case DD_FP32: return pick_isa<IdxT, DD_FP32, kWeighted>(dim);
     case DD_FP16: return pick_isa<IdxT, DD_FP16, kWeighted>(dim);
     case DD_BF16: return pick_isa<IdxT, DD_BF16, kWeighted>(dim);
+    case DD_INT4: return pick_isa<IdxT, DD_INT4, kWeighted>(dim);
     default: return pick_isa<IdxT, DD_INT8, kWeighted>(dim);
   }
 }
@@ -526,7 +538,8 @@ extern "C" int dd_forward_cpu_parallel(const dd_config* cfg, const void* weights
                                        int64_t num_offsets, void* output, dd_parallel_for_fn parallel_for,
                                        void* parallel_ctx, char* msg, size_t len) {
   auto view = std::make_unique<dd::Lookups>();
-  int rc = dd::check_call(cfg, weights, indices, offsets, psw, num_indices, num_offsets, output, view.get(), msg, len);
+  int rc = dd::check_call(cfg, weights, indices, offsets, psw, num_indices, num_offsets, output, view.get(), msg, len,
+                          /*int4_ok=*/true);
   if (rc) return rc;
   return dd::forward_fast(*cfg, weights, *view, output, nullptr, parallel_for, parallel_ctx, msg, len);
 }
@@ -536,7 +549,7 @@ extern "C" int dd_forward_tables_cpu_parallel(const dd_config* cfg, const void* 
                                               dd_parallel_for_fn parallel_for, void* parallel_ctx, char* msg,
                                               size_t len) {
   auto view = std::make_unique<dd::Lookups>();
-  int rc = dd::check_tables_call(cfg, weights, tables, output, view.get(), msg, len);
+  int rc = dd::check_tables_call(cfg, weights, tables, output, view.get(), msg, len, /*int4_ok=*/true);
   if (rc) return rc;
   return dd::forward_fast(*cfg, weights, *view, output, tables, parallel_for, parallel_ctx, msg, len);
 }

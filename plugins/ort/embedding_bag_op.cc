@@ -373,13 +373,9 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
         fn(arg, 0, n);
       }
     };
-    if (cfg_.dtype == DD_INT4)  // the multi-threaded CPU forward does not decode int4 rows yet: the reference does
-      rc = tables ? dd_forward_tables_cpu_reference(&cfg_, w, tables->data(), out, msg, DD_MSG_LEN)
-                  : dd_forward_cpu_reference(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, msg, DD_MSG_LEN);
-    else
-      rc = tables ? dd_forward_tables_cpu_parallel(&cfg_, w, tables->data(), out, parallel_for, &pool, msg, DD_MSG_LEN)
-                  : dd_forward_cpu_parallel(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, parallel_for,
-                                            &pool, msg, DD_MSG_LEN);
+    rc = tables ? dd_forward_tables_cpu_parallel(&cfg_, w, tables->data(), out, parallel_for, &pool, msg, DD_MSG_LEN)
+                : dd_forward_cpu_parallel(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, parallel_for, &pool,
+                                          msg, DD_MSG_LEN);
   } else {
     Ort::KernelContext ctx(context);
     void* stream = ctx.GetGPUComputeStream();

@@ -9,9 +9,7 @@
  *            fp32 scale and an fp32 bias (value = scale * code + bias), zero-padded to 16 bytes.
  *            int4 row-wise:  [total_rows, dd_row_bytes()] bytes; dim/2 bytes of 4-bit codes (column
  *            2i in the low nibble of byte i, 2i+1 in the high one), then fp32 scale and bias, zero-
- *            padded to 16 bytes (cpp/src/int4_rows.h). The multi-threaded CPU forward
- *            (dd_forward_cpu*, dd_forward_tables_cpu*) refuses int4 (DD_ERR_UNSUPPORTED) for now;
- *            the references and the CUDA forward take it.
+ *            padded to 16 bytes (cpp/src/int4_rows.h). Every forward takes it.
  *   indices  all lookups, table-major: table 0's bags, then table 1's; ids are rows local to a table.
  *   offsets  start of each bag in indices, table-major (bag b of table t is entry t*B + b);
  *            T*B entries (the last bag ends at num_indices) or T*B+1 with include_last_offset.

@@ -19,6 +19,24 @@ def proc_status_bytes(key: str) -> int | None:
     return None
 
 
+def smaps_kb(field: str, lo: int | None = None, hi: int | None = None) -> int:
+    """Sum of one /proc/self/smaps field in kB (e.g. AnonHugePages) over the mappings overlapping the
+    address range [lo, hi) (all mappings when lo is None); -1 where smaps cannot be read."""
+    total, inside = 0, False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if not head.endswith(":"):
+                    a, b = (int(x, 16) for x in head.split("-"))
+                    inside = lo is None or (a < hi and b > lo)
+                elif inside and head == field + ":":
+                    total += int(line.split()[1])
+    except OSError:
+        return -1
+    return total
+
+
 def _reset_rss_peak() -> bool:
     """Resets this process's RSS high-water mark (VmHWM) to the current RSS (Linux >= 4.0)."""
     try:

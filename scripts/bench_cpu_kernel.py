@@ -29,6 +29,8 @@ import os
 
 import numpy as np
 
+from dlrm_deploy.runtime.bench_memory import smaps_kb
+
 
 def _model(weight: np.ndarray, dtype: str, psw: bool) -> bytes:
     """One EmbeddingBag node over an initializer table (what the exporter writes for one table)."""
@@ -54,28 +56,10 @@ def _model(weight: np.ndarray, dtype: str, psw: bool) -> bytes:
     return model.SerializeToString()
 
 
-def _smaps_kb(field: str, lo: int | None = None, hi: int | None = None) -> int:
-    """Sum of one /proc/self/smaps field (kB) over the mappings overlapping [lo, hi) (all when None);
-    -1 where smaps cannot be read."""
-    total, inside = 0, False
-    try:
-        with open("/proc/self/smaps") as f:
-            for line in f:
-                head = line.split(None, 1)[0]
-                if not head.endswith(":"):
-                    a, b = (int(x, 16) for x in head.split("-"))
-                    inside = lo is None or (a < hi and b > lo)
-                elif inside and head == field + ":":
-                    total += int(line.split()[1])
-    except OSError:
-        return -1
-    return total
-
-
 def _huge_page_share(t) -> str:
     lo = t.data_ptr()
     hi = lo + t.numel() * t.element_size()
-    kb = _smaps_kb("AnonHugePages", lo, hi)
+    kb = smaps_kb("AnonHugePages", lo, hi)
     return "unknown" if kb < 0 else f"{min(kb * 1024, hi - lo) / (hi - lo):.0%}"
 
 
@@ -140,8 +124,8 @@ def _dlrm(args) -> int:
                                       sess.output_names, values)}, args.runs, args.warmup)
         tables = [e.weight for e in model.embeddings]
         print("huge pages: PyTorch tables " + ", ".join(_huge_page_share(t) for t in tables[:3]) +
-              (", ..." if len(tables) > 3 else "") + f"; whole process {_smaps_kb('AnonHugePages') / 1024:.0f} MB "
-              f"anonymous, {_smaps_kb('FilePmdMapped') / 1024:.0f} MB file-backed")
+              (", ..." if len(tables) > 3 else "") + f"; whole process {smaps_kb('AnonHugePages') / 1024:.0f} MB "
+              f"anonymous, {smaps_kb('FilePmdMapped') / 1024:.0f} MB file-backed")
         del sess
     base = times["PyTorch eager"]["median_ms"]
     print(f"{'row':<34} {'median ms':>10} {'min':>8} {'max':>8} {'vs torch':>9}")
@@ -237,7 +221,7 @@ def main() -> int:
         fns["core reference (1 thread)"] = call
     times = time_interleaved(fns, args.runs, args.warmup)
     # ORT's copy of the table is not reachable from here: the process's huge pages outside torch's.
-    process_kb = _smaps_kb("AnonHugePages")
+    process_kb = smaps_kb("AnonHugePages")
     print("huge pages: " + ", ".join(f"{k} {v}" for k, v in pages.items()) +
           f"; whole process {process_kb / 1024:.0f} MB (table {weight.numel() * weight.element_size() / 2**20:.0f} MB)")
     rows = list(times.items())

@@ -355,20 +355,9 @@ def _anon_table(w: np.ndarray, offset: int = 64):
 
 def _anon_huge_kb(t: np.ndarray) -> int:
     """AnonHugePages (kB) of the mappings under t (-1: no /proc/self/smaps)."""
-    lo, hi = t.ctypes.data, t.ctypes.data + t.nbytes
-    total, inside = 0, False
-    try:
-        with open("/proc/self/smaps") as f:
-            for line in f:
-                head = line.split(None, 1)[0]
-                if not head.endswith(":"):
-                    a, b = (int(x, 16) for x in head.split("-"))
-                    inside = a < hi and b > lo
-                elif inside and head == "AnonHugePages:":
-                    total += int(line.split()[1])
-    except OSError:
-        return -1
-    return total
+    from dlrm_deploy.runtime.bench_memory import smaps_kb
+
+    return smaps_kb("AnonHugePages", t.ctypes.data, t.ctypes.data + t.nbytes)
 
 
 def _collapse_works() -> bool:

@@ -85,8 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--library", help=f"custom-op ({ORT_LIBRARY}) or plugin ({TRT_LIBRARY}) library "
                                       "(default: the one `make build` wrote)")
     p.add_argument("--plan", help="tensorrt: an engine built on the serving GPU; without it build_plan.sh is written")
-    p.add_argument("--serve-root", help="the repository's path as the server sees it, e.g. /models "
-                                        "(default: --out, absolute)")
+    p.add_argument("--serve-root", help="the repository's path as the server sees it (onnxruntime/tensorrt "
+                                        "library paths; default /models, the container's usual mount; "
+                                        "pass $PWD/REPO for a server on this machine)")
     p.add_argument("--cuda-option", type=_kv_arg, action="append", metavar="KEY=VALUE",
                    help="onnxruntime CUDA execution-provider option (repeatable; replaces the defaults)")
     p.add_argument("--shape", type=_shape_arg, action="append", metavar="NAME=MIN:OPT:MAX",

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import stat
 import sys
+import warnings
 
 from .model_io import ModelIO, describe_onnx, profile_shapes, sample_inputs
 from .triton_config import BACKENDS, BATCHING, DEFAULT_CUDA_OPTIONS, config_text, perf_analyzer_data
@@ -35,6 +36,29 @@ def _find_library(backend: str) -> pathlib.Path:
         return pathlib.Path(find())
     except ImportError as e:
         raise FileNotFoundError(f"the {backend} library is not available ({e}): was it built? (`make build`)") from None
+
+
+# Where NVIDIA's Triton container is usually given the repository (docker run -v repo:/models).
+CONTAINER_ROOT = "/models"
+
+
+def _check_gpu_library(backend: str, kind: str, library: pathlib.Path) -> None:
+    """A KIND_GPU repository whose op library was built without CUDA: ValueError (ONNX Runtime would
+    run our op on its CPU provider with copies around it, silently); a warning when the library
+    carries no build record to tell."""
+    if kind != "gpu" or backend not in ("onnxruntime", "python"):
+        return
+    from dlrm_deploy.libraries import build_info
+
+    info = build_info(library.parent)
+    ort = info.get("ort") or {}
+    if not info:
+        warnings.warn(f"{library}: no build_info.json beside it; cannot tell whether it has CUDA kernels for the "
+                      "KIND_GPU instances", stacklevel=3)
+    elif not (info.get("cuda") or {}).get("built") or "CUDA" not in str(ort.get("providers", "CUDA")):
+        why = (info.get("cuda") or {}).get("reason", "no CUDA kernels")
+        raise ValueError(f"{library} was built without CUDA ({why}): a KIND_GPU repository needs the CUDA build "
+                         "of the op library (rebuild where nvcc is found), or use --kind cpu")
 
 
 def _copy_onnx(onnx_path: pathlib.Path, io: ModelIO, dest_dir: pathlib.Path) -> None:
@@ -240,8 +264,11 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
     batcher's wait (default 100; python 500).
     library: our custom-op (onnxruntime, python) or plugin (tensorrt) library, default the built one.
     plan: a TensorRT engine built on the serving GPU and TensorRT version; without it
-    ``build_plan.sh`` builds one there. serve_root: the repository's path as the server sees it
-    (default: out_dir, absolute). cuda_options: CUDA execution-provider options (onnxruntime).
+    ``build_plan.sh`` builds one there. serve_root: the repository's path as the server sees it,
+    written into the onnxruntime/tensorrt configs' library paths (default ``/models``, where NVIDIA's
+    container is usually given it: ``docker run -v $PWD/repo:/models``; pass the absolute out_dir for
+    a server on this machine; python backend: out_dir, for its README only). A KIND_GPU repository
+    (onnxruntime, python) with an op library built without CUDA is refused. cuda_options: CUDA execution-provider options (onnxruntime).
     shapes: ``{input: (min, opt, max)}`` overriding the derived TensorRT profile. trtexec_args:
     extra trtexec flags for build_plan.sh. threads: python backend's ONNX Runtime intra-op threads
     (0: its default). lengths (onnxruntime): serve the lengths form of the exported model
@@ -272,6 +299,7 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
     library = pathlib.Path(library) if library is not None else _find_library(backend)
     if not library.is_file():
         raise FileNotFoundError(f"library {library} not found")
+    _check_gpu_library(backend, kind, library)
     if plan is not None and not pathlib.Path(plan).is_file():
         raise FileNotFoundError(f"TensorRT plan {plan} not found")
     out_dir = pathlib.Path(out_dir)
@@ -279,7 +307,8 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
     opts = dict(backend=backend, name=name, version=version, max_batch_size=max_batch_size,
                 opt_batch_size=opt_batch_size, pooling=pooling, instances=instances, kind=kind, gpus=gpus,
                 batching=batching, preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
-                plan=plan, serve_root=serve_root or str(out_dir.resolve()), cuda_options=cuda_options, shapes=shapes,
+                plan=plan, serve_root=serve_root or (str(out_dir.resolve()) if backend == "python" else CONTAINER_ROOT),
+                cuda_options=cuda_options, shapes=shapes,
                 trtexec_args=trtexec_args, threads=threads, lengths=lengths, max_batch_size_given=max_batch_size_given,
                 request_form=request_form)
     (_write_python if backend == "python" else _write_onnx_or_trt)(onnx_path, io, model_dir, library, opts)

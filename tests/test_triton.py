@@ -91,6 +91,7 @@ def lib(tmp_path):
     d.mkdir()
     for n in (T.ORT_LIBRARY, T.TRT_LIBRARY):
         (d / n).write_bytes(b"\x7fELF stand-in")
+    (d / "build_info.json").write_text('{"cuda": {"built": true}, "ort": {"built": true, "providers": "CPU + CUDA"}}')
     return d
 
 
@@ -116,7 +117,7 @@ def test_onnxruntime_repo_matches_model(tmp_path, lib):
     (group,) = cfg.instance_group
     assert group.kind == pb.ModelInstanceGroup.KIND_GPU and group.count == 2 and list(group.gpus) == [0, 1]
     (op_lib,) = cfg.model_operations.op_library_filename
-    assert op_lib == str((tmp_path / "repo").resolve() / "dlrm" / T.ORT_LIBRARY)
+    assert op_lib == f"/models/dlrm/{T.ORT_LIBRARY}"  # the container's usual mount point by default
     (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
     assert acc.name == "cuda" and dict(acc.parameters) == T.DEFAULT_CUDA_OPTIONS
     assert (md / T.ORT_LIBRARY).read_bytes() == (lib / T.ORT_LIBRARY).read_bytes()
@@ -125,6 +126,33 @@ def test_onnxruntime_repo_matches_model(tmp_path, lib):
     assert "tritonserver --model-repository=" in readme and "--disable-auto-complete-config" in readme
     assert "perf_analyzer -m dlrm" in readme and "max_batch_size: 0" in readme
     T.validate_repo(md)  # against the copy in the repository too
+
+
+def test_cpu_only_library_refused_for_gpu_instances(tmp_path, lib):
+    """A KIND_GPU repository with an op library built without CUDA: a one-line error; KIND_CPU is fine."""
+    import json
+    import shutil
+
+    cpu = tmp_path / "cpu_lib"
+    cpu.mkdir()
+    shutil.copy(lib / T.ORT_LIBRARY, cpu / T.ORT_LIBRARY)
+    (cpu / "build_info.json").write_text(json.dumps({"cuda": {"built": False, "reason": "no CUDA compiler found"},
+                                                      "ort": {"built": True, "providers": "CPU"}}))
+    model = fake_dlrm(tmp_path / "m.onnx")
+    for backend in ("onnxruntime", "python"):
+        with pytest.raises(ValueError, match="built without CUDA .no CUDA compiler found.: a KIND_GPU repository"):
+            T.triton_repo(model, tmp_path / f"repo_{backend}", backend=backend, library=cpu / T.ORT_LIBRARY)
+    T.triton_repo(model, tmp_path / "repo_cpu", library=cpu / T.ORT_LIBRARY, kind="cpu")
+    (cpu / "build_info.json").unlink()  # a library without its build record: a warning, not an error
+    with pytest.warns(UserWarning, match="cannot tell whether it has CUDA kernels"):
+        T.triton_repo(model, tmp_path / "repo_unknown", library=cpu / T.ORT_LIBRARY)
+
+
+def test_local_serve_root(tmp_path, lib):
+    md = T.triton_repo(fake_dlrm(tmp_path / "m.onnx"), tmp_path / "repo", library=lib / T.ORT_LIBRARY,
+                       serve_root=str((tmp_path / "repo").resolve()), kind="cpu")
+    (op_lib,) = parse(md).model_operations.op_library_filename
+    assert op_lib == str((tmp_path / "repo").resolve() / "dlrm" / T.ORT_LIBRARY)
 
 
 def test_serve_root_and_cpu_instances(tmp_path, lib):

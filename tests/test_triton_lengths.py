@@ -119,6 +119,7 @@ def test_onnxruntime_ragged_repository(tmp_path):
     onnx.save(per_table_model(), str(src))
     lib = tmp_path / T.ORT_LIBRARY
     lib.write_bytes(b"\x7fELF stand-in")
+    (tmp_path / "build_info.json").write_text('{"cuda": {"built": true}, "ort": {"providers": "CPU + CUDA"}}')
     md = T.triton_repo(src, tmp_path / "repo", backend="onnxruntime", lengths=True, library=lib,
                        preferred_batch_sizes=[8, 16], validate=True)
     from google.protobuf import text_format

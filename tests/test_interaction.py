@@ -182,3 +182,20 @@ def test_graphs_without_the_chain_are_left_alone(small_files):
     before = proto.SerializeToString()
     assert fuse_interaction(proto) == 0
     assert proto.SerializeToString() == before
+
+
+@pytest.mark.skipif(not dd_ort.cuda_available(), reason="onnxruntime has no CUDA execution provider")
+def test_cuda_wide_samples_and_shared_memory_limit():
+    """Samples past 48 KB of staged vectors (the kernel asks for more shared memory) match numpy;
+    past the device's limit the run fails with the op's message instead of launching."""
+    rng = np.random.default_rng(5)
+    dim, widths = 128, [128, 199 * 128]  # 200 vectors: 100 KB a sample
+    pairs = rng.integers(0, 200 * 200, size=300)
+    parts = [rng.standard_normal((9, w)).astype(np.float32) for w in widths]
+    sess = dd_ort.ort_session(_one_node(widths, dim, pairs, 0).SerializeToString(), device="cuda")
+    got = sess.run({f"x{k}": p for k, p in enumerate(parts)})[0]
+    np.testing.assert_allclose(got, _reference(parts, dim, pairs, 0), rtol=1e-5, atol=1e-3)
+    huge = [64, 64 * 4096]  # 4097 vectors of 64 floats: over 1 MB a sample
+    sess = dd_ort.ort_session(_one_node(huge, 64, [0, 1], -1).SerializeToString(), device="cuda")
+    with pytest.raises(Exception, match="do not fit in shared memory"):
+        sess.run({"x0": np.zeros((2, 64), np.float32), "x1": np.zeros((2, 64 * 4096), np.float32)})

@@ -14,6 +14,7 @@ using dd::fail;
 struct dd_interaction_plan {
   int2* pairs = nullptr;  // (i, j) per output dot, on the device
   int64_t num_pairs = 0, n = 0;
+  int smem_limit = 0;         // opt-in shared memory per block of the plan's device
   std::vector<int64_t> flat;  // as given (checked against the call's)
 };
 
@@ -119,8 +120,16 @@ dd_interaction_plan* dd_interaction_plan_create(const int64_t* pairs, int64_t nu
   plan->num_pairs = num_pairs;
   plan->n = n;
   plan->flat.assign(pairs, pairs + num_pairs);
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&plan->smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) {
+    dd::cuda_fail(e, "querying shared memory", msg, len);
+    dd_interaction_plan_destroy(plan);
+    return nullptr;
+  }
   if (num_pairs > 0) {
-    cudaError_t e = cudaMalloc(&plan->pairs, sizeof(int2) * num_pairs);
+    e = cudaMalloc(&plan->pairs, sizeof(int2) * num_pairs);
     if (e == cudaSuccess) e = cudaMemcpy(plan->pairs, ij.data(), sizeof(int2) * num_pairs, cudaMemcpyHostToDevice);
     if (e != cudaSuccess) {
       dd::cuda_fail(e, "copying the interaction's pairs to the device", msg, len);
@@ -165,13 +174,10 @@ int dd_interaction_cuda(const dd_interaction_plan* plan, const dd_interaction_ar
   if (a->batch == 0) return DD_OK;
   if (a->batch > 0x7fffffff) return fail(DD_ERR_INPUT, msg, len, "batch over 2^31 - 1 samples");
   const size_t smem = sizeof(float) * (size_t)(total + plan->n);  // one float of padding per vector
-  int device = 0, limit = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (e != cudaSuccess) return dd::cuda_fail(e, "querying shared memory", msg, len);
-  if (smem > (size_t)limit)
+  if (smem > (size_t)plan->smem_limit)
     return fail(DD_ERR_UNSUPPORTED, msg, len, "a sample's %lld floats do not fit in shared memory (%d bytes)",
-                (long long)total, limit);
+                (long long)total, plan->smem_limit);
+  cudaError_t e = cudaSuccess;
   if (smem > 48 * 1024) {
     e = cudaFuncSetAttribute(interaction_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return dd::cuda_fail(e, "raising the interaction kernel's shared memory", msg, len);

@@ -28,8 +28,8 @@ struct KernelParts {
   int count;
 };
 
-// Stages one part's row (n floats) into shared memory at vector stride `stride` (dim + 1: the dot
-// loop's rows then fall in different banks), in loads of V (float4 where the row allows, else
+// Stages one part's row (n floats) into shared memory at vector stride `stride` (dim + 1, or dim + 4
+// for float4 reads: the dot loop's rows then start in different banks), in loads of V (float4 where the row allows, else
 // float), four in flight per thread before the stores. first: the part's first float within the
 // sample.
 template <typename V>
@@ -61,9 +61,10 @@ __device__ __forceinline__ void stage(float* staged, const float* __restrict__ s
 __global__ void __launch_bounds__(kThreads) interaction_kernel(KernelParts parts, int dim, const int2* pairs,
                                                                int num_pairs, int prefix, float* out, int out_width,
                                                                bool vec) {
-  extern __shared__ float staged[];
+  extern __shared__ float4 staged4[];  // 16-byte aligned for the float4 reads
+  float* staged = reinterpret_cast<float*>(staged4);
   const int64_t b = blockIdx.x;
-  const int stride = dim + 1;
+  const int stride = dim % 4 == 0 ? dim + 4 : dim + 1;  // as dd_interaction_cuda's smem
   for (int k = 0; k < parts.count; ++k) {
     const float* src = parts.data[k] + b * parts.width[k];
     if (vec)
@@ -87,6 +88,15 @@ __global__ void __launch_bounds__(kThreads) interaction_kernel(KernelParts parts
     const float* y = staged + ij.y * stride;
     float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
     int e = 0;
+    if (dim % 4 == 0) {  // rows on 16 bytes: a quarter of the shared-memory loads (the same sums)
+      for (; e < dim; e += 4) {
+        const float4 u = *reinterpret_cast<const float4*>(x + e), v = *reinterpret_cast<const float4*>(y + e);
+        a0 = fmaf(u.x, v.x, a0);
+        a1 = fmaf(u.y, v.y, a1);
+        a2 = fmaf(u.z, v.z, a2);
+        a3 = fmaf(u.w, v.w, a3);
+      }
+    }
     for (; e + 4 <= dim; e += 4) {
       a0 = fmaf(x[e], y[e], a0);
       a1 = fmaf(x[e + 1], y[e + 1], a1);
@@ -173,7 +183,9 @@ int dd_interaction_cuda(const dd_interaction_plan* plan, const dd_interaction_ar
                 (long long)(total / a->dim), (long long)a->dim, (long long)plan->n);
   if (a->batch == 0) return DD_OK;
   if (a->batch > 0x7fffffff) return fail(DD_ERR_INPUT, msg, len, "batch over 2^31 - 1 samples");
-  const size_t smem = sizeof(float) * (size_t)(total + plan->n);  // one float of padding per vector
+  // Padding per vector: 4 floats where dim % 4 == 0 (vectors stay on 16 bytes), else 1 (rows in
+  // different banks).
+  const size_t smem = sizeof(float) * (size_t)(total + (a->dim % 4 == 0 ? 4 : 1) * plan->n);
   if (smem > (size_t)plan->smem_limit)
     return fail(DD_ERR_UNSUPPORTED, msg, len, "a sample's %lld floats do not fit in shared memory (%d bytes)",
                 (long long)total, plan->smem_limit);

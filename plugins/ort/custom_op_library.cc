@@ -7,6 +7,7 @@
 #include "embedding_bag_op.h"
 #include "interaction_op.h"
 #include "join_op.h"
+#include "mlp_op.h"
 
 namespace {
 
@@ -14,6 +15,7 @@ struct Registry {
   std::vector<std::unique_ptr<dd_ort::EmbeddingBagOp>> ops;
   std::vector<std::unique_ptr<dd_ort::JoinOp>> joins;
   std::vector<std::unique_ptr<dd_ort::InteractionOp>> interactions;
+  std::vector<std::unique_ptr<dd_ort::MlpOp>> mlps;
   Ort::CustomOpDomain domain{nullptr};
 };
 
@@ -49,6 +51,8 @@ Registry& GetRegistry() {
     for (dd_ort::Provider p : providers) {
       r->interactions.push_back(std::make_unique<dd_ort::InteractionOp>(p));
       r->domain.Add(r->interactions.back().get());
+      r->mlps.push_back(std::make_unique<dd_ort::MlpOp>(p));
+      r->domain.Add(r->mlps.back().get());
     }
     return r;
   }();

@@ -1,0 +1,50 @@
+/* dlrm-deploy: a chain of fully connected layers in one kernel (the op dlrm_deploy::Mlp).
+ *
+ * Y = act_L( ... act_1(X W_1^T + b_1) ... W_L^T + b_L ), X [batch, in_width] row-major, W_i
+ * [N_i, K_i] row-major (nn.Linear.weight; K_1 = in_width, K_{i+1} = N_i), b_i [N_i], act_i one of
+ * DD_MLP_NONE / DD_MLP_RELU / DD_MLP_SIGMOID, Y [batch, N_L]. float32, sums in fp32. Replaces ONNX
+ * Runtime's three kernels per layer (bias broadcast, GEMM, activation). Errors return DD_ERR_* with a
+ * message in msg. */
+#ifndef DLRM_DEPLOY_MLP_H_
+#define DLRM_DEPLOY_MLP_H_
+
+#include "dlrm_deploy/embedding_bag.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DD_MLP_MAX_LAYERS 16
+#define DD_MLP_MAX_WIDTH 4096 /* contract.MLP_MAX_WIDTH */
+#define DD_MLP_NONE 0
+#define DD_MLP_RELU 1
+#define DD_MLP_SIGMOID 2
+
+typedef struct dd_mlp_args {
+  const float* x;    /* [batch, in_width] */
+  int64_t batch;
+  int64_t in_width;
+  int32_t layers;
+  const float* weights[DD_MLP_MAX_LAYERS]; /* [w_rows[i], w_cols[i]] */
+  const float* biases[DD_MLP_MAX_LAYERS];  /* [b_len[i]] */
+  int64_t w_rows[DD_MLP_MAX_LAYERS];        /* N_i: the shapes as given, checked by dd_mlp_check */
+  int64_t w_cols[DD_MLP_MAX_LAYERS];        /* K_i */
+  int64_t b_len[DD_MLP_MAX_LAYERS];
+  int32_t activations[DD_MLP_MAX_LAYERS];
+  float* out; /* [batch, w_rows[layers - 1]] */
+} dd_mlp_args;
+
+/* Checks the layer count, shapes, widths (<= DD_MLP_MAX_WIDTH) and activation codes. */
+DD_API int dd_mlp_check(const dd_mlp_args* a, char* msg, size_t msg_len);
+
+/* CPU: rows [row_begin, row_end) on the calling thread (callers spread row ranges over threads). */
+DD_API int dd_mlp_cpu(const dd_mlp_args* a, int64_t row_begin, int64_t row_end, char* msg, size_t msg_len);
+
+/* CUDA: one kernel on stream (no synchronisation, no allocation: CUDA-graph safe); x, weights,
+ * biases and out are device pointers. */
+DD_API int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t msg_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DLRM_DEPLOY_MLP_H_ */

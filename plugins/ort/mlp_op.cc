@@ -1,0 +1,143 @@
+// dlrm_deploy::Mlp: see mlp_op.h.
+#include "mlp_op.h"
+
+#include <memory>
+
+#include "join_op.h"
+
+namespace dd_ort {
+
+namespace {
+constexpr int64_t kCpuRowsPerTask = 16;
+}
+
+MlpKernel::MlpKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status) : provider_(provider) {
+  *status = nullptr;
+  Ort::ConstKernelInfo kinfo(info);
+  node_name_ = kinfo.GetNodeName();
+  const OrtApi& api = Ort::GetApi();
+  size_t n = 0;
+  if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, "activations", nullptr, &n)) {
+    api.ReleaseStatus(st);
+    *status = Error(ORT_INVALID_ARGUMENT, "attribute 'activations' is required");
+    return;
+  }
+  activations_.resize(n);
+  if (n > 0) {
+    if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, "activations", activations_.data(), &n)) {
+      api.ReleaseStatus(st);
+      *status = Error(ORT_INVALID_ARGUMENT, "cannot read attribute 'activations'");
+      return;
+    }
+  }
+  if (n < 1 || n > DD_MLP_MAX_LAYERS) {
+    *status = Error(ORT_INVALID_ARGUMENT, "activations must name 1 to " + std::to_string(DD_MLP_MAX_LAYERS) +
+                                              " layers, got " + std::to_string(n));
+    return;
+  }
+  for (size_t i = 0; i < n && *status == nullptr; ++i)
+    if (activations_[i] < DD_MLP_NONE || activations_[i] > DD_MLP_SIGMOID)
+      *status = Error(ORT_INVALID_ARGUMENT, "activation " + std::to_string(activations_[i]) + " of layer " +
+                                                std::to_string(i + 1) + " is not 0 (none), 1 (relu) or 2 (sigmoid)");
+  if (*status != nullptr) return;
+  if (kinfo.GetInputCount() != 1 + 2 * n)
+    *status = Error(ORT_INVALID_ARGUMENT, "takes 1 + 2 x " + std::to_string(n) + " inputs (X, then W and b per layer), got " +
+                                              std::to_string(kinfo.GetInputCount()));
+}
+
+OrtStatusPtr MlpKernel::Error(OrtErrorCode code, const std::string& what) const {
+  std::string text = "dlrm_deploy::Mlp";
+  if (!node_name_.empty()) text += " (node '" + node_name_ + "')";
+  return Ort::GetApi().CreateStatus(code, (text + ": " + what).c_str());
+}
+
+OrtStatusPtr MlpKernel::ComputeV2(OrtKernelContext* context) {
+  return Guarded([&] { return Compute(context); },
+                 [&](OrtErrorCode code, const char* what) { return Error(code, what); });
+}
+
+OrtStatusPtr MlpKernel::Compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  dd_mlp_args a{};
+  a.layers = (int32_t)activations_.size();
+  if (ctx.GetInputCount() != 1 + 2 * activations_.size())
+    return Error(ORT_INVALID_ARGUMENT, "takes 1 + 2 x " + std::to_string(a.layers) + " inputs");
+  Ort::ConstValue xv = ctx.GetInput(0);
+  const std::vector<int64_t> xs = xv.GetTensorTypeAndShapeInfo().GetShape();
+  if (xs.size() != 2) return Error(ORT_INVALID_ARGUMENT, "input X must be 2-D [batch, features]");
+  a.x = xv.GetTensorData<float>();
+  a.batch = xs[0];
+  a.in_width = xs[1];
+  for (int32_t i = 0; i < a.layers; ++i) {
+    Ort::ConstValue w = ctx.GetInput(1 + 2 * i), b = ctx.GetInput(2 + 2 * i);
+    const std::vector<int64_t> ws = w.GetTensorTypeAndShapeInfo().GetShape();
+    const std::vector<int64_t> bs = b.GetTensorTypeAndShapeInfo().GetShape();
+    if (ws.size() != 2) return Error(ORT_INVALID_ARGUMENT, "layer " + std::to_string(i + 1) + "'s weight must be 2-D [N, K]");
+    if (bs.size() != 1) return Error(ORT_INVALID_ARGUMENT, "layer " + std::to_string(i + 1) + "'s bias must be 1-D [N]");
+    a.weights[i] = w.GetTensorData<float>();
+    a.biases[i] = b.GetTensorData<float>();
+    a.w_rows[i] = ws[0];
+    a.w_cols[i] = ws[1];
+    a.b_len[i] = bs[0];
+    a.activations[i] = (int32_t)activations_[i];  // 0..2: checked when the kernel was made
+  }
+  char msg[DD_MSG_LEN] = {0};
+  if (dd_mlp_check(&a, msg, sizeof(msg)) != DD_OK) return Error(ORT_INVALID_ARGUMENT, msg);
+  Ort::UnownedValue out = ctx.GetOutput(0, {a.batch, a.w_rows[a.layers - 1]});
+  a.out = out.GetTensorMutableData<float>();
+  if (provider_ == Provider::kCpu) {
+    // Row blocks over ONNX Runtime's intra-op thread pool (as the EmbeddingBag op's bags).
+    struct Task {
+      const dd_mlp_args* a;
+      int rc;
+    } task{&a, DD_OK};
+    const int64_t tasks = (a.batch + kCpuRowsPerTask - 1) / kCpuRowsPerTask;
+    auto one = [](void* p, size_t t) {
+      Task& tk = *static_cast<Task*>(p);
+      const int64_t begin = (int64_t)t * kCpuRowsPerTask;
+      const int64_t end = begin + kCpuRowsPerTask < tk.a->batch ? begin + kCpuRowsPerTask : tk.a->batch;
+      char m[DD_MSG_LEN];
+      if (dd_mlp_cpu(tk.a, begin, end, m, sizeof(m)) != DD_OK) tk.rc = DD_ERR_CONFIG;
+    };
+    const OrtApi& api = Ort::GetApi();
+    if (tasks > 0) {
+      if (OrtStatus* st = api.KernelContext_ParallelFor(context, one, (size_t)tasks, 0, &task)) {
+        api.ReleaseStatus(st);
+        for (int64_t t = 0; t < tasks; ++t) one(&task, (size_t)t);
+      }
+    }
+    if (task.rc != DD_OK) return Error(ORT_FAIL, "the CPU forward failed");
+    return nullptr;
+  }
+#ifdef DD_HAVE_CUDA
+  void* stream = ctx.GetGPUComputeStream();
+  PendingLookups pending;  // an overlapped EmbeddingBag's output as X: join its stream first
+  if (TakePending(a.x, &pending)) {
+    const std::string who = "dlrm_deploy::Mlp" + (node_name_.empty() ? "" : " (node '" + node_name_ + "')");
+    if (OrtStatusPtr st = FinishPending(pending, stream, who)) return st;
+  }
+  if (dd_mlp_cuda(&a, stream, msg, sizeof(msg)) != DD_OK) return Error(ORT_FAIL, msg);
+  return nullptr;
+#else
+  return Error(ORT_FAIL, "this library was built without CUDA");
+#endif
+}
+
+MlpOp::MlpOp(Provider provider) : provider_(provider) { OrtCustomOp::version = kMinOrtApiVersion; }
+
+OrtStatusPtr MlpOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+  OrtStatusPtr status = nullptr;
+  auto k = std::make_unique<MlpKernel>(info, provider_, &status);
+  if (status != nullptr) {
+    *kernel = nullptr;
+    return status;
+  }
+  *kernel = k.release();
+  return nullptr;
+}
+
+const char* MlpOp::GetExecutionProviderType() const {
+  return provider_ == Provider::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
+}
+
+}  // namespace dd_ort

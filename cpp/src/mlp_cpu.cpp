@@ -8,21 +8,15 @@
 
 using dd::fail;
 
-namespace {
-constexpr int kRowBlock = 4;  // rows sharing each weight row's pass through the cache
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define DD_MLP_X86 1
+#include <immintrin.h>
+#endif
 
-// Four rows' dot products with one weight row, eight lanes each (the compiler vectorises them).
-void dot4(const float* const x[kRowBlock], const float* w, int64_t k, float out[kRowBlock]) {
-  float acc[kRowBlock][8] = {};
-  int64_t e = 0;
-  for (; e + 8 <= k; e += 8)
-    for (int r = 0; r < kRowBlock; ++r)
-      for (int l = 0; l < 8; ++l) acc[r][l] += x[r][e + l] * w[e + l];
-  for (int r = 0; r < kRowBlock; ++r) {
-    for (int64_t t = e; t < k; ++t) acc[r][0] += x[r][t] * w[t];
-    out[r] = ((acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3])) + ((acc[r][4] + acc[r][5]) + (acc[r][6] + acc[r][7]));
-  }
-}
+namespace {
+// One layer for `rows` rows: out[r][c] = act(dot(in[r], W[c]) + b[c]).
+using LayerFn = void (*)(const float* in, int64_t ld_in, int rows, const float* w, const float* b, int64_t n,
+                         int64_t k, int32_t act, float* out, int64_t ld_out);
 
 float activate(float v, int32_t act) {
   if (act == DD_MLP_RELU) return v > 0.f ? v : 0.f;
@@ -32,6 +26,96 @@ float activate(float v, int32_t act) {
     return z / (1.f + z);
   }
   return v;
+}
+
+float dot(const float* x, const float* y, int64_t k) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t e = 0;
+  for (; e + 8 <= k; e += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += x[e + l] * y[e + l];
+  for (; e < k; ++e) acc[0] += x[e] * y[e];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+void layer_generic(const float* in, int64_t ld_in, int rows, const float* w, const float* b, int64_t n, int64_t k,
+                   int32_t act, float* out, int64_t ld_out) {
+  for (int r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < n; ++c) out[r * ld_out + c] = activate(dot(in + r * ld_in, w + c * k, k) + b[c], act);
+}
+
+#ifdef DD_MLP_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace x86 {
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// RB rows x CB outputs: every weight load serves RB rows and every input load CB outputs.
+template <int RB, int CB>
+inline void tile(const float* in, int64_t ld_in, const float* w, int64_t k, float out[RB][CB]) {
+  __m256 acc[RB][CB];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < CB; ++c) acc[r][c] = _mm256_setzero_ps();
+  int64_t e = 0;
+  for (; e + 8 <= k; e += 8) {
+    __m256 wv[CB];
+    for (int c = 0; c < CB; ++c) wv[c] = _mm256_loadu_ps(w + c * k + e);
+    for (int r = 0; r < RB; ++r) {
+      const __m256 x = _mm256_loadu_ps(in + r * ld_in + e);
+      for (int c = 0; c < CB; ++c) acc[r][c] = _mm256_fmadd_ps(x, wv[c], acc[r][c]);
+    }
+  }
+  if (e < k) {  // the last k % 8 columns through a lane mask (masked-off lanes read nothing)
+    static const int32_t lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    const __m256i mask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lanes + 8 - (k - e)));
+    __m256 wv[CB];
+    for (int c = 0; c < CB; ++c) wv[c] = _mm256_maskload_ps(w + c * k + e, mask);
+    for (int r = 0; r < RB; ++r) {
+      const __m256 x = _mm256_maskload_ps(in + r * ld_in + e, mask);
+      for (int c = 0; c < CB; ++c) acc[r][c] = _mm256_fmadd_ps(x, wv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < CB; ++c) out[r][c] = hsum(acc[r][c]);
+}
+
+template <int RB>
+inline void rows_of(const float* in, int64_t ld_in, const float* w, const float* b, int64_t n, int64_t k, int32_t act,
+                    float* out, int64_t ld_out) {
+  int64_t c = 0;
+  for (; c + 4 <= n; c += 4) {
+    float v[RB][4];
+    tile<RB, 4>(in, ld_in, w + c * k, k, v);
+    for (int r = 0; r < RB; ++r)
+      for (int j = 0; j < 4; ++j) out[r * ld_out + c + j] = activate(v[r][j] + b[c + j], act);
+  }
+  for (; c < n; ++c) {
+    float v[RB][1];
+    tile<RB, 1>(in, ld_in, w + c * k, k, v);
+    for (int r = 0; r < RB; ++r) out[r * ld_out + c] = activate(v[r][0] + b[c], act);
+  }
+}
+
+void layer(const float* in, int64_t ld_in, int rows, const float* w, const float* b, int64_t n, int64_t k, int32_t act,
+           float* out, int64_t ld_out) {
+  int r = 0;
+  for (; r + 2 <= rows; r += 2) rows_of<2>(in + r * ld_in, ld_in, w, b, n, k, act, out + r * ld_out, ld_out);
+  for (; r < rows; ++r) rows_of<1>(in + r * ld_in, ld_in, w, b, n, k, act, out + r * ld_out, ld_out);
+}
+}  // namespace x86
+#pragma GCC pop_options
+#endif
+
+LayerFn pick_layer() {
+#ifdef DD_MLP_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return x86::layer;
+#endif
+  return layer_generic;
 }
 }  // namespace
 
@@ -67,29 +151,23 @@ int dd_mlp_check(const dd_mlp_args* a, char* msg, size_t len) {
 int dd_mlp_cpu(const dd_mlp_args* a, int64_t row_begin, int64_t row_end, char* msg, size_t len) {
   if (int rc = dd_mlp_check(a, msg, len)) return rc;
   if (row_begin < 0 || row_end > a->batch || row_begin > row_end) return fail(DD_ERR_CONFIG, msg, len, "bad row range");
-  int64_t widest = a->in_width;
-  for (int32_t i = 0; i < a->layers; ++i) widest = widest > a->w_rows[i] ? widest : a->w_rows[i];
-  std::vector<float> buf(2 * kRowBlock * (size_t)widest);
+  static const LayerFn layer = pick_layer();  // AVX2 + FMA where the CPU has them
+  constexpr int64_t kBlock = 16;              // rows taken through every layer together
+  int64_t widest = 1;
+  for (int32_t i = 0; i + 1 < a->layers; ++i) widest = widest > a->w_rows[i] ? widest : a->w_rows[i];
+  std::vector<float> buf(2 * kBlock * (size_t)widest);
   const int64_t n_last = a->w_rows[a->layers - 1];
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kRowBlock) {
-    const int rows = (int)(row_end - r0 < kRowBlock ? row_end - r0 : kRowBlock);
-    const float* in[kRowBlock];
-    for (int r = 0; r < kRowBlock; ++r)  // rows past the range repeat the first (their results are dropped)
-      in[r] = a->x + (r0 + (r < rows ? r : 0)) * a->in_width;
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kBlock) {
+    const int rows = (int)(row_end - r0 < kBlock ? row_end - r0 : kBlock);
+    const float* in = a->x + r0 * a->in_width;
+    int64_t ld_in = a->in_width;
     for (int32_t i = 0; i < a->layers; ++i) {
-      const int64_t n = a->w_rows[i], k = a->w_cols[i];
       const bool last = i + 1 == a->layers;
-      float* out = buf.data() + (size_t)(i % 2) * kRowBlock * widest;
-      for (int64_t c = 0; c < n; ++c) {
-        float v[kRowBlock];
-        dot4(in, a->weights[i] + c * k, k, v);
-        for (int r = 0; r < rows; ++r) {
-          const float y = activate(v[r] + a->biases[i][c], a->activations[i]);
-          if (last) a->out[(r0 + r) * n_last + c] = y;
-          else out[r * widest + c] = y;
-        }
-      }
-      for (int r = 0; r < kRowBlock; ++r) in[r] = out + (r < rows ? r : 0) * widest;
+      float* out = last ? a->out + r0 * n_last : buf.data() + (size_t)(i % 2) * kBlock * widest;
+      const int64_t ld_out = last ? n_last : widest;
+      layer(in, ld_in, rows, a->weights[i], a->biases[i], a->w_rows[i], a->w_cols[i], a->activations[i], out, ld_out);
+      in = out;
+      ld_in = ld_out;
     }
   }
   return DD_OK;

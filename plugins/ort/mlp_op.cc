@@ -8,7 +8,7 @@
 namespace dd_ort {
 
 namespace {
-constexpr int64_t kCpuRowsPerTask = 16;
+constexpr int64_t kCpuRowsPerTask = 64;
 }
 
 MlpKernel::MlpKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status) : provider_(provider) {

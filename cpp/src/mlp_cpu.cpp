@@ -47,6 +47,9 @@ void layer_generic(const float* in, int64_t ld_in, int rows, const float* w, con
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace x86 {
+// Tile shape measured on a 2-core EPYC VM, one thread, 2048 x 208 -> 128: 4 x 3 22 GFMA/s,
+// 3 x 4 18, 2 x 4 14, 4 x 2 12 (12 accumulators + 3 weights + 1 input: the 16 ymm registers).
+constexpr int kTileRows = 4, kTileCols = 3;
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -83,15 +86,15 @@ inline void tile(const float* in, int64_t ld_in, const float* w, int64_t k, floa
     for (int c = 0; c < CB; ++c) out[r][c] = hsum(acc[r][c]);
 }
 
-template <int RB>
+template <int RB, int CB>
 inline void rows_of(const float* in, int64_t ld_in, const float* w, const float* b, int64_t n, int64_t k, int32_t act,
                     float* out, int64_t ld_out) {
   int64_t c = 0;
-  for (; c + 4 <= n; c += 4) {
-    float v[RB][4];
-    tile<RB, 4>(in, ld_in, w + c * k, k, v);
+  for (; c + CB <= n; c += CB) {
+    float v[RB][CB];
+    tile<RB, CB>(in, ld_in, w + c * k, k, v);
     for (int r = 0; r < RB; ++r)
-      for (int j = 0; j < 4; ++j) out[r * ld_out + c + j] = activate(v[r][j] + b[c + j], act);
+      for (int j = 0; j < CB; ++j) out[r * ld_out + c + j] = activate(v[r][j] + b[c + j], act);
   }
   for (; c < n; ++c) {
     float v[RB][1];
@@ -103,8 +106,9 @@ inline void rows_of(const float* in, int64_t ld_in, const float* w, const float*
 void layer(const float* in, int64_t ld_in, int rows, const float* w, const float* b, int64_t n, int64_t k, int32_t act,
            float* out, int64_t ld_out) {
   int r = 0;
-  for (; r + 2 <= rows; r += 2) rows_of<2>(in + r * ld_in, ld_in, w, b, n, k, act, out + r * ld_out, ld_out);
-  for (; r < rows; ++r) rows_of<1>(in + r * ld_in, ld_in, w, b, n, k, act, out + r * ld_out, ld_out);
+  for (; r + kTileRows <= rows; r += kTileRows)
+    rows_of<kTileRows, kTileCols>(in + r * ld_in, ld_in, w, b, n, k, act, out + r * ld_out, ld_out);
+  for (; r < rows; ++r) rows_of<1, kTileCols>(in + r * ld_in, ld_in, w, b, n, k, act, out + r * ld_out, ld_out);
 }
 }  // namespace x86
 #pragma GCC pop_options

@@ -168,6 +168,16 @@ INTERACTION_INPUTS = (("parts", "variadic float", "[B, k_i * dim] each: the vect
 INTERACTION_ATTRIBUTES = (("dim", "int", "floats per vector"),
                           ("pairs", "ints", "flat indices i * n + j of the dot products kept, in output order"),
                           ("prefix", "int", "the input copied in front of the dots, or -1 (default)"))
+# A chain of Linear layers in one node (export's fuse_mlp pass, export/mlp.py):
+# Y = act_L(... act_1(X W_1^T + b_1) ...), fp32 accumulation; W_i in nn.Linear's [out, in] layout.
+MLP_OP_TYPE = "Mlp"
+MLP_INPUTS = (("inputs", "variadic float",
+               "X [B, K0], then W_i [N_i, K_i] and b_i [N_i] of every layer i = 1..L (K_1 = K0, K_i+1 = N_i)"),)
+MLP_ACTIVATIONS = {"none": 0, "relu": 1, "sigmoid": 2}
+MLP_ATTRIBUTES = (("activations", "ints", "one code per layer: "
+                   + ", ".join(f"{v} = {k}" for k, v in MLP_ACTIVATIONS.items())),)
+MLP_MAX_WIDTH = 4096  # every width (K0 and each N_i) of a node
+MLP_MAX_LAYERS = 16  # L of a node (DD_MLP_MAX_LAYERS, cpp/include/dlrm_deploy/mlp.h)
 OUTPUTS = (("output", "float|float16|bfloat16 (out_dtype)", "[B, T*D] pooled bags, table t in columns t*D..t*D+D-1"),)
 
 

@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX Runtime CUDA: run the lookups beside the dense layers (a Join node; not TensorRT)")
     parser.add_argument("--no-fuse-interaction", action="store_true",
                         help="keep DLRM's dot interaction as standard ops (default: one DotInteraction node)")
+    parser.add_argument("--no-fuse-mlp", action="store_true",
+                        help="keep the MLPs' Linear layers as Gemm nodes (default: one Mlp node per chain)")
     parser.add_argument("--external-data", action="store_true", help="weights in <out>.data even when small")
     parser.add_argument("--no-validate", action="store_true", help="skip onnx.checker full_check")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and example inputs")
@@ -72,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
     info = export_onnx(model, example, args.out, dtype=args.dtype, variant=args.variant,
                        prefetch_distance=args.prefetch_distance, check=args.check,
                        table_batching=not args.no_table_batching, overlap=args.overlap,
-                       fuse_interaction=not args.no_fuse_interaction, hot_rows_from=args.hot_rows_from,
+                       fuse_interaction=not args.no_fuse_interaction,
+                       fuse_mlp=not args.no_fuse_mlp, hot_rows_from=args.hot_rows_from,
                        pinned_rows=args.pinned_rows, hot_coverage_target=args.hot_coverage,
                        l2_budget_bytes=int(args.l2_budget_mb * 2**20), external_data=args.external_data or None,
                        validate=not args.no_validate, output_names=["probability"],

@@ -31,6 +31,7 @@ from .model_inputs import dumps, input_source, warn_fixed_dims
 from .onnx_graph import annotate_outputs, is_op, op_nodes
 from .onnx_schema import register_onnx_schema
 from .interaction import fuse_interaction as fuse_dot_interaction
+from .mlp import fuse_mlp as fuse_linear_chains
 from .overlap import apply_overlap
 from .swap import check_supported, embedding_bags, swap_embedding_bags
 from .tables import (DEFAULT_HOT_COVERAGE, DEFAULT_L2_BUDGET_BYTES, choose_pinned_rows, hot_coverage, plan_hot_rows,
@@ -256,7 +257,8 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
                 l2_budget_bytes: int = DEFAULT_L2_BUDGET_BYTES, check: str = "checked", opset: int = 18,
                 input_names: list[str] | None = None, output_names: list[str] | None = None,
                 dynamic_shapes=None, external_data: bool | None = None, validate: bool = True,
-                overlap: bool = False, fuse_interaction: bool = True, progress=None) -> ExportInfo:
+                overlap: bool = False, fuse_interaction: bool = True, fuse_mlp: bool = True,
+                progress=None) -> ExportInfo:
     """Exports model to ONNX at path with every nn.EmbeddingBag as ``dlrm_deploy::EmbeddingBag``.
 
     model: any torch module using nn.EmbeddingBag (mode sum or mean, with or without
@@ -296,6 +298,10 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
       ``dlrm_deploy::DotInteraction`` node where the graph has that chain (export/interaction.py):
       one kernel instead of four on ONNX Runtime's CUDA provider. ``trt-build`` expands it back
       for TensorRT. False keeps the chain.
+    fuse_mlp: every chain of Linear layers (Gemm, optionally followed by Relu or Sigmoid, each
+      layer's output used only by the next; DLRM's bottom and top MLPs) as one ``dlrm_deploy::Mlp``
+      node (export/mlp.py): one kernel instead of three per layer on ONNX Runtime's CUDA provider.
+      ``trt-build`` expands it back for TensorRT. False keeps the Gemm nodes.
     progress: callable taking a message string (e.g. print), or None.
     Returns an ExportInfo.
     """
@@ -315,7 +321,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     table_map, node_bags = _table_map(proto, model, bags, example_inputs, plans)
     options = dict(dtype=dtype, variant=variant, prefetch_distance=prefetch_distance,
                    table_batching=bool(table_batching), check=check, pinned_rows=max(pinned.values(), default=0),
-                   overlap=bool(overlap), fuse_interaction=bool(fuse_interaction))
+                   overlap=bool(overlap), fuse_interaction=bool(fuse_interaction), fuse_mlp=bool(fuse_mlp))
     meta = {"dlrm_deploy.tables": dumps(table_map), "dlrm_deploy.export": dumps(options)}
     if external_data is None:
         external_data = sum(tensor_bytes(t) for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
@@ -323,7 +329,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     with _staged_output(path) as stage:
         groups, op_count = _write(proto, held, os.path.join(stage, os.path.basename(path)), data_name, node_bags, meta,
                                   table_batching=table_batching, validate=validate, overlap=overlap,
-                                  fuse_interaction=fuse_interaction, say=say,
+                                  fuse_interaction=fuse_interaction, fuse_mlp=fuse_mlp, say=say,
                                   seconds=seconds)
     seconds["total"] = time.perf_counter() - t0
     info = ExportInfo(path=path, external_data=data_name, tables=_table_infos(bags, plans, pinned, dtype),
@@ -348,7 +354,7 @@ def _batch(proto: onnx.ModelProto, held: HeldTables, node_bags: list, writer: Ex
 
 
 def _write(proto: onnx.ModelProto, held: HeldTables, path: str, data_name: str | None, node_bags: list, meta: dict, *,
-           table_batching: bool, validate: bool, overlap: bool, fuse_interaction: bool, say,
+           table_batching: bool, validate: bool, overlap: bool, fuse_interaction: bool, fuse_mlp: bool, say,
            seconds: dict) -> tuple[list[list[str]], int]:
     """Table batching, metadata, saving and checking of the traced model at path (a staging name).
     Returns (module names per op node, number of op nodes)."""
@@ -361,6 +367,8 @@ def _write(proto: onnx.ModelProto, held: HeldTables, path: str, data_name: str |
     annotate_outputs(proto)
     if fuse_interaction:
         say(f"fuse_interaction: {fuse_dot_interaction(proto)} dot interaction(s) as one node")
+    if fuse_mlp:
+        say(f"fuse_mlp: {fuse_linear_chains(proto)} chain(s) of Linear layers as one Mlp node each")
     proto.producer_name = "dlrm_deploy"
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)

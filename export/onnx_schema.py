@@ -169,10 +169,47 @@ def build_interaction_schema() -> defs.OpSchema:
     return schema
 
 
+def _dims(ctx, i: int):
+    t = ctx.get_input_type(i) if i < ctx.get_num_inputs() and ctx.has_input(i) else None
+    return list(t.tensor_type.shape.dim) if t is not None and t.tensor_type.HasField("shape") else None
+
+
+def _infer_mlp(ctx) -> None:
+    """Mlp's output: float [B, N_L], B from X's first dimension, N_L from the last bias (or weight)."""
+    out = onnx.TypeProto()
+    out.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    batch, width = out.tensor_type.shape.dim.add(), out.tensor_type.shape.dim.add()
+    x = _dims(ctx, 0)
+    if x is not None and len(x) == 2:
+        batch.CopyFrom(x[0])
+    n = ctx.get_num_inputs()
+    if n >= 3 and n % 2 == 1:
+        for source in (_dims(ctx, n - 1), _dims(ctx, n - 2)):  # b_L [N_L], W_L [N_L, K_L]
+            if source and source[0].HasField("dim_value"):
+                width.dim_value = source[0].dim_value
+                break
+    ctx.set_output_type(0, out)
+
+
+def build_mlp_schema() -> defs.OpSchema:
+    """The OpSchema of ``dlrm_deploy::Mlp`` (export/mlp.py)."""
+    fp = defs.OpSchema.FormalParameter
+    (name, _t, doc), = C.MLP_INPUTS
+    inputs = [fp(name, "T", doc, param_option=defs.OpSchema.FormalParameterOption.Variadic, min_arity=3)]
+    attrs = [defs.OpSchema.Attribute(a_name, defs.OpSchema.AttrType.INTS, a_doc, required=True)
+             for a_name, _kind, a_doc in C.MLP_ATTRIBUTES]
+    schema = defs.OpSchema(C.MLP_OP_TYPE, C.DOMAIN, C.OP_VERSION,
+                           "A chain of Linear layers with activations in one node (docs/op_contract.md).",
+                           inputs=inputs, outputs=[fp("Y", "T", "[B, N_L]")],
+                           type_constraints=[("T", ["tensor(float)"], "float")], attributes=attrs)
+    schema.set_type_and_shape_inference_function(_infer_mlp)
+    return schema
+
+
 def register_onnx_schema() -> None:
     """Registers the ops' schemas with the onnx package of this process (idempotent)."""
     for op_type, build in ((C.OP_TYPE, build_onnx_schema), (C.JOIN_OP_TYPE, build_join_schema),
-                           (C.INTERACTION_OP_TYPE, build_interaction_schema)):
+                           (C.INTERACTION_OP_TYPE, build_interaction_schema), (C.MLP_OP_TYPE, build_mlp_schema)):
         try:
             defs.get_schema(op_type, C.OP_VERSION, C.DOMAIN)
         except defs.SchemaError:

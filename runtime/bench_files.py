@@ -29,15 +29,20 @@ def export_stock(model, example, path: str) -> None:
 
 
 def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None = None,
-                 check: str | None = None, overlap: bool = False, fuse: bool | None = None) -> None:
+                 check: str | None = None, overlap: bool = False, fuse: bool | None = None,
+                 fuse_mlp: bool | None = None) -> None:
     """Copies the ONNX file src to dst with every op node's variant (and prefetch distance, bounds
     check mode) set, with overlap the lookups beside the dense layers (export's overlap pass), with
     fuse=True the dot interaction as one node (export's fuse_interaction pass; ValueError where the
-    model has none) and with fuse=False as standard ops; external data stays where it is (dst must
-    be in src's folder)."""
+    model has none) and with fuse=False as standard ops, likewise fuse_mlp for the Linear chains
+    (export's fuse_mlp pass; None, the default, leaves them as src has them); external data stays
+    where it is (dst must be in src's folder)."""
     import onnx
 
     from dlrm_deploy.export.interaction import OP_TYPE, fuse_interaction, unfuse_interaction
+    from dlrm_deploy.export.mlp import OP_TYPE as MLP_OP_TYPE
+    from dlrm_deploy.export.mlp import fuse_mlp as fuse_linear_chains
+    from dlrm_deploy.export.mlp import unfuse_mlp
     from dlrm_deploy.export.overlap import apply_overlap
 
     m = onnx.load(src, load_external_data=False)
@@ -58,6 +63,10 @@ def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None
         apply_overlap(m)
     if fuse and not fuse_interaction(m) and not any(n.op_type == OP_TYPE for n in m.graph.node):
         raise ValueError(f"{src}: no dot interaction to fuse")
+    if fuse_mlp is False:
+        unfuse_mlp(m)
+    elif fuse_mlp and not fuse_linear_chains(m) and not any(n.op_type == MLP_OP_TYPE for n in m.graph.node):
+        raise ValueError(f"{src}: no chain of Linear layers to fuse")
     onnx.save(m, dst)
 
 

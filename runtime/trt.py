@@ -144,8 +144,9 @@ def trt_onnx_model(onnx_path):
     bytes are a multiple of 16), in an element type TensorRT can hand a plugin (TensorRT plugins take
     no uint8 inputs; int8 means quantized values to TensorRT). The plugin reads the bytes as they are.
 
-    A fused dot interaction (``dlrm_deploy::DotInteraction``, which TensorRT has no plugin for) is
-    expanded back into standard ops (export/interaction.py's unfuse_interaction).
+    A fused dot interaction (``dlrm_deploy::DotInteraction``) and fused Linear chains
+    (``dlrm_deploy::Mlp``), which TensorRT has no plugin for, are expanded back into standard ops
+    (export/interaction.py's unfuse_interaction, export/mlp.py's unfuse_mlp).
 
     Returns (onnx.ModelProto, number of initializers retyped). External data is not loaded: its
     references stay valid for a model read from or saved into onnx_path's folder. Weights that are
@@ -157,9 +158,11 @@ def trt_onnx_model(onnx_path):
     from dlrm_deploy import contract as C
 
     from dlrm_deploy.export.interaction import unfuse_interaction
+    from dlrm_deploy.export.mlp import unfuse_mlp
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     unfuse_interaction(model)
+    unfuse_mlp(model)
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     retyped: dict[str, list[int]] = {}
@@ -253,7 +256,7 @@ def build_trt_engine(onnx_path, engine_path, fp16: bool = False, workspace_mb: i
     model, retyped = trt_onnx_model(onnx_path)
     if retyped:
         say(f"{retyped} row-wise weights handed to TensorRT as int32 [rows, row_bytes / 4] (the same bytes)")
-    # Row-wise tables as int32 (plugins take no uint8 inputs), a fused interaction expanded; external
+    # Row-wise tables as int32 (plugins take no uint8 inputs), fused interaction and Mlp nodes expanded; external
     # data is found beside onnx_path.
     ok = parser.parse(model.SerializeToString(), str(onnx_path))
     del model

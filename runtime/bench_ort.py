@@ -162,16 +162,18 @@ def probe_layouts(b: Bench, plain: str, hot: str, variant: str, check: str) -> d
 def first_variant_rows(b: Bench, prov: str, src: str, path: str, v: str, chk: str, label: str,
                        hot: str) -> list[Row]:
     """The GPU-only rows of the first variant: CUDA graph, the lookups overlapped with the dense
-    layers (inline and in a CUDA graph), and, where the export fused the dot interaction, the
-    same model with the interaction as standard ops (CUDA graph)."""
+    layers (inline and in a CUDA graph), and, where the export fused the dot interaction or the
+    Linear chains, the same model with those as standard ops (CUDA graph)."""
     import onnx
 
     from dlrm_deploy.export.interaction import OP_TYPE
+    from dlrm_deploy.export.mlp import OP_TYPE as MLP_OP_TYPE
 
     a = b.args
     stem = os.path.join(b.workdir, f"{os.path.basename(src)[:-5]}_{v}_{chk}")
     with_variant(src, f"{stem}_overlap.onnx", v, check=chk, overlap=True)
-    fused = any(n.op_type == OP_TYPE for n in onnx.load(src, load_external_data=False).graph.node)
+    op_types = {n.op_type for n in onnx.load(src, load_external_data=False).graph.node}
+    fused = OP_TYPE in op_types
     # Overlapped rows run ORT's stream at high priority, so that the dense layers' blocks are
     # scheduled ahead of the lookups' remaining ones (the op's own stream has the default priority).
     graphs = not a.no_cuda_graphs
@@ -182,6 +184,9 @@ def first_variant_rows(b: Bench, prov: str, src: str, path: str, v: str, chk: st
     if graphs and fused:
         with_variant(src, f"{stem}_unfused.onnx", v, check=chk, fuse=False)
         specs.append(("interaction not fused, CUDA graph", f"{stem}_unfused.onnx", True, 0))
+    if graphs and MLP_OP_TYPE in op_types:
+        with_variant(src, f"{stem}_mlp_unfused.onnx", v, check=chk, fuse_mlp=False)
+        specs.append(("Linear layers not fused, CUDA graph", f"{stem}_mlp_unfused.onnx", True, 0))
     rows = []
     for what, p, graph, priority in specs:
         row = ort_row(b, f"ORT {prov} + dlrm_deploy op ({a.dtype}, {label}, {what})", "ort-dlrm_deploy", a.dtype, p, v,

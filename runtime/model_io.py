@@ -133,16 +133,17 @@ def describe_onnx(onnx_path) -> ModelIO:
                 by_name[pos].role = "offsets" if pos == table.get("offsets") else "lengths"
                 by_name[pos].bag = bag
 
-    # Widths the file leaves symbolic but fixes through a weight (dense -> Gemm/MatMul), for
+    # Widths the file leaves symbolic but fixes through a weight (dense -> Gemm/MatMul/Mlp), for
     # sample requests and TensorRT profiles only; the config keeps the file's dims.
     inits = {t.name: list(t.dims) for t in g.initializer}
     for n in g.node:
-        if n.op_type not in ("Gemm", "MatMul") or len(n.input) < 2 or n.input[0] not in by_name:
+        if n.op_type not in ("Gemm", "MatMul", "Mlp") or len(n.input) < 2 or n.input[0] not in by_name:
             continue
         t, w = by_name[n.input[0]], inits.get(n.input[1])
         if t.role != "dense" or not w or len(w) != 2 or len(t.dims) != 2 or isinstance(t.dims[1], int):
             continue
-        trans_b = any(a.name == "transB" and a.i for a in n.attribute) if n.op_type == "Gemm" else False
+        # dlrm_deploy::Mlp's weights are [N, K], as a Gemm's with transB=1
+        trans_b = n.op_type == "Mlp" or (n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute))
         t.resolved = {1: w[1] if trans_b else w[0]}
 
     external = sorted({e.value for t in g.initializer for e in t.external_data if e.key == "location"})
@@ -282,7 +283,7 @@ def _bags(rows: list[int], batch: int, ilo: int, pooling: int, total: int | None
 
 
 def _inner_dim(graph, name: str, initializer_shapes: dict) -> int | None:
-    """Feature width of a 2-D input from the Gemm/MatMul that consumes it with a constant weight."""
+    """Feature width of a 2-D input from the Gemm/MatMul/Mlp that consumes it with a constant weight."""
     for node in graph.node:
         if not node.input or node.input[0] != name or len(node.input) < 2:
             continue
@@ -292,6 +293,8 @@ def _inner_dim(graph, name: str, initializer_shapes: dict) -> int | None:
         if node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             return w[1] if trans_b else w[0]
+        if node.op_type == "Mlp":  # dlrm_deploy::Mlp: weights [N, K]
+            return w[1]
         if node.op_type == "MatMul":
             return w[0]
     return None

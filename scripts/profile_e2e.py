@@ -99,7 +99,6 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--pooling", type=int, default=None)
     ap.add_argument("--overlap", action="store_true", help="also profile the overlap export (high-priority ORT stream)")
-    ap.add_argument("--fuse", action="store_true", help="also profile the fused dot interaction (and with --overlap both)")
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None, help="JSON with every profile")
@@ -144,19 +143,17 @@ def main() -> int:
     gpu_model.cpu()
     torch.cuda.empty_cache()
 
-    kinds = [("ort_graph", False, False, 0)]
+    # (key, overlap, fuse the interaction, fuse the Linear chains, stream priority)
+    kinds = [("ort_graph_standard_ops", False, False, False, 0), ("ort_graph_interaction_fused", False, True, False, 0),
+             ("ort_graph", False, True, True, 0)]
     if a.overlap:
-        kinds.append(("ort_overlap_graph_high_priority", True, False, -1))
-    if a.fuse:
-        kinds.append(("ort_fused_graph", False, True, 0))
-    if a.fuse and a.overlap:
-        kinds.append(("ort_overlap_fused_graph_high_priority", True, True, -1))
+        kinds.append(("ort_overlap_graph_high_priority", True, True, True, -1))
     plain = os.path.join(workdir, "plain.onnx")
-    for key, overlap, fuse, priority in kinds:
+    for key, overlap, fuse, fuse_mlp, priority in kinds:
         path = os.path.join(workdir, f"{key}.onnx")
         if not os.path.exists(plain):
             export_onnx(model, inputs, plain, dtype=a.dtype)
-        with_variant(plain, path, "auto", overlap=overlap, fuse=fuse)
+        with_variant(plain, path, "auto", overlap=overlap, fuse=fuse, fuse_mlp=fuse_mlp)
         stream = torch.cuda.Stream(priority=priority)
         sess = ort_rt.ort_session(path, device="cuda", cuda_graph=True, stream=stream.cuda_stream)
         feeds = onnx_feeds(sess.input_names, *inputs)

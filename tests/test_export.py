@@ -101,8 +101,24 @@ class DotInteraction(OpRun):
         return (np.concatenate([parts[prefix], dots], axis=1) if prefix >= 0 else dots,)
 
 
+class Mlp(OpRun):
+    """numpy reference of dlrm_deploy::Mlp (a fused chain of Linear layers, docs/op_contract.md)."""
+
+    op_domain = C.DOMAIN
+
+    def _run(self, x, *params, activations=None):
+        y = x
+        for w, b, code in zip(params[0::2], params[1::2], activations):
+            y = y @ w.T + b
+            if code == C.MLP_ACTIVATIONS["relu"]:
+                y = np.maximum(y, 0)
+            elif code == C.MLP_ACTIVATIONS["sigmoid"]:
+                y = 1 / (1 + np.exp(-y))
+        return (y.astype(x.dtype),)
+
+
 def run_reference(path, feeds):
-    return ReferenceEvaluator(str(path), new_ops=[EmbeddingBag, DotInteraction]).run(None, feeds)[0]
+    return ReferenceEvaluator(str(path), new_ops=[EmbeddingBag, DotInteraction, Mlp]).run(None, feeds)[0]
 
 
 def feeds_of(model_path, dense, indices, offsets):

@@ -156,7 +156,7 @@ def test_unfuse_restores_standard_ops(small_files, tmp_path):
     cfg, model, _plain, fused, _ = small_files
     proto = onnx.load(str(fused))
     assert unfuse_interaction(proto) == 1
-    assert {n.op_type for n in proto.graph.node if n.domain == C.DOMAIN} == {C.OP_TYPE}
+    assert {n.op_type for n in proto.graph.node if n.domain == C.DOMAIN} == {C.OP_TYPE, C.MLP_OP_TYPE}
     onnx.checker.check_model(proto)
     _matches_pytorch(proto, tmp_path / "unfused.onnx", cfg, model, 33, 8)
 

@@ -440,7 +440,9 @@ def test_fused_dlrm_matches_unfused_and_pytorch(small_files, device, batch, seed
     with torch.no_grad():
         ref = model(*inputs).numpy()
     got = b.run(feeds)[0]
-    np.testing.assert_allclose(got, a.run(feeds)[0], rtol=1e-5, atol=1e-6)
+    # ORT's CUDA Gemm may run in TF32 (its default): the unfused file is then the less exact one
+    rtol = 1e-5 if device == "cpu" else 1e-3
+    np.testing.assert_allclose(got, a.run(feeds)[0], rtol=rtol, atol=rtol / 10)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 

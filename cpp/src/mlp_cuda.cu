@@ -4,10 +4,15 @@
 // kernel and the launch gaps around each layer. Here a block takes a few rows of the batch through
 // every layer with the activations kept in shared memory: one launch for the whole chain.
 //
-// Per layer, thread (group g, column c) computes output c of rows g, g + G, g + 2G, ... (fp32 FMAs,
-// up to 8 accumulators) from the input rows in shared memory (every thread of a warp reads the same
-// address) and weight tiles of KT columns staged in shared memory by the whole block with coalesced
-// loads, the next tile's loads in flight while the current one is summed.
+// Per layer, the block copies the layer's weights into shared memory with asynchronous copies (all
+// in flight at once, each block starting at its own row; in column chunks where a layer is too
+// big), then thread (group g, column c) computes output c (and c + P/2: two columns where there are
+// enough rows) of rows g, g + G, g + 2G, ... (fp32 FMAs, up to 8 sums) from the input rows in
+// shared memory (every thread of a warp reads the same address).
+// Measured on the H100 (paper MLPs 256-128-128 / 206-128-64-1, one kernel each): batch 2048 21.2 /
+// 19.6 us, where ONNX Runtime's kernels and gaps take about 21 / 30 us; batch 256 12.6 / 12.7 us.
+// Every block stages every weight, so the weights' trip from L2 bounds the time at small batches.
+#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -20,7 +25,7 @@
 using dd::fail;
 
 namespace {
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;  // 512 measured 5-25% slower on the H100 (paper MLPs, batch 256-4096)
 constexpr int kMaxRows = 16;  // rows of the batch per block
 constexpr int kMaxAcc = 8;    // rows per thread: block rows <= kMaxAcc x the fewest row groups of a layer
 constexpr int kMaxDevices = 64;
@@ -31,7 +36,8 @@ struct Layers {
   int n[DD_MLP_MAX_LAYERS];
   int k[DD_MLP_MAX_LAYERS];
   int act[DD_MLP_MAX_LAYERS];
-  int vec[DD_MLP_MAX_LAYERS];  // floats per weight load when staging: 4, 2 or 1
+  int vec[DD_MLP_MAX_LAYERS];  // floats per asynchronous copy when staging weights: 4, 2 or 1
+  int ldw[DD_MLP_MAX_LAYERS];  // staged weight row stride: >= K, a multiple of 4, 4 mod 32 (no bank conflicts)
   int count;
 };
 
@@ -45,118 +51,116 @@ __device__ __forceinline__ float activate(float v, int act) {
   return v;
 }
 
-// Weight tiles: KT columns of up to kThreads weight rows, staged in shared memory (row stride
-// kWsLd: a quarter-warp's 16-byte reads of 8 different rows fall in 8 different bank groups).
-constexpr int KT = 16;
-constexpr int kWsLd = KT + 4;
-
-// A weight tile [c0, c0 + pe) x [k0, k0 + KT) in registers: each thread's share, loaded V floats at
-// a time (consecutive threads, consecutive addresses), then stored to shared memory. V = 4 needs
-// K % 4 == 0 and 16-byte aligned weights, V = 2 K % 2 == 0 and 8 bytes.
+// Stage weight rows [c0, c0 + pe) (all K columns) into shared memory at row stride ldw, by
+// asynchronous copies (cp.async: no registers, every copy of the block in flight at once) of V
+// floats each. V = 4 needs K % 4 == 0 and 16-byte aligned weights, V = 2 K % 2 == 0 and 8 bytes.
 template <int V>
-struct Tile {
-  static constexpr int kSlots = KT / V;  // per thread: (kThreads * KT / V) / kThreads
-  static constexpr int kVecs = KT / V;   // vectors per staged row
-  float v[KT];
-  __device__ void load(const float* __restrict__ W, int K, int c0, int pe, int k0) {
+__device__ __forceinline__ void stage_weights(float* ws, int ldw, const float* __restrict__ W, int K, int c0, int pe) {
+  const int per_row = K / V, warps = kThreads / 32, lane = threadIdx.x % 32;
+  // Every block reads the same weights: each starts at its own row, so that the blocks' requests
+  // spread over L2's slices instead of queueing at the same lines together.
+  const int rot = (int)((int64_t)blockIdx.x * pe / gridDim.x);
+  for (int j = threadIdx.x / 32; j < pe; j += warps) {  // a warp per row: consecutive lanes, consecutive bytes
+    const int p = j + rot < pe ? j + rot : j + rot - pe;
+    const float* src = W + (size_t)(c0 + p) * K;
+    float* dst = ws + p * ldw;
+    for (int q = lane; q < per_row; q += 32) __pipeline_memcpy_async(dst + q * V, src + q * V, V * sizeof(float));
+  }
+  __pipeline_commit();
+}
+
+// Output columns c and (CB == 2) c + cstep of R rows (g, g + G, ...; repeats of the last row past
+// `per`, never stored): R x CB independent sums over K from the staged weight rows and the input
+// rows in shared memory (each input load serves CB columns, each weight load R rows).
+template <int R, int CB>
+__device__ __forceinline__ void columns(const float* in, int ld_in, int rows, int K, const float* wr, int wstep, int g,
+                                        int G, int per, const float* __restrict__ bias, int act, float* out,
+                                        int64_t ld_out, int c, int cstep, int c_end) {
+  const float* x[R];
 #pragma unroll
-    for (int s = 0; s < kSlots; ++s) {
-      const int e = threadIdx.x + s * kThreads, p = e / kVecs, q = (e % kVecs) * V;
-      if (p < pe && k0 + q < K) {
-        const float* src = W + (size_t)(c0 + p) * K + k0 + q;
-        if constexpr (V == 4) {
-          const float4 x = __ldg(reinterpret_cast<const float4*>(src));
-          v[4 * s] = x.x, v[4 * s + 1] = x.y, v[4 * s + 2] = x.z, v[4 * s + 3] = x.w;
-        } else if constexpr (V == 2) {
-          const float2 x = __ldg(reinterpret_cast<const float2*>(src));
-          v[2 * s] = x.x, v[2 * s + 1] = x.y;
-        } else {
-          v[s] = __ldg(src);
-        }
-      }
+  for (int i = 0; i < R; ++i) x[i] = in + min(g + min(i, per - 1) * G, rows - 1) * ld_in;
+  float acc[R][CB];
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int j = 0; j < CB; ++j) acc[i][j] = 0.f;
+  const int k4 = K & ~3;
+#pragma unroll 2
+  for (int k = 0; k < k4; k += 4) {
+    float4 w4[CB];
+#pragma unroll
+    for (int j = 0; j < CB; ++j) w4[j] = *reinterpret_cast<const float4*>(wr + j * wstep + k);
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const float4 v = *reinterpret_cast<const float4*>(x[i] + k);
+#pragma unroll
+      for (int j = 0; j < CB; ++j)
+        acc[i][j] = fmaf(v.w, w4[j].w, fmaf(v.z, w4[j].z, fmaf(v.y, w4[j].y, fmaf(v.x, w4[j].x, acc[i][j]))));
     }
   }
-  __device__ void store(float* ws, int pe) const {
+  for (int k = k4; k < K; ++k) {
 #pragma unroll
-    for (int s = 0; s < kSlots; ++s) {
-      const int e = threadIdx.x + s * kThreads, p = e / kVecs, q = (e % kVecs) * V;
-      if (p < pe) {
-        if constexpr (V == 4)
-          *reinterpret_cast<float4*>(ws + p * kWsLd + q) = make_float4(v[4 * s], v[4 * s + 1], v[4 * s + 2], v[4 * s + 3]);
-        else if constexpr (V == 2)
-          *reinterpret_cast<float2*>(ws + p * kWsLd + q) = make_float2(v[2 * s], v[2 * s + 1]);
-        else
-          ws[p * kWsLd + q] = v[s];
-      }
-    }
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+      for (int j = 0; j < CB; ++j) acc[i][j] = fmaf(x[i][k], wr[j * wstep + k], acc[i][j]);
   }
-};
+#pragma unroll
+  for (int j = 0; j < CB; ++j) {
+    const int cj = c + j * cstep;
+    if (cj >= c_end) break;
+    const float b = __ldg(bias + cj);
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+      if (i < per && g + i * G < rows) out[(g + i * G) * ld_out + cj] = activate(acc[i][j] + b, act);
+  }
+}
 
 // One layer for `rows` rows: in (shared memory, row stride ld_in) -> out (row stride ld_out).
-// Columns go in chunks of P = min(N, kThreads); thread (g, lc) of a chunk computes column c0 + lc
-// of rows g, g + G, ... (G = kThreads / P groups), from weight tiles staged in ws while the next
-// tile's loads are in flight. Every thread takes part in the staging (the barriers need all).
+// Columns go in chunks of up to `chunk` weight rows staged in ws; thread (g, lc) computes column
+// c0 + lc of rows g, g + G, ... (P = min(chunk, N) columns per chunk, G = kThreads / P groups).
 template <int V>
 __device__ __forceinline__ void dense(const float* in, int ld_in, int rows, int K, const float* __restrict__ W,
                                       const float* __restrict__ bias, int N, int act, float* out, int64_t ld_out,
-                                      float* ws) {
-  const int P = N < kThreads ? N : kThreads;
-  const int G = kThreads / P;
-  const int g = threadIdx.x / P, lc = threadIdx.x % P;
+                                      float* ws, int ldw, int chunk) {
+  const int P = N < chunk ? N : chunk;
+  // Two columns per thread where the chunk has enough of them: half the input loads per sum.
+  // (Where each thread gets 2 to 4 rows that way: at most 4 x 2 sums; with a single row the second
+  // column only idles threads. Paper MLPs on the H100, batch 2048: 21.2 / 19.6 us against 25.1 /
+  // 21.4 with one column.)
+  const int rows_cb2 = P % 2 == 0 && P >= 64 ? (rows + 2 * kThreads / P - 1) / (2 * kThreads / P) : 0;
+  const int CB = rows_cb2 >= 2 && rows_cb2 <= 4 ? 2 : 1;
+  const int Pt = P / CB;  // threads per row group
+  const int G = kThreads / Pt;
+  const int g = threadIdx.x / Pt, lc = threadIdx.x % Pt;
   const int per = (rows + G - 1) / G;  // rows of each group (uniform over the block)
-  const int tiles = (K + KT - 1) / KT;
   for (int c0 = 0; c0 < N; c0 += P) {
     const int pe = min(P, N - c0);
-    const bool active = g < G && lc < pe;
-    float acc[kMaxAcc];
-#pragma unroll
-    for (int i = 0; i < kMaxAcc; ++i) acc[i] = 0.f;
-    Tile<V == 1 ? 2 : V> tile;  // (V == 1: unused; its loads go straight to shared memory)
-    if constexpr (V > 1) tile.load(W, K, c0, pe, 0);
-    for (int t = 0; t < tiles; ++t) {
-      __syncthreads();  // the previous tile is no longer read
-      if constexpr (V > 1) {
-        tile.store(ws, pe);
-        __syncthreads();
-        if (t + 1 < tiles) tile.load(W, K, c0, pe, (t + 1) * KT);  // in flight during this tile's sums
-      } else {  // odd K: no register double buffer (it would cost KT live registers per thread)
-        for (int e = threadIdx.x; e < pe * KT; e += kThreads)
-          if (t * KT + e % KT < K) ws[(e / KT) * kWsLd + e % KT] = __ldg(W + (size_t)(c0 + e / KT) * K + t * KT + e % KT);
-        __syncthreads();
-      }
-      if (active) {
-        const int k0 = t * KT, kt = min(KT, K - k0), kt4 = kt & ~3;
-        const float* wr = ws + lc * kWsLd;
-        for (int kk = 0; kk < kt4; kk += 4) {
-          const float4 w4 = *reinterpret_cast<const float4*>(wr + kk);
-#pragma unroll
-          for (int i = 0; i < kMaxAcc; ++i)
-            if (i < per) {
-              const int r = min(g + i * G, rows - 1);  // past the rows: a repeat, never stored
-              const float4 x = *reinterpret_cast<const float4*>(in + r * ld_in + k0 + kk);
-              acc[i] = fmaf(x.w, w4.w, fmaf(x.z, w4.z, fmaf(x.y, w4.y, fmaf(x.x, w4.x, acc[i]))));
-            }
-        }
-        for (int kk = kt4; kk < kt; ++kk) {
-          const float w1 = wr[kk];
-#pragma unroll
-          for (int i = 0; i < kMaxAcc; ++i)
-            if (i < per) acc[i] = fmaf(in[min(g + i * G, rows - 1) * ld_in + k0 + kk], w1, acc[i]);
-        }
-      }
+    __syncthreads();  // ws and the layer's input are free / written
+    stage_weights<V>(ws, ldw, W, K, c0, pe);
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    if (g >= G || lc >= pe) continue;
+    // rows per thread rounded up to 1, 2, 4 or 8 (repeats of the last row pad, never stored)
+    const float* wr = ws + lc * ldw;
+    const int c = c0 + lc, end = c0 + pe;
+#define DD_MLP_COLUMNS(R, CB_) \
+  columns<R, CB_>(in, ld_in, rows, K, wr, Pt * ldw, g, G, per, bias, act, out, ld_out, c, Pt, end)
+    if (CB == 2) {
+      if (per <= 2) DD_MLP_COLUMNS(2, 2);
+      else DD_MLP_COLUMNS(4, 2);
+    } else {
+      if (per <= 1) DD_MLP_COLUMNS(1, 1);
+      else if (per <= 2) DD_MLP_COLUMNS(2, 1);
+      else if (per <= 4) DD_MLP_COLUMNS(4, 1);
+      else DD_MLP_COLUMNS(8, 1);
     }
-    if (active) {
-      const float b = __ldg(bias + c0 + lc);
-#pragma unroll
-      for (int i = 0; i < kMaxAcc; ++i)
-        if (i < per && g + i * G < rows) out[(g + i * G) * ld_out + c0 + lc] = activate(acc[i] + b, act);
-    }
+#undef DD_MLP_COLUMNS
   }
 }
 
 __global__ void __launch_bounds__(kThreads) mlp_kernel(const float* __restrict__ x, int64_t batch, int in_width,
                                                        Layers L, float* __restrict__ y, int block_rows, int ld,
-                                                       bool x_vec) {
+                                                       bool x_vec, int chunk) {
   extern __shared__ float4 smem4[];
   float* in = reinterpret_cast<float*>(smem4);
   float* out = in + block_rows * ld;
@@ -177,12 +181,11 @@ __global__ void __launch_bounds__(kThreads) mlp_kernel(const float* __restrict__
     float* dst = last ? y + r0 * L.n[l] : out;
     const int64_t ld_out = last ? L.n[l] : ld;
     if (L.vec[l] == 4)
-      dense<4>(in, ld, rows, L.k[l], L.w[l], L.b[l], L.n[l], L.act[l], dst, ld_out, ws);
+      dense<4>(in, ld, rows, L.k[l], L.w[l], L.b[l], L.n[l], L.act[l], dst, ld_out, ws, L.ldw[l], chunk);
     else if (L.vec[l] == 2)
-      dense<2>(in, ld, rows, L.k[l], L.w[l], L.b[l], L.n[l], L.act[l], dst, ld_out, ws);
+      dense<2>(in, ld, rows, L.k[l], L.w[l], L.b[l], L.n[l], L.act[l], dst, ld_out, ws, L.ldw[l], chunk);
     else
-      dense<1>(in, ld, rows, L.k[l], L.w[l], L.b[l], L.n[l], L.act[l], dst, ld_out, ws);
-    __syncthreads();
+      dense<1>(in, ld, rows, L.k[l], L.w[l], L.b[l], L.n[l], L.act[l], dst, ld_out, ws, L.ldw[l], chunk);
     float* t = in;
     in = out;
     out = t;
@@ -248,14 +251,31 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
   }
   int ld = (int)((widest + 3) / 4 * 4);
   if (ld % 32 == 0) ld += 4;  // rows of a group fall in different banks
+  int max_ldw = 0;
+  for (int i = 0; i < a->layers; ++i) {
+    L.ldw[i] = (L.k[i] + 3) / 4 * 4;
+    L.ldw[i] += (36 - L.ldw[i] % 32) % 32;
+    max_ldw = max(max_ldw, L.ldw[i]);
+  }
   int device = 0, sms = 0, smem_limit = 0;
   if (int rc = device_info(&device, &sms, &smem_limit, msg, len)) return rc;
+  // Weight rows staged per chunk: a layer's whole weight where it fits beside the activations
+  // (DLRM's layers do), else as many rows as fit (at least 8 of the widest).
   int groups = kThreads;  // the fewest row groups of any layer bounds the rows a block can take
-  for (int i = 0; i < a->layers; ++i) groups = min(groups, kThreads / (L.n[i] < kThreads ? L.n[i] : kThreads));
+  for (int i = 0; i < a->layers; ++i) groups = min(groups, kThreads / min(L.n[i], kThreads));
   int block_rows = min(rows_per_block(a->batch, sms), kMaxAcc * groups);
-  const size_t ws_bytes = sizeof(float) * kThreads * kWsLd;
-  while (block_rows > 1 && 2 * sizeof(float) * (size_t)block_rows * ld + ws_bytes > (size_t)smem_limit) --block_rows;
-  const size_t smem = 2 * sizeof(float) * (size_t)block_rows * ld + ws_bytes;
+  int widest_n = 1;
+  for (int i = 0; i < a->layers; ++i) widest_n = max(widest_n, L.n[i]);
+  auto bytes = [&](int rows_, int chunk_) { return sizeof(float) * ((size_t)2 * rows_ * ld + (size_t)chunk_ * max_ldw); };
+  int chunk = min(widest_n, kThreads);
+  while (chunk > 8 && bytes(block_rows, chunk) > (size_t)smem_limit) chunk = (chunk + 1) / 2;
+  while (block_rows > 1 && bytes(block_rows, chunk) > (size_t)smem_limit) --block_rows;
+  if (chunk < kThreads) {  // fewer columns per pass: more row groups, so more rows per block fit
+    groups = kThreads;
+    for (int i = 0; i < a->layers; ++i) groups = min(groups, kThreads / min(L.n[i], chunk));
+    block_rows = min(block_rows, kMaxAcc * groups);
+  }
+  const size_t smem = bytes(block_rows, chunk);
   if (smem > (size_t)smem_limit)
     return fail(DD_ERR_UNSUPPORTED, msg, len, "layers %lld wide do not fit in shared memory (%d bytes)",
                 (long long)widest, smem_limit);
@@ -269,7 +289,7 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
   if (blocks > 0x7fffffff) return fail(DD_ERR_INPUT, msg, len, "batch too large");
   const bool x_vec = a->in_width % 4 == 0 && aligned(a->x, 16);
   mlp_kernel<<<(unsigned)blocks, kThreads, smem, static_cast<cudaStream_t>(stream)>>>(
-      a->x, a->batch, (int)a->in_width, L, a->out, block_rows, ld, x_vec);
+      a->x, a->batch, (int)a->in_width, L, a->out, block_rows, ld, x_vec, chunk);
   e = cudaGetLastError();
   return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "launching the MLP kernel", msg, len);
 }

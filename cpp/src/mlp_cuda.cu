@@ -25,7 +25,10 @@
 using dd::fail;
 
 namespace {
-constexpr int kThreads = 256;  // 512 measured 5-25% slower on the H100 (paper MLPs, batch 256-4096)
+#ifndef DD_MLP_THREADS
+#define DD_MLP_THREADS 256
+#endif
+constexpr int kThreads = DD_MLP_THREADS;  // 512 measured 5-25% slower on the H100 (paper MLPs, batch 256-4096)
 constexpr int kMaxRows = 16;  // rows of the batch per block
 constexpr int kMaxAcc = 8;    // rows per thread: block rows <= kMaxAcc x the fewest row groups of a layer
 constexpr int kMaxDevices = 64;

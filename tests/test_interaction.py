@@ -12,11 +12,12 @@ import torch
 from onnx import TensorProto, helper
 
 from dlrm_deploy import contract as C
-from dlrm_deploy.export import export_onnx
-from dlrm_deploy.export.dlrm import DLRM, get_config, make_inputs
+from dlrm_deploy.export.dlrm import make_inputs
 from dlrm_deploy.export.interaction import OP_TYPE, fuse_interaction
 from dlrm_deploy.runtime import ort as dd_ort
 from dlrm_deploy.runtime.accuracy import onnx_feeds
+
+import fused_dlrm
 
 DEVICES = ["cpu"] + (["cuda"] if dd_ort.cuda_available() else [])
 
@@ -69,17 +70,7 @@ def test_bad_shapes_fail_with_the_ops_message(device):
 
 @pytest.fixture(scope="module")
 def small_files(tmp_path_factory):
-    cfg = get_config("small")
-    model = DLRM(cfg, seed=0).eval()
-    folder = tmp_path_factory.mktemp("interaction")
-    plain, fused = folder / "plain.onnx", folder / "fused.onnx"
-    export_onnx(model, make_inputs(cfg, 16, seed=0), plain, fuse_interaction=False)
-    export_onnx(model, make_inputs(cfg, 16, seed=0), fused)  # the default fuses (and validates the file)
-    proto = onnx.load(str(plain))
-    assert fuse_interaction(proto) == 1  # the pass on its own gives the same graph
-    default = onnx.load(str(fused))
-    assert [n.op_type for n in proto.graph.node] == [n.op_type for n in default.graph.node]
-    return cfg, model, plain, fused, default
+    return fused_dlrm.small_files(tmp_path_factory, "interaction", fuse_interaction, 1, "fuse_interaction")
 
 
 def test_the_chain_becomes_one_node(small_files):
@@ -101,26 +92,12 @@ def test_the_chain_becomes_one_node(small_files):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch,seed", [(1, 1), (64, 2), (257, 3)])
 def test_fused_dlrm_matches_unfused_and_pytorch(small_files, device, batch, seed):
-    cfg, model, plain, fused, _ = small_files
-    a, b = dd_ort.ort_session(plain, device=device), dd_ort.ort_session(fused, device=device)
-    inputs = make_inputs(cfg, batch, seed=seed)
-    feeds = onnx_feeds(a.input_names, *inputs)
-    with torch.no_grad():
-        ref = model(*inputs).numpy()
-    got = b.run(feeds)[0]
-    np.testing.assert_allclose(got, a.run(feeds)[0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    fused_dlrm.check_fused_matches_unfused_and_pytorch(small_files, device, batch, seed, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not dd_ort.cuda_available(), reason="onnxruntime has no CUDA execution provider")
 def test_fused_dlrm_in_a_cuda_graph(small_files):
-    cfg, model, _plain, fused, _ = small_files
-    sess = dd_ort.ort_session(fused, device="cuda", cuda_graph=True)
-    for seed in (4, 5, 6):
-        inputs = make_inputs(cfg, 32, seed=seed, pooling=8)
-        with torch.no_grad():
-            ref = model(*inputs).numpy()
-        np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
+    fused_dlrm.check_fused_in_a_cuda_graph(small_files)
 
 
 def _matches_pytorch(proto, path, cfg, model, batch, seed):
@@ -162,13 +139,8 @@ def test_unfuse_restores_standard_ops(small_files, tmp_path):
 
 
 def test_export_cli_fuses_by_default(tmp_path):
-    from dlrm_deploy.cli import main
-
     for extra, want in (([], 1), (["--no-fuse-interaction"], 0)):
-        out = tmp_path / f"m{len(extra)}.onnx"
-        assert main(["export", "--config", "small", "--out", str(out), *extra]) == 0
-        ops = [n.op_type for n in onnx.load(str(out)).graph.node]
-        assert ops.count(OP_TYPE) == want
+        assert fused_dlrm.cli_export_ops(tmp_path, *extra).count(OP_TYPE) == want
 
 
 def test_graphs_without_the_chain_are_left_alone(small_files):

@@ -15,12 +15,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from dlrm_deploy import contract as C
-from dlrm_deploy.export import export_onnx
-from dlrm_deploy.export.dlrm import DLRM, get_config, make_inputs
+from dlrm_deploy.export.dlrm import make_inputs
 from dlrm_deploy.export.mlp import OP_TYPE, fuse_mlp, unfuse_mlp
 from dlrm_deploy.export.onnx_schema import register_onnx_schema
 from dlrm_deploy.runtime import ort as dd_ort
 from dlrm_deploy.runtime.accuracy import onnx_feeds
+
+import fused_dlrm
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not dd_ort.cuda_available(), reason="onnxruntime has no CUDA execution provider")])
@@ -257,17 +258,7 @@ def test_shape_inference_of_the_node():
 
 @pytest.fixture(scope="module")
 def small_files(tmp_path_factory):
-    cfg = get_config("small")
-    model = DLRM(cfg, seed=0).eval()
-    folder = tmp_path_factory.mktemp("mlp")
-    plain, fused = folder / "plain.onnx", folder / "fused.onnx"
-    export_onnx(model, make_inputs(cfg, 16, seed=0), plain, fuse_mlp=False)
-    export_onnx(model, make_inputs(cfg, 16, seed=0), fused)  # the default fuses (and validates the file)
-    proto = onnx.load(str(plain))
-    assert fuse_mlp(proto) == 2  # the pass on its own gives the same graph
-    default = onnx.load(str(fused))
-    assert _ops(proto) == _ops(default)
-    return cfg, model, plain, fused, default
+    return fused_dlrm.small_files(tmp_path_factory, "mlp", fuse_mlp, 2, "fuse_mlp")
 
 
 def test_bottom_and_top_mlps_become_one_node_each(small_files):
@@ -321,12 +312,8 @@ def test_trt_model_has_no_mlp_node(small_files):
 
 
 def test_export_cli_fuses_by_default(tmp_path):
-    from dlrm_deploy.cli import main
-
     for extra, want in (([], 2), (["--no-fuse-mlp"], 0)):
-        out = tmp_path / f"m{len(extra)}.onnx"
-        assert main(["export", "--config", "small", "--out", str(out), *extra]) == 0
-        ops = _ops(onnx.load(str(out)))
+        ops = fused_dlrm.cli_export_ops(tmp_path, *extra)
         assert ops.count(OP_TYPE) == want
         assert ops.count("Gemm") == (0 if want else 5)
 
@@ -433,29 +420,15 @@ def test_bad_inputs_fail_with_the_ops_message(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch,seed", [(1, 1), (64, 2), (257, 3)])
 def test_fused_dlrm_matches_unfused_and_pytorch(small_files, device, batch, seed):
-    cfg, model, plain, fused, _ = small_files
-    a, b = dd_ort.ort_session(plain, device=device), dd_ort.ort_session(fused, device=device)
-    inputs = make_inputs(cfg, batch, seed=seed)
-    feeds = onnx_feeds(a.input_names, *inputs)
-    with torch.no_grad():
-        ref = model(*inputs).numpy()
-    got = b.run(feeds)[0]
     # ORT's CUDA Gemm may run in TF32 (its default): the unfused file is then the less exact one
     rtol = 1e-5 if device == "cpu" else 1e-3
-    np.testing.assert_allclose(got, a.run(feeds)[0], rtol=rtol, atol=rtol / 10)
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    fused_dlrm.check_fused_matches_unfused_and_pytorch(small_files, device, batch, seed, rtol=rtol, atol=rtol / 10)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not dd_ort.cuda_available(), reason="onnxruntime has no CUDA execution provider")
 def test_fused_dlrm_in_a_cuda_graph(small_files):
-    cfg, model, _plain, fused, _ = small_files
-    sess = dd_ort.ort_session(fused, device="cuda", cuda_graph=True)
-    for seed in (4, 5, 6):
-        inputs = make_inputs(cfg, 32, seed=seed, pooling=8)
-        with torch.no_grad():
-            ref = model(*inputs).numpy()
-        np.testing.assert_allclose(sess.run(onnx_feeds(sess.input_names, *inputs))[0], ref, rtol=1e-4, atol=1e-5)
+    fused_dlrm.check_fused_in_a_cuda_graph(small_files)
 
 
 @pytest.mark.gpu

@@ -142,10 +142,7 @@ void EmbeddingBagKernel::ReportDeferred(const char* text) const {
 }
 
 OrtStatusPtr EmbeddingBagKernel::Error(OrtErrorCode code, const std::string& what) const {
-  std::string text = "dlrm_deploy::EmbeddingBag";
-  if (!node_name_.empty()) text += " (node '" + node_name_ + "')";
-  text += ": " + what;
-  return Ort::GetApi().CreateStatus(code, text.c_str());
+  return OpError("EmbeddingBag", node_name_, code, what);
 }
 
 OrtStatusPtr EmbeddingBagKernel::Init(const OrtKernelInfo* info) {
@@ -560,9 +557,7 @@ const char* EmbeddingBagOp::GetName() const {
   return op_type;
 }
 
-const char* EmbeddingBagOp::GetExecutionProviderType() const {
-  return provider_ == Provider::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
-}
+const char* EmbeddingBagOp::GetExecutionProviderType() const { return ProviderName(provider_); }
 
 ONNXTensorElementDataType EmbeddingBagOp::GetInputType(size_t index) const {
   switch (index) {

@@ -13,27 +13,9 @@
 #undef ORT_API_MANUAL_INIT
 
 #include "dlrm_deploy/embedding_bag.h"
+#include "op_glue.h"
 
 namespace dd_ort {
-
-// Oldest ORT C API the library uses (ORT 1.18): OrtCustomOp::version and the OrtApi handed to
-// the C++ wrappers both say 18, so the library loads in ORT 1.18 and every newer release even
-// though it is compiled against newer headers.
-constexpr uint32_t kMinOrtApiVersion = 18;
-
-enum class Provider { kCpu, kCuda };
-
-// Runs fn; a C++ exception becomes the status error(code, text) makes (kernels' ComputeV2).
-template <typename Fn, typename ErrorFn>
-OrtStatusPtr Guarded(Fn&& fn, ErrorFn&& error) {
-  try {
-    return fn();
-  } catch (const Ort::Exception& e) {
-    return error(e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return error(ORT_FAIL, e.what());
-  }
-}
 
 class EmbeddingBagKernel {
  public:

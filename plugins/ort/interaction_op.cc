@@ -1,17 +1,14 @@
 // dlrm_deploy::DotInteraction: see interaction_op.h.
 #include "interaction_op.h"
 
-#include <memory>
-
 #include "join_op.h"
 
 namespace dd_ort {
 
 InteractionKernel::InteractionKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status)
-    : provider_(provider) {
+    : KernelBase("DotInteraction", info, provider) {
   *status = nullptr;
   Ort::ConstKernelInfo kinfo(info);
-  node_name_ = kinfo.GetNodeName();
   const OrtApi& api = Ort::GetApi();
   if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "dim", &dim_)) {
     api.ReleaseStatus(st);
@@ -19,20 +16,7 @@ InteractionKernel::InteractionKernel(const OrtKernelInfo* info, Provider provide
     return;
   }
   if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "prefix", &prefix_)) api.ReleaseStatus(st);
-  size_t n = 0;
-  if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, "pairs", nullptr, &n)) {
-    api.ReleaseStatus(st);
-    *status = Error(ORT_INVALID_ARGUMENT, "attribute 'pairs' is required");
-    return;
-  }
-  pairs_.resize(n);
-  if (n > 0) {
-    if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, "pairs", pairs_.data(), &n)) {
-      api.ReleaseStatus(st);
-      *status = Error(ORT_INVALID_ARGUMENT, "cannot read attribute 'pairs'");
-      return;
-    }
-  }
+  if ((*status = RequiredInts(info, "pairs", &pairs_)) != nullptr) return;
   if (dim_ < 1) *status = Error(ORT_INVALID_ARGUMENT, "dim must be >= 1");
   else if (prefix_ < -1 || prefix_ >= (int64_t)kinfo.GetInputCount())
     *status = Error(ORT_INVALID_ARGUMENT, "prefix must be -1 or an input index");
@@ -42,17 +26,6 @@ InteractionKernel::~InteractionKernel() {
 #ifdef DD_HAVE_CUDA
   dd_interaction_plan_destroy(plan_);
 #endif
-}
-
-OrtStatusPtr InteractionKernel::Error(OrtErrorCode code, const std::string& what) const {
-  std::string text = "dlrm_deploy::DotInteraction";
-  if (!node_name_.empty()) text += " (node '" + node_name_ + "')";
-  return Ort::GetApi().CreateStatus(code, (text + ": " + what).c_str());
-}
-
-OrtStatusPtr InteractionKernel::ComputeV2(OrtKernelContext* context) {
-  return Guarded([&] { return Compute(context); },
-                 [&](OrtErrorCode code, const char* what) { return Error(code, what); });
 }
 
 OrtStatusPtr InteractionKernel::Compute(OrtKernelContext* context) {
@@ -89,8 +62,7 @@ OrtStatusPtr InteractionKernel::Compute(OrtKernelContext* context) {
   for (int32_t k = 0; k < a.count; ++k) {  // an overlapped EmbeddingBag's output: join its stream first
     PendingLookups pending;
     if (TakePending(a.parts[k], &pending)) {
-      const std::string who = "dlrm_deploy::DotInteraction" + (node_name_.empty() ? "" : " (node '" + node_name_ + "')");
-      if (OrtStatusPtr st = FinishPending(pending, stream, who)) return st;
+      if (OrtStatusPtr st = FinishPending(pending, stream, Label())) return st;
     }
   }
   {
@@ -108,25 +80,6 @@ OrtStatusPtr InteractionKernel::Compute(OrtKernelContext* context) {
 #else
   return Error(ORT_FAIL, "this library was built without CUDA");
 #endif
-}
-
-InteractionOp::InteractionOp(Provider provider) : provider_(provider) {
-  OrtCustomOp::version = kMinOrtApiVersion;
-}
-
-OrtStatusPtr InteractionOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-  OrtStatusPtr status = nullptr;
-  auto k = std::make_unique<InteractionKernel>(info, provider_, &status);
-  if (status != nullptr) {
-    *kernel = nullptr;
-    return status;
-  }
-  *kernel = k.release();
-  return nullptr;
-}
-
-const char* InteractionOp::GetExecutionProviderType() const {
-  return provider_ == Provider::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
 }
 
 }  // namespace dd_ort

@@ -13,22 +13,18 @@
 #undef ORT_API_MANUAL_INIT
 
 #include "dlrm_deploy/interaction.h"
-#include "embedding_bag_op.h"
+#include "op_glue.h"
 
 namespace dd_ort {
 
-class InteractionKernel {
+class InteractionKernel : public KernelBase {
  public:
   InteractionKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status);
-  ~InteractionKernel();
-  OrtStatusPtr ComputeV2(OrtKernelContext* context);
+  ~InteractionKernel() override;
 
  private:
-  OrtStatusPtr Compute(OrtKernelContext* context);
-  OrtStatusPtr Error(OrtErrorCode code, const std::string& what) const;
+  OrtStatusPtr Compute(OrtKernelContext* context) override;
 
-  Provider provider_;
-  std::string node_name_;
   int64_t dim_ = 0;
   int64_t prefix_ = -1;
   std::vector<int64_t> pairs_;
@@ -36,21 +32,9 @@ class InteractionKernel {
   dd_interaction_plan* plan_ = nullptr;  // CUDA: the pairs on the device, made at the first run
 };
 
-struct InteractionOp : Ort::CustomOpBase<InteractionOp, InteractionKernel, /*WithStatus=*/true> {
-  explicit InteractionOp(Provider provider);
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+struct InteractionOp : VariadicFloatOp<InteractionOp, InteractionKernel, /*MinArity=*/1> {
+  using VariadicFloatOp::VariadicFloatOp;
   const char* GetName() const { return "DotInteraction"; }
-  const char* GetExecutionProviderType() const;
-  size_t GetInputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t) const { return INPUT_OUTPUT_VARIADIC; }
-  int GetVariadicInputMinArity() const { return 1; }
-  bool GetVariadicInputHomogeneity() const { return true; }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-
- private:
-  Provider provider_;
 };
 
 }  // namespace dd_ort

@@ -2,7 +2,6 @@
 #include "join_op.h"
 
 #include <map>
-#include <memory>
 #include <mutex>
 
 namespace dd_ort {
@@ -27,9 +26,9 @@ bool TakePending(const void* output, PendingLookups* pending) {
   return true;
 }
 
-JoinKernel::JoinKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status) : provider_(provider) {
+JoinKernel::JoinKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status)
+    : KernelBase("Join", info, provider) {
   Ort::ConstKernelInfo kinfo(info);
-  node_name_ = kinfo.GetNodeName();
   *status = nullptr;
   int64_t axis = 1;
   const OrtApi& api = Ort::GetApi();
@@ -38,17 +37,6 @@ JoinKernel::JoinKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPt
   if (axis != 1 && axis != -1) *status = Error(ORT_INVALID_ARGUMENT, "only axis=1 (or -1) is supported");
   else if (position_ < 0 || position_ >= (int64_t)kinfo.GetInputCount())
     *status = Error(ORT_INVALID_ARGUMENT, "position must be in 0.." + std::to_string(kinfo.GetInputCount() - 1));
-}
-
-OrtStatusPtr JoinKernel::Error(OrtErrorCode code, const std::string& what) const {
-  std::string text = "dlrm_deploy::Join";
-  if (!node_name_.empty()) text += " (node '" + node_name_ + "')";
-  return Ort::GetApi().CreateStatus(code, (text + ": " + what).c_str());
-}
-
-OrtStatusPtr JoinKernel::ComputeV2(OrtKernelContext* context) {
-  return Guarded([&] { return Compute(context); },
-                 [&](OrtErrorCode code, const char* what) { return Error(code, what); });
 }
 
 // Joins the EmbeddingBag's stream into ORT's; with check=checked waits for it and reports its
@@ -66,10 +54,6 @@ OrtStatusPtr FinishPending(const PendingLookups& p, void* stream, const std::str
   return nullptr;
 }
 
-OrtStatusPtr JoinKernel::Finish(const PendingLookups& p, void* stream) const {
-  return FinishPending(p, stream, "dlrm_deploy::Join" + (node_name_.empty() ? "" : " (node '" + node_name_ + "')"));
-}
-
 OrtStatusPtr JoinKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   const size_t n = ctx.GetInputCount();
@@ -77,7 +61,7 @@ OrtStatusPtr JoinKernel::Compute(OrtKernelContext* context) {
   Ort::ConstValue first = ctx.GetInput(0);
   PendingLookups pending;
   if (first && TakePending(first.GetTensorRawData(), &pending))
-    if (OrtStatusPtr st = Finish(pending, stream)) return st;
+    if (OrtStatusPtr st = FinishPending(pending, stream, Label())) return st;
   // The concatenation order: input 0 at position_, the others in order around it.
   std::vector<Ort::ConstValue> parts;
   for (size_t i = 1; i < n; ++i) parts.push_back(ctx.GetInput(i));
@@ -105,25 +89,6 @@ OrtStatusPtr JoinKernel::Compute(OrtKernelContext* context) {
     dst += width;
   }
   return nullptr;
-}
-
-JoinOp::JoinOp(Provider provider, ONNXTensorElementDataType type) : provider_(provider), type_(type) {
-  OrtCustomOp::version = kMinOrtApiVersion;
-}
-
-OrtStatusPtr JoinOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-  OrtStatusPtr status = nullptr;
-  auto k = std::make_unique<JoinKernel>(info, provider_, &status);
-  if (status != nullptr) {
-    *kernel = nullptr;
-    return status;
-  }
-  *kernel = k.release();
-  return nullptr;
-}
-
-const char* JoinOp::GetExecutionProviderType() const {
-  return provider_ == Provider::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
 }
 
 }  // namespace dd_ort

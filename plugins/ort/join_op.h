@@ -11,7 +11,7 @@
 #undef ORT_API_MANUAL_INIT
 
 #include "dlrm_deploy/embedding_bag.h"
-#include "embedding_bag_op.h"
+#include "op_glue.h"
 
 namespace dd_ort {
 
@@ -32,28 +32,21 @@ bool TakePending(const void* output, PendingLookups* pending);
 // frees their per-call workspace. who: the joining node, for CUDA failures.
 OrtStatusPtr FinishPending(const PendingLookups& pending, void* stream, const std::string& who);
 
-class JoinKernel {
+class JoinKernel : public KernelBase {
  public:
   JoinKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status);
-  OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
-  OrtStatusPtr Compute(OrtKernelContext* context);
-  OrtStatusPtr Error(OrtErrorCode code, const std::string& what) const;
-  OrtStatusPtr Finish(const PendingLookups& p, void* stream) const;
+  OrtStatusPtr Compute(OrtKernelContext* context) override;
 
-  Provider provider_;
-  std::string node_name_;
   int64_t position_ = 0;  // where input 0 goes in the concatenation
 };
 
 // Registered per provider and element type (float, float16, bfloat16): input 0 and a homogeneous
 // variadic rest of that type, output of that type.
-struct JoinOp : Ort::CustomOpBase<JoinOp, JoinKernel, /*WithStatus=*/true> {
-  JoinOp(Provider provider, ONNXTensorElementDataType type);
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+struct JoinOp : OpBase<JoinOp, JoinKernel> {
+  JoinOp(Provider provider, ONNXTensorElementDataType type) : OpBase(provider), type_(type) {}
   const char* GetName() const { return "Join"; }
-  const char* GetExecutionProviderType() const;
   size_t GetInputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetInputType(size_t) const { return type_; }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
@@ -65,7 +58,6 @@ struct JoinOp : Ort::CustomOpBase<JoinOp, JoinKernel, /*WithStatus=*/true> {
   ONNXTensorElementDataType GetOutputType(size_t) const { return type_; }
 
  private:
-  Provider provider_;
   ONNXTensorElementDataType type_;
 };
 

@@ -1,8 +1,6 @@
 // dlrm_deploy::Mlp: see mlp_op.h.
 #include "mlp_op.h"
 
-#include <memory>
-
 #include "join_op.h"
 
 namespace dd_ort {
@@ -11,25 +9,11 @@ namespace {
 constexpr int64_t kCpuRowsPerTask = 64;
 }
 
-MlpKernel::MlpKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status) : provider_(provider) {
-  *status = nullptr;
+MlpKernel::MlpKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status)
+    : KernelBase("Mlp", info, provider) {
   Ort::ConstKernelInfo kinfo(info);
-  node_name_ = kinfo.GetNodeName();
-  const OrtApi& api = Ort::GetApi();
-  size_t n = 0;
-  if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, "activations", nullptr, &n)) {
-    api.ReleaseStatus(st);
-    *status = Error(ORT_INVALID_ARGUMENT, "attribute 'activations' is required");
-    return;
-  }
-  activations_.resize(n);
-  if (n > 0) {
-    if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, "activations", activations_.data(), &n)) {
-      api.ReleaseStatus(st);
-      *status = Error(ORT_INVALID_ARGUMENT, "cannot read attribute 'activations'");
-      return;
-    }
-  }
+  if ((*status = RequiredInts(info, "activations", &activations_)) != nullptr) return;
+  const size_t n = activations_.size();
   if (n < 1 || n > DD_MLP_MAX_LAYERS) {
     *status = Error(ORT_INVALID_ARGUMENT, "activations must name 1 to " + std::to_string(DD_MLP_MAX_LAYERS) +
                                               " layers, got " + std::to_string(n));
@@ -43,17 +27,6 @@ MlpKernel::MlpKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr*
   if (kinfo.GetInputCount() != 1 + 2 * n)
     *status = Error(ORT_INVALID_ARGUMENT, "takes 1 + 2 x " + std::to_string(n) + " inputs (X, then W and b per layer), got " +
                                               std::to_string(kinfo.GetInputCount()));
-}
-
-OrtStatusPtr MlpKernel::Error(OrtErrorCode code, const std::string& what) const {
-  std::string text = "dlrm_deploy::Mlp";
-  if (!node_name_.empty()) text += " (node '" + node_name_ + "')";
-  return Ort::GetApi().CreateStatus(code, (text + ": " + what).c_str());
-}
-
-OrtStatusPtr MlpKernel::ComputeV2(OrtKernelContext* context) {
-  return Guarded([&] { return Compute(context); },
-                 [&](OrtErrorCode code, const char* what) { return Error(code, what); });
 }
 
 OrtStatusPtr MlpKernel::Compute(OrtKernelContext* context) {
@@ -113,31 +86,13 @@ OrtStatusPtr MlpKernel::Compute(OrtKernelContext* context) {
   void* stream = ctx.GetGPUComputeStream();
   PendingLookups pending;  // an overlapped EmbeddingBag's output as X: join its stream first
   if (TakePending(a.x, &pending)) {
-    const std::string who = "dlrm_deploy::Mlp" + (node_name_.empty() ? "" : " (node '" + node_name_ + "')");
-    if (OrtStatusPtr st = FinishPending(pending, stream, who)) return st;
+    if (OrtStatusPtr st = FinishPending(pending, stream, Label())) return st;
   }
   if (dd_mlp_cuda(&a, stream, msg, sizeof(msg)) != DD_OK) return Error(ORT_FAIL, msg);
   return nullptr;
 #else
   return Error(ORT_FAIL, "this library was built without CUDA");
 #endif
-}
-
-MlpOp::MlpOp(Provider provider) : provider_(provider) { OrtCustomOp::version = kMinOrtApiVersion; }
-
-OrtStatusPtr MlpOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-  OrtStatusPtr status = nullptr;
-  auto k = std::make_unique<MlpKernel>(info, provider_, &status);
-  if (status != nullptr) {
-    *kernel = nullptr;
-    return status;
-  }
-  *kernel = k.release();
-  return nullptr;
-}
-
-const char* MlpOp::GetExecutionProviderType() const {
-  return provider_ == Provider::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
 }
 
 }  // namespace dd_ort

@@ -11,39 +11,23 @@
 #undef ORT_API_MANUAL_INIT
 
 #include "dlrm_deploy/mlp.h"
-#include "embedding_bag_op.h"
+#include "op_glue.h"
 
 namespace dd_ort {
 
-class MlpKernel {
+class MlpKernel : public KernelBase {
  public:
   MlpKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status);
-  OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
-  OrtStatusPtr Compute(OrtKernelContext* context);
-  OrtStatusPtr Error(OrtErrorCode code, const std::string& what) const;
+  OrtStatusPtr Compute(OrtKernelContext* context) override;
 
-  Provider provider_;
-  std::string node_name_;
   std::vector<int64_t> activations_;
 };
 
-struct MlpOp : Ort::CustomOpBase<MlpOp, MlpKernel, /*WithStatus=*/true> {
-  explicit MlpOp(Provider provider);
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+struct MlpOp : VariadicFloatOp<MlpOp, MlpKernel, /*MinArity=*/3> {
+  using VariadicFloatOp::VariadicFloatOp;
   const char* GetName() const { return "Mlp"; }
-  const char* GetExecutionProviderType() const;
-  size_t GetInputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t) const { return INPUT_OUTPUT_VARIADIC; }
-  int GetVariadicInputMinArity() const { return 3; }
-  bool GetVariadicInputHomogeneity() const { return true; }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-
- private:
-  Provider provider_;
 };
 
 }  // namespace dd_ort

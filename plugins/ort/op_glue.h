@@ -1,0 +1,134 @@
+// What every op of the library shares with the ORT C++ wrappers: the API version, the provider
+// an op is registered for, error statuses named after the op and node, a kernel base (node name,
+// provider, guarded ComputeV2) and op bases (kernel creation, provider name, float variadic I/O).
+#pragma once
+
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#define ORT_API_MANUAL_INIT
+#include "onnxruntime_cxx_api.h"
+#undef ORT_API_MANUAL_INIT
+
+namespace dd_ort {
+
+// Oldest ORT C API the library uses (ORT 1.18): OrtCustomOp::version and the OrtApi handed to
+// the C++ wrappers both say 18, so the library loads in ORT 1.18 and every newer release even
+// though it is compiled against newer headers.
+constexpr uint32_t kMinOrtApiVersion = 18;
+
+enum class Provider { kCpu, kCuda };
+
+inline const char* ProviderName(Provider provider) {
+  return provider == Provider::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
+}
+
+// "dlrm_deploy::<op>", with " (node '<name>')" when the node has a name.
+inline std::string OpLabel(const char* op, const std::string& node_name) {
+  std::string text = std::string("dlrm_deploy::") + op;
+  if (!node_name.empty()) text += " (node '" + node_name + "')";
+  return text;
+}
+
+// The status "<OpLabel>: <what>".
+inline OrtStatusPtr OpError(const char* op, const std::string& node_name, OrtErrorCode code, const std::string& what) {
+  return Ort::GetApi().CreateStatus(code, (OpLabel(op, node_name) + ": " + what).c_str());
+}
+
+// Runs fn; a C++ exception becomes the status error(code, text) makes (kernels' ComputeV2).
+template <typename Fn, typename ErrorFn>
+OrtStatusPtr Guarded(Fn&& fn, ErrorFn&& error) {
+  try {
+    return fn();
+  } catch (const Ort::Exception& e) {
+    return error(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return error(ORT_FAIL, e.what());
+  }
+}
+
+// A kernel of op `op` (a string literal): reads the node's name; ComputeV2 runs Compute, turning
+// exceptions into the op's error status.
+class KernelBase {
+ public:
+  virtual ~KernelBase() = default;
+  KernelBase(const KernelBase&) = delete;
+  KernelBase& operator=(const KernelBase&) = delete;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return Guarded([&] { return Compute(context); },
+                   [&](OrtErrorCode code, const char* what) { return Error(code, what); });
+  }
+
+ protected:
+  KernelBase(const char* op, const OrtKernelInfo* info, Provider provider)
+      : op_(op), provider_(provider), node_name_(Ort::ConstKernelInfo(info).GetNodeName()) {}
+
+  virtual OrtStatusPtr Compute(OrtKernelContext* context) = 0;
+  OrtStatusPtr Error(OrtErrorCode code, const std::string& what) const { return OpError(op_, node_name_, code, what); }
+  std::string Label() const { return OpLabel(op_, node_name_); }
+  // Reads the required int64 array attribute name into *values (an error status if absent).
+  OrtStatusPtr RequiredInts(const OrtKernelInfo* info, const char* name, std::vector<int64_t>* values) const {
+    const OrtApi& api = Ort::GetApi();
+    size_t n = 0;
+    if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &n)) {
+      api.ReleaseStatus(st);
+      return Error(ORT_INVALID_ARGUMENT, std::string("attribute '") + name + "' is required");
+    }
+    values->resize(n);
+    if (n > 0) {
+      if (OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, name, values->data(), &n)) {
+        api.ReleaseStatus(st);
+        return Error(ORT_INVALID_ARGUMENT, std::string("cannot read attribute '") + name + "'");
+      }
+    }
+    return nullptr;
+  }
+
+  const char* op_;
+  Provider provider_;
+  std::string node_name_;
+};
+
+// An op registered for one provider whose kernel is made as Kernel(info, provider, &status).
+template <typename Op, typename Kernel>
+struct OpBase : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
+  explicit OpBase(Provider provider) : provider_(provider) {
+    // See kMinOrtApiVersion: ORT reads only the members that existed at this API version.
+    this->version = kMinOrtApiVersion;
+  }
+
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    OrtStatusPtr status = nullptr;
+    auto k = std::make_unique<Kernel>(info, provider_, &status);
+    if (status != nullptr) {
+      *kernel = nullptr;
+      return status;
+    }
+    *kernel = k.release();
+    return nullptr;
+  }
+
+  const char* GetExecutionProviderType() const { return ProviderName(provider_); }
+
+ protected:
+  Provider provider_;
+};
+
+// Inputs: one homogeneous variadic float input of at least MinArity tensors; output: one float.
+template <typename Op, typename Kernel, int MinArity>
+struct VariadicFloatOp : OpBase<Op, Kernel> {
+  using OpBase<Op, Kernel>::OpBase;
+  size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t) const { return INPUT_OUTPUT_VARIADIC; }
+  int GetVariadicInputMinArity() const { return MinArity; }
+  bool GetVariadicInputHomogeneity() const { return true; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+}  // namespace dd_ort

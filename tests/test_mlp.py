@@ -7,6 +7,11 @@ and in a CUDA graph) on a GPU."""
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -381,6 +386,17 @@ def test_paper_like_mlps_at_batch_2048(device, widths, codes):
     model, feeds, weights, biases = _one_node(widths, codes, 2048, rng)
     got = dd_ort.ort_session(model, device=device).run(feeds)[0]
     _assert_close(got, _numpy_mlp(feeds["x"], weights, biases, codes))
+
+
+def test_cpu_generic_forward_matches_numpy():
+    """The CPU forward's generic loop (CPUs without AVX2/FMA; DD_CPU_SIMD=0 selects it anywhere), in
+    a process of its own: the choice is made once per process."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_mlp as t\n"
+            "for seed in range(10): t.test_random_chains_match_numpy('cpu', seed)\n"
+            "t.test_paper_like_mlps_at_batch_2048('cpu', [206, 128, 64, 1], [1, 1, 2])\n")
+    r = subprocess.run([sys.executable, "-c", code, str(pathlib.Path(__file__).parent)], capture_output=True,
+                       text=True, env={**os.environ, "DD_CPU_SIMD": "0"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def _bad(device, widths, codes, reason, *, edit=None, x_dims=None, batch=3):

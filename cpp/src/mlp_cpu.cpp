@@ -6,8 +6,10 @@
 
 #include "dlrm_deploy/mlp.h"
 #include "internal.h"
+#include "mlp_internal.h"
 
 using dd::fail;
+using dd::mlp_activate;
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define DD_MLP_X86 1
@@ -18,16 +20,6 @@ namespace {
 // One layer for `rows` rows: out[r][c] = act(dot(in[r], W[c]) + b[c]).
 using LayerFn = void (*)(const float* in, int64_t ld_in, int rows, const float* w, const float* b, int64_t n,
                          int64_t k, int32_t act, float* out, int64_t ld_out);
-
-float activate(float v, int32_t act) {
-  if (act == DD_MLP_RELU) return v > 0.f ? v : 0.f;
-  if (act == DD_MLP_SIGMOID) {
-    if (v >= 0.f) return 1.f / (1.f + std::exp(-v));
-    const float z = std::exp(v);
-    return z / (1.f + z);
-  }
-  return v;
-}
 
 float dot(const float* x, const float* y, int64_t k) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -41,7 +33,7 @@ float dot(const float* x, const float* y, int64_t k) {
 void layer_generic(const float* in, int64_t ld_in, int rows, const float* w, const float* b, int64_t n, int64_t k,
                    int32_t act, float* out, int64_t ld_out) {
   for (int r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < n; ++c) out[r * ld_out + c] = activate(dot(in + r * ld_in, w + c * k, k) + b[c], act);
+    for (int64_t c = 0; c < n; ++c) out[r * ld_out + c] = mlp_activate(dot(in + r * ld_in, w + c * k, k) + b[c], act);
 }
 
 #ifdef DD_MLP_X86
@@ -95,12 +87,12 @@ inline void rows_of(const float* in, int64_t ld_in, const float* w, const float*
     float v[RB][CB];
     tile<RB, CB>(in, ld_in, w + c * k, k, v);
     for (int r = 0; r < RB; ++r)
-      for (int j = 0; j < CB; ++j) out[r * ld_out + c + j] = activate(v[r][j] + b[c + j], act);
+      for (int j = 0; j < CB; ++j) out[r * ld_out + c + j] = mlp_activate(v[r][j] + b[c + j], act);
   }
   for (; c < n; ++c) {
     float v[RB][1];
     tile<RB, 1>(in, ld_in, w + c * k, k, v);
-    for (int r = 0; r < RB; ++r) out[r * ld_out + c] = activate(v[r][0] + b[c], act);
+    for (int r = 0; r < RB; ++r) out[r * ld_out + c] = mlp_activate(v[r][0] + b[c], act);
   }
 }
 

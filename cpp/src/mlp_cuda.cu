@@ -20,7 +20,9 @@
 
 #include "cuda/status.cuh"
 #include "dlrm_deploy/mlp.h"
+#include "cuda/device.cuh"
 #include "internal.h"
+#include "mlp_internal.h"
 
 using dd::fail;
 
@@ -43,16 +45,6 @@ struct Layers {
   int ldw[DD_MLP_MAX_LAYERS];  // staged weight row stride: >= K, a multiple of 4, 4 mod 32 (no bank conflicts)
   int count;
 };
-
-__device__ __forceinline__ float activate(float v, int act) {
-  if (act == DD_MLP_RELU) return v > 0.f ? v : 0.f;
-  if (act == DD_MLP_SIGMOID) {
-    if (v >= 0.f) return 1.f / (1.f + expf(-v));
-    const float z = expf(v);
-    return z / (1.f + z);
-  }
-  return v;
-}
 
 // Stage weight rows [c0, c0 + pe) (all K columns) into shared memory at row stride ldw, by
 // asynchronous copies (cp.async: no registers, every copy of the block in flight at once) of V
@@ -114,7 +106,7 @@ __device__ __forceinline__ void columns(const float* in, int ld_in, int rows, in
     const float b = __ldg(bias + cj);
 #pragma unroll
     for (int i = 0; i < R; ++i)
-      if (i < per && g + i * G < rows) out[(g + i * G) * ld_out + cj] = activate(acc[i][j] + b, act);
+      if (i < per && g + i * G < rows) out[(g + i * G) * ld_out + cj] = dd::mlp_activate(acc[i][j] + b, act);
   }
 }
 
@@ -195,29 +187,8 @@ __global__ void __launch_bounds__(kThreads) mlp_kernel(const float* __restrict__
   }
 }
 
-// The device's SM count and opt-in shared memory per block, read once per device.
-struct DeviceInfo {
-  std::atomic<int> sms{0}, smem{0}, raised{0};
-};
-DeviceInfo g_devices[kMaxDevices];
-
-int device_info(int* device, int* sms, int* smem, char* msg, size_t len) {
-  cudaError_t e = cudaGetDevice(device);
-  if (e != cudaSuccess) return dd::cuda_fail(e, "querying the device", msg, len);
-  if (*device < 0 || *device >= kMaxDevices) return fail(DD_ERR_UNSUPPORTED, msg, len, "device %d", *device);
-  DeviceInfo& d = g_devices[*device];
-  if (d.sms.load() == 0) {
-    int s = 0, m = 0;
-    e = cudaDeviceGetAttribute(&s, cudaDevAttrMultiProcessorCount, *device);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&m, cudaDevAttrMaxSharedMemoryPerBlockOptin, *device);
-    if (e != cudaSuccess) return dd::cuda_fail(e, "querying the device", msg, len);
-    d.smem.store(m);
-    d.sms.store(s);
-  }
-  *sms = d.sms.load();
-  *smem = d.smem.load();
-  return DD_OK;
-}
+// The kernel's opt-in shared memory raised once per device (cudaFuncSetAttribute).
+std::atomic<int> g_raised[kMaxDevices];
 
 // Rows per block: DLRM_DEPLOY_MLP_ROWS when set (1..16, for tuning), else enough blocks for every SM.
 int rows_per_block(int64_t batch, int sms) {
@@ -260,8 +231,10 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
     L.ldw[i] += (36 - L.ldw[i] % 32) % 32;
     max_ldw = max(max_ldw, L.ldw[i]);
   }
-  int device = 0, sms = 0, smem_limit = 0;
-  if (int rc = device_info(&device, &sms, &smem_limit, msg, len)) return rc;
+  dd::DeviceInfo dev;
+  if (int rc = dd::device_info(&dev, msg, len)) return rc;
+  if (dev.ordinal < 0 || dev.ordinal >= kMaxDevices) return fail(DD_ERR_UNSUPPORTED, msg, len, "device %d", dev.ordinal);
+  const int sms = dev.sms, smem_limit = dev.smem_optin;
   // Weight rows staged per chunk: a layer's whole weight where it fits beside the activations
   // (DLRM's layers do), else as many rows as fit (at least 8 of the widest).
   int groups = kThreads;  // the fewest row groups of any layer bounds the rows a block can take
@@ -283,10 +256,10 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
     return fail(DD_ERR_UNSUPPORTED, msg, len, "layers %lld wide do not fit in shared memory (%d bytes)",
                 (long long)widest, smem_limit);
   cudaError_t e = cudaSuccess;
-  if (smem > 48 * 1024 && g_devices[device].raised.load() == 0) {
+  if (smem > 48 * 1024 && g_raised[dev.ordinal].load() == 0) {
     e = cudaFuncSetAttribute(mlp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit);
     if (e != cudaSuccess) return dd::cuda_fail(e, "raising the MLP kernel's shared memory", msg, len);
-    g_devices[device].raised.store(1);
+    g_raised[dev.ordinal].store(1);
   }
   const int64_t blocks = (a->batch + block_rows - 1) / block_rows;
   if (blocks > 0x7fffffff) return fail(DD_ERR_INPUT, msg, len, "batch too large");

@@ -399,6 +399,21 @@ def test_cpu_generic_forward_matches_numpy():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not dd_ort.cuda_available(), reason="onnxruntime has no CUDA execution provider")
+@pytest.mark.parametrize("cluster", ["1", "4"])
+def test_cuda_weight_copies_per_cluster_size_match_numpy(cluster):
+    """The CUDA kernel's weight copies shared by clusters of 1 (plain bulk copies) and 4 blocks (the
+    default is 2), in a process of their own: DLRM_DEPLOY_MLP_CLUSTER is read once per process."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_mlp as t\n"
+            "for seed in range(10): t.test_random_chains_match_numpy('cuda', seed)\n"
+            "t.test_paper_like_mlps_at_batch_2048('cuda', [256, 128, 128], [1, 1])\n"
+            "t.test_paper_like_mlps_at_batch_2048('cuda', [206, 128, 64, 1], [1, 1, 2])\n")
+    r = subprocess.run([sys.executable, "-c", code, str(pathlib.Path(__file__).parent)], capture_output=True,
+                       text=True, env={**os.environ, "DLRM_DEPLOY_MLP_CLUSTER": cluster}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def _bad(device, widths, codes, reason, *, edit=None, x_dims=None, batch=3):
     """The single-node model fails (at session creation or run) with the op's message naming reason."""
     model, feeds, *_ = _one_node(widths, codes, batch, np.random.default_rng(0), x_dims=x_dims)

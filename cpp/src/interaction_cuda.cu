@@ -29,29 +29,42 @@ struct KernelParts {
 };
 
 // Stages one part's row (n floats) into shared memory at vector stride `stride` (dim + 1, or dim + 4
-// for float4 reads: the dot loop's rows then start in different banks), in loads of V (float4 where the row allows, else
-// float), four in flight per thread before the stores. first: the part's first float within the
-// sample.
-template <typename V>
-__device__ __forceinline__ void stage(float* staged, const float* __restrict__ src, int n, int first, int dim,
-                                      int stride) {
-  constexpr int k = sizeof(V) / sizeof(float);
-  const int nv = n / k;
-  const V* sv = reinterpret_cast<const V*>(src);
+// for float4 reads: the dot loop's rows then start in different banks), four loads in flight per
+// thread before the stores. first: the part's first float within the sample.
+// Scalar form: any dim, one float per load and store.
+__device__ __forceinline__ void stage_scalar(float* staged, const float* __restrict__ src, int n, int first, int dim,
+                                             int stride) {
+  for (int base = threadIdx.x; base < n; base += 4 * kThreads) {
+    float v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (base + u * kThreads < n) v[u] = __ldg(src + base + u * kThreads);
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (base + u * kThreads < n) {
+        const int g = first + base + u * kThreads;
+        staged[(g / dim) * stride + g % dim] = v[u];
+      }
+  }
+}
+
+// float4 form (dim, the part's width and first multiples of 4, rows on 16 bytes): a float4 never
+// straddles two vectors, so each is one load, one 16-byte store and one division. (Dividing every
+// float by dim took more instructions than the dots: 12.9 us at the paper's shape on the H100.)
+__device__ __forceinline__ void stage_vec(float* staged, const float* __restrict__ src, int n, int first, int dim,
+                                          int stride) {
+  const int nv = n / 4, dim4 = dim / 4, first4 = first / 4;
+  const float4* sv = reinterpret_cast<const float4*>(src);
   for (int base = threadIdx.x; base < nv; base += 4 * kThreads) {
-    V v[4];
+    float4 v[4];
 #pragma unroll
     for (int u = 0; u < 4; ++u)
       if (base + u * kThreads < nv) v[u] = __ldg(sv + base + u * kThreads);
 #pragma unroll
     for (int u = 0; u < 4; ++u)
       if (base + u * kThreads < nv) {
-        const float* f = reinterpret_cast<const float*>(&v[u]);
-#pragma unroll
-        for (int c = 0; c < k; ++c) {
-          const int g = first + k * (base + u * kThreads) + c;
-          staged[(g / dim) * stride + g % dim] = f[c];
-        }
+        const int g = first4 + base + u * kThreads;
+        *reinterpret_cast<float4*>(staged + (g / dim4) * stride + 4 * (g % dim4)) = v[u];
       }
   }
 }
@@ -68,9 +81,9 @@ __global__ void __launch_bounds__(kThreads) interaction_kernel(KernelParts parts
   for (int k = 0; k < parts.count; ++k) {
     const float* src = parts.data[k] + b * parts.width[k];
     if (vec)
-      stage<float4>(staged, src, (int)parts.width[k], (int)parts.offset[k], dim, stride);
+      stage_vec(staged, src, (int)parts.width[k], (int)parts.offset[k], dim, stride);
     else
-      stage<float>(staged, src, (int)parts.width[k], (int)parts.offset[k], dim, stride);
+      stage_scalar(staged, src, (int)parts.width[k], (int)parts.offset[k], dim, stride);
   }
   __syncthreads();
   float* o = out + b * out_width;
@@ -89,6 +102,7 @@ __global__ void __launch_bounds__(kThreads) interaction_kernel(KernelParts parts
     float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
     int e = 0;
     if (dim % 4 == 0) {  // rows on 16 bytes: a quarter of the shared-memory loads (the same sums)
+#pragma unroll 8
       for (; e < dim; e += 4) {
         const float4 u = *reinterpret_cast<const float4*>(x + e), v = *reinterpret_cast<const float4*>(y + e);
         a0 = fmaf(u.x, v.x, a0);
@@ -173,7 +187,7 @@ int dd_interaction_cuda(const dd_interaction_plan* plan, const dd_interaction_ar
     total += a->widths[k];
   }
   parts.count = a->count;
-  bool vec = true;  // every part's rows start on 16 bytes and hold whole float4s
+  bool vec = a->dim % 4 == 0;  // every part's rows start on 16 bytes and hold whole float4s of one vector
   for (int k = 0; k < a->count; ++k)
     vec = vec && a->widths[k] % 4 == 0 && reinterpret_cast<uintptr_t>(a->parts[k]) % 16 == 0;
   if (total > (1 << 26) || width > (1 << 30) || a->dim > (1 << 26))

@@ -4,18 +4,24 @@
 // kernel and the launch gaps around each layer. Here a block takes a few rows of the batch through
 // every layer with the activations kept in shared memory: one launch for the whole chain.
 //
-// Per layer, the block copies the layer's weights into shared memory with asynchronous copies (all
-// in flight at once, each block starting at its own row; in column chunks where a layer is too
-// big), then thread (group g, column c) computes output c (and c + P/2: two columns where there are
-// enough rows) of rows g, g + G, g + 2G, ... (fp32 FMAs, up to 8 sums) from the input rows in
-// shared memory (every thread of a warp reads the same address).
-// Measured on the H100 (paper MLPs 256-128-128 / 206-128-64-1, one kernel each): batch 2048 21.2 /
-// 19.6 us, where ONNX Runtime's kernels and gaps take about 21 / 30 us; batch 256 12.6 / 12.7 us.
-// Every block stages every weight, so the weights' trip from L2 bounds the time at small batches.
+// The block's weights: where every layer fits in shared memory beside the activations (DLRM's
+// MLPs do), all layers are requested at the start and each layer waits only for its own. On sm_90+
+// by bulk copies (the tensor memory accelerator) shared by a cluster of 2 blocks: each block copies
+// half the rows into both blocks' shared memory (multicast), so the weights leave L2 half as often.
+// Elsewhere by cp.async, each block starting at its own row; layers too big go in column chunks.
+// A warp computes a tile of rows x columns whose lanes touch 8 weight rows and 4 input rows per
+// 16-byte load (one shared-memory wavefront each), fp32 FMAs, up to 16 sums per thread.
+// Measured on the H100 (paper MLPs 256-128-128 / 206-128-64-1, one kernel each, back-to-back
+// launches): batch 2048 17.5 / 17.2 us (weights in L2; 20.4 / 20.1 us with L2 flushed), against
+// 21.2 / 19.6 (24.5 / 23.7) for the kernel before (every block staging every weight by cp.async,
+// a warp's lanes on 32 weight rows); batch 256 10.6 / 11.9 us. Clusters of 4 or 8 blocks measured
+// slower (32 / 31 us at batch 2048): fewer of them fit the SMs at once.
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <cstdlib>
 
 #include "cuda/status.cuh"
@@ -31,9 +37,11 @@ namespace {
 #define DD_MLP_THREADS 256
 #endif
 constexpr int kThreads = DD_MLP_THREADS;  // 512 measured 5-25% slower on the H100 (paper MLPs, batch 256-4096)
+constexpr int kWarps = kThreads / 32;
 constexpr int kMaxRows = 16;  // rows of the batch per block
-constexpr int kMaxAcc = 8;    // rows per thread: block rows <= kMaxAcc x the fewest row groups of a layer
 constexpr int kMaxDevices = 64;
+constexpr int kCluster = 2;  // blocks sharing each weight read (bulk copies)
+constexpr int kBarBytes = 8 * DD_MLP_MAX_LAYERS;  // in front of the activations (16-byte multiple)
 
 struct Layers {
   const float* w[DD_MLP_MAX_LAYERS];
@@ -43,19 +51,28 @@ struct Layers {
   int act[DD_MLP_MAX_LAYERS];
   int vec[DD_MLP_MAX_LAYERS];  // floats per asynchronous copy when staging weights: 4, 2 or 1
   int ldw[DD_MLP_MAX_LAYERS];  // staged weight row stride: >= K, a multiple of 4, 4 mod 32 (no bank conflicts)
+  int off[DD_MLP_MAX_LAYERS];  // preloaded: the layer's weights' offset (floats) in the weight area
+  // A warp computes a tile of (rg x r) rows by (32 / rg x cb) columns: lane (i, j) of the rg x 32/rg
+  // lanes takes r rows i, i + rg, ... and cb columns j, j + 32/rg (chosen per layer on the host).
+  int rg[DD_MLP_MAX_LAYERS];
+  int r[DD_MLP_MAX_LAYERS];
+  int cb[DD_MLP_MAX_LAYERS];
   int count;
+  bool preload;  // every layer's weights staged at the start (they fit), else layer by layer in chunks
+  bool bulk;     // preloaded by bulk copies (vec holds each layer's kStageRows / kStageFlat form)
 };
 
 // Stage weight rows [c0, c0 + pe) (all K columns) into shared memory at row stride ldw, by
 // asynchronous copies (cp.async: no registers, every copy of the block in flight at once) of V
-// floats each. V = 4 needs K % 4 == 0 and 16-byte aligned weights, V = 2 K % 2 == 0 and 8 bytes.
+// floats each, committed as one group. V = 4 needs K % 4 == 0 and 16-byte aligned weights, V = 2
+// K % 2 == 0 and 8 bytes.
 template <int V>
 __device__ __forceinline__ void stage_weights(float* ws, int ldw, const float* __restrict__ W, int K, int c0, int pe) {
-  const int per_row = K / V, warps = kThreads / 32, lane = threadIdx.x % 32;
+  const int per_row = K / V, lane = threadIdx.x % 32;
   // Every block reads the same weights: each starts at its own row, so that the blocks' requests
   // spread over L2's slices instead of queueing at the same lines together.
   const int rot = (int)((int64_t)blockIdx.x * pe / gridDim.x);
-  for (int j = threadIdx.x / 32; j < pe; j += warps) {  // a warp per row: consecutive lanes, consecutive bytes
+  for (int j = threadIdx.x / 32; j < pe; j += kWarps) {  // a warp per row: consecutive lanes, consecutive bytes
     const int p = j + rot < pe ? j + rot : j + rot - pe;
     const float* src = W + (size_t)(c0 + p) * K;
     float* dst = ws + p * ldw;
@@ -64,126 +81,237 @@ __device__ __forceinline__ void stage_weights(float* ws, int ldw, const float* _
   __pipeline_commit();
 }
 
-// Output columns c and (CB == 2) c + cstep of R rows (g, g + G, ...; repeats of the last row past
-// `per`, never stored): R x CB independent sums over K from the staged weight rows and the input
-// rows in shared memory (each input load serves CB columns, each weight load R rows).
-template <int R, int CB>
-__device__ __forceinline__ void columns(const float* in, int ld_in, int rows, int K, const float* wr, int wstep, int g,
-                                        int G, int per, const float* __restrict__ bias, int act, float* out,
-                                        int64_t ld_out, int c, int cstep, int c_end) {
-  const float* x[R];
+__device__ __forceinline__ void stage_layer(float* ws, int ldw, const float* __restrict__ W, int K, int vec, int c0,
+                                            int pe) {
+  if (vec == 4)
+    stage_weights<4>(ws, ldw, W, K, c0, pe);
+  else if (vec == 2)
+    stage_weights<2>(ws, ldw, W, K, c0, pe);
+  else
+    stage_weights<1>(ws, ldw, W, K, c0, pe);
+}
+
+// Columns [c0, c0 + pe) of one layer for `rows` rows, from the input rows (shared memory, stride
+// ld_in) and the staged weight rows of those columns (ws, stride ldw), into out (stride ld_out).
+// The output goes in warp tiles of (RG x R) rows by (CL x CB) columns, CL = 32 / RG: lane (i, j)
+// sums rows i + RG * a and columns j + CL * b over K in R x CB registers. A warp's weight loads then
+// touch only CL rows and its input loads RG rows (with CL = 8 and rows at 4 mod 32 floats, each
+// 16-byte load of the warp is one shared-memory wavefront), so each load serves R or CB sums.
+// Rows and columns past the ends repeat the last one (never stored).
+template <int R, int CB, int VW>
+__device__ __forceinline__ void tiles(const float* in, int ld_in, int rows, int K, const float* ws, int ldw, int c0,
+                                      int pe, const float* __restrict__ bias, int act, float* out, int64_t ld_out,
+                                      int RG) {
+  using Vec = typename std::conditional<VW == 4, float4, float2>::type;
+  const int CL = 32 / RG, lane = threadIdx.x % 32;
+  const int li = lane / CL, lj = lane % CL;
+  const int tr = RG * R, tc = CL * CB;
+  const int trows = (rows + tr - 1) / tr, tcols = (pe + tc - 1) / tc;
+  const int kv = K / VW * VW;
+  for (int t = threadIdx.x / 32; t < trows * tcols; t += kWarps) {
+    const int r0 = (t / tcols) * tr + li, cc = (t % tcols) * tc + lj;
+    const float* x[R];
+    const float* w[CB];
 #pragma unroll
-  for (int i = 0; i < R; ++i) x[i] = in + min(g + min(i, per - 1) * G, rows - 1) * ld_in;
-  float acc[R][CB];
+    for (int i = 0; i < R; ++i) x[i] = in + min(r0 + i * RG, rows - 1) * ld_in;
 #pragma unroll
-  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < CB; ++j) w[j] = ws + min(cc + j * CL, pe - 1) * ldw;
+    float acc[R][CB];
 #pragma unroll
-    for (int j = 0; j < CB; ++j) acc[i][j] = 0.f;
-  const int k4 = K & ~3;
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+      for (int j = 0; j < CB; ++j) acc[i][j] = 0.f;
 #pragma unroll 2
-  for (int k = 0; k < k4; k += 4) {
-    float4 w4[CB];
+    for (int k = 0; k < kv; k += VW) {
+      Vec wv[CB], xv[R];
 #pragma unroll
-    for (int j = 0; j < CB; ++j) w4[j] = *reinterpret_cast<const float4*>(wr + j * wstep + k);
+      for (int j = 0; j < CB; ++j) wv[j] = *reinterpret_cast<const Vec*>(w[j] + k);
 #pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const float4 v = *reinterpret_cast<const float4*>(x[i] + k);
+      for (int i = 0; i < R; ++i) xv[i] = *reinterpret_cast<const Vec*>(x[i] + k);
+      // R x CB independent FMAs between two on the same sum (none waits on the one before)
 #pragma unroll
-      for (int j = 0; j < CB; ++j)
-        acc[i][j] = fmaf(v.w, w4[j].w, fmaf(v.z, w4[j].z, fmaf(v.y, w4[j].y, fmaf(v.x, w4[j].x, acc[i][j]))));
+      for (int u = 0; u < VW; ++u)
+#pragma unroll
+        for (int i = 0; i < R; ++i)
+#pragma unroll
+          for (int j = 0; j < CB; ++j)
+            acc[i][j] = fmaf(reinterpret_cast<const float*>(&xv[i])[u], reinterpret_cast<const float*>(&wv[j])[u],
+                             acc[i][j]);
     }
-  }
-  for (int k = k4; k < K; ++k) {
+    for (int k = kv; k < K; ++k) {
 #pragma unroll
-    for (int i = 0; i < R; ++i)
+      for (int i = 0; i < R; ++i)
 #pragma unroll
-      for (int j = 0; j < CB; ++j) acc[i][j] = fmaf(x[i][k], wr[j * wstep + k], acc[i][j]);
-  }
+        for (int j = 0; j < CB; ++j) acc[i][j] = fmaf(x[i][k], w[j][k], acc[i][j]);
+    }
 #pragma unroll
-  for (int j = 0; j < CB; ++j) {
-    const int cj = c + j * cstep;
-    if (cj >= c_end) break;
-    const float b = __ldg(bias + cj);
+    for (int j = 0; j < CB; ++j) {
+      const int c = cc + j * CL;
+      if (c >= pe) break;
+      const float b = __ldg(bias + c0 + c);
 #pragma unroll
-    for (int i = 0; i < R; ++i)
-      if (i < per && g + i * G < rows) out[(g + i * G) * ld_out + cj] = dd::mlp_activate(acc[i][j] + b, act);
+      for (int i = 0; i < R; ++i)
+        if (r0 + i * RG < rows) out[(r0 + i * RG) * ld_out + c0 + c] = dd::mlp_activate(acc[i][j] + b, act);
+    }
   }
 }
 
-// One layer for `rows` rows: in (shared memory, row stride ld_in) -> out (row stride ld_out).
-// Columns go in chunks of up to `chunk` weight rows staged in ws; thread (g, lc) computes column
-// c0 + lc of rows g, g + G, ... (P = min(chunk, N) columns per chunk, G = kThreads / P groups).
-template <int V>
-__device__ __forceinline__ void dense(const float* in, int ld_in, int rows, int K, const float* __restrict__ W,
-                                      const float* __restrict__ bias, int N, int act, float* out, int64_t ld_out,
-                                      float* ws, int ldw, int chunk) {
-  const int P = N < chunk ? N : chunk;
-  // Two columns per thread where the chunk has enough of them: half the input loads per sum.
-  // (Where each thread gets 2 to 4 rows that way: at most 4 x 2 sums; with a single row the second
-  // column only idles threads. Paper MLPs on the H100, batch 2048: 21.2 / 19.6 us against 25.1 /
-  // 21.4 with one column.)
-  const int rows_cb2 = P % 2 == 0 && P >= 64 ? (rows + 2 * kThreads / P - 1) / (2 * kThreads / P) : 0;
-  const int CB = rows_cb2 >= 2 && rows_cb2 <= 4 ? 2 : 1;
-  const int Pt = P / CB;  // threads per row group
-  const int G = kThreads / Pt;
-  const int g = threadIdx.x / Pt, lc = threadIdx.x % Pt;
-  const int per = (rows + G - 1) / G;  // rows of each group (uniform over the block)
-  for (int c0 = 0; c0 < N; c0 += P) {
-    const int pe = min(P, N - c0);
-    __syncthreads();  // ws and the layer's input are free / written
-    stage_weights<V>(ws, ldw, W, K, c0, pe);
-    __pipeline_wait_prior(0);
+// VW = 4 where the staged rows are 16-byte aligned (ldw % 4 == 0), else 2 (ldw % 4 == 2).
+__device__ __forceinline__ void layer_tiles(int R, int CB, const float* in, int ld_in, int rows, int K, const float* ws,
+                                            int ldw, int c0, int pe, const float* __restrict__ bias, int act,
+                                            float* out, int64_t ld_out, int RG) {
+#define DD_MLP_TILES(R_, CB_)                                                                          \
+  (ldw % 4 == 0 ? tiles<R_, CB_, 4>(in, ld_in, rows, K, ws, ldw, c0, pe, bias, act, out, ld_out, RG) \
+                : tiles<R_, CB_, 2>(in, ld_in, rows, K, ws, ldw, c0, pe, bias, act, out, ld_out, RG))
+  if (CB == 2) {
+    if (R == 1) DD_MLP_TILES(1, 2);
+    else if (R == 2) DD_MLP_TILES(2, 2);
+    else if (R == 4) DD_MLP_TILES(4, 2);
+    else DD_MLP_TILES(8, 2);
+  } else {
+    if (R == 1) DD_MLP_TILES(1, 1);
+    else if (R == 2) DD_MLP_TILES(2, 1);
+    else if (R == 4) DD_MLP_TILES(4, 1);
+    else DD_MLP_TILES(8, 1);
+  }
+#undef DD_MLP_TILES
+}
+
+// ---- every layer's weights by the tensor memory accelerator (sm_90+) ----
+// One bulk copy per weight row (form kRows: K % 4 == 0, rows land at the padded stride) or per
+// 4 KB piece of the whole matrix (form kFlat: K even, rows land at stride K and are read as float2),
+// each completing on the layer's mbarrier in shared memory. A cluster of C blocks shares the reads:
+// block q copies every C-th row or piece into all C blocks' shared memory at once (multicast), so a
+// weight byte leaves L2 once per cluster.
+enum { kStageRows = 1, kStageFlat = 2 };
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar, uint16_t mask,
+                                          bool multicast) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (multicast)
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], "
+        "%4;" ::"r"(smem_u32(dst)),
+        "l"(src), "r"(bytes), "r"(smem_u32(bar)), "h"(mask)
+        : "memory");
+  else
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     smem_u32(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
+                 : "memory");
+#endif
+}
+#endif
+
+__device__ __forceinline__ void bulk_preload(const Layers& L, float* ws, uint64_t* bars) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint32_t rank = 0, csize = 1;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
+  if (threadIdx.x == 0) {
+    for (int l = 0; l < L.count; ++l)
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bars + l)) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    // This block's arrival, expecting every byte of the layer (its own copies' and its peers').
+    for (int l = 0; l < L.count; ++l)
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bars + l)),
+                   "r"((uint32_t)((size_t)L.n[l] * L.k[l] * sizeof(float)))
+                   : "memory");
+  }
+  // Every block's barriers are ready before any block's copies can complete on them.
+  if (csize > 1)
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  else
     __syncthreads();
-    if (g >= G || lc >= pe) continue;
-    // rows per thread rounded up to 1, 2, 4 or 8 (repeats of the last row pad, never stored)
-    const float* wr = ws + lc * ldw;
-    const int c = c0 + lc, end = c0 + pe;
-#define DD_MLP_COLUMNS(R, CB_) \
-  columns<R, CB_>(in, ld_in, rows, K, wr, Pt * ldw, g, G, per, bias, act, out, ld_out, c, Pt, end)
-    if (CB == 2) {
-      if (per <= 2) DD_MLP_COLUMNS(2, 2);
-      else DD_MLP_COLUMNS(4, 2);
+  constexpr int kFlatPiece = 4096;  // bytes per bulk copy of a flat-form matrix
+  const uint16_t mask = (uint16_t)((1u << csize) - 1);
+  const bool mc = csize > 1;
+  for (int l = 0; l < L.count; ++l) {
+    float* dst = ws + L.off[l];
+    const float* W = L.w[l];
+    const int K = L.k[l];
+    if (L.vec[l] == kStageRows) {
+      for (int p = rank + csize * threadIdx.x; p < L.n[l]; p += csize * kThreads)
+        bulk_copy(dst + (size_t)p * L.ldw[l], W + (size_t)p * K, (uint32_t)(K * sizeof(float)), bars + l, mask, mc);
     } else {
-      if (per <= 1) DD_MLP_COLUMNS(1, 1);
-      else if (per <= 2) DD_MLP_COLUMNS(2, 1);
-      else if (per <= 4) DD_MLP_COLUMNS(4, 1);
-      else DD_MLP_COLUMNS(8, 1);
+      const size_t total = (size_t)L.n[l] * K * sizeof(float);
+      const size_t pieces = (total + kFlatPiece - 1) / kFlatPiece;
+      for (size_t q = rank + csize * threadIdx.x; q < pieces; q += csize * kThreads) {
+        const size_t at = q * kFlatPiece;
+        bulk_copy(reinterpret_cast<char*>(dst) + at, reinterpret_cast<const char*>(W) + at,
+                  (uint32_t)min((size_t)kFlatPiece, total - at), bars + l, mask, mc);
+      }
     }
-#undef DD_MLP_COLUMNS
   }
+#endif
 }
 
-__global__ void __launch_bounds__(kThreads) mlp_kernel(const float* __restrict__ x, int64_t batch, int in_width,
-                                                       Layers L, float* __restrict__ y, int block_rows, int ld,
-                                                       bool x_vec, int chunk) {
+__device__ __forceinline__ void bulk_wait(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(smem_u32(bar))
+        : "memory");
+  } while (!done);
+#endif
+}
+
+// Activations ping-pong between two buffers: A (the input, and the output of odd layers) at row
+// stride ld_a, B (the output of even layers) at ld_b; the last layer writes y.
+__global__ void __launch_bounds__(kThreads, 1) mlp_kernel(const float* __restrict__ x, int64_t batch, int in_width,
+                                                       Layers L, float* __restrict__ y, int block_rows, int ld_a,
+                                                       int ld_b, bool x_vec, int chunk) {
   extern __shared__ float4 smem4[];
-  float* in = reinterpret_cast<float*>(smem4);
-  float* out = in + block_rows * ld;
-  float* ws = out + block_rows * ld;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem4);  // kBarBytes: one mbarrier per layer (bulk)
+  float* buf_a = reinterpret_cast<float*>(smem4) + kBarBytes / sizeof(float);
+  float* buf_b = buf_a + block_rows * ld_a;
+  float* ws = buf_b + block_rows * ld_b;
+  if (L.bulk)
+    bulk_preload(L, ws, bars);
+  else if (L.preload)  // every layer's weights in flight at once, one commit group per layer
+    for (int l = 0; l < L.count; ++l) stage_layer(ws + L.off[l], L.ldw[l], L.w[l], L.k[l], L.vec[l], 0, L.n[l]);
   const int64_t r0 = (int64_t)blockIdx.x * block_rows;
-  const int rows = (int)min((int64_t)block_rows, batch - r0);
+  const int rows = (int)max((int64_t)0, min((int64_t)block_rows, batch - r0));  // 0: a cluster's spare block
   const float* xs = x + r0 * in_width;  // the block's rows, contiguous
   if (x_vec) {
     const int q = in_width / 4;
     for (int e = threadIdx.x; e < rows * q; e += kThreads)
-      *reinterpret_cast<float4*>(in + (e / q) * ld + 4 * (e % q)) = __ldg(reinterpret_cast<const float4*>(xs) + e);
+      *reinterpret_cast<float4*>(buf_a + (e / q) * ld_a + 4 * (e % q)) = __ldg(reinterpret_cast<const float4*>(xs) + e);
   } else {
-    for (int e = threadIdx.x; e < rows * in_width; e += kThreads) in[(e / in_width) * ld + e % in_width] = __ldg(xs + e);
+    for (int e = threadIdx.x; e < rows * in_width; e += kThreads)
+      buf_a[(e / in_width) * ld_a + e % in_width] = __ldg(xs + e);
   }
-  // (dense's first barrier orders these stores before any read)
   for (int l = 0; l < L.count; ++l) {
-    const bool last = l + 1 == L.count;
-    float* dst = last ? y + r0 * L.n[l] : out;
-    const int64_t ld_out = last ? L.n[l] : ld;
-    if (L.vec[l] == 4)
-      dense<4>(in, ld, rows, L.k[l], L.w[l], L.b[l], L.n[l], L.act[l], dst, ld_out, ws, L.ldw[l], chunk);
-    else if (L.vec[l] == 2)
-      dense<2>(in, ld, rows, L.k[l], L.w[l], L.b[l], L.n[l], L.act[l], dst, ld_out, ws, L.ldw[l], chunk);
-    else
-      dense<1>(in, ld, rows, L.k[l], L.w[l], L.b[l], L.n[l], L.act[l], dst, ld_out, ws, L.ldw[l], chunk);
-    float* t = in;
-    in = out;
-    out = t;
+    const bool last = l + 1 == L.count, even = l % 2 == 0;
+    const float* in = even ? buf_a : buf_b;
+    const int ld_in = even ? ld_a : ld_b;
+    float* dst = last ? y + r0 * L.n[l] : even ? buf_b : buf_a;
+    const int64_t ld_out = last ? L.n[l] : even ? ld_b : ld_a;
+    const int K = L.k[l], N = L.n[l];
+    if (L.preload) {
+      if (L.bulk)
+        bulk_wait(bars + l);  // this layer's bytes landed (later layers' may still fly)
+      else
+        __pipeline_wait_prior(L.count - 1 - l);  // this layer's group landed (later layers' may still fly)
+      __syncthreads();                           // ... for every thread's copies; the layer's input written
+      layer_tiles(L.r[l], L.cb[l], in, ld_in, rows, K, ws + L.off[l], L.ldw[l], 0, N, L.b[l], L.act[l], dst, ld_out,
+                  L.rg[l]);
+      continue;
+    }
+    for (int c0 = 0; c0 < N; c0 += chunk) {
+      const int pe = min(chunk, N - c0);
+      __syncthreads();  // ws and the layer's input are free / written
+      stage_layer(ws, L.ldw[l], L.w[l] + (size_t)c0 * K, K, L.vec[l], 0, pe);
+      __pipeline_wait_prior(0);
+      __syncthreads();
+      layer_tiles(L.r[l], L.cb[l], in, ld_in, rows, K, ws, L.ldw[l], c0, pe, L.b[l], L.act[l], dst, ld_out, L.rg[l]);
+    }
   }
 }
 
@@ -203,6 +331,52 @@ int rows_per_block(int64_t batch, int sms) {
 }
 
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// A row stride in floats for n floats: a multiple of 4 (16-byte loads) and 4 mod 32, so that
+// consecutive rows' 16-byte pieces fall in different banks.
+int padded(int64_t n) {
+  int v = (int)((n + 3) / 4 * 4);
+  return v + (36 - v % 32) % 32;
+}
+
+// The warp tile of a layer (rows x pe columns per block): the (rg, r, cb) with the least estimated
+// time per 4 steps of K for the block. A warp's step costs r x cb x 4 FMA instructions (4 warps
+// share an SM's cycle of FMAs) and r + cb x ceil(cl / 8) shared-memory wavefronts (one per cycle
+// for the SM); ties go to more busy warps.
+void pick_tile(int rows, int pe, int* rg_out, int* r_out, int* cb_out) {
+  long best = -1;
+  int best_active = 0;
+  for (int rg : {1, 2, 4, 8})
+    for (int r : {1, 2, 4, 8})
+      for (int cb : {1, 2}) {
+        const int cl = 32 / rg;
+        const long tiles = (long)((rows + rg * r - 1) / (rg * r)) * ((pe + cl * cb - 1) / (cl * cb));
+        const long rounds = (tiles + kWarps - 1) / kWarps;
+        const int active = (int)std::min<long>(tiles, kWarps);
+        const long fma = (long)r * cb * 4 * ((active + 3) / 4);
+        const long lds = (long)(r + cb * ((cl + 7) / 8)) * active;
+        const long cost = rounds * std::max(fma, lds);
+        if (best < 0 || cost < best || (cost == best && active > best_active)) {
+          best = cost;
+          best_active = active;
+          *rg_out = rg;
+          *r_out = r;
+          *cb_out = cb;
+        }
+      }
+}
+// Blocks per cluster for the bulk copies: DLRM_DEPLOY_MLP_CLUSTER when set (1, 2, 4 or 8, for
+// tuning), else kCluster; never more than the blocks.
+int cluster_size(int64_t blocks) {
+  static const int forced = [] {
+    const char* s = std::getenv("DLRM_DEPLOY_MLP_CLUSTER");
+    const int v = s ? std::atoi(s) : 0;
+    return v == 1 || v == 2 || v == 4 || v == 8 ? v : 0;
+  }();
+  int c = forced ? forced : kCluster;
+  while (c > 1 && c > blocks) c /= 2;
+  return c;
+}
 }  // namespace
 
 extern "C" {
@@ -211,61 +385,106 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
   if (int rc = dd_mlp_check(a, msg, len)) return rc;
   if (a->batch == 0) return DD_OK;
   if (a->batch > ((int64_t)1 << 40)) return fail(DD_ERR_INPUT, msg, len, "batch too large");
+  dd::DeviceInfo dev;
+  if (int rc = dd::device_info(&dev, msg, len)) return rc;
+  if (dev.ordinal < 0 || dev.ordinal >= kMaxDevices) return fail(DD_ERR_UNSUPPORTED, msg, len, "device %d", dev.ordinal);
   Layers L{};
   L.count = a->layers;
-  int64_t widest = a->in_width;
+  L.bulk = dev.major >= 9;  // until a layer has no bulk form
+  int64_t wide_a = a->in_width, wide_b = 1;  // the widest activation each buffer holds
+  int widest_n = 1;
   for (int i = 0; i < a->layers; ++i) {
     L.w[i] = a->weights[i];
     L.b[i] = a->biases[i];
     L.n[i] = (int)a->w_rows[i];
     L.k[i] = (int)a->w_cols[i];
     L.act[i] = a->activations[i];
-    L.vec[i] = L.k[i] % 4 == 0 && aligned(L.w[i], 16) ? 4 : L.k[i] % 2 == 0 && aligned(L.w[i], 8) ? 2 : 1;
-    if (i + 1 < a->layers && a->w_rows[i] > widest) widest = a->w_rows[i];
+    const bool rows_form = L.k[i] % 4 == 0 && aligned(L.w[i], 16);
+    const bool flat_form = L.k[i] % 2 == 0 && (int64_t)L.n[i] * L.k[i] % 4 == 0 && aligned(L.w[i], 16);
+    L.bulk = L.bulk && (rows_form || flat_form);
+    widest_n = std::max(widest_n, L.n[i]);
+    if (i + 1 < a->layers) {
+      int64_t& w = i % 2 == 0 ? wide_b : wide_a;
+      w = std::max(w, a->w_rows[i]);
+    }
   }
-  int ld = (int)((widest + 3) / 4 * 4);
-  if (ld % 32 == 0) ld += 4;  // rows of a group fall in different banks
+  // Staged weight strides: the padded stride, or K for the bulk copies' flat form.
   int max_ldw = 0;
+  size_t all_weights = 0;  // floats, every layer staged
   for (int i = 0; i < a->layers; ++i) {
-    L.ldw[i] = (L.k[i] + 3) / 4 * 4;
-    L.ldw[i] += (36 - L.ldw[i] % 32) % 32;
-    max_ldw = max(max_ldw, L.ldw[i]);
+    const bool flat = L.bulk && L.k[i] % 4 != 0;
+    L.vec[i] = L.bulk ? (flat ? kStageFlat : kStageRows)
+               : L.k[i] % 4 == 0 && aligned(L.w[i], 16) ? 4
+               : L.k[i] % 2 == 0 && aligned(L.w[i], 8) ? 2
+                                                         : 1;
+    L.ldw[i] = flat ? L.k[i] : padded(L.k[i]);
+    L.off[i] = (int)all_weights;
+    all_weights += (size_t)L.n[i] * L.ldw[i];
+    max_ldw = std::max(max_ldw, L.ldw[i]);
   }
-  dd::DeviceInfo dev;
-  if (int rc = dd::device_info(&dev, msg, len)) return rc;
-  if (dev.ordinal < 0 || dev.ordinal >= kMaxDevices) return fail(DD_ERR_UNSUPPORTED, msg, len, "device %d", dev.ordinal);
-  const int sms = dev.sms, smem_limit = dev.smem_optin;
-  // Weight rows staged per chunk: a layer's whole weight where it fits beside the activations
-  // (DLRM's layers do), else as many rows as fit (at least 8 of the widest).
-  int groups = kThreads;  // the fewest row groups of any layer bounds the rows a block can take
-  for (int i = 0; i < a->layers; ++i) groups = min(groups, kThreads / min(L.n[i], kThreads));
-  int block_rows = min(rows_per_block(a->batch, sms), kMaxAcc * groups);
-  int widest_n = 1;
-  for (int i = 0; i < a->layers; ++i) widest_n = max(widest_n, L.n[i]);
-  auto bytes = [&](int rows_, int chunk_) { return sizeof(float) * ((size_t)2 * rows_ * ld + (size_t)chunk_ * max_ldw); };
-  int chunk = min(widest_n, kThreads);
-  while (chunk > 8 && bytes(block_rows, chunk) > (size_t)smem_limit) chunk = (chunk + 1) / 2;
-  while (block_rows > 1 && bytes(block_rows, chunk) > (size_t)smem_limit) --block_rows;
-  if (chunk < kThreads) {  // fewer columns per pass: more row groups, so more rows per block fit
-    groups = kThreads;
-    for (int i = 0; i < a->layers; ++i) groups = min(groups, kThreads / min(L.n[i], chunk));
-    block_rows = min(block_rows, kMaxAcc * groups);
+  const int ld_a = padded(wide_a), ld_b = padded(wide_b);
+  const size_t smem_limit = (size_t)dev.smem_optin;
+  int block_rows = rows_per_block(a->batch, dev.sms);
+  auto bytes = [&](int rows_, size_t weight_floats) {
+    return kBarBytes + sizeof(float) * ((size_t)rows_ * (ld_a + ld_b) + weight_floats);
+  };
+  // Every layer's weights staged at once where they fit beside the activations (DLRM's MLPs do),
+  // else layer by layer in chunks of as many weight rows as fit (at least 8 of the widest).
+  L.preload = bytes(block_rows, all_weights) <= smem_limit;
+  int chunk = widest_n;
+  if (!L.preload) {
+    if (L.bulk) {  // the chunked path stages by cp.async at padded strides
+      L.bulk = false;
+      max_ldw = 0;
+      for (int i = 0; i < a->layers; ++i) {
+        L.vec[i] = L.k[i] % 4 == 0 ? 4 : L.k[i] % 2 == 0 ? 2 : 1;
+        L.ldw[i] = padded(L.k[i]);
+        max_ldw = std::max(max_ldw, L.ldw[i]);
+      }
+    }
+    while (chunk > 8 && bytes(block_rows, (size_t)chunk * max_ldw) > smem_limit) chunk = (chunk + 1) / 2;
+    while (block_rows > 1 && bytes(block_rows, (size_t)chunk * max_ldw) > smem_limit) --block_rows;
   }
-  const size_t smem = bytes(block_rows, chunk);
-  if (smem > (size_t)smem_limit)
+  const size_t smem = bytes(block_rows, L.preload ? all_weights : (size_t)chunk * max_ldw);
+  if (smem > smem_limit)
     return fail(DD_ERR_UNSUPPORTED, msg, len, "layers %lld wide do not fit in shared memory (%d bytes)",
-                (long long)widest, smem_limit);
+                (long long)std::max<int64_t>(std::max<int64_t>(wide_a, wide_b), widest_n), dev.smem_optin);
+  for (int i = 0; i < a->layers; ++i) pick_tile(block_rows, std::min(chunk, L.n[i]), &L.rg[i], &L.r[i], &L.cb[i]);
   cudaError_t e = cudaSuccess;
   if (smem > 48 * 1024 && g_raised[dev.ordinal].load() == 0) {
-    e = cudaFuncSetAttribute(mlp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit);
+    e = cudaFuncSetAttribute(mlp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_optin);
     if (e != cudaSuccess) return dd::cuda_fail(e, "raising the MLP kernel's shared memory", msg, len);
     g_raised[dev.ordinal].store(1);
   }
-  const int64_t blocks = (a->batch + block_rows - 1) / block_rows;
+  int64_t blocks = (a->batch + block_rows - 1) / block_rows;
+  // Bulk copies shared by a cluster of blocks (a multiple of its size, spare blocks compute nothing).
+  const int csize = L.bulk ? cluster_size(blocks) : 1;
+  blocks = (blocks + csize - 1) / csize * csize;
   if (blocks > 0x7fffffff) return fail(DD_ERR_INPUT, msg, len, "batch too large");
   const bool x_vec = a->in_width % 4 == 0 && aligned(a->x, 16);
-  mlp_kernel<<<(unsigned)blocks, kThreads, smem, static_cast<cudaStream_t>(stream)>>>(
-      a->x, a->batch, (int)a->in_width, L, a->out, block_rows, ld, x_vec, chunk);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)blocks);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute attr[1];
+  if (csize > 1) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = csize;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, ld_a, ld_b, x_vec,
+                         chunk);
+  if (e != cudaSuccess && csize > 1) {  // no room for a cluster here (e.g. a shared or partitioned GPU): blocks alone
+    cudaGetLastError();
+    cfg.numAttrs = 0;
+    e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, ld_a, ld_b,
+                           x_vec, chunk);
+  }
+  if (e != cudaSuccess) return dd::cuda_fail(e, "launching the MLP kernel", msg, len);
   e = cudaGetLastError();
   return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "launching the MLP kernel", msg, len);
 }

@@ -5,6 +5,12 @@ provider everywhere; the CUDA provider (plain and in a CUDA graph) where onnxrun
 
 from __future__ import annotations
 
+import ctypes
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -14,6 +20,7 @@ from onnx import TensorProto, helper
 from dlrm_deploy import contract as C
 from dlrm_deploy.export.dlrm import make_inputs
 from dlrm_deploy.export.interaction import OP_TYPE, fuse_interaction
+from dlrm_deploy.runtime import _core
 from dlrm_deploy.runtime import ort as dd_ort
 from dlrm_deploy.runtime.accuracy import onnx_feeds
 
@@ -58,6 +65,16 @@ def test_random_shapes_match_numpy(device, seed):
     want = _reference(parts, dim, pairs, prefix)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * dim)
+
+
+def test_cpu_generic_dot_matches_numpy():
+    """The CPU forward's generic dot (CPUs without AVX2/FMA; DD_CPU_SIMD=0 selects it anywhere), in a
+    process of its own: the choice is made once per process."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_interaction as t\n"
+            "for seed in range(12): t.test_random_shapes_match_numpy('cpu', seed)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(pathlib.Path(__file__).parent)], capture_output=True,
+                       text=True, env={**os.environ, "DD_CPU_SIMD": "0"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -173,3 +190,38 @@ def test_cuda_wide_samples_and_shared_memory_limit():
     sess = dd_ort.ort_session(_one_node(huge, 64, [0, 1], -1).SerializeToString(), device="cuda")
     with pytest.raises(Exception, match="do not fit in shared memory"):
         sess.run({"x0": np.zeros((2, 64), np.float32), "x1": np.zeros((2, 64 * 4096), np.float32)})
+
+
+class _Args(ctypes.Structure):
+    """dd_interaction_args (dlrm_deploy/interaction.h)."""
+    _fields_ = [("parts", ctypes.c_void_p * 16), ("widths", ctypes.c_int64 * 16), ("count", ctypes.c_int32),
+                ("batch", ctypes.c_int64), ("dim", ctypes.c_int64), ("pairs", ctypes.POINTER(ctypes.c_int64)),
+                ("num_pairs", ctypes.c_int64), ("prefix", ctypes.c_int32), ("out", ctypes.c_void_p)]
+
+
+def test_cpu_rows_compute_exactly_their_samples_or_refuse_the_range():
+    """dd_interaction_cpu_rows (the op's per-thread call): [begin, end) written, every other row left
+    as it was; a range outside the batch is refused with a message."""
+    lib = _core.lib()
+    lib.dd_interaction_cpu_rows.argtypes = [ctypes.POINTER(_Args), ctypes.c_int64, ctypes.c_int64, ctypes.c_char_p,
+                                            ctypes.c_size_t]
+    rng = np.random.default_rng(5)
+    dim, widths, batch = 32, [32, 96], 9
+    parts = [rng.standard_normal((batch, w)).astype(np.float32) for w in widths]
+    pairs = np.array([1 * 4 + 0, 3 * 4 + 2, 2 * 4 + 2, 0 * 4 + 3], dtype=np.int64)
+    want = _reference(parts, dim, pairs, 0)
+    out = np.full(want.shape, np.nan, dtype=np.float32)
+    a = _Args()
+    for k, p in enumerate(parts):
+        a.parts[k] = p.ctypes.data
+        a.widths[k] = p.shape[1]
+    a.count, a.batch, a.dim, a.prefix, a.num_pairs = len(parts), batch, dim, 0, len(pairs)
+    a.pairs = pairs.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+    a.out = out.ctypes.data
+    msg = ctypes.create_string_buffer(256)
+    assert lib.dd_interaction_cpu_rows(ctypes.byref(a), 2, 6, msg, 256) == 0, msg.value
+    np.testing.assert_allclose(out[2:6], want[2:6], rtol=1e-5, atol=1e-5 * dim)
+    assert np.isnan(out[:2]).all() and np.isnan(out[6:]).all()
+    for begin, end in [(-1, 3), (0, batch + 1), (5, 4)]:
+        assert lib.dd_interaction_cpu_rows(ctypes.byref(a), begin, end, msg, 256) == 2  # DD_ERR_INPUT
+        assert b"outside the batch" in msg.value

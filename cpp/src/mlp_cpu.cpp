@@ -1,10 +1,10 @@
 // A chain of fully connected layers in one op (dlrm_deploy::Mlp): checks and the CPU forward.
 // See dlrm_deploy/mlp.h for what it computes.
 #include <cmath>
-#include <cstdlib>
 #include <vector>
 
 #include "dlrm_deploy/mlp.h"
+#include "cpu_simd.h"
 #include "internal.h"
 #include "mlp_internal.h"
 
@@ -107,12 +107,9 @@ void layer(const float* in, int64_t ld_in, int rows, const float* w, const float
 #pragma GCC pop_options
 #endif
 
-// DD_CPU_SIMD=0 picks the generic loop on any CPU (how the tests reach it on AVX2 machines).
 LayerFn pick_layer() {
 #ifdef DD_MLP_X86
-  const char* simd = std::getenv("DD_CPU_SIMD");
-  __builtin_cpu_init();
-  if (!(simd && simd[0] == '0') && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return x86::layer;
+  if (dd::cpu_avx2_fma()) return x86::layer;
 #endif
   return layer_generic;
 }

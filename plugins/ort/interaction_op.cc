@@ -5,6 +5,10 @@
 
 namespace dd_ort {
 
+namespace {
+constexpr int64_t kCpuSamplesPerTask = 64;
+}
+
 InteractionKernel::InteractionKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr* status)
     : KernelBase("DotInteraction", info, provider) {
   *status = nullptr;
@@ -54,7 +58,12 @@ OrtStatusPtr InteractionKernel::Compute(OrtKernelContext* context) {
   Ort::UnownedValue out = ctx.GetOutput(0, {a.batch, width});
   a.out = out.GetTensorMutableData<float>();
   if (provider_ == Provider::kCpu) {
-    if (dd_interaction_cpu(&a, msg, sizeof(msg)) != DD_OK) return Error(ORT_FAIL, msg);
+    // Sample blocks over ONNX Runtime's intra-op thread pool (shapes checked above: no block fails).
+    const int rc = ParallelRows(context, a.batch, kCpuSamplesPerTask, [&](int64_t begin, int64_t end) {
+      char m[DD_MSG_LEN];
+      return dd_interaction_cpu_rows(&a, begin, end, m, sizeof(m));
+    });
+    if (rc != DD_OK) return Error(ORT_FAIL, "the CPU forward failed");
     return nullptr;
   }
 #ifdef DD_HAVE_CUDA

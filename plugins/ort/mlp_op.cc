@@ -58,26 +58,11 @@ OrtStatusPtr MlpKernel::Compute(OrtKernelContext* context) {
   a.out = out.GetTensorMutableData<float>();
   if (provider_ == Provider::kCpu) {
     // Row blocks over ONNX Runtime's intra-op thread pool (as the EmbeddingBag op's bags).
-    struct Task {
-      const dd_mlp_args* a;
-      int rc;
-    } task{&a, DD_OK};
-    const int64_t tasks = (a.batch + kCpuRowsPerTask - 1) / kCpuRowsPerTask;
-    auto one = [](void* p, size_t t) {
-      Task& tk = *static_cast<Task*>(p);
-      const int64_t begin = (int64_t)t * kCpuRowsPerTask;
-      const int64_t end = begin + kCpuRowsPerTask < tk.a->batch ? begin + kCpuRowsPerTask : tk.a->batch;
+    const int rc = ParallelRows(context, a.batch, kCpuRowsPerTask, [&](int64_t begin, int64_t end) {
       char m[DD_MSG_LEN];
-      if (dd_mlp_cpu(tk.a, begin, end, m, sizeof(m)) != DD_OK) tk.rc = DD_ERR_CONFIG;
-    };
-    const OrtApi& api = Ort::GetApi();
-    if (tasks > 0) {
-      if (OrtStatus* st = api.KernelContext_ParallelFor(context, one, (size_t)tasks, 0, &task)) {
-        api.ReleaseStatus(st);
-        for (int64_t t = 0; t < tasks; ++t) one(&task, (size_t)t);
-      }
-    }
-    if (task.rc != DD_OK) return Error(ORT_FAIL, "the CPU forward failed");
+      return dd_mlp_cpu(&a, begin, end, m, sizeof(m));
+    });
+    if (rc != DD_OK) return Error(ORT_FAIL, "the CPU forward failed");
     return nullptr;
   }
 #ifdef DD_HAVE_CUDA

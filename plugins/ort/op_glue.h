@@ -3,6 +3,7 @@
 // provider, guarded ComputeV2) and op bases (kernel creation, provider name, float variadic I/O).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <exception>
 #include <memory>
@@ -24,6 +25,32 @@ enum class Provider { kCpu, kCuda };
 
 inline const char* ProviderName(Provider provider) {
   return provider == Provider::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
+}
+
+// Runs fn(begin, end) (returning a DD_* code) over blocks of `per_task` of [0, rows) on ONNX
+// Runtime's intra-op thread pool, or on this thread where the pool is not available; DD_OK when
+// every block returned it (the CPU forwards' row blocks).
+template <typename Fn>
+int ParallelRows(OrtKernelContext* context, int64_t rows, int64_t per_task, Fn&& fn) {
+  struct Task {
+    Fn* fn;
+    int64_t rows, per_task;
+    std::atomic<int> rc;
+  } task{&fn, rows, per_task, 0};
+  auto one = [](void* p, size_t t) {
+    Task& tk = *static_cast<Task*>(p);
+    const int64_t begin = (int64_t)t * tk.per_task;
+    const int64_t end = begin + tk.per_task < tk.rows ? begin + tk.per_task : tk.rows;
+    if (const int rc = (*tk.fn)(begin, end)) tk.rc.store(rc);
+  };
+  const int64_t tasks = (rows + per_task - 1) / per_task;
+  if (tasks <= 0) return 0;
+  const OrtApi& api = Ort::GetApi();
+  if (OrtStatus* st = api.KernelContext_ParallelFor(context, one, (size_t)tasks, 0, &task)) {
+    api.ReleaseStatus(st);
+    for (int64_t t = 0; t < tasks; ++t) one(&task, (size_t)t);
+  }
+  return task.rc.load();
 }
 
 // "dlrm_deploy::<op>", with " (node '<name>')" when the node has a name.

@@ -35,6 +35,9 @@ DD_API int dd_interaction_check(const dd_interaction_args* a, int64_t* out_width
 
 /* CPU: the whole batch on the calling thread. */
 DD_API int dd_interaction_cpu(const dd_interaction_args* a, char* msg, size_t msg_len);
+/* CPU: samples [row_begin, row_end) only (callers spread the batch over threads this way). */
+DD_API int dd_interaction_cpu_rows(const dd_interaction_args* a, int64_t row_begin, int64_t row_end, char* msg,
+                                   size_t msg_len);
 
 /* CUDA: a plan holding the pairs on the device (made once per node, outside stream capture), then
  * one kernel per call on stream (no synchronisation, no allocation: CUDA-graph safe). a->parts and

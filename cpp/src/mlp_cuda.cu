@@ -377,18 +377,19 @@ int cluster_size(int64_t blocks) {
   while (c > 1 && c > blocks) c /= 2;
   return c;
 }
-}  // namespace
-
-extern "C" {
-
-int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
-  if (int rc = dd_mlp_check(a, msg, len)) return rc;
-  if (a->batch == 0) return DD_OK;
-  if (a->batch > ((int64_t)1 << 40)) return fail(DD_ERR_INPUT, msg, len, "batch too large");
-  dd::DeviceInfo dev;
-  if (int rc = dd::device_info(&dev, msg, len)) return rc;
-  if (dev.ordinal < 0 || dev.ordinal >= kMaxDevices) return fail(DD_ERR_UNSUPPORTED, msg, len, "device %d", dev.ordinal);
+// One chain's launch: the kernel's layer table, activation strides, rows per block, weight rows
+// per chunk (layers staged one by one) and dynamic shared memory.
+struct ChainPlan {
   Layers L{};
+  int ld_a = 0, ld_b = 0, block_rows = 0, chunk = 0;
+  size_t smem = 0;
+};
+
+// Plans a chain for the device: how the weights are staged (bulk copies or cp.async; every layer
+// at once or in chunks), the activation buffers' strides, the rows per block and each layer's
+// warp tile. DD_ERR_UNSUPPORTED when the layers do not fit in shared memory.
+int plan_chain(const dd_mlp_args* a, const dd::DeviceInfo& dev, ChainPlan* p, char* msg, size_t len) {
+  Layers& L = p->L;
   L.count = a->layers;
   L.bulk = dev.major >= 9;  // until a layer has no bulk form
   int64_t wide_a = a->in_width, wide_b = 1;  // the widest activation each buffer holds
@@ -450,6 +451,29 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
     return fail(DD_ERR_UNSUPPORTED, msg, len, "layers %lld wide do not fit in shared memory (%d bytes)",
                 (long long)std::max<int64_t>(std::max<int64_t>(wide_a, wide_b), widest_n), dev.smem_optin);
   for (int i = 0; i < a->layers; ++i) pick_tile(block_rows, std::min(chunk, L.n[i]), &L.rg[i], &L.r[i], &L.cb[i]);
+  p->ld_a = ld_a;
+  p->ld_b = ld_b;
+  p->block_rows = block_rows;
+  p->chunk = chunk;
+  p->smem = smem;
+  return DD_OK;
+}
+}  // namespace
+
+extern "C" {
+
+int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
+  if (int rc = dd_mlp_check(a, msg, len)) return rc;
+  if (a->batch == 0) return DD_OK;
+  if (a->batch > ((int64_t)1 << 40)) return fail(DD_ERR_INPUT, msg, len, "batch too large");
+  dd::DeviceInfo dev;
+  if (int rc = dd::device_info(&dev, msg, len)) return rc;
+  if (dev.ordinal < 0 || dev.ordinal >= kMaxDevices) return fail(DD_ERR_UNSUPPORTED, msg, len, "device %d", dev.ordinal);
+  ChainPlan plan;
+  if (int rc = plan_chain(a, dev, &plan, msg, len)) return rc;
+  const Layers& L = plan.L;
+  const int block_rows = plan.block_rows;
+  const size_t smem = plan.smem;
   cudaError_t e = cudaSuccess;
   if (smem > 48 * 1024 && g_raised[dev.ordinal].load() == 0) {
     e = cudaFuncSetAttribute(mlp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_optin);
@@ -476,13 +500,13 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
     cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
-  e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, ld_a, ld_b, x_vec,
-                         chunk);
+  e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, plan.ld_a,
+                         plan.ld_b, x_vec, plan.chunk);
   if (e != cudaSuccess && csize > 1) {  // no room for a cluster here (e.g. a shared or partitioned GPU): blocks alone
     cudaGetLastError();
     cfg.numAttrs = 0;
-    e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, ld_a, ld_b,
-                           x_vec, chunk);
+    e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, plan.ld_a,
+                           plan.ld_b, x_vec, plan.chunk);
   }
   if (e != cudaSuccess) return dd::cuda_fail(e, "launching the MLP kernel", msg, len);
   e = cudaGetLastError();

@@ -31,9 +31,9 @@ inline const char* ProviderName(Provider provider) {
 // Runtime's intra-op thread pool, or on this thread where the pool is not available; DD_OK when
 // every block returned it (the CPU forwards' row blocks).
 template <typename Fn>
-int ParallelRows(OrtKernelContext* context, int64_t rows, int64_t per_task, Fn&& fn) {
+int ParallelRows(OrtKernelContext* context, int64_t rows, int64_t per_task, const Fn& fn) {
   struct Task {
-    Fn* fn;
+    const Fn* fn;
     int64_t rows, per_task;
     std::atomic<int> rc;
   } task{&fn, rows, per_task, 0};

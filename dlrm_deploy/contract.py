@@ -175,7 +175,10 @@ MLP_INPUTS = (("inputs", "variadic float",
                "X [B, K0], then W_i [N_i, K_i] and b_i [N_i] of every layer i = 1..L (K_1 = K0, K_i+1 = N_i)"),)
 MLP_ACTIVATIONS = {"none": 0, "relu": 1, "sigmoid": 2}
 MLP_ATTRIBUTES = (("activations", "ints", "one code per layer: "
-                   + ", ".join(f"{v} = {k}" for k, v in MLP_ACTIVATIONS.items())),)
+                   + ", ".join(f"{v} = {k}" for k, v in MLP_ACTIVATIONS.items())),
+                  ("beside", "int", "0 (default) or 1: the chain runs beside the lookups (export's overlap marks the "
+                   "bottom MLP); on the CUDA provider its blocks then hold a quarter of the SMs, each looping over "
+                   "groups of rows, and the lookups take the rest"))
 MLP_MAX_WIDTH = 4096  # every width (K0 and each N_i) of a node
 MLP_MAX_LAYERS = 16  # L of a node (DD_MLP_MAX_LAYERS, cpp/include/dlrm_deploy/mlp.h)
 OUTPUTS = (("output", "float|float16|bfloat16 (out_dtype)", "[B, T*D] pooled bags, table t in columns t*D..t*D+D-1"),)

@@ -362,13 +362,13 @@ def _write(proto: onnx.ModelProto, held: HeldTables, path: str, data_name: str |
     groups = [[name] for name, _m in node_bags]
     if table_batching and len(node_bags) > 1:
         groups = _batch(proto, held, node_bags, writer, say, seconds)
-    if overlap:
-        say(f"overlap: {apply_overlap(proto)} op node(s) beside the dense layers")
     annotate_outputs(proto)
     if fuse_interaction:
         say(f"fuse_interaction: {fuse_dot_interaction(proto)} dot interaction(s) as one node")
     if fuse_mlp:
         say(f"fuse_mlp: {fuse_linear_chains(proto)} chain(s) of Linear layers as one Mlp node each")
+    if overlap:  # after the fusions: it marks the fused bottom MLP to run beside the lookups
+        say(f"overlap: {apply_overlap(proto)} op node(s) beside the dense layers")
     proto.producer_name = "dlrm_deploy"
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)

@@ -196,8 +196,9 @@ def build_mlp_schema() -> defs.OpSchema:
     fp = defs.OpSchema.FormalParameter
     (name, _t, doc), = C.MLP_INPUTS
     inputs = [fp(name, "T", doc, param_option=defs.OpSchema.FormalParameterOption.Variadic, min_arity=3)]
-    attrs = [defs.OpSchema.Attribute(a_name, defs.OpSchema.AttrType.INTS, a_doc, required=True)
-             for a_name, _kind, a_doc in C.MLP_ATTRIBUTES]
+    attrs = [defs.OpSchema.Attribute(a_name, defs.OpSchema.AttrType.INTS, a_doc, required=True) if kind == "ints"
+             else defs.OpSchema.Attribute(a_name, onnx.helper.make_attribute(a_name, 0), a_doc)
+             for a_name, kind, a_doc in C.MLP_ATTRIBUTES]
     schema = defs.OpSchema(C.MLP_OP_TYPE, C.DOMAIN, C.OP_VERSION,
                            "A chain of Linear layers with activations in one node (docs/op_contract.md).",
                            inputs=inputs, outputs=[fp("Y", "T", "[B, N_L]")],

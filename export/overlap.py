@@ -5,11 +5,17 @@ feeds exactly one Concat along axis 1 (DLRM concatenates the bottom MLP's output
 tables) gets ``overlap=1``, and that Concat becomes ``dlrm_deploy::Join``: on ONNX Runtime's CUDA
 provider the lookups then run on the op's own stream, concurrently with whatever the graph computes
 before the Join (the bottom MLP), and Join joins the streams, reports bad input (check=checked) and
-concatenates. The EmbeddingBag node is moved just before its Join: ONNX Runtime's default order
-visits the later-defined input of a node first, so the lookups are launched before the other
-branch. An EmbeddingBag whose output feeds a fused ``DotInteraction`` (export/interaction.py) is
-marked the same way without a Join: that node joins the op's stream itself. ONNX Runtime only
-(TensorRT has no Join plugin); other providers run it inline.
+concatenates. An EmbeddingBag whose output feeds a fused ``DotInteraction`` (export/interaction.py)
+is marked the same way without a Join: that node joins the op's stream itself.
+
+Where the other input of that Join / interaction is a fused ``dlrm_deploy::Mlp`` (the bottom MLP),
+that node gets ``beside=1`` (its kernel holds a quarter of the SMs, each block looping over groups
+of rows) and the EmbeddingBag node goes first in the graph: ONNX Runtime's default order visits the
+later-defined input of a node first, so the MLP is launched first and takes its few SMs before the
+lookups' blocks fill the rest. (A full-grid MLP launched first would hold every SM while the lookups
+start; launched second, it waits for the lookups' tail: either way it barely overlaps.) Otherwise
+the EmbeddingBag node is moved just before its Join, so that the lookups are launched before the
+other branch. ONNX Runtime only (TensorRT has no Join plugin); other providers run it inline.
 """
 
 from __future__ import annotations
@@ -24,12 +30,26 @@ def _concat_axis(node: onnx.NodeProto) -> int | None:
     return next((a.i for a in node.attribute if a.name == "axis"), None)
 
 
-def _mark(op: onnx.NodeProto) -> None:
+def _mark(op: onnx.NodeProto, name: str = "overlap") -> None:
     for a in op.attribute:
-        if a.name == "overlap":
+        if a.name == name:
             a.i = 1
             return
-    op.attribute.append(helper.make_attribute("overlap", 1))
+    op.attribute.append(helper.make_attribute(name, 1))
+
+
+def _place(graph: onnx.GraphProto, op: onnx.NodeProto, user: onnx.NodeProto, others: list[str]) -> None:
+    """Marks op overlap=1 and every fused Mlp that produces one of `others` beside=1, and orders the
+    nodes: op first in the graph when it has such an MLP beside it, else just before `user`."""
+    # (by value: rewriting graph.node copies its messages, so an earlier pass's objects are not these)
+    nodes = [n for n in graph.node if n != op]
+    beside = [n for n in nodes if n.domain == C.DOMAIN and n.op_type == C.MLP_OP_TYPE and n.output[0] in others]
+    for mlp in beside:
+        _mark(mlp, "beside")
+    nodes.insert(0 if beside else next(i for i, n in enumerate(nodes) if n == user), op)
+    _mark(op)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def apply_overlap(model: onnx.ModelProto) -> int:
@@ -52,12 +72,7 @@ def apply_overlap(model: onnx.ModelProto) -> int:
             continue
         cat = users[0]
         if cat.domain == C.DOMAIN and cat.op_type == C.INTERACTION_OP_TYPE:  # a fused interaction joins itself
-            nodes = list(graph.node)
-            nodes.remove(op)
-            nodes.insert(next(i for i, n in enumerate(nodes) if n is cat), op)
-            _mark(op)
-            del graph.node[:]
-            graph.node.extend(nodes)
+            _place(graph, op, cat, [x for x in cat.input if x != out])
             marked += 1
             continue
         others = [x for x in cat.input if x != out]
@@ -67,12 +82,9 @@ def apply_overlap(model: onnx.ModelProto) -> int:
         join = helper.make_node(C.JOIN_OP_TYPE, [out] + others, list(cat.output), name=(cat.name or out) + "_join",
                                 domain=C.DOMAIN, axis=1, position=list(cat.input).index(out))
         nodes = list(graph.node)
-        at = next(i for i, n in enumerate(nodes) if n is cat)
-        nodes[at] = join
-        nodes.remove(op)
-        nodes.insert(nodes.index(join), op)
-        _mark(op)
+        nodes[next(i for i, n in enumerate(nodes) if n == cat)] = join
         del graph.node[:]
         graph.node.extend(nodes)
+        _place(graph, op, join, others)
         marked += 1
     return marked

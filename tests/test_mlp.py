@@ -327,9 +327,9 @@ def test_export_cli_fuses_by_default(tmp_path):
 # The op in our ONNX Runtime library
 
 
-def _one_node(widths, codes, batch, rng, weights_as_inputs=False, x_dims=None):
-    """A single Mlp node with random weights: widths = [K0, N_1, ..., N_L]. Returns (model bytes,
-    feeds, weights, biases)."""
+def _one_node(widths, codes, batch, rng, weights_as_inputs=False, x_dims=None, beside=None):
+    """A single Mlp node with random weights: widths = [K0, N_1, ..., N_L] (beside: that attribute's
+    value, or none). Returns (model bytes, feeds, weights, biases)."""
     x_dims = x_dims or ["B", widths[0]]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)]
     feeds = {"x": rng.standard_normal((batch, *[d for d in x_dims[1:]])).astype(np.float32)}
@@ -347,6 +347,8 @@ def _one_node(widths, codes, batch, rng, weights_as_inputs=False, x_dims=None):
             else:
                 inits.append(numpy_helper.from_array(v, name))
     node = helper.make_node(OP_TYPE, names, ["y"], name="mlp0", domain=C.DOMAIN, activations=list(codes))
+    if beside is not None:
+        node.attribute.append(helper.make_attribute("beside", beside))
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     return _model([node], inputs, [out], inits).SerializeToString(), feeds, weights, biases
 
@@ -358,15 +360,19 @@ def _assert_close(got, want):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("beside", [None, 1])
 @pytest.mark.parametrize("seed", range(10))
-def test_random_chains_match_numpy(device, seed):
+def test_random_chains_match_numpy(device, seed, beside):
+    """beside=1: on CUDA a few blocks loop over the groups of rows (batches up to 5000 take 9 or
+    more groups per block on the H100's 34 blocks)."""
     rng = np.random.default_rng(seed)
     layers = int(rng.integers(1, 5))
     picks = [1, 13, 206, 300] + [int(v) for v in rng.integers(1, 301, size=4)]
     widths = [int(rng.choice(picks)) for _ in range(layers + 1)]
     codes = [int(rng.choice(list(ACT.values()))) for _ in range(layers)]
-    batch = int(rng.choice([0, 1, 7, 300]))
-    model, feeds, weights, biases = _one_node(widths, codes, batch, rng, weights_as_inputs=seed % 3 == 2)
+    batch = int(rng.choice([0, 1, 7, 300] + ([17, 545, 5000] if beside else [])))
+    model, feeds, weights, biases = _one_node(widths, codes, batch, rng, weights_as_inputs=seed % 3 == 2,
+                                              beside=beside)
     sess = dd_ort.ort_session(model, device=device)
     for _ in range(2):  # a second run with fresh X (the node's state carries over)
         got = sess.run(feeds)[0]
@@ -381,9 +387,10 @@ def test_random_chains_match_numpy(device, seed):
     ([C.MLP_MAX_WIDTH, 8, C.MLP_MAX_WIDTH], [ACT["none"], ACT["relu"]]),
     ([64] + [33] * C.MLP_MAX_LAYERS, [ACT["relu"]] * (C.MLP_MAX_LAYERS - 1) + [ACT["sigmoid"]]),
 ])
-def test_paper_like_mlps_at_batch_2048(device, widths, codes):
+@pytest.mark.parametrize("beside", [0, 1])
+def test_paper_like_mlps_at_batch_2048(device, widths, codes, beside):
     rng = np.random.default_rng(len(widths))
-    model, feeds, weights, biases = _one_node(widths, codes, 2048, rng)
+    model, feeds, weights, biases = _one_node(widths, codes, 2048, rng, beside=beside)
     got = dd_ort.ort_session(model, device=device).run(feeds)[0]
     _assert_close(got, _numpy_mlp(feeds["x"], weights, biases, codes))
 
@@ -392,8 +399,8 @@ def test_cpu_generic_forward_matches_numpy():
     """The CPU forward's generic loop (CPUs without AVX2/FMA; DD_CPU_SIMD=0 selects it anywhere), in
     a process of its own: the choice is made once per process."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_mlp as t\n"
-            "for seed in range(10): t.test_random_chains_match_numpy('cpu', seed)\n"
-            "t.test_paper_like_mlps_at_batch_2048('cpu', [206, 128, 64, 1], [1, 1, 2])\n")
+            "for seed in range(10): t.test_random_chains_match_numpy('cpu', seed, None)\n"
+            "t.test_paper_like_mlps_at_batch_2048('cpu', [206, 128, 64, 1], [1, 1, 2], 0)\n")
     r = subprocess.run([sys.executable, "-c", code, str(pathlib.Path(__file__).parent)], capture_output=True,
                        text=True, env={**os.environ, "DD_CPU_SIMD": "0"}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -406,9 +413,11 @@ def test_cuda_weight_copies_per_cluster_size_match_numpy(cluster):
     """The CUDA kernel's weight copies shared by clusters of 1 (plain bulk copies) and 4 blocks (the
     default is 2), in a process of their own: DLRM_DEPLOY_MLP_CLUSTER is read once per process."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_mlp as t\n"
-            "for seed in range(10): t.test_random_chains_match_numpy('cuda', seed)\n"
-            "t.test_paper_like_mlps_at_batch_2048('cuda', [256, 128, 128], [1, 1])\n"
-            "t.test_paper_like_mlps_at_batch_2048('cuda', [206, 128, 64, 1], [1, 1, 2])\n")
+            "for seed in range(10):\n"
+            "    for beside in (None, 1): t.test_random_chains_match_numpy('cuda', seed, beside)\n"
+            "for beside in (0, 1):\n"
+            "    t.test_paper_like_mlps_at_batch_2048('cuda', [256, 128, 128], [1, 1], beside)\n"
+            "    t.test_paper_like_mlps_at_batch_2048('cuda', [206, 128, 64, 1], [1, 1, 2], beside)\n")
     r = subprocess.run([sys.executable, "-c", code, str(pathlib.Path(__file__).parent)], capture_output=True,
                        text=True, env={**os.environ, "DLRM_DEPLOY_MLP_CLUSTER": cluster}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -446,6 +455,12 @@ def test_bad_inputs_fail_with_the_ops_message(device):
     _bad(device, [C.MLP_MAX_WIDTH + 1, 4], [relu], str(C.MLP_MAX_WIDTH + 1))  # X wider than the limit
     deep = C.MLP_MAX_LAYERS + 1
     _bad(device, [4] * (deep + 1), [relu] * deep, "activations")  # more layers than the limit
+
+    def beside(value):
+        def edit(proto):
+            proto.graph.node[0].attribute.append(helper.make_attribute("beside", value))
+        return edit
+    _bad(device, [5, 8], [relu], "beside must be 0 or 1, got 2", edit=beside(2))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -28,10 +28,17 @@ def exported(tmp_path_factory):
     export_onnx(model, make_inputs(cfg, 16, seed=0), folder / "overlap.onnx", overlap=True)
     export_onnx(model, make_inputs(cfg, 16, seed=0), folder / "overlap_join.onnx", overlap=True,
                 fuse_interaction=False)
+    export_onnx(model, make_inputs(cfg, 16, seed=0), folder / "plain_nomlp.onnx", fuse_mlp=False)
+    export_onnx(model, make_inputs(cfg, 16, seed=0), folder / "overlap_nomlp.onnx", overlap=True, fuse_mlp=False)
     return cfg, model, folder
 
 
-FILES = ["overlap.onnx", "overlap_join.onnx"]
+FILES = ["overlap.onnx", "overlap_join.onnx", "overlap_nomlp.onnx"]
+PLAIN = {"overlap.onnx": "plain.onnx", "overlap_join.onnx": "plain_join.onnx", "overlap_nomlp.onnx": "plain_nomlp.onnx"}
+
+
+def _int(node, name):
+    return next((a.i for a in node.attribute if a.name == name), None)
 
 
 def _feeds(cfg, model, batch, seed):
@@ -43,38 +50,56 @@ def _feeds(cfg, model, batch, seed):
         return feeds, model(dense, indices, offsets).numpy()
 
 
-def test_graph_structure_fused(exported):
-    """The default export fuses the interaction: the op right before the DotInteraction that joins
-    its stream, no Join."""
-    _cfg, _model, folder = exported
-    nodes = list(onnx.load(str(folder / "overlap.onnx")).graph.node)
+def _beside_first(nodes, joiner):
+    """The op first in the graph (ONNX Runtime then launches the bottom MLP before the lookups), the
+    fused bottom MLP that feeds `joiner` marked beside=1, no other Mlp marked."""
     kinds = [(n.domain, n.op_type) for n in nodes]
-    op_at = kinds.index((C.DOMAIN, C.OP_TYPE))
-    assert kinds[op_at + 1] == (C.DOMAIN, C.INTERACTION_OP_TYPE)
-    assert next(a.i for a in nodes[op_at].attribute if a.name == "overlap") == 1
-    assert nodes[op_at].output[0] in nodes[op_at + 1].input
+    assert kinds[0] == (C.DOMAIN, C.OP_TYPE) and kinds.count((C.DOMAIN, C.OP_TYPE)) == 1
+    op = nodes[0]
+    assert _int(op, "overlap") == 1
+    join = next(n for n in nodes if (n.domain, n.op_type) == (C.DOMAIN, joiner))
+    assert op.output[0] in join.input
+    mlps = [n for n in nodes if (n.domain, n.op_type) == (C.DOMAIN, C.MLP_OP_TYPE)]
+    assert len(mlps) == 2
+    bottom = [m for m in mlps if m.output[0] in join.input]
+    assert len(bottom) == 1 and _int(bottom[0], "beside") == 1
+    assert [_int(m, "beside") for m in mlps if m is not bottom[0]] == [None]
+    return kinds
+
+
+def test_graph_structure_fused(exported):
+    """The default export fuses the interaction and the MLPs: the DotInteraction joins the op's
+    stream (no Join), the bottom MLP runs beside the lookups."""
+    _cfg, _model, folder = exported
+    kinds = _beside_first(list(onnx.load(str(folder / "overlap.onnx")).graph.node), C.INTERACTION_OP_TYPE)
     assert (C.DOMAIN, C.JOIN_OP_TYPE) not in kinds
 
 
 def test_graph_structure(exported):
     _cfg, _model, folder = exported
-    nodes = list(onnx.load(str(folder / "overlap_join.onnx")).graph.node)
-    kinds = [(n.domain, n.op_type) for n in nodes]
-    op_at = kinds.index((C.DOMAIN, C.OP_TYPE))
-    assert kinds[op_at + 1] == (C.DOMAIN, C.JOIN_OP_TYPE)  # the lookups right before their Join
-    op = nodes[op_at]
-    assert next(a.i for a in op.attribute if a.name == "overlap") == 1
-    join = nodes[op_at + 1]
-    assert join.input[0] == op.output[0] and len(join.input) >= 2
+    _beside_first(list(onnx.load(str(folder / "overlap_join.onnx")).graph.node), C.JOIN_OP_TYPE)
     plain = [(n.domain, n.op_type) for n in onnx.load(str(folder / "plain.onnx")).graph.node]
     assert (C.DOMAIN, C.JOIN_OP_TYPE) not in plain
+
+
+def test_graph_structure_without_fused_mlp(exported):
+    """No fused bottom MLP to put beside: the op right before the interaction that joins it, so that
+    ONNX Runtime launches the lookups first."""
+    _cfg, _model, folder = exported
+    nodes = list(onnx.load(str(folder / "overlap_nomlp.onnx")).graph.node)
+    kinds = [(n.domain, n.op_type) for n in nodes]
+    op_at = kinds.index((C.DOMAIN, C.OP_TYPE))
+    assert op_at > 0 and kinds[op_at + 1] == (C.DOMAIN, C.INTERACTION_OP_TYPE)
+    assert _int(nodes[op_at], "overlap") == 1
+    assert nodes[op_at].output[0] in nodes[op_at + 1].input
+    assert (C.DOMAIN, C.MLP_OP_TYPE) not in kinds
 
 
 @pytest.mark.parametrize("name", FILES)
 @pytest.mark.parametrize("device", DEVICES)
 def test_overlap_matches_plain_and_rejects_bad_input(exported, device, name):
     cfg, model, folder = exported
-    plain = dd_ort.ort_session(folder / ("plain.onnx" if name == "overlap.onnx" else "plain_join.onnx"), device=device)
+    plain = dd_ort.ort_session(folder / PLAIN[name], device=device)
     over = dd_ort.ort_session(folder / name, device=device)
     for batch, seed in [(32, 1), (5, 2), (64, 3)]:
         feeds, ref = _feeds(cfg, model, batch, seed)

@@ -122,6 +122,8 @@ int dd_mlp_check(const dd_mlp_args* a, char* msg, size_t len) {
   if (a->layers < 1 || a->layers > DD_MLP_MAX_LAYERS)
     return fail(DD_ERR_CONFIG, msg, len, "takes 1 to %d layers, got %d", DD_MLP_MAX_LAYERS, (int)a->layers);
   if (a->batch < 0) return fail(DD_ERR_INPUT, msg, len, "negative batch");
+  if (a->max_blocks < 0 && a->max_blocks != DD_MLP_BESIDE)
+    return fail(DD_ERR_CONFIG, msg, len, "max_blocks %d is neither >= 0 nor DD_MLP_BESIDE", (int)a->max_blocks);
   if (a->in_width < 1 || a->in_width > DD_MLP_MAX_WIDTH)
     return fail(DD_ERR_INPUT, msg, len, "the input has %lld columns; 1 to %d are supported", (long long)a->in_width,
                 DD_MLP_MAX_WIDTH);

@@ -277,41 +277,49 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_kernel(const float* __restric
     bulk_preload(L, ws, bars);
   else if (L.preload)  // every layer's weights in flight at once, one commit group per layer
     for (int l = 0; l < L.count; ++l) stage_layer(ws + L.off[l], L.ldw[l], L.w[l], L.k[l], L.vec[l], 0, L.n[l]);
-  const int64_t r0 = (int64_t)blockIdx.x * block_rows;
-  const int rows = (int)max((int64_t)0, min((int64_t)block_rows, batch - r0));  // 0: a cluster's spare block
-  const float* xs = x + r0 * in_width;  // the block's rows, contiguous
-  if (x_vec) {
-    const int q = in_width / 4;
-    for (int e = threadIdx.x; e < rows * q; e += kThreads)
-      *reinterpret_cast<float4*>(buf_a + (e / q) * ld_a + 4 * (e % q)) = __ldg(reinterpret_cast<const float4*>(xs) + e);
-  } else {
-    for (int e = threadIdx.x; e < rows * in_width; e += kThreads)
-      buf_a[(e / in_width) * ld_a + e % in_width] = __ldg(xs + e);
-  }
-  for (int l = 0; l < L.count; ++l) {
-    const bool last = l + 1 == L.count, even = l % 2 == 0;
-    const float* in = even ? buf_a : buf_b;
-    const int ld_in = even ? ld_a : ld_b;
-    float* dst = last ? y + r0 * L.n[l] : even ? buf_b : buf_a;
-    const int64_t ld_out = last ? L.n[l] : even ? ld_b : ld_a;
-    const int K = L.k[l], N = L.n[l];
-    if (L.preload) {
-      if (L.bulk)
-        bulk_wait(bars + l);  // this layer's bytes landed (later layers' may still fly)
-      else
-        __pipeline_wait_prior(L.count - 1 - l);  // this layer's group landed (later layers' may still fly)
-      __syncthreads();                           // ... for every thread's copies; the layer's input written
-      layer_tiles(L.r[l], L.cb[l], in, ld_in, rows, K, ws + L.off[l], L.ldw[l], 0, N, L.b[l], L.act[l], dst, ld_out,
-                  L.rg[l]);
-      continue;
+  // A block per group of block_rows rows, or (a grid of fewer blocks) each block taking every
+  // gridDim.x-th group with its weights staged once. A block with no rows (a cluster's spare)
+  // still waits for every layer's copies: its peers write into its shared memory.
+  const int64_t groups = (batch + block_rows - 1) / block_rows;
+  for (int64_t g = blockIdx.x; g < max(groups, (int64_t)gridDim.x); g += gridDim.x) {
+    const int64_t r0 = g * block_rows;
+    const int rows = (int)max((int64_t)0, min((int64_t)block_rows, batch - r0));
+    if (g != blockIdx.x) __syncthreads();  // the previous group's last layer has read its input
+    const float* xs = x + r0 * in_width;  // the group's rows, contiguous
+    if (x_vec) {
+      const int q = in_width / 4;
+      for (int e = threadIdx.x; e < rows * q; e += kThreads)
+        *reinterpret_cast<float4*>(buf_a + (e / q) * ld_a + 4 * (e % q)) = __ldg(reinterpret_cast<const float4*>(xs) + e);
+    } else {
+      for (int e = threadIdx.x; e < rows * in_width; e += kThreads)
+        buf_a[(e / in_width) * ld_a + e % in_width] = __ldg(xs + e);
     }
-    for (int c0 = 0; c0 < N; c0 += chunk) {
-      const int pe = min(chunk, N - c0);
-      __syncthreads();  // ws and the layer's input are free / written
-      stage_layer(ws, L.ldw[l], L.w[l] + (size_t)c0 * K, K, L.vec[l], 0, pe);
-      __pipeline_wait_prior(0);
-      __syncthreads();
-      layer_tiles(L.r[l], L.cb[l], in, ld_in, rows, K, ws, L.ldw[l], c0, pe, L.b[l], L.act[l], dst, ld_out, L.rg[l]);
+    for (int l = 0; l < L.count; ++l) {
+      const bool last = l + 1 == L.count, even = l % 2 == 0;
+      const float* in = even ? buf_a : buf_b;
+      const int ld_in = even ? ld_a : ld_b;
+      float* dst = last ? y + r0 * L.n[l] : even ? buf_b : buf_a;
+      const int64_t ld_out = last ? L.n[l] : even ? ld_b : ld_a;
+      const int K = L.k[l], N = L.n[l];
+      if (L.preload) {
+        if (L.bulk)
+          bulk_wait(bars + l);  // this layer's bytes landed (later layers' may still fly); at once after the first group
+        else
+          __pipeline_wait_prior(L.count - 1 - l);  // this layer's group landed (later layers' may still fly)
+        __syncthreads();                           // ... for every thread's copies; the layer's input written
+        layer_tiles(L.r[l], L.cb[l], in, ld_in, rows, K, ws + L.off[l], L.ldw[l], 0, N, L.b[l], L.act[l], dst,
+                    ld_out, L.rg[l]);
+        continue;
+      }
+      for (int c0 = 0; c0 < N; c0 += chunk) {
+        const int pe = min(chunk, N - c0);
+        __syncthreads();  // ws and the layer's input are free / written
+        stage_layer(ws, L.ldw[l], L.w[l] + (size_t)c0 * K, K, L.vec[l], 0, pe);
+        __pipeline_wait_prior(0);
+        __syncthreads();
+        layer_tiles(L.r[l], L.cb[l], in, ld_in, rows, K, ws, L.ldw[l], c0, pe, L.b[l], L.act[l], dst, ld_out,
+                    L.rg[l]);
+      }
     }
   }
 }
@@ -426,7 +434,7 @@ int plan_chain(const dd_mlp_args* a, const dd::DeviceInfo& dev, ChainPlan* p, ch
   }
   const int ld_a = padded(wide_a), ld_b = padded(wide_b);
   const size_t smem_limit = (size_t)dev.smem_optin;
-  int block_rows = rows_per_block(a->batch, dev.sms);
+  int block_rows = a->max_blocks != 0 ? kMaxRows : rows_per_block(a->batch, dev.sms);
   auto bytes = [&](int rows_, size_t weight_floats) {
     return kBarBytes + sizeof(float) * ((size_t)rows_ * (ld_a + ld_b) + weight_floats);
   };
@@ -482,6 +490,10 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
     g_raised[dev.ordinal].store(1);
   }
   int64_t blocks = (a->batch + block_rows - 1) / block_rows;
+  // Beside other kernels (the lookups): few blocks looping over the row groups, so that the others
+  // keep most SMs. A quarter of the SMs measured best on the H100 (bench below, in the .cu header).
+  if (a->max_blocks != 0)
+    blocks = std::min<int64_t>(blocks, a->max_blocks > 0 ? a->max_blocks : std::max(1, dev.sms / 4));
   // Bulk copies shared by a cluster of blocks (a multiple of its size, spare blocks compute nothing).
   const int csize = L.bulk ? cluster_size(blocks) : 1;
   blocks = (blocks + csize - 1) / csize * csize;

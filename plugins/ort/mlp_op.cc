@@ -24,6 +24,12 @@ MlpKernel::MlpKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr*
       *status = Error(ORT_INVALID_ARGUMENT, "activation " + std::to_string(activations_[i]) + " of layer " +
                                                 std::to_string(i + 1) + " is not 0 (none), 1 (relu) or 2 (sigmoid)");
   if (*status != nullptr) return;
+  const OrtApi& api = Ort::GetApi();
+  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "beside", &beside_)) api.ReleaseStatus(st);  // optional
+  if (beside_ != 0 && beside_ != 1) {
+    *status = Error(ORT_INVALID_ARGUMENT, "beside must be 0 or 1, got " + std::to_string(beside_));
+    return;
+  }
   if (kinfo.GetInputCount() != 1 + 2 * n)
     *status = Error(ORT_INVALID_ARGUMENT, "takes 1 + 2 x " + std::to_string(n) + " inputs (X, then W and b per layer), got " +
                                               std::to_string(kinfo.GetInputCount()));
@@ -33,6 +39,7 @@ OrtStatusPtr MlpKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   dd_mlp_args a{};
   a.layers = (int32_t)activations_.size();  // 1 + 2 x layers inputs: checked when the kernel was made
+  a.max_blocks = beside_ ? DD_MLP_BESIDE : 0;
   Ort::ConstValue xv = ctx.GetInput(0);
   const std::vector<int64_t> xs = xv.GetTensorTypeAndShapeInfo().GetShape();
   if (xs.size() != 2) return Error(ORT_INVALID_ARGUMENT, "input X must be 2-D [batch, features]");

@@ -1,6 +1,7 @@
 // ONNX Runtime adapter of dlrm_deploy::Mlp (a chain of fully connected layers in one kernel; the
 // export's fuse_mlp pass writes it): float inputs X [B, K0], then W_i [N_i, K_i] and b_i [N_i] per
-// layer; attribute activations (one per layer: 0 none, 1 relu, 2 sigmoid); output [B, N_L].
+// layer; attribute activations (one per layer: 0 none, 1 relu, 2 sigmoid), optional beside (1: the
+// chain runs beside the lookups on a few SMs); output [B, N_L].
 #pragma once
 
 #include <string>
@@ -23,6 +24,7 @@ class MlpKernel : public KernelBase {
   OrtStatusPtr Compute(OrtKernelContext* context) override;
 
   std::vector<int64_t> activations_;
+  int64_t beside_ = 0;
 };
 
 struct MlpOp : VariadicFloatOp<MlpOp, MlpKernel, /*MinArity=*/3> {

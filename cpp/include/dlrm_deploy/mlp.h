@@ -19,6 +19,7 @@ extern "C" {
 #define DD_MLP_NONE 0
 #define DD_MLP_RELU 1
 #define DD_MLP_SIGMOID 2
+#define DD_MLP_BESIDE (-1) /* max_blocks: a quarter of the device's SMs (the op's beside=1) */
 
 typedef struct dd_mlp_args {
   const float* x;    /* [batch, in_width] */
@@ -32,6 +33,10 @@ typedef struct dd_mlp_args {
   int64_t b_len[DD_MLP_MAX_LAYERS];
   int32_t activations[DD_MLP_MAX_LAYERS];
   float* out; /* [batch, w_rows[layers - 1]] */
+  int32_t max_blocks; /* CUDA: 0 = a block per few rows (every SM busy); n > 0 = at most n blocks, each
+                       * staging the weights once and taking every n-th group of rows, so that the
+                       * chain holds at most n SMs while other kernels run beside it; DD_MLP_BESIDE =
+                       * a quarter of the device's SMs */
 } dd_mlp_args;
 
 /* Checks the layer count, shapes, widths (<= DD_MLP_MAX_WIDTH) and activation codes. */

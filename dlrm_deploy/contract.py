@@ -119,7 +119,7 @@ CONFIG_MEMBERS = (
     ("pinned_rows", "int64_t", 1, "hottest rows per table (a hot prefix after reordering)"),
     ("hot_first", "int32_t", 1, "1: all tables' hot prefixes stored first (see below)"),
     ("check", "int32_t", 1, "dd_check"),
-    ("overlap", "int32_t", 1, "1: the adapter runs the lookups on a stream of its own"),
+    ("overlap", "int32_t", 1, "1, 2: the adapter runs the lookups on a stream of its own (2: launched by the joining node)"),
 )
 
 
@@ -140,7 +140,9 @@ FIELDS: tuple[Field, ...] = (
     Field("hot_first", INT, "0", "1: every table's hot prefix is stored first in the packed weights", (0, 1)),
     Field("check", STRING, "checked", "bounds checking: " + "|".join(CHECKS)),
     Field("overlap", INT, "0", "1: on the CUDA provider the lookups run on the op's own stream, concurrently with the "
-          "graph's other nodes, until the dlrm_deploy::Join node that reads the output (ONNX Runtime only)", (0, 1)),
+          "graph's other nodes, until the dlrm_deploy::Join node that reads the output (ONNX Runtime only); 2: the "
+          "same, with the lookups launched when that node runs (after the nodes before it, e.g. a bottom MLP with "
+          "beside=1, were launched)", (0, 2)),
 )
 
 FIELD_BY_NAME = {f.name: f for f in FIELDS}

@@ -8,14 +8,16 @@ before the Join (the bottom MLP), and Join joins the streams, reports bad input 
 concatenates. An EmbeddingBag whose output feeds a fused ``DotInteraction`` (export/interaction.py)
 is marked the same way without a Join: that node joins the op's stream itself.
 
-Where the other input of that Join / interaction is a fused ``dlrm_deploy::Mlp`` (the bottom MLP),
-that node gets ``beside=1`` (its kernel holds a quarter of the SMs, each block looping over groups
-of rows) and the EmbeddingBag node goes first in the graph: ONNX Runtime's default order visits the
-later-defined input of a node first, so the MLP is launched first and takes its few SMs before the
-lookups' blocks fill the rest. (A full-grid MLP launched first would hold every SM while the lookups
-start; launched second, it waits for the lookups' tail: either way it barely overlaps.) Otherwise
-the EmbeddingBag node is moved just before its Join, so that the lookups are launched before the
-other branch. ONNX Runtime only (TensorRT has no Join plugin); other providers run it inline.
+The EmbeddingBag node is moved just before its Join (or interaction): ONNX Runtime's default order
+visits the later-defined input of a node first, so the op runs before the other branch and its
+stream forks before the bottom MLP. Where that other input is a fused ``dlrm_deploy::Mlp`` (the
+bottom MLP), the MLP gets ``beside=1`` (its kernel holds a quarter of the SMs, each block looping
+over groups of rows) and the op ``overlap=2``: the lookups are launched by the joining node, after
+the MLP, so that the MLP's blocks take their few SMs first and the lookups' blocks fill the rest.
+(A full-grid MLP launched first holds every SM while the lookups start; launched after the
+lookups, any MLP waits for their tail: either way it barely overlaps.) Otherwise ``overlap=1``: the
+lookups are launched at once, before the other branch. ONNX Runtime only (TensorRT has no Join
+plugin); other providers run it inline.
 """
 
 from __future__ import annotations
@@ -30,24 +32,24 @@ def _concat_axis(node: onnx.NodeProto) -> int | None:
     return next((a.i for a in node.attribute if a.name == "axis"), None)
 
 
-def _mark(op: onnx.NodeProto, name: str = "overlap") -> None:
+def _mark(op: onnx.NodeProto, name: str, value: int = 1) -> None:
     for a in op.attribute:
         if a.name == name:
-            a.i = 1
+            a.i = value
             return
-    op.attribute.append(helper.make_attribute(name, 1))
+    op.attribute.append(helper.make_attribute(name, value))
 
 
 def _place(graph: onnx.GraphProto, op: onnx.NodeProto, user: onnx.NodeProto, others: list[str]) -> None:
-    """Marks op overlap=1 and every fused Mlp that produces one of `others` beside=1, and orders the
-    nodes: op first in the graph when it has such an MLP beside it, else just before `user`."""
+    """Marks every fused Mlp that produces one of `others` beside=1 and op overlap=2 (overlap=1 when
+    there is none), and moves op just before `user`."""
     # (by value: rewriting graph.node copies its messages, so an earlier pass's objects are not these)
     nodes = [n for n in graph.node if n != op]
     beside = [n for n in nodes if n.domain == C.DOMAIN and n.op_type == C.MLP_OP_TYPE and n.output[0] in others]
     for mlp in beside:
         _mark(mlp, "beside")
-    nodes.insert(0 if beside else next(i for i, n in enumerate(nodes) if n == user), op)
-    _mark(op)
+    nodes.insert(next(i for i, n in enumerate(nodes) if n == user), op)
+    _mark(op, "overlap", 2 if beside else 1)
     del graph.node[:]
     graph.node.extend(nodes)
 

@@ -50,15 +50,15 @@ def _feeds(cfg, model, batch, seed):
         return feeds, model(dense, indices, offsets).numpy()
 
 
-def _beside_first(nodes, joiner):
-    """The op first in the graph (ONNX Runtime then launches the bottom MLP before the lookups), the
-    fused bottom MLP that feeds `joiner` marked beside=1, no other Mlp marked."""
+def _beside(nodes, joiner):
+    """The op right before the node that joins it (ONNX Runtime then runs the op first, forking its
+    stream before the bottom MLP), overlap=2 (the joining node launches the lookups, after the MLP),
+    the fused bottom MLP that feeds the joiner marked beside=1, no other Mlp marked."""
     kinds = [(n.domain, n.op_type) for n in nodes]
-    assert kinds[0] == (C.DOMAIN, C.OP_TYPE) and kinds.count((C.DOMAIN, C.OP_TYPE)) == 1
-    op = nodes[0]
-    assert _int(op, "overlap") == 1
-    join = next(n for n in nodes if (n.domain, n.op_type) == (C.DOMAIN, joiner))
-    assert op.output[0] in join.input
+    op_at = kinds.index((C.DOMAIN, C.OP_TYPE))
+    assert kinds.count((C.DOMAIN, C.OP_TYPE)) == 1 and kinds[op_at + 1] == (C.DOMAIN, joiner)
+    op, join = nodes[op_at], nodes[op_at + 1]
+    assert _int(op, "overlap") == 2 and op.output[0] in join.input
     mlps = [n for n in nodes if (n.domain, n.op_type) == (C.DOMAIN, C.MLP_OP_TYPE)]
     assert len(mlps) == 2
     bottom = [m for m in mlps if m.output[0] in join.input]
@@ -71,26 +71,26 @@ def test_graph_structure_fused(exported):
     """The default export fuses the interaction and the MLPs: the DotInteraction joins the op's
     stream (no Join), the bottom MLP runs beside the lookups."""
     _cfg, _model, folder = exported
-    kinds = _beside_first(list(onnx.load(str(folder / "overlap.onnx")).graph.node), C.INTERACTION_OP_TYPE)
+    kinds = _beside(list(onnx.load(str(folder / "overlap.onnx")).graph.node), C.INTERACTION_OP_TYPE)
     assert (C.DOMAIN, C.JOIN_OP_TYPE) not in kinds
 
 
 def test_graph_structure(exported):
     _cfg, _model, folder = exported
-    _beside_first(list(onnx.load(str(folder / "overlap_join.onnx")).graph.node), C.JOIN_OP_TYPE)
+    _beside(list(onnx.load(str(folder / "overlap_join.onnx")).graph.node), C.JOIN_OP_TYPE)
     plain = [(n.domain, n.op_type) for n in onnx.load(str(folder / "plain.onnx")).graph.node]
     assert (C.DOMAIN, C.JOIN_OP_TYPE) not in plain
 
 
 def test_graph_structure_without_fused_mlp(exported):
-    """No fused bottom MLP to put beside: the op right before the interaction that joins it, so that
-    ONNX Runtime launches the lookups first."""
+    """No fused bottom MLP to put beside: overlap=1, the op right before the interaction that joins
+    it, so that ONNX Runtime launches the lookups first."""
     _cfg, _model, folder = exported
     nodes = list(onnx.load(str(folder / "overlap_nomlp.onnx")).graph.node)
     kinds = [(n.domain, n.op_type) for n in nodes]
     op_at = kinds.index((C.DOMAIN, C.OP_TYPE))
-    assert op_at > 0 and kinds[op_at + 1] == (C.DOMAIN, C.INTERACTION_OP_TYPE)
-    assert _int(nodes[op_at], "overlap") == 1
+    assert kinds[op_at + 1] == (C.DOMAIN, C.INTERACTION_OP_TYPE)
+    assert _int(nodes[op_at], "overlap") == 1  # launched at once
     assert nodes[op_at].output[0] in nodes[op_at + 1].input
     assert (C.DOMAIN, C.MLP_OP_TYPE) not in kinds
 

@@ -339,10 +339,13 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
                                         const float* psw, int64_t num_indices, int64_t num_offsets,
                                         const std::vector<dd_table_lookups>* tables, void* out, char* msg) {
   const OrtApi& api = Ort::GetApi();
-  auto forward = [&](void* ws, void* stream, const dd_config* cfg) {  // the CUDA provider's call
-    return tables ? dd_forward_tables_cuda(cfg, w, tables->data(), out, ws, stream, msg, DD_MSG_LEN)
-                  : dd_forward_cuda(cfg, w, idx, off, psw, num_indices, num_offsets, out, ws, stream, msg,
-                                    DD_MSG_LEN);
+  // The CUDA provider's call, by value: with overlap=2 it runs after Compute has returned.
+  std::vector<dd_table_lookups> per_table;
+  if (tables != nullptr) per_table = *tables;
+  const bool packed = tables == nullptr;
+  Forward forward = [=](void* ws, void* stream, const dd_config* cfg, char* m) {
+    return packed ? dd_forward_cuda(cfg, w, idx, off, psw, num_indices, num_offsets, out, ws, stream, m, DD_MSG_LEN)
+                  : dd_forward_tables_cuda(cfg, w, per_table.data(), out, ws, stream, m, DD_MSG_LEN);
   };
   int rc = DD_OK;
   if (provider_ == Provider::kCpu) {
@@ -399,11 +402,11 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
         return Error(ORT_FAIL, "cannot allocate the kernel workspace");
       }
       // checked mode synchronises the stream before returning, so the workspace is free again.
-      rc = forward(ws, stream, &cfg_);
+      rc = forward(ws, stream, &cfg_, msg);
       allocator->Free(allocator, ws);
       api.ReleaseAllocator(allocator);
     } else {
-      rc = forward(nullptr, stream, &cfg_);
+      rc = forward(nullptr, stream, &cfg_, msg);
     }
   }
   if (rc != DD_OK) return Error(ErrorCodeOf(rc), msg);
@@ -440,7 +443,7 @@ int EmbeddingBagKernel::LaunchCaptured(const Forward& forward, void* stream, cha
   dd_config cfg = cfg_;
   cfg.check = DD_DEFERRED;
   int rc = dd_clear_error(persistent_workspace_, stream, msg, DD_MSG_LEN);
-  if (rc == DD_OK) rc = forward(persistent_workspace_, stream, &cfg);
+  if (rc == DD_OK) rc = forward(persistent_workspace_, stream, &cfg, msg);
   if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, DD_MSG_LEN);
   if (rc == DD_OK) {
     std::lock_guard<std::mutex> reg(g_captured_mutex);
@@ -451,7 +454,10 @@ int EmbeddingBagKernel::LaunchCaptured(const Forward& forward, void* stream, cha
 
 // The lookups on the op's own stream, joined back by the Join node reading output. check=checked
 // runs as deferred there (nothing synchronises here) and Join reads the record (or, inside a CUDA
-// graph capture, the session does after the replay, as in LaunchCaptured).
+// graph capture, the session does after the replay, as in LaunchCaptured). overlap=2: the stream
+// forks here but the lookups are launched when the joining node runs (FinishPending), after the
+// nodes between (the bottom MLP, beside=1) were launched, so that those take their SMs first; the
+// inputs are graph inputs and initializers (the export's overlap pass checks), alive until then.
 OrtStatusPtr EmbeddingBagKernel::LaunchOverlapped(const Forward& forward, void* stream, const void* output,
                                                   const std::vector<dd_table_lookups>* tables, char* msg) {
   const bool capturing = dd_stream_capturing(stream) != 0;
@@ -463,25 +469,33 @@ OrtStatusPtr EmbeddingBagKernel::LaunchOverlapped(const Forward& forward, void* 
   pending.overlap = overlap_;
   pending.node = node_name_;
   if (tables != nullptr) pending.names = *tables;
-  int rc = DD_OK;
-  if (cfg_.check == DD_UNCHECKED) {
-    rc = forward(nullptr, side, &cfg_);
-  } else if (cfg_.check == DD_DEFERRED) {
-    rc = LaunchDeferred(forward, side, msg);
-  } else if (capturing) {
-    rc = LaunchCaptured(forward, side, msg);
-  } else {
+  if (cfg_.check == DD_CHECKED && !capturing) {
     pending.workspace = workspace_allocator_->Alloc(workspace_allocator_, dd_workspace_size(&cfg_));
     if (pending.workspace == nullptr) return Error(ORT_FAIL, "cannot allocate the kernel workspace");
     pending.allocator = workspace_allocator_;
     pending.checked = true;
-    dd_config cfg = cfg_;
-    cfg.check = DD_DEFERRED;  // validate without synchronising; Join synchronises and reports
-    rc = dd_clear_error(pending.workspace, side, msg, DD_MSG_LEN);
-    if (rc == DD_OK) rc = forward(pending.workspace, side, &cfg);
   }
-  if (rc == DD_OK) rc = dd_overlap_done(overlap_, msg, DD_MSG_LEN);
-  if (rc != DD_OK) {
+  void* ws = pending.workspace;
+  auto launch = [this, forward, side, capturing, ws](char* m) {
+    int rc = DD_OK;
+    if (cfg_.check == DD_UNCHECKED) {
+      rc = forward(nullptr, side, &cfg_, m);
+    } else if (cfg_.check == DD_DEFERRED) {
+      rc = LaunchDeferred(forward, side, m);
+    } else if (capturing) {
+      rc = LaunchCaptured(forward, side, m);
+    } else {
+      dd_config cfg = cfg_;
+      cfg.check = DD_DEFERRED;  // validate without synchronising; Join synchronises and reports
+      rc = dd_clear_error(ws, side, m, DD_MSG_LEN);
+      if (rc == DD_OK) rc = forward(ws, side, &cfg, m);
+    }
+    if (rc == DD_OK) rc = dd_overlap_done(overlap_, m, DD_MSG_LEN);
+    return rc;
+  };
+  if (cfg_.overlap == 2) {
+    pending.launch = launch;
+  } else if (int rc = launch(msg)) {
     if (pending.allocator != nullptr) pending.allocator->Free(pending.allocator, pending.workspace);
     return Error(ErrorCodeOf(rc), msg);
   }
@@ -504,7 +518,7 @@ int EmbeddingBagKernel::LaunchDeferred(const Forward& forward, void* stream, cha
       dd_deferred_poll_tables(deferred_, persistent_workspace_, stream, 0, Names(), earlier, sizeof(earlier)) ==
           DD_ERR_INPUT)
     ReportDeferred(earlier);
-  int rc = forward(persistent_workspace_, stream, &cfg_);
+  int rc = forward(persistent_workspace_, stream, &cfg_, msg);
   if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, DD_MSG_LEN);
   return rc;
 }

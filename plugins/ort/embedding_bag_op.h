@@ -41,10 +41,11 @@ class EmbeddingBagKernel {
   OrtStatusPtr Launch(OrtKernelContext* context, const void* weights, const void* indices, const void* offsets,
                       const float* psw, int64_t num_indices, int64_t num_offsets,
                       const std::vector<dd_table_lookups>* tables, void* out, char* msg);
-  // The core's forward for one call, on a given workspace, stream and config (check mode).
-  using Forward = std::function<int(void* workspace, void* stream, const dd_config* cfg)>;
+  // The core's forward for one call, on a given workspace, stream and config (check mode); errors
+  // in msg (DD_MSG_LEN bytes).
+  using Forward = std::function<int(void* workspace, void* stream, const dd_config* cfg, char* msg)>;
   // overlap=1 on CUDA: the lookups on the op's own stream; the Join node that reads the output
-  // joins it back (see join_op.h).
+  // joins it back (see join_op.h). overlap=2: the same, launched by that node.
   OrtStatusPtr LaunchOverlapped(const Forward& forward, void* stream, const void* output,
                                 const std::vector<dd_table_lookups>* tables, char* msg);
   // Persistent workspace and pinned record for a later capture (outside capture only).

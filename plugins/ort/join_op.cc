@@ -43,6 +43,13 @@ JoinKernel::JoinKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPt
 // first bad input; frees a per-call workspace. who names the joining node in CUDA failures.
 OrtStatusPtr FinishPending(const PendingLookups& p, void* stream, const std::string& who) {
   char msg[DD_MSG_LEN] = {0};
+  if (p.launch) {  // overlap=2: the lookups start now, after the nodes between were launched
+    if (int rc = p.launch(msg)) {
+      if (p.allocator != nullptr) p.allocator->Free(p.allocator, p.workspace);
+      return Ort::GetApi().CreateStatus(rc == DD_ERR_INPUT ? ORT_INVALID_ARGUMENT : ORT_FAIL,
+                                        ("dlrm_deploy::EmbeddingBag (node '" + p.node + "'): " + msg).c_str());
+    }
+  }
   int rc = dd_overlap_join(p.overlap, stream, msg, sizeof(msg));
   dd_error_record rec{};
   if (rc == DD_OK && p.checked) rc = dd_fetch_error(p.workspace, stream, &rec, msg, sizeof(msg));

@@ -3,6 +3,7 @@
 // check=checked, reports that EmbeddingBag's bad input as this node's error).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,9 @@ struct PendingLookups {
   bool checked = false;               // Join synchronises and reports bad input
   std::vector<dd_table_lookups> names;  // for messages (pointers into the kernel's input names)
   std::string node;                     // the EmbeddingBag node's name
+  // overlap=2: launches the lookups on the op's stream (forked already) and marks their end;
+  // errors in msg (DD_MSG_LEN bytes). Empty when they were launched by the EmbeddingBag node.
+  std::function<int(char* msg)> launch;
 };
 
 // Output data pointer -> its pending lookups (set by EmbeddingBag, taken by Join).

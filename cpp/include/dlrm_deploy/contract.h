@@ -60,7 +60,7 @@ typedef enum {
 #define DD_HOT_FIRST_MIN 0LL
 #define DD_HOT_FIRST_MAX 1LL
 #define DD_OVERLAP_MIN 0LL
-#define DD_OVERLAP_MAX 1LL
+#define DD_OVERLAP_MAX 2LL
 
 /* The op's attributes: everything fixed at export/build time. Shapes known only per call
  * (number of indices and offsets) are arguments of dd_forward_*. */
@@ -78,7 +78,7 @@ typedef struct dd_config {
   int64_t pinned_rows;                /* hottest rows per table (a hot prefix after reordering) */
   int32_t hot_first;                  /* 1: all tables' hot prefixes stored first (see below) */
   int32_t check;                      /* dd_check */
-  int32_t overlap;                    /* 1: the adapter runs the lookups on a stream of its own */
+  int32_t overlap;                    /* 1, 2: the adapter runs the lookups on a stream of its own (2: launched by the joining node) */
 } dd_config;
 
 #endif /* DLRM_DEPLOY_CONTRACT_H_ */

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <type_traits>
+#include <cstdio>
 #include <cstdlib>
 
 #include "cuda/status.cuh"
@@ -39,6 +40,10 @@ namespace {
 #endif
 constexpr int kThreads = DD_MLP_THREADS;  // 512 measured 5-25% slower on the H100 (paper MLPs, batch 256-4096)
 constexpr int kWarps = kThreads / 32;
+#ifndef DD_MLP_UNROLL
+#define DD_MLP_UNROLL 4
+#endif
+constexpr int kUnroll = DD_MLP_UNROLL;  // steps of K per unrolled loop body
 constexpr int kMaxRows = 16;  // rows of the batch per block
 constexpr int kMaxDevices = 64;
 constexpr int kCluster = 2;  // blocks sharing each weight read (bulk copies)
@@ -122,7 +127,7 @@ __device__ __forceinline__ void tiles(const float* in, int ld_in, int rows, int 
     for (int i = 0; i < R; ++i)
 #pragma unroll
       for (int j = 0; j < CB; ++j) acc[i][j] = 0.f;
-#pragma unroll 2
+#pragma unroll kUnroll
     for (int k = 0; k < kv; k += VW) {
       Vec wv[CB], xv[R];
 #pragma unroll
@@ -460,6 +465,11 @@ int plan_chain(const dd_mlp_args* a, const dd::DeviceInfo& dev, ChainPlan* p, ch
     return fail(DD_ERR_UNSUPPORTED, msg, len, "layers %lld wide do not fit in shared memory (%d bytes)",
                 (long long)std::max<int64_t>(std::max<int64_t>(wide_a, wide_b), widest_n), dev.smem_optin);
   for (int i = 0; i < a->layers; ++i) pick_tile(block_rows, std::min(chunk, L.n[i]), &L.rg[i], &L.r[i], &L.cb[i]);
+  static const char* forced_tile = std::getenv("DLRM_DEPLOY_MLP_TILE");  // "rg,r,cb" for every layer (tuning)
+  int frg = 0, fr = 0, fcb = 0;
+  if (forced_tile && std::sscanf(forced_tile, "%d,%d,%d", &frg, &fr, &fcb) == 3 && (frg == 1 || frg == 2 || frg == 4 || frg == 8) &&
+      (fr == 1 || fr == 2 || fr == 4 || fr == 8) && (fcb == 1 || fcb == 2))
+    for (int i = 0; i < a->layers; ++i) L.rg[i] = frg, L.r[i] = fr, L.cb[i] = fcb;
   p->ld_a = ld_a;
   p->ld_b = ld_b;
   p->block_rows = block_rows;

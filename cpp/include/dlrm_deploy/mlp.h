@@ -19,7 +19,8 @@ extern "C" {
 #define DD_MLP_NONE 0
 #define DD_MLP_RELU 1
 #define DD_MLP_SIGMOID 2
-#define DD_MLP_BESIDE (-1) /* max_blocks: a quarter of the device's SMs (the op's beside=1) */
+#define DD_MLP_BESIDE (-1) /* max_blocks: a quarter of the device's SMs where that gives each block two
+                               * groups of rows or more, else 0 (the op's beside=1) */
 
 typedef struct dd_mlp_args {
   const float* x;    /* [batch, in_width] */
@@ -35,8 +36,8 @@ typedef struct dd_mlp_args {
   float* out; /* [batch, w_rows[layers - 1]] */
   int32_t max_blocks; /* CUDA: 0 = a block per few rows (every SM busy); n > 0 = at most n blocks, each
                        * staging the weights once and taking every n-th group of rows, so that the
-                       * chain holds at most n SMs while other kernels run beside it; DD_MLP_BESIDE =
-                       * a quarter of the device's SMs */
+                       * chain holds at most n SMs while other kernels run beside it; DD_MLP_BESIDE
+                       * (above) */
 } dd_mlp_args;
 
 /* Checks the layer count, shapes, widths (<= DD_MLP_MAX_WIDTH) and activation codes. */

@@ -180,8 +180,7 @@ MLP_ATTRIBUTES = (("activations", "ints", "one code per layer: "
                    + ", ".join(f"{v} = {k}" for k, v in MLP_ACTIVATIONS.items())),
                   ("beside", "int", "0 (default) or 1: the chain runs beside the lookups (export's overlap marks the "
                    "bottom MLP); on the CUDA provider its blocks then hold a quarter of the SMs, each looping over "
-                   "groups of 16 rows, and the lookups take the rest (at batches too small for two groups per "
-                   "block, the usual grid). Same output"))
+                   "groups of 16 rows, and the lookups take the rest (small batches: the usual grid). Same output"))
 MLP_MAX_WIDTH = 4096  # every width (K0 and each N_i) of a node
 MLP_MAX_LAYERS = 16  # L of a node (DD_MLP_MAX_LAYERS, cpp/include/dlrm_deploy/mlp.h)
 OUTPUTS = (("output", "float|float16|bfloat16 (out_dtype)", "[B, T*D] pooled bags, table t in columns t*D..t*D+D-1"),)

@@ -1,4 +1,5 @@
 // CPU-only build: the CUDA entry points exist and say why they cannot run.
+#include "dlrm_deploy/mlp.h"
 #include "internal.h"
 
 using dd::fail;
@@ -46,6 +47,7 @@ dd_overlap* dd_overlap_create(char* msg, size_t len) {
   return nullptr;
 }
 void dd_overlap_destroy(dd_overlap*) {}
+int64_t dd_mlp_beside_blocks(int64_t) { return 0; }
 void* dd_overlap_fork(dd_overlap*, void*, char* msg, size_t len) {
   fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
   return nullptr;

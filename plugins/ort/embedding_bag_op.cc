@@ -1,6 +1,7 @@
 // ONNX Runtime kernel of dlrm_deploy::EmbeddingBag (CPU and CUDA execution providers).
 #include "embedding_bag_op.h"
 #include "join_op.h"
+#include "dlrm_deploy/mlp.h"
 
 #include <cinttypes>
 #include <cstdio>
@@ -380,7 +381,11 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
     Ort::KernelContext ctx(context);
     void* stream = ctx.GetGPUComputeStream();
     const size_t ws_bytes = dd_workspace_size(&cfg_);
-    if (cfg_.overlap) return LaunchOverlapped(forward, stream, out, tables, msg);
+    if (cfg_.overlap) {
+      const int64_t batch = tables ? (*tables)[0].num_offsets - cfg_.include_last_offset
+                                   : dd_batch_size(&cfg_, num_offsets, msg, DD_MSG_LEN);
+      return LaunchOverlapped(forward, stream, out, tables, batch, msg);
+    }
     if (cfg_.check == DD_DEFERRED) {
       // Bad lookups contribute zeros without a synchronisation; the record's host copy is examined
       // at a later run (never blocking) and reported on stderr, since this run's status cannot
@@ -459,7 +464,8 @@ int EmbeddingBagKernel::LaunchCaptured(const Forward& forward, void* stream, cha
 // nodes between (the bottom MLP, beside=1) were launched, so that those take their SMs first; the
 // inputs are graph inputs and initializers (the export's overlap pass checks), alive until then.
 OrtStatusPtr EmbeddingBagKernel::LaunchOverlapped(const Forward& forward, void* stream, const void* output,
-                                                  const std::vector<dd_table_lookups>* tables, char* msg) {
+                                                  const std::vector<dd_table_lookups>* tables, int64_t batch,
+                                                  char* msg) {
   const bool capturing = dd_stream_capturing(stream) != 0;
   if (!capturing && cfg_.check == DD_CHECKED)
     if (OrtStatusPtr st = PrepareCapture(stream)) return st;
@@ -493,7 +499,9 @@ OrtStatusPtr EmbeddingBagKernel::LaunchOverlapped(const Forward& forward, void* 
     if (rc == DD_OK) rc = dd_overlap_done(overlap_, m, DD_MSG_LEN);
     return rc;
   };
-  if (cfg_.overlap == 2) {
+  // overlap=2 waits for the joining node only where the bottom MLP (beside=1) will take few SMs at
+  // this batch; else (small batches: it takes every SM) the lookups start at once, as overlap=1.
+  if (cfg_.overlap == 2 && dd_mlp_beside_blocks(batch) > 0) {
     pending.launch = launch;
   } else if (int rc = launch(msg)) {
     if (pending.allocator != nullptr) pending.allocator->Free(pending.allocator, pending.workspace);

@@ -47,7 +47,7 @@ class EmbeddingBagKernel {
   // overlap=1 on CUDA: the lookups on the op's own stream; the Join node that reads the output
   // joins it back (see join_op.h). overlap=2: the same, launched by that node.
   OrtStatusPtr LaunchOverlapped(const Forward& forward, void* stream, const void* output,
-                                const std::vector<dd_table_lookups>* tables, char* msg);
+                                const std::vector<dd_table_lookups>* tables, int64_t batch, char* msg);
   // Persistent workspace and pinned record for a later capture (outside capture only).
   OrtStatusPtr PrepareCapture(void* stream);
   int LaunchCaptured(const Forward& forward, void* stream, char* msg);

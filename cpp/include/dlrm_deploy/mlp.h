@@ -19,8 +19,7 @@ extern "C" {
 #define DD_MLP_NONE 0
 #define DD_MLP_RELU 1
 #define DD_MLP_SIGMOID 2
-#define DD_MLP_BESIDE (-1) /* max_blocks: a quarter of the device's SMs where that gives each block two
-                               * groups of rows or more, else 0 (the op's beside=1) */
+#define DD_MLP_BESIDE (-1) /* max_blocks: dd_mlp_beside_blocks(batch) (the op's beside=1) */
 
 typedef struct dd_mlp_args {
   const float* x;    /* [batch, in_width] */
@@ -45,6 +44,11 @@ DD_API int dd_mlp_check(const dd_mlp_args* a, char* msg, size_t msg_len);
 
 /* CPU: rows [row_begin, row_end) on the calling thread (callers spread row ranges over threads). */
 DD_API int dd_mlp_cpu(const dd_mlp_args* a, int64_t row_begin, int64_t row_end, char* msg, size_t msg_len);
+
+/* CUDA, DD_MLP_BESIDE: the blocks a chain of batch rows takes on the current device (a quarter of
+ * the SMs, fewer where a block would get less than two groups of 16 rows), or 0 where that would be
+ * under an eighth of the SMs (the usual grid over every SM: small batches). 0 without CUDA. */
+DD_API int64_t dd_mlp_beside_blocks(int64_t batch);
 
 /* CUDA: one kernel on stream (no synchronisation, no allocation: CUDA-graph safe); x, weights,
  * biases and out are device pointers. */

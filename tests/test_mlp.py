@@ -364,8 +364,7 @@ def _assert_close(got, want):
 @pytest.mark.parametrize("seed", range(10))
 def test_random_chains_match_numpy(device, seed, beside):
     """beside=1: on CUDA a few blocks loop over the groups of rows where the batch is large enough (on
-    an H100 545 rows: 18 blocks of two groups, 5000 rows: 34 blocks of nine or ten), the usual grid
-    below (300 rows)."""
+    an H100 5000 rows: 34 blocks of nine or ten groups), the usual grid below (545 rows)."""
     rng = np.random.default_rng(seed)
     layers = int(rng.integers(1, 5))
     picks = [1, 13, 206, 300] + [int(v) for v in rng.integers(1, 301, size=4)]

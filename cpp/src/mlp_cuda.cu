@@ -391,14 +391,15 @@ int cluster_size(int64_t blocks) {
   while (c > 1 && c > blocks) c /= 2;
   return c;
 }
-// Beside other kernels (the lookups; DD_MLP_BESIDE): blocks of kMaxRows rows, each looping over
-// the groups of rows, so that the others keep most SMs: a quarter of the SMs, fewer where that
-// would give a block less than two groups. At most an eighth of the SMs' worth (small batches:
-// short lookups, whose last blocks would wait for the SMs held; H100 batch 256 with 16 blocks of one
-// group each: 0.132 against 0.119 ms end to end): 0, the usual grid over every SM.
+// Beside other kernels (the lookups; DD_MLP_BESIDE): a quarter of the SMs, blocks of kMaxRows rows
+// each looping over the groups of rows, so that the others keep most SMs; where that would give a
+// block less than two groups, 0: the usual grid over every SM. Smaller batches measured level or
+// slower beside the lookups (H100, paper model fp32, graphed end to end: batch 512 with 16 blocks
+// 0.209 against 0.203 ms, batch 256 with 16 blocks of one group 0.132 against 0.119 ms; batch 2048
+// with 34 blocks 0.666 against 0.674 ms).
 int64_t beside_blocks(int64_t batch, int sms) {
-  const int64_t quarter = std::max(1, sms / 4), blocks = std::min(quarter, (batch + kMaxRows - 1) / kMaxRows / 2);
-  return blocks >= std::max<int64_t>(1, quarter / 2) ? blocks : 0;
+  const int64_t quarter = std::max(1, sms / 4);
+  return (batch + kMaxRows - 1) / kMaxRows >= 2 * quarter ? quarter : 0;
 }
 
 // One chain's launch: the kernel's layer table, activation strides, rows per block, weight rows

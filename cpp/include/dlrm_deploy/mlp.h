@@ -46,8 +46,8 @@ DD_API int dd_mlp_check(const dd_mlp_args* a, char* msg, size_t msg_len);
 DD_API int dd_mlp_cpu(const dd_mlp_args* a, int64_t row_begin, int64_t row_end, char* msg, size_t msg_len);
 
 /* CUDA, DD_MLP_BESIDE: the blocks a chain of batch rows takes on the current device (a quarter of
- * the SMs, fewer where a block would get less than two groups of 16 rows), or 0 where that would be
- * under an eighth of the SMs (the usual grid over every SM: small batches). 0 without CUDA. */
+ * the SMs), or 0 where a block would get less than two groups of 16 rows (the usual grid over every
+ * SM: small batches). 0 without CUDA. */
 DD_API int64_t dd_mlp_beside_blocks(int64_t batch);
 
 /* CUDA: one kernel on stream (no synchronisation, no allocation: CUDA-graph safe); x, weights,

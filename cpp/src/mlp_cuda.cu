@@ -16,7 +16,13 @@
 // launches): batch 2048 17.5 / 17.2 us (weights in L2; 20.4 / 20.1 us with L2 flushed), against
 // 21.2 / 19.6 (24.5 / 23.7) for the kernel before (every block staging every weight by cp.async,
 // a warp's lanes on 32 weight rows); batch 256 10.6 / 11.9 us. Clusters of 4 or 8 blocks measured
-// slower (32 / 31 us at batch 2048): fewer of them fit the SMs at once.
+// slower (32 / 31 us at batch 2048): fewer of them fit the SMs at once. The K loop unrolled by 8
+// (was 2): 18.0 / 17.7 -> 16.7 / 15.9 us.
+//
+// Beside the lookups (dd_mlp_args.max_blocks, the op's beside=1): few blocks, each staging the
+// weights once and looping over groups of rows, so that the lookups keep the other SMs (a block
+// needs a whole SM's shared memory: a full grid launched beside them either waits for their tail or
+// holds every SM while they start). See beside_blocks below and docs/benchmarks.md.
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 

@@ -27,27 +27,56 @@ from .fbgemm_tbe import (import_tbe, int4_nibble_positions, make_tbe, pack_int4_
 from .timing import time_cuda
 
 
-def make_indices(source: str, tables: int, rows: int, batch: int, pooling: int, seed: int) -> np.ndarray:
-    """[tables, batch * pooling] int64 ids from 'uniform', 'zipf:<alpha>' or 'trace:<file>' (the
-    model inputs' index sources), table after table. A trace is read circularly from a position
-    that depends on seed (so that the hot-row sample differs from the timed ids); ids >= rows are
-    skipped (as the paper's loader does)."""
+def make_indices(source: str, tables: int, rows: int, count: int, seed: int) -> np.ndarray:
+    """[tables, count] int64 ids from 'uniform', 'zipf:<alpha>' or 'trace:<file>' (the model inputs'
+    index sources), table after table. A trace is read circularly from a position that depends on
+    seed (so that the hot-row sample differs from the timed ids); ids >= rows are skipped (as the
+    paper's loader does)."""
     from dlrm_deploy.export.index_sources import IndexSource
 
     ids = IndexSource(source, np.random.default_rng(seed), trace_start=seed * 7919)
-    return np.stack([ids.take(batch * pooling, rows) for _ in range(tables)]).astype(np.int64)
+    return np.stack([ids.take(count, rows) for _ in range(tables)]).astype(np.int64)
+
+
+def bag_lengths(pooling: str | int, batch: int, seed: int) -> np.ndarray:
+    """[batch] lookups per bag, the same for every table: pooling L (an int or its text) for all,
+    or 'var:L' for lengths uniform in [0, 2L] (empty bags included), as the model inputs' pooling."""
+    text = str(pooling)
+    if text.startswith("var:"):
+        try:
+            mean = int(text[4:])
+        except ValueError:
+            mean = -1
+        if mean < 1:
+            raise SystemExit(f"--pooling: 'var:L' needs an integer L >= 1, got {text!r}")
+        return np.random.default_rng(seed + 104729).integers(0, 2 * mean + 1, size=batch).astype(np.int64)
+    try:
+        fixed = int(text)
+    except ValueError:
+        fixed = -1
+    if fixed < 1:
+        raise SystemExit(f"--pooling: an integer >= 1 or 'var:L', got {text!r}")
+    return np.full(batch, fixed, dtype=np.int64)
+
+
+def packed_offsets(lengths: np.ndarray, tables: int) -> np.ndarray:
+    """Offsets of the packed form with include_last_offset: tables x len(lengths) bag starts (table
+    t's ids after the first t tables' ids), then the total."""
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # one table's B + 1
+    n = int(starts[-1])
+    return np.concatenate([starts[:-1] + t * n for t in range(tables)] + [np.array([tables * n])]).astype(np.int64)
 
 
 # ---------------------------------------------------------------- kernels under test
 class Workload:
     """Tables (as logical fp32 values on the GPU), indices and offsets of one benchmark shape."""
 
-    def __init__(self, args, ids: np.ndarray, dtype: str):
+    def __init__(self, args, ids: np.ndarray, lengths: np.ndarray, dtype: str):
         import torch
 
         from dlrm_deploy.layout import quantize_int4_rowwise, quantize_int8_rowwise
 
-        self.T, self.R, self.D, self.B, self.L = args.tables, args.rows, args.dim, args.batch, args.pooling
+        self.T, self.R, self.D, self.B = args.tables, args.rows, args.dim, args.batch
         self.dtype = dtype
         g = torch.Generator(device="cuda").manual_seed(args.seed)
         logical = torch.randn(self.T * self.R, self.D, generator=g, device="cuda")
@@ -78,8 +107,9 @@ class Workload:
         self.logical = logical
         self.ids = torch.from_numpy(ids).cuda()  # [T, B*L] local ids
         self.indices = self.ids.reshape(-1).contiguous()
-        self.offsets = torch.arange(0, self.T * self.B * self.L + 1, self.L, device="cuda", dtype=torch.int64)
-        self.rows_gathered = self.T * self.B * self.L
+        self.offsets = torch.from_numpy(packed_offsets(lengths, self.T)).cuda()
+        self.bag_starts = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)).cuda()
+        self.rows_gathered = self.T * int(lengths.sum())
 
     def reference(self):
         """fp32 reference [B, T*D] and the sum of |terms| per element (for the tolerance)."""
@@ -87,7 +117,7 @@ class Workload:
         import torch.nn.functional as F
 
         outs, mags = [], []
-        off = torch.arange(0, self.B * self.L, self.L, device="cuda")
+        off = self.bag_starts
         for t in range(self.T):
             w = self.logical[t * self.R:(t + 1) * self.R].double()
             outs.append(F.embedding_bag(self.ids[t], w, off, mode="sum"))
@@ -165,7 +195,7 @@ def torch_baseline(wl: Workload):
 
     if wl.dtype in contract.ROWWISE:
         return None, f"torch has no {wl.dtype} row-wise embedding_bag"
-    off = torch.arange(0, wl.B * wl.L, wl.L, device="cuda")
+    off = wl.bag_starts
     views = [wl.stored[t * wl.R:(t + 1) * wl.R] for t in range(wl.T)]
     out = torch.empty(wl.B, wl.T * wl.D, device="cuda", dtype=wl.stored.dtype)
 
@@ -224,7 +254,7 @@ def fbgemm_reference(wl: Workload, splits, positions=None):
     import torch.nn.functional as F
 
     outs, mags = [], []
-    off = torch.arange(0, wl.B * wl.L, wl.L, device="cuda")
+    off = wl.bag_starts
     for t, (w, ss) in enumerate(splits):
         sb = ss.contiguous().view(torch.float16).double()
         codes = unpack_int4_codes(w, wl.D, positions) if wl.dtype == "int4" else w[:, :wl.D]
@@ -317,12 +347,13 @@ def run_kernels(args) -> dict:
     }
     print(f"# {prop.name}: tables={args.tables} rows={args.rows} dim={args.dim} batch={args.batch} "
           f"pooling={args.pooling} indices={args.indices}", flush=True)
-    ids = make_indices(args.indices, args.tables, args.rows, args.batch, args.pooling, args.seed)
-    sample = make_indices(args.indices, args.tables, args.rows, args.batch, args.pooling, args.seed + 1) \
+    lengths = bag_lengths(args.pooling, args.batch, args.seed)
+    ids = make_indices(args.indices, args.tables, args.rows, int(lengths.sum()), args.seed)
+    sample = make_indices(args.indices, args.tables, args.rows, int(lengths.sum()), args.seed + 1) \
         if args.hot_rows_budget_mb > 0 else None
     for dtype in args.dtypes.split(","):
         print(f"## {dtype}: building tables ...", flush=True)
-        wl = Workload(args, ids, dtype)
+        wl = Workload(args, ids, lengths, dtype)
         ref, mag = wl.reference()
         row_bytes = wl.stored.shape[1] * wl.stored.element_size()
         for name, make in _candidates(args, wl, sample):
@@ -339,7 +370,8 @@ def add_kernel_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=500_000, help="rows per table")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=2048)
-    p.add_argument("--pooling", type=int, default=150, help="lookups per bag (fixed)")
+    p.add_argument("--pooling", default="150", help="lookups per bag: L (every bag), or var:L (uniform in [0, 2L], "
+                   "the same lengths for every table)")
     p.add_argument("--indices", default="uniform", help="uniform | zipf:<alpha> | trace:<file>")
     p.add_argument("--dtypes", default="fp32,fp16,int8", help="comma list of fp32,fp16,bf16,int8,int4")
     p.add_argument("--variants", default=",".join(contract.VARIANTS), help="our kernel variants to run")

@@ -56,7 +56,14 @@ Plan make_plan(const dd_config& c, const void* weights) {
   // int4 at D=128 (64 bytes of codes): 8-byte loads, 8 lanes per row (H100, paper shape, uniform:
   // 0.255 ms against 0.269 ms with 16-byte loads; FBGEMM 0.260). D=32 and 64 keep 16 bytes (1.19x
   // and 1.12x FBGEMM measured that way).
-  const int want = std::min(knobs().vec_bytes, int4 && data_bytes == 64 ? 8 : 16);
+  // int8 rows under 128 bytes of codes: narrower loads, more lanes per row, and 4 loads in flight
+  // (H100, paper shape, uniform; ours / FBGEMM ms): D 64 8-byte loads 0.176 / 0.200 (16-byte loads,
+  // 8 in flight: 0.197), D 32 8 bytes 0.127 / 0.182 (0.172; 4 bytes 0.141), D 16 4 bytes 0.101 /
+  // 0.175 (0.161; 8 bytes 0.106). D 128 keeps 16 bytes and 8 in flight (0.259 against 0.273-0.291).
+  const bool small_int8 = c.dtype == DD_INT8 && data_bytes < 128;
+  const int want = std::min(knobs().vec_bytes, int4 && data_bytes == 64 ? 8
+                                               : small_int8             ? (data_bytes >= 32 ? 8 : 4)
+                                                                        : 16);
   for (int vb : {16, 8, 4}) {
     if (vb > want) continue;
     if (data_bytes % vb == 0 && row_bytes % vb == 0 && addr % vb == 0) {
@@ -79,10 +86,10 @@ Plan make_plan(const dd_config& c, const void* weights) {
     }
   }
   // Loads in flight per lane, measured on H100 (docs/benchmarks.md): 2-byte tables gain from the
-  // extra occupancy of 4 on skewed batches, fp32 and int8 from 8.
+  // extra occupancy of 4 on skewed batches, fp32 and int8 (D 128) from 8, int8 under D 128 from 4.
   // int4 (not measured yet): 8 unless fewer loads per lane cover the 32 lookups of one index batch
   // (groups * 4 >= 32, e.g. D=128: 4 lanes per row, 8 groups), which frees registers.
-  const int dflt = esize == 2 ? 4 : (int4 && pl.warp && pl.groups * 4 >= 32) ? 4 : 8;
+  const int dflt = esize == 2 || small_int8 ? 4 : (int4 && pl.warp && pl.groups * 4 >= 32) ? 4 : 8;
   pl.unroll = (knobs().unroll != -1 ? knobs().unroll : dflt) <= 4 ? 4 : 8;
   pl.pd = c.prefetch_distance ? c.prefetch_distance : 8;
   pl.pd = pl.pd <= 4 ? 4 : pl.pd <= 8 ? 8 : 16;  // compiled distances

@@ -385,6 +385,19 @@ void pick_tile(int rows, int pe, int* rg_out, int* r_out, int* cb_out) {
         }
       }
 }
+// DLRM_DEPLOY_MLP_TILE="rg,r,cb" (for tuning): one warp tile for every layer, read once per
+// process; (0, 0, 0) when unset or not one of the compiled tiles.
+int3 forced_tile() {
+  static const int3 t = [] {
+    const char* s = std::getenv("DLRM_DEPLOY_MLP_TILE");
+    int rg = 0, r = 0, cb = 0;
+    auto pow2 = [](int v, int most) { return v >= 1 && v <= most && (v & (v - 1)) == 0; };
+    if (s && std::sscanf(s, "%d,%d,%d", &rg, &r, &cb) == 3 && pow2(rg, 8) && pow2(r, 8) && pow2(cb, 2))
+      return make_int3(rg, r, cb);
+    return make_int3(0, 0, 0);
+  }();
+  return t;
+}
 // Blocks per cluster for the bulk copies: DLRM_DEPLOY_MLP_CLUSTER when set (1, 2, 4 or 8, for
 // tuning), else kCluster; never more than the blocks.
 int cluster_size(int64_t blocks) {
@@ -484,11 +497,9 @@ int plan_chain(const dd_mlp_args* a, const dd::DeviceInfo& dev, ChainPlan* p, ch
     return fail(DD_ERR_UNSUPPORTED, msg, len, "layers %lld wide do not fit in shared memory (%d bytes)",
                 (long long)std::max<int64_t>(std::max<int64_t>(wide_a, wide_b), widest_n), dev.smem_optin);
   for (int i = 0; i < a->layers; ++i) pick_tile(block_rows, std::min(chunk, L.n[i]), &L.rg[i], &L.r[i], &L.cb[i]);
-  static const char* forced_tile = std::getenv("DLRM_DEPLOY_MLP_TILE");  // "rg,r,cb" for every layer (tuning)
-  int frg = 0, fr = 0, fcb = 0;
-  if (forced_tile && std::sscanf(forced_tile, "%d,%d,%d", &frg, &fr, &fcb) == 3 && (frg == 1 || frg == 2 || frg == 4 || frg == 8) &&
-      (fr == 1 || fr == 2 || fr == 4 || fr == 8) && (fcb == 1 || fcb == 2))
-    for (int i = 0; i < a->layers; ++i) L.rg[i] = frg, L.r[i] = fr, L.cb[i] = fcb;
+  const int3 tile = forced_tile();
+  if (tile.x > 0)
+    for (int i = 0; i < a->layers; ++i) L.rg[i] = tile.x, L.r[i] = tile.y, L.cb[i] = tile.z;
   p->ld_a = ld_a;
   p->ld_b = ld_b;
   p->block_rows = block_rows;

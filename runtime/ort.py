@@ -188,8 +188,7 @@ def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *
     stream: (device="cuda") a CUDA stream handle (an int, e.g. ``torch.cuda.Stream().cuda_stream``)
       for ONNX Runtime's work (the CUDA provider's ``user_compute_stream``); the caller keeps the
       stream alive while the session lives. Lets a caller time the session with CUDA events on its
-      own stream (``time_runs(events=True)``), or give it a priority (a high-priority stream lets
-      the dense layers of an ``overlap`` model take SMs while the lookups run).
+      own stream (``time_runs(events=True)``), or give it a priority.
     session_options: attributes of onnxruntime.SessionOptions, e.g. intra_op_num_threads=4.
     """
     ort = _ort()

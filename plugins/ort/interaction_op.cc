@@ -13,13 +13,8 @@ InteractionKernel::InteractionKernel(const OrtKernelInfo* info, Provider provide
     : KernelBase("DotInteraction", info, provider) {
   *status = nullptr;
   Ort::ConstKernelInfo kinfo(info);
-  const OrtApi& api = Ort::GetApi();
-  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "dim", &dim_)) {
-    api.ReleaseStatus(st);
-    *status = Error(ORT_INVALID_ARGUMENT, "attribute 'dim' is required");
-    return;
-  }
-  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "prefix", &prefix_)) api.ReleaseStatus(st);
+  if ((*status = RequiredInt(info, "dim", &dim_)) != nullptr) return;
+  prefix_ = OptionalInt(info, "prefix", -1);
   if ((*status = RequiredInts(info, "pairs", &pairs_)) != nullptr) return;
   if (dim_ < 1) *status = Error(ORT_INVALID_ARGUMENT, "dim must be >= 1");
   else if (prefix_ < -1 || prefix_ >= (int64_t)kinfo.GetInputCount())

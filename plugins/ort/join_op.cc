@@ -30,10 +30,8 @@ JoinKernel::JoinKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPt
     : KernelBase("Join", info, provider) {
   Ort::ConstKernelInfo kinfo(info);
   *status = nullptr;
-  int64_t axis = 1;
-  const OrtApi& api = Ort::GetApi();
-  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "axis", &axis)) api.ReleaseStatus(st);
-  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "position", &position_)) api.ReleaseStatus(st);
+  const int64_t axis = OptionalInt(info, "axis", 1);
+  position_ = OptionalInt(info, "position", position_);
   if (axis != 1 && axis != -1) *status = Error(ORT_INVALID_ARGUMENT, "only axis=1 (or -1) is supported");
   else if (position_ < 0 || position_ >= (int64_t)kinfo.GetInputCount())
     *status = Error(ORT_INVALID_ARGUMENT, "position must be in 0.." + std::to_string(kinfo.GetInputCount() - 1));

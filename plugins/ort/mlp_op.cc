@@ -24,8 +24,7 @@ MlpKernel::MlpKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr*
       *status = Error(ORT_INVALID_ARGUMENT, "activation " + std::to_string(activations_[i]) + " of layer " +
                                                 std::to_string(i + 1) + " is not 0 (none), 1 (relu) or 2 (sigmoid)");
   if (*status != nullptr) return;
-  const OrtApi& api = Ort::GetApi();
-  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "beside", &beside_)) api.ReleaseStatus(st);  // optional
+  beside_ = OptionalInt(info, "beside", 0);
   if (beside_ != 0 && beside_ != 1) {
     *status = Error(ORT_INVALID_ARGUMENT, "beside must be 0 or 1, got " + std::to_string(beside_));
     return;

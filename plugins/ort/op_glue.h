@@ -97,6 +97,25 @@ class KernelBase {
   virtual OrtStatusPtr Compute(OrtKernelContext* context) = 0;
   OrtStatusPtr Error(OrtErrorCode code, const std::string& what) const { return OpError(op_, node_name_, code, what); }
   std::string Label() const { return OpLabel(op_, node_name_); }
+  // Reads the required int64 attribute name into *value (an error status if absent).
+  OrtStatusPtr RequiredInt(const OrtKernelInfo* info, const char* name, int64_t* value) const {
+    const OrtApi& api = Ort::GetApi();
+    if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, value)) {
+      api.ReleaseStatus(st);
+      return Error(ORT_INVALID_ARGUMENT, std::string("attribute '") + name + "' is required");
+    }
+    return nullptr;
+  }
+  // The optional int64 attribute name, or fallback where the node has none.
+  static int64_t OptionalInt(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+    const OrtApi& api = Ort::GetApi();
+    int64_t value = fallback;
+    if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, &value)) {
+      api.ReleaseStatus(st);
+      return fallback;
+    }
+    return value;
+  }
   // Reads the required int64 array attribute name into *values (an error status if absent).
   OrtStatusPtr RequiredInts(const OrtKernelInfo* info, const char* name, std::vector<int64_t>* values) const {
     const OrtApi& api = Ort::GetApi();

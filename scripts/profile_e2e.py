@@ -23,7 +23,8 @@ import time
 def _kernels(prof_trace: str) -> list[tuple[float, float, str]]:
     with open(prof_trace) as f:
         events = json.load(f)["traceEvents"]
-    ks = [(e["ts"], e["dur"], e["name"]) for e in events if e.get("cat") == "kernel"]
+    # kernels, and memset/memcpy nodes (a graph's copies and clears take GPU time too)
+    ks = [(e["ts"], e["dur"], e["name"]) for e in events if e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")]
     return sorted(ks)
 
 

@@ -395,6 +395,37 @@ def test_paper_like_mlps_at_batch_2048(device, widths, codes, beside):
     _assert_close(got, _numpy_mlp(feeds["x"], weights, biases, codes))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("graph", [False, True])
+def test_weights_computed_in_the_graph_are_read_after_their_kernel(device, graph):
+    """A second Mlp whose weight is the first one's output, written by the kernel just before it. On
+    CUDA only initializers may be copied before the kernel ahead finishes (programmatic dependent
+    launch); this weight must be read after it, so every run (fresh inputs each time, also replayed
+    from a CUDA graph) matches numpy, never a previous run's weight."""
+    if graph and device == "cpu":
+        pytest.skip("CUDA graphs are a CUDA provider feature")
+    rng = np.random.default_rng(5)
+    n, k, k0, batch = 96, 72, 40, 2048
+    wa = (rng.standard_normal((k, k0)) / np.sqrt(k0)).astype(np.float32)
+    ba = (0.1 * rng.standard_normal(k)).astype(np.float32)
+    b2 = (0.1 * rng.standard_normal(n)).astype(np.float32)
+    inputs = [helper.make_tensor_value_info("xa", TensorProto.FLOAT, [n, k0]),
+              helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, k])]
+    nodes = [helper.make_node(OP_TYPE, ["xa", "wa", "ba"], ["w2"], name="weights", domain=C.DOMAIN,
+                              activations=[ACT["none"]]),
+             helper.make_node(OP_TYPE, ["x", "w2", "b2"], ["y"], name="mlp", domain=C.DOMAIN,
+                              activations=[ACT["relu"]])]
+    inits = [numpy_helper.from_array(v, name) for name, v in (("wa", wa), ("ba", ba), ("b2", b2))]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = _model(nodes, inputs, [out], inits).SerializeToString()
+    sess = dd_ort.ort_session(model, device=device, cuda_graph=graph)
+    for _ in range(4):
+        feeds = {"xa": rng.standard_normal((n, k0)).astype(np.float32),
+                 "x": rng.standard_normal((batch, k)).astype(np.float32)}
+        w2 = _numpy_mlp(feeds["xa"], [wa], [ba], [ACT["none"]])
+        _assert_close(sess.run(feeds)[0], _numpy_mlp(feeds["x"], [w2], [b2], [ACT["relu"]]))
+
+
 def test_cpu_generic_forward_matches_numpy():
     """The CPU forward's generic loop (CPUs without AVX2/FMA; DD_CPU_SIMD=0 selects it anywhere), in
     a process of its own: the choice is made once per process."""

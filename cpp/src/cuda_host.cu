@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cuda/pdl.cuh"
 #include "cuda/status.cuh"
 #include "internal.h"
 
@@ -43,6 +44,7 @@ struct dd_deferred {
   cudaEvent_t done = nullptr;
   bool pending = false;   // a copy with an event behind it was queued and not yet examined
   bool captured = false;  // a copy was captured into a CUDA graph: replays write host, no event says when
+  int major = 0;          // the device's compute capability (programmatic dependent launch from 9)
 };
 
 dd_deferred* dd_deferred_create(char* msg, size_t len) {
@@ -55,6 +57,12 @@ dd_deferred* dd_deferred_create(char* msg, size_t len) {
     return nullptr;
   }
   std::memset(d->host, 0, sizeof(dd_error_record));
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&d->major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    d->major = 0;
+    cudaGetLastError();
+  }
   if (cudaHostGetDevicePointer(reinterpret_cast<void**>(&d->mapped), d->host, 0) != cudaSuccess) {
     d->mapped = nullptr;
     cudaGetLastError();  // not mapped: the captured path copies instead
@@ -65,11 +73,19 @@ dd_deferred* dd_deferred_create(char* msg, size_t len) {
 namespace {
 // The error record into mapped host memory, for CUDA graphs: the device-to-host memcpy node it
 // replaces left the GPU idle for about 14 us after the lookups of every replay (H100 profile).
-__global__ void store_record(dd_error_record* to, const dd_error_record* from) {
+// clear: the device record is zeroed behind the copy (the next launch then reports only its own
+// errors, without a memset node in front of it). Launched after the lookups with programmatic
+// dependent launch (cuda/pdl.cuh), so that the kernel after it can start as the lookups end.
+__global__ void store_record(dd_error_record* to, dd_error_record* from, bool clear) {
   static_assert(sizeof(dd_error_record) % sizeof(uint32_t) == 0, "record of whole words");
+  dd::pdl_trigger();
+  dd::pdl_wait();
   const unsigned i = threadIdx.x;
-  if (i < sizeof(dd_error_record) / sizeof(uint32_t))
-    reinterpret_cast<volatile uint32_t*>(to)[i] = reinterpret_cast<const uint32_t*>(from)[i];
+  if (i < sizeof(dd_error_record) / sizeof(uint32_t)) {
+    uint32_t* word = reinterpret_cast<uint32_t*>(from) + i;
+    reinterpret_cast<volatile uint32_t*>(to)[i] = *word;
+    if (clear) *word = 0;
+  }
 }
 // Rows of 32-bit words, pitched (the Join's concatenation): a kernel node in a CUDA graph, where a
 // 2-D memcpy node goes through a copy engine and its setup latency.
@@ -90,16 +106,19 @@ void dd_deferred_destroy(dd_deferred* d) {
   delete d;
 }
 
-int dd_deferred_after_launch(dd_deferred* d, const void* workspace, void* stream_ptr, char* msg, size_t len) {
+namespace {
+int after_launch(dd_deferred* d, void* workspace, void* stream_ptr, bool clear, char* msg, size_t len) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   cudaStreamIsCapturing(stream, &capture);
   cudaError_t e;
   if (capture != cudaStreamCaptureStatusNone && d->mapped != nullptr) {
-    store_record<<<1, 32, 0, stream>>>(d->mapped, static_cast<const dd_error_record*>(workspace));
-    e = cudaGetLastError();
+    e = dd::launch_pdl(store_record, dim3(1), dim3(32), 0, stream, d->major, d->mapped,
+                       static_cast<dd_error_record*>(workspace), clear);
+    if (e == cudaSuccess) e = cudaGetLastError();
   } else {
     e = cudaMemcpyAsync(d->host, workspace, sizeof(dd_error_record), cudaMemcpyDeviceToHost, stream);
+    if (e == cudaSuccess && clear) e = cudaMemsetAsync(workspace, 0, sizeof(dd_error_record), stream);
   }
   if (e != cudaSuccess) return dd::cuda_fail(e, "queueing the error-record copy", msg, len);
   if (capture != cudaStreamCaptureStatusNone) {
@@ -110,6 +129,15 @@ int dd_deferred_after_launch(dd_deferred* d, const void* workspace, void* stream
     d->pending = true;
   }
   return DD_OK;
+}
+}  // namespace
+
+int dd_deferred_after_launch(dd_deferred* d, const void* workspace, void* stream_ptr, char* msg, size_t len) {
+  return after_launch(d, const_cast<void*>(workspace), stream_ptr, false, msg, len);
+}
+
+int dd_deferred_after_launch_clear(dd_deferred* d, void* workspace, void* stream_ptr, char* msg, size_t len) {
+  return after_launch(d, workspace, stream_ptr, true, msg, len);
 }
 
 int dd_deferred_poll(dd_deferred* d, void* workspace, void* stream_ptr, int wait, char* msg, size_t len) {

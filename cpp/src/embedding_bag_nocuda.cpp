@@ -34,6 +34,9 @@ void dd_deferred_destroy(dd_deferred*) {}
 int dd_deferred_after_launch(dd_deferred*, const void*, void*, char* msg, size_t len) {
   return fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
 }
+int dd_deferred_after_launch_clear(dd_deferred*, void*, void*, char* msg, size_t len) {
+  return fail(DD_ERR_UNSUPPORTED, msg, len, "this build of dlrm-deploy has no CUDA kernels (built without nvcc)");
+}
 int dd_deferred_poll_tables(dd_deferred*, void*, void*, int, const dd_table_lookups*, char* msg, size_t len) {
   if (msg && len) msg[0] = 0;
   return DD_OK;

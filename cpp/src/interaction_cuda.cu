@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cuda/pdl.cuh"
 #include "cuda/status.cuh"
 #include "dlrm_deploy/interaction.h"
 #include "internal.h"
@@ -22,6 +23,7 @@ struct dd_interaction_plan {
   int* tri = nullptr;     // per output dot, max(i,j) * (max(i,j) + 1) / 2 + min(i,j), on the device
   int64_t num_pairs = 0, n = 0;
   int smem_limit = 0;         // opt-in shared memory per block of the plan's device
+  int major = 0;              // its compute capability (programmatic dependent launch from 9)
   std::vector<int64_t> flat;  // as given (checked against the call's)
 };
 
@@ -70,6 +72,8 @@ __global__ void __launch_bounds__(kThreads) interaction_kernel(KernelParts parts
   float* staged = reinterpret_cast<float*>(staged4);
   const int64_t b = blockIdx.x;
   const int stride = dim % 4 == 0 ? dim + 4 : dim + 1;  // as dd_interaction_cuda's smem
+  dd::pdl_trigger();
+  dd::pdl_wait();  // the vectors come from the kernels before this one
   for (int k = 0; k < parts.count; ++k) {
     const float* src = parts.data[k] + b * parts.width[k];
     if (vec)
@@ -139,6 +143,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) interaction_warp_kernel(V
   extern __shared__ float shares_all[];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t b = (int64_t)blockIdx.x * kWarpsPerBlock + warp;
+  dd::pdl_trigger();
+  dd::pdl_wait();  // the vectors come from the kernels before this one
   if (b >= batch) return;  // no block-wide barrier below
   const int tri_n = n * (n + 1) / 2;
   float* shares = shares_all + (size_t)warp * tri_n * 33;  // [dot][33]: lane q's share at q (rows in different banks)
@@ -203,6 +209,7 @@ dd_interaction_plan* dd_interaction_plan_create(const int64_t* pairs, int64_t nu
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&plan->smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&plan->major, cudaDevAttrComputeCapabilityMajor, device);
   if (e != cudaSuccess) {
     dd::cuda_fail(e, "querying shared memory", msg, len);
     dd_interaction_plan_destroy(plan);
@@ -251,6 +258,10 @@ int dd_interaction_cuda(const dd_interaction_plan* plan, const dd_interaction_ar
     total += a->widths[k];
   }
   parts.count = a->count;
+  auto launch = [&](auto kernel, unsigned blocks, int threads, size_t smem, auto&&... args) {
+    return dd::launch_pdl(kernel, dim3(blocks), dim3(threads), smem, static_cast<cudaStream_t>(stream), plan->major,
+                          args...);
+  };
   bool vec = a->dim % 4 == 0;  // every part's rows start on 16 bytes and hold whole float4s of one vector
   for (int k = 0; k < a->count; ++k)
     vec = vec && a->widths[k] % 4 == 0 && reinterpret_cast<uintptr_t>(a->parts[k]) % 16 == 0;
@@ -284,10 +295,9 @@ int dd_interaction_cuda(const dd_interaction_plan* plan, const dd_interaction_ar
         e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)warp_smem);
         if (e != cudaSuccess) return dd::cuda_fail(e, "raising the interaction kernel's shared memory", msg, len);
       }
-      kernel<<<blocks, kWarpsPerBlock * 32, warp_smem, static_cast<cudaStream_t>(stream)>>>(
-          vs, (int)plan->n, a->batch, plan->tri, (int)plan->num_pairs, prefix_row, prefix_width, (int)prefix_width,
-          a->out, (int)width);
-      e = cudaGetLastError();
+      e = launch(kernel, blocks, kWarpsPerBlock * 32, warp_smem, vs, (int)plan->n, a->batch, (const int*)plan->tri,
+                 (int)plan->num_pairs, prefix_row, prefix_width, (int)prefix_width, a->out, (int)width);
+      if (e == cudaSuccess) e = cudaGetLastError();
       return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "launching the interaction kernel", msg, len);
     };
     return V == 4 ? go(interaction_warp_kernel<4>) : V == 2 ? go(interaction_warp_kernel<2>) : go(interaction_warp_kernel<1>);
@@ -302,9 +312,9 @@ int dd_interaction_cuda(const dd_interaction_plan* plan, const dd_interaction_ar
     e = cudaFuncSetAttribute(interaction_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return dd::cuda_fail(e, "raising the interaction kernel's shared memory", msg, len);
   }
-  interaction_kernel<<<(unsigned)a->batch, kThreads, smem, static_cast<cudaStream_t>(stream)>>>(
-      parts, (int)a->dim, plan->pairs, (int)plan->num_pairs, a->prefix, a->out, (int)width, vec);
-  e = cudaGetLastError();
+  e = launch(interaction_kernel, (unsigned)a->batch, kThreads, smem, parts, (int)a->dim, (const int2*)plan->pairs,
+             (int)plan->num_pairs, (int)a->prefix, a->out, (int)width, vec);
+  if (e == cudaSuccess) e = cudaGetLastError();
   return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "launching the interaction kernel", msg, len);
 }
 

@@ -124,6 +124,8 @@ int dd_mlp_check(const dd_mlp_args* a, char* msg, size_t len) {
   if (a->batch < 0) return fail(DD_ERR_INPUT, msg, len, "negative batch");
   if (a->max_blocks < 0 && a->max_blocks != DD_MLP_BESIDE)
     return fail(DD_ERR_CONFIG, msg, len, "max_blocks %d is neither >= 0 nor DD_MLP_BESIDE", (int)a->max_blocks);
+  if (a->fixed_weights != 0 && a->fixed_weights != 1)
+    return fail(DD_ERR_CONFIG, msg, len, "fixed_weights %d is neither 0 nor 1", (int)a->fixed_weights);
   if (a->in_width < 1 || a->in_width > DD_MLP_MAX_WIDTH)
     return fail(DD_ERR_INPUT, msg, len, "the input has %lld columns; 1 to %d are supported", (long long)a->in_width,
                 DD_MLP_MAX_WIDTH);

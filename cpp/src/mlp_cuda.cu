@@ -35,6 +35,7 @@
 #include "cuda/status.cuh"
 #include "dlrm_deploy/mlp.h"
 #include "cuda/device.cuh"
+#include "cuda/pdl.cuh"
 #include "internal.h"
 #include "mlp_internal.h"
 
@@ -278,16 +279,21 @@ __device__ __forceinline__ void bulk_wait(uint64_t* bar) {
 // stride ld_a, B (the output of even layers) at ld_b; the last layer writes y.
 __global__ void __launch_bounds__(kThreads, 1) mlp_kernel(const float* __restrict__ x, int64_t batch, int in_width,
                                                        Layers L, float* __restrict__ y, int block_rows, int ld_a,
-                                                       int ld_b, bool x_vec, int chunk) {
+                                                       int ld_b, bool x_vec, int chunk, bool fixed_weights) {
   extern __shared__ float4 smem4[];
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem4);  // kBarBytes: one mbarrier per layer (bulk)
   float* buf_a = reinterpret_cast<float*>(smem4) + kBarBytes / sizeof(float);
   float* buf_b = buf_a + block_rows * ld_a;
   float* ws = buf_b + block_rows * ld_b;
+  dd::pdl_trigger();  // the next kernel's blocks may take SMs as this one's finish
+  // Fixed weights are copied while the kernel before this one finishes (pdl.cuh); x and any weights
+  // an earlier kernel may write are read after it.
+  if (!fixed_weights) dd::pdl_wait();
   if (L.bulk)
     bulk_preload(L, ws, bars);
   else if (L.preload)  // every layer's weights in flight at once, one commit group per layer
     for (int l = 0; l < L.count; ++l) stage_layer(ws + L.off[l], L.ldw[l], L.w[l], L.k[l], L.vec[l], 0, L.n[l]);
+  if (fixed_weights) dd::pdl_wait();
   // A block per group of block_rows rows, or (a grid of fewer blocks) each block taking every
   // gridDim.x-th group with its weights staged once. A block with no rows (a cluster's spare)
   // still waits for every layer's copies: its peers write into its shared memory.
@@ -547,22 +553,25 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = static_cast<cudaStream_t>(stream);
-  cudaLaunchAttribute attr[1];
+  // Programmatic dependent launch first (kept when a cluster is refused), then the cluster.
+  cudaLaunchAttribute attr[2];
+  const int pdl = dd::pdl_attribute(dev.major, &attr[0]);
   if (csize > 1) {
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = csize;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    attr[pdl].id = cudaLaunchAttributeClusterDimension;
+    attr[pdl].val.clusterDim.x = csize;
+    attr[pdl].val.clusterDim.y = 1;
+    attr[pdl].val.clusterDim.z = 1;
   }
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl + (csize > 1 ? 1 : 0);
+  const bool fixed = a->fixed_weights != 0;
   e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, plan.ld_a,
-                         plan.ld_b, x_vec, plan.chunk);
+                         plan.ld_b, x_vec, plan.chunk, fixed);
   if (e != cudaSuccess && csize > 1) {  // no room for a cluster here (e.g. a shared or partitioned GPU): blocks alone
     cudaGetLastError();
-    cfg.numAttrs = 0;
+    cfg.numAttrs = pdl;
     e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, plan.ld_a,
-                           plan.ld_b, x_vec, plan.chunk);
+                           plan.ld_b, x_vec, plan.chunk, fixed);
   }
   if (e != cudaSuccess) return dd::cuda_fail(e, "launching the MLP kernel", msg, len);
   e = cudaGetLastError();

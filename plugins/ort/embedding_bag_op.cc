@@ -447,9 +447,10 @@ int EmbeddingBagKernel::LaunchCaptured(const Forward& forward, void* stream, cha
                                           "(ONNX Runtime makes one)"), DD_ERR_CONFIG;
   dd_config cfg = cfg_;
   cfg.check = DD_DEFERRED;
-  int rc = dd_clear_error(persistent_workspace_, stream, msg, DD_MSG_LEN);
-  if (rc == DD_OK) rc = forward(persistent_workspace_, stream, &cfg, msg);
-  if (rc == DD_OK) rc = dd_deferred_after_launch(deferred_, persistent_workspace_, stream, msg, DD_MSG_LEN);
+  // The record was cleared when it was made (PrepareCapture) and each replay clears it behind its
+  // copy, so every replay starts clear without a memset node in front of the lookups.
+  int rc = forward(persistent_workspace_, stream, &cfg, msg);
+  if (rc == DD_OK) rc = dd_deferred_after_launch_clear(deferred_, persistent_workspace_, stream, msg, DD_MSG_LEN);
   if (rc == DD_OK) {
     std::lock_guard<std::mutex> reg(g_captured_mutex);
     g_captured.insert(this);

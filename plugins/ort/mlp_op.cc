@@ -29,9 +29,24 @@ MlpKernel::MlpKernel(const OrtKernelInfo* info, Provider provider, OrtStatusPtr*
     *status = Error(ORT_INVALID_ARGUMENT, "beside must be 0 or 1, got " + std::to_string(beside_));
     return;
   }
-  if (kinfo.GetInputCount() != 1 + 2 * n)
+  if (kinfo.GetInputCount() != 1 + 2 * n) {
     *status = Error(ORT_INVALID_ARGUMENT, "takes 1 + 2 x " + std::to_string(n) + " inputs (X, then W and b per layer), got " +
                                               std::to_string(kinfo.GetInputCount()));
+    return;
+  }
+  // Initializers never change during a run: the CUDA kernel may then copy them before the kernel
+  // ahead of it finishes. Any other weight (computed by the graph) is read after it.
+  const OrtApi& api = Ort::GetApi();
+  fixed_weights_ = true;
+  for (size_t i = 1; i < 1 + 2 * n && fixed_weights_; ++i) {
+    int constant = 0;
+    const OrtValue* value = nullptr;
+    if (OrtStatus* st = api.KernelInfoGetConstantInput_tensor(info, i, &constant, &value)) {
+      api.ReleaseStatus(st);
+      constant = 0;
+    }
+    fixed_weights_ = constant != 0;
+  }
 }
 
 OrtStatusPtr MlpKernel::Compute(OrtKernelContext* context) {
@@ -39,6 +54,7 @@ OrtStatusPtr MlpKernel::Compute(OrtKernelContext* context) {
   dd_mlp_args a{};
   a.layers = (int32_t)activations_.size();  // 1 + 2 x layers inputs: checked when the kernel was made
   a.max_blocks = beside_ ? DD_MLP_BESIDE : 0;
+  a.fixed_weights = fixed_weights_ ? 1 : 0;
   Ort::ConstValue xv = ctx.GetInput(0);
   const std::vector<int64_t> xs = xv.GetTensorTypeAndShapeInfo().GetShape();
   if (xs.size() != 2) return Error(ORT_INVALID_ARGUMENT, "input X must be 2-D [batch, features]");

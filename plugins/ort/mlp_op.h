@@ -25,6 +25,7 @@ class MlpKernel : public KernelBase {
 
   std::vector<int64_t> activations_;
   int64_t beside_ = 0;
+  bool fixed_weights_ = false;  // every W_i and b_i an initializer (dd_mlp_args.fixed_weights)
 };
 
 struct MlpOp : VariadicFloatOp<MlpOp, MlpKernel, /*MinArity=*/3> {

@@ -220,6 +220,10 @@ DD_API void dd_deferred_destroy(dd_deferred* d);
 /* Queues behind the launch on stream a copy of workspace's error record to the host, and an event
  * (none while the stream is being captured into a CUDA graph). Never synchronises. */
 DD_API int dd_deferred_after_launch(dd_deferred* d, const void* workspace, void* stream, char* msg, size_t msg_len);
+/* The same, then clears the device record behind the copy, so that the next launch on stream
+ * reports only its own errors without a clear in front of it (check=checked in a CUDA graph: the
+ * record must be clear before the first launch). */
+DD_API int dd_deferred_after_launch_clear(dd_deferred* d, void* workspace, void* stream, char* msg, size_t msg_len);
 
 /* DD_ERR_INPUT with the message when an earlier launch's copy has arrived and holds bad input; the
  * report is consumed and, when workspace is not NULL, the device record is cleared on stream.

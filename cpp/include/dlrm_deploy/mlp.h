@@ -37,6 +37,9 @@ typedef struct dd_mlp_args {
                        * staging the weights once and taking every n-th group of rows, so that the
                        * chain holds at most n SMs while other kernels run beside it; DD_MLP_BESIDE
                        * (above) */
+  int32_t fixed_weights; /* CUDA: 1 = the weights and biases are not written by work queued before
+                          * this call (e.g. ONNX initializers): the kernel may copy them while the
+                          * kernel before it on the stream finishes (sm_90+). 0 = read them after it. */
 } dd_mlp_args;
 
 /* Checks the layer count, shapes, widths (<= DD_MLP_MAX_WIDTH) and activation codes. */

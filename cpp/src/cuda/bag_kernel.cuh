@@ -7,6 +7,7 @@
 
 #include "bag_io.cuh"
 #include "device_loads.cuh"
+#include "pdl.cuh"
 #include "policies.cuh"
 
 namespace dd {
@@ -17,6 +18,7 @@ template <int DT, typename IdxT, typename Policy>
 __global__ void __launch_bounds__(kBlock, Policy::kMinBlocks) bag_kernel(const Params p) {
   constexpr int PD = Policy::kPrefetch;
   constexpr bool Hint = Policy::kHint;
+  pdl_trigger();  // a kernel after the lookups (pdl.cuh) may start its prologue in their tail
   const int D = p.dim;
   const int chunks_per_bag = (D + 31) / 32;
   const int64_t num_chunks = (int64_t)p.tab.num_tables * p.batch * chunks_per_bag;

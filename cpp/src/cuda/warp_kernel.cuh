@@ -6,6 +6,7 @@
 
 #include "bag_io.cuh"
 #include "device_loads.cuh"
+#include "pdl.cuh"
 #include "policies.cuh"
 
 namespace dd {
@@ -33,6 +34,7 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>()
   constexpr int U = Policy::kUnroll;
   constexpr int E = VB / 4 * Storage<DT>::kPerWord;  // elements per lane per row
   using RawT = typename Raw<VB>::T;
+  pdl_trigger();  // a kernel after the lookups (pdl.cuh) may start its prologue in their tail
   const int lane = threadIdx.x & 31;
   const int gsize = groups > 1 ? lanes : 32;
   const int g = lane / gsize;

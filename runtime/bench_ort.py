@@ -19,7 +19,7 @@ from .timing import time_ort
 
 
 def ort_row(b: Bench, name: str, backend: str, dtype: str, path: str, variant: str = "",
-            runs: int | None = None, cuda_graph: bool = False, priority: int = 0) -> Row:
+            runs: int | None = None, cuda_graph: bool | str = False, priority: int = 0) -> Row:
     """One ONNX Runtime row: session (its host and GPU memory measured), check, timed runs
     (cuda_graph: replays of the session's captured CUDA graph). On CUDA the session runs on a
     stream of ours (priority: 0 = the default, -1 = high) and is timed with CUDA events on it, as
@@ -177,7 +177,9 @@ def first_variant_rows(b: Bench, prov: str, src: str, path: str, v: str, chk: st
     # Overlapped rows run ORT's stream at high priority, so that the dense layers' blocks are
     # scheduled ahead of the lookups' remaining ones (the op's own stream has the default priority).
     graphs = not a.no_cuda_graphs
-    specs = [("CUDA graph", path, True, 0)] if graphs else []
+    # CUDA graph rows replay dlrm_deploy's capture of an ORT run; one row replays ONNX Runtime's own
+    # graph mode through its run() for comparison (its host time per call is longer).
+    specs = [("CUDA graph", path, True, 0), ("ORT's own CUDA graph", path, "ort", 0)] if graphs else []
     specs.append(("overlap", f"{stem}_overlap.onnx", False, -1))
     if graphs:
         specs.append(("overlap, CUDA graph", f"{stem}_overlap.onnx", True, -1))

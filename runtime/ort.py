@@ -170,7 +170,7 @@ def _providers_for(device: str, providers, device_id: int, provider_options) -> 
 
 def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *, device_id: int = 0,
                 provider_options: Mapping[str, Any] | None = None, log_severity_level: int | None = None,
-                profile_prefix: str | None = None, cuda_graph: bool = False, stream: int | None = None,
+                profile_prefix: str | None = None, cuda_graph: bool | str = False, stream: int | None = None,
                 **session_options) -> "OrtSession":
     """Creates an ONNX Runtime session with the dlrm_deploy custom ops registered.
 
@@ -182,26 +182,51 @@ def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *
     device_id: GPU ordinal for the CUDA execution provider; provider_options: more CUDA EP options.
     log_severity_level: ORT log level of this session (0 verbose .. 4 fatal).
     profile_prefix: enables ORT's profiler (file name prefix); see node_providers().
-    cuda_graph: (device="cuda") capture each input-shape bucket's run into a CUDA graph (ORT's
-      enable_cuda_graph) and replay it: inputs are copied into fixed device buffers, outputs read
-      from fixed ones. Bounds checks stay on: check=checked errors of a replay are raised by run().
+    cuda_graph: (device="cuda") capture each input-shape bucket's run into a CUDA graph and replay
+      it: inputs are copied into fixed device buffers, outputs read from fixed ones. Bounds checks
+      stay on: check=checked errors of a replay are raised by run(). True: dlrm_deploy captures one
+      ORT run on the session's stream and launches the graph itself (a replay costs one graph
+      launch of host time, not a whole ORT run); without stream= the session gets a stream of its
+      own. "ort": ONNX Runtime's own graph mode (enable_cuda_graph), replayed through ORT's run.
     stream: (device="cuda") a CUDA stream handle (an int, e.g. ``torch.cuda.Stream().cuda_stream``)
       for ONNX Runtime's work (the CUDA provider's ``user_compute_stream``); the caller keeps the
       stream alive while the session lives. Lets a caller time the session with CUDA events on its
       own stream (``time_runs(events=True)``), or give it a priority.
     session_options: attributes of onnxruntime.SessionOptions, e.g. intra_op_num_threads=4.
     """
-    ort = _ort()
-    if cuda_graph:
-        if device != "cuda":
-            raise ValueError("cuda_graph=True needs device='cuda'")
+    if cuda_graph not in (False, True, "ort"):
+        raise ValueError(f"cuda_graph takes True (dlrm_deploy's capture), 'ort' (ONNX Runtime's) or False, got "
+                         f"{cuda_graph!r}")
+    if cuda_graph and device != "cuda":
+        raise ValueError("cuda_graph needs device='cuda'")
+    if cuda_graph == "ort":
         provider_options = dict(provider_options or {}, enable_cuda_graph="1")
     if stream is not None:
         if device != "cuda":
             raise ValueError("stream= needs device='cuda'")
         if not int(stream):
             raise ValueError("stream= takes a created CUDA stream's handle, not 0 (the legacy default stream)")
+    own_stream = None
+    # Our capture needs to know ORT's stream: one of the session's own (where the CUDA provider is
+    # there at all; else the session below says that it is missing).
+    if cuda_graph is True and stream is None and CUDA_EP in _ort().get_available_providers():
+        own_stream = stream = _graph_call("dd_ort_stream_create", int(device_id))
+    if stream is not None:
         provider_options = dict(provider_options or {}, user_compute_stream=str(int(stream)))
+    try:
+        session = _create_session(path, device, providers, device_id, provider_options, log_severity_level,
+                                  profile_prefix, session_options)
+    except BaseException:
+        if own_stream is not None:
+            _graph_api().dd_ort_stream_destroy(own_stream)
+        raise
+    return OrtSession(session, device=device, device_id=device_id, cuda_graph=cuda_graph, stream=stream,
+                      own_stream=own_stream)
+
+
+def _create_session(path, device, providers, device_id, provider_options, log_severity_level, profile_prefix,
+                    session_options):
+    ort = _ort()
     provider_list = _providers_for(device, providers, device_id, provider_options)
     so = _session_options(log_severity_level, profile_prefix, session_options)
     proto, folder = _load_model(path)
@@ -228,7 +253,7 @@ def ort_session(path, device: str = "cuda", providers: Sequence | None = None, *
     if device == "cuda" and providers is None and CUDA_EP not in session.get_providers():
         raise RuntimeError(f"the CUDA execution provider did not load (session providers: {session.get_providers()}); "
                            "check the CUDA/cuDNN libraries onnxruntime-gpu needs (see its warnings above)")
-    return OrtSession(session, device=device, device_id=device_id, cuda_graph=cuda_graph, stream=stream)
+    return session
 
 
 def _bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -257,10 +282,11 @@ class OrtSession:
     # requests to a few bucket sizes (see docs/onnxruntime.md).
     MAX_GRAPHS = 16
 
-    def __init__(self, session, device: str = "cpu", device_id: int = 0, cuda_graph: bool = False,
-                 stream: int | None = None):
+    def __init__(self, session, device: str = "cpu", device_id: int = 0, cuda_graph: bool | str = False,
+                 stream: int | None = None, own_stream: int | None = None):
         self.session = session
         self.stream = stream
+        self._own_stream = own_stream  # made by ort_session for cuda_graph=True: destroyed with the session
         self.device = device
         self.device_id = device_id
         self.cuda_graph = cuda_graph
@@ -269,6 +295,23 @@ class OrtSession:
         self.output_names = [o.name for o in session.get_outputs()]
         self._input_types = {i.name: i.type for i in session.get_inputs()}
         self._output_types = {o.name: o.type for o in session.get_outputs()}
+
+    def close(self) -> None:
+        """Releases the session, its captured CUDA graphs and its own stream (if any); also done
+        when the object is collected."""
+        graphs, self._graphs = getattr(self, "_graphs", {}), {}
+        for slot in graphs.values():
+            slot.release()
+        self.session = None
+        own, self._own_stream = getattr(self, "_own_stream", None), None
+        if own is not None:
+            _graph_api().dd_ort_stream_destroy(own)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the library may be gone
+            pass
 
     @property
     def providers(self) -> list[str]:
@@ -376,8 +419,8 @@ class OrtSession:
                 slot.inputs[name].update_inplace(np.ascontiguousarray(feeds[name]))
             if not events:
                 return time_wall(lambda: self._replay(slot), runs, warmup)
-            options, finish = _run_options(slot.graph_id, synchronize=False), raise_captured_error
-            call = lambda: self.session.run_with_iobinding(slot.binding, options)  # noqa: E731
+            finish = raise_captured_error
+            call = lambda: self._replay(slot, synchronize=False, check=False)  # noqa: E731
         else:
             device_feeds = self.to_device(feeds)
             binding = self.make_binding(device_feeds)
@@ -426,21 +469,53 @@ class OrtSession:
         for n, v in outputs.items():
             binding.bind_ortvalue_output(n, v)
         slot = _GraphSlot(inputs, outputs, binding, _run_options(len(self._graphs)), len(self._graphs))
+        if self.cuda_graph is True:
+            slot.exec = self._capture(binding)
         self._graphs[key] = slot
         return slot
 
-    def _replay(self, slot: "_GraphSlot") -> None:
-        self.session.run_with_iobinding(slot.binding, slot.run_options)
-        raise_captured_error()
+    def _capture(self, binding) -> int:
+        """One run on the fixed binding, then the same run captured on the session's stream (the
+        first run leaves ORT's memory arena holding what the run needs: capture allows no new
+        device allocations). Returns the instantiated graph."""
+        self.session.run_with_iobinding(binding, _run_options(None))
+        stream = int(self.stream)
+        _graph_call("dd_ort_graph_begin", stream)
+        exec_ = ctypes.c_void_p()
+        try:
+            self.session.run_with_iobinding(binding, _run_options(None, synchronize=False))
+        except Exception as e:
+            api, msg = _graph_api(), ctypes.create_string_buffer(512)
+            api.dd_ort_graph_end(stream, ctypes.byref(exec_), msg, len(msg))
+            api.dd_ort_graph_destroy(exec_)
+            raise RuntimeError(f"cuda_graph: ONNX Runtime's run could not be captured into a CUDA graph ({e}); "
+                               "cuda_graph='ort' uses ONNX Runtime's own graph mode") from e
+        _graph_call("dd_ort_graph_end", stream, ctypes.byref(exec_))
+        return exec_.value
+
+    def _replay(self, slot: "_GraphSlot", synchronize: bool = True, check: bool = True) -> None:
+        if slot.exec is not None:
+            _graph_call("dd_ort_graph_launch", slot.exec, int(self.stream), int(synchronize))
+        else:
+            options = slot.run_options if synchronize else _run_options(slot.graph_id, synchronize=False)
+            self.session.run_with_iobinding(slot.binding, options)
+        if check:
+            raise_captured_error()
 
 
 class _GraphSlot:
-    """One shape bucket of a CUDA-graph session: fixed input/output OrtValues, their binding and
-    the run options naming its graph."""
+    """One shape bucket of a CUDA-graph session: fixed input/output OrtValues, their binding, the
+    run options naming its graph in ORT's graph mode, or (dlrm_deploy's capture) its graph."""
 
     def __init__(self, inputs: dict, outputs: dict, binding, run_options, graph_id: int):
         self.inputs, self.outputs, self.binding, self.run_options = inputs, outputs, binding, run_options
         self.graph_id = graph_id
+        self.exec: int | None = None  # cudaGraphExec_t of dlrm_deploy's capture
+
+    def release(self) -> None:
+        exec_, self.exec = self.exec, None
+        if exec_ is not None:
+            _graph_api().dd_ort_graph_destroy(exec_)
 
 
 def _run_options(graph_id: int | None, synchronize: bool = True):
@@ -460,6 +535,36 @@ def _numpy_dtype(onnx_type: str):
     if onnx_type not in table:
         raise TypeError(f"cuda_graph: unsupported output type {onnx_type}")
     return table[onnx_type]
+
+
+@functools.lru_cache(maxsize=1)
+def _graph_api():
+    """The op library's CUDA-graph and stream entry points (plugins/ort/cuda_graph.cc)."""
+    lib = ctypes.CDLL(custom_op_library())  # the instance ONNX Runtime loaded: same path, same handle
+    msg = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.dd_ort_stream_create.argtypes, lib.dd_ort_stream_create.restype = [ctypes.c_int, *msg], ctypes.c_void_p
+    lib.dd_ort_stream_destroy.argtypes, lib.dd_ort_stream_destroy.restype = [ctypes.c_void_p], None
+    lib.dd_ort_graph_begin.argtypes, lib.dd_ort_graph_begin.restype = [ctypes.c_void_p, *msg], ctypes.c_int
+    lib.dd_ort_graph_end.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), *msg]
+    lib.dd_ort_graph_end.restype = ctypes.c_int
+    lib.dd_ort_graph_launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, *msg]
+    lib.dd_ort_graph_launch.restype = ctypes.c_int
+    lib.dd_ort_graph_destroy.argtypes, lib.dd_ort_graph_destroy.restype = [ctypes.c_void_p], None
+    return lib
+
+
+def _graph_call(name: str, *args):
+    """Calls one of _graph_api's functions with a message buffer; RuntimeError with its message on
+    failure. Returns the stream handle for dd_ort_stream_create."""
+    msg = ctypes.create_string_buffer(512)
+    rc = getattr(_graph_api(), name)(*args, msg, len(msg))
+    if name == "dd_ort_stream_create":
+        if not rc:
+            raise RuntimeError(f"cuda_graph: {msg.value.decode(errors='replace')}")
+        return rc
+    if rc != 0:
+        raise RuntimeError(f"cuda_graph: {msg.value.decode(errors='replace')}")
+    return None
 
 
 @functools.lru_cache(maxsize=1)

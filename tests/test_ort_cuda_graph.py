@@ -54,9 +54,11 @@ def test_no_memcpy_node_and_op_on_cuda(exported):
     assert "Memcpy nodes are added" not in r.stderr, [ln for ln in r.stderr.splitlines() if "Memcpy" in ln]
 
 
-def test_cuda_graph_replays_fresh_inputs_and_buckets(exported):
+@pytest.mark.parametrize("mode", [True, "ort"])
+def test_cuda_graph_replays_fresh_inputs_and_buckets(exported, mode):
+    """True: our capture of an ORT run, launched by us; "ort": ONNX Runtime's own graph mode."""
     cfg, model, path = exported
-    sess = dd_ort.ort_session(path, device="cuda", cuda_graph=True)
+    sess = dd_ort.ort_session(path, device="cuda", cuda_graph=mode)
     for batch, seed in [(32, 1), (32, 2), (64, 3), (32, 4)]:
         feeds, ref = _feeds(cfg, model, batch, seed)
         (out,) = sess.run(feeds)
@@ -64,9 +66,10 @@ def test_cuda_graph_replays_fresh_inputs_and_buckets(exported):
     assert len(sess._graphs) == 2
 
 
-def test_cuda_graph_checked_bad_input_raises_and_recovers(exported):
+@pytest.mark.parametrize("mode", [True, "ort"])
+def test_cuda_graph_checked_bad_input_raises_and_recovers(exported, mode):
     cfg, model, path = exported
-    sess = dd_ort.ort_session(path, device="cuda", cuda_graph=True)
+    sess = dd_ort.ort_session(path, device="cuda", cuda_graph=mode)
     feeds, ref = _feeds(cfg, model, 32, 5)
     for _ in range(3):  # capture happens within these
         (out,) = sess.run(feeds)
@@ -84,7 +87,7 @@ def test_cuda_graph_checked_bad_input_raises_and_recovers(exported):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cuda_graph", [False, True])
+@pytest.mark.parametrize("cuda_graph", [False, True, "ort"])
 def test_user_stream_runs_and_times_with_events(exported, cuda_graph):
     """A session on a stream of ours (high priority, as bench e2e's overlap rows) gives the same
     outputs, and time_runs(events=True) times it with CUDA events on that stream."""
@@ -96,3 +99,20 @@ def test_user_stream_runs_and_times_with_events(exported, cuda_graph):
     t = sess.time_runs(feeds, runs=5, warmup=2, events=True)
     assert t["runs"] == 5 and 0 < t["min_ms"] <= t["median_ms"] <= t["max_ms"]
     np.testing.assert_allclose(sess.run(feeds)[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_own_stream_session_times_with_events_and_closes(exported):
+    """cuda_graph=True without stream=: the session makes a stream of its own (ORT's compute stream,
+    where the graph is captured and launched), times on it, and releases it and its graphs on close."""
+    cfg, model, path = exported
+    sess = dd_ort.ort_session(path, device="cuda", cuda_graph=True)
+    assert sess.stream is not None and sess._own_stream == sess.stream
+    feeds, ref = _feeds(cfg, model, 32, 9)
+    np.testing.assert_allclose(sess.run(feeds)[0], ref, rtol=1e-4, atol=1e-5)
+    t = sess.time_runs(feeds, runs=5, warmup=2, events=True)
+    assert t["runs"] == 5 and 0 < t["min_ms"] <= t["median_ms"] <= t["max_ms"]
+    (slot,) = sess._graphs.values()
+    assert slot.exec is not None
+    sess.close()
+    assert sess.session is None and sess._own_stream is None and slot.exec is None
+    sess.close()  # twice is harmless

@@ -106,6 +106,19 @@ def test_cuda_device_without_cuda_ep_is_a_clear_error():
         dd_ort.ort_session(small_dlrm().SerializeToString(), device="cuda")
 
 
+def test_cuda_graph_modes_are_checked():
+    """cuda_graph is True (our capture), "ort" (ONNX Runtime's graph mode) or False, and needs CUDA."""
+    model = small_dlrm().SerializeToString()
+    with pytest.raises(ValueError, match="cuda_graph takes True"):
+        dd_ort.ort_session(model, device="cuda", cuda_graph="yes")
+    for mode in (True, "ort"):
+        with pytest.raises(ValueError, match="cuda_graph needs device='cuda'"):
+            dd_ort.ort_session(model, device="cpu", cuda_graph=mode)
+    if not dd_ort.cuda_available():
+        with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
+            dd_ort.ort_session(model, device="cuda", cuda_graph=True)
+
+
 def test_stream_and_event_timing_need_cuda():
     """stream= (ORT's user compute stream) is for CUDA sessions; events=True timing needs one."""
     with pytest.raises(ValueError, match="stream= needs device='cuda'"):

@@ -422,9 +422,15 @@ int cluster_size(int64_t blocks) {
 // slower beside the lookups (H100, paper model fp32, graphed end to end: batch 512 with 16 blocks
 // 0.209 against 0.203 ms, batch 256 with 16 blocks of one group 0.132 against 0.119 ms; batch 2048
 // with 34 blocks 0.666 against 0.674 ms).
+// DLRM_DEPLOY_MLP_BESIDE (blocks, for tuning) replaces the quarter, read once per process.
 int64_t beside_blocks(int64_t batch, int sms) {
-  const int64_t quarter = std::max(1, sms / 4);
-  return (batch + kMaxRows - 1) / kMaxRows >= 2 * quarter ? quarter : 0;
+  static const int forced = [] {
+    const char* s = std::getenv("DLRM_DEPLOY_MLP_BESIDE");
+    const int v = s ? std::atoi(s) : 0;
+    return v > 0 ? v : 0;
+  }();
+  const int64_t blocks = forced ? forced : std::max(1, sms / 4);
+  return (batch + kMaxRows - 1) / kMaxRows >= 2 * blocks ? blocks : 0;
 }
 
 // One chain's launch: the kernel's layer table, activation strides, rows per block, weight rows

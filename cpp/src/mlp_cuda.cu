@@ -554,11 +554,8 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
   blocks = (blocks + csize - 1) / csize * csize;
   if (blocks > 0x7fffffff) return fail(DD_ERR_INPUT, msg, len, "batch too large");
   const bool x_vec = a->in_width % 4 == 0 && aligned(a->x, 16);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)blocks);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchConfig_t cfg =
+      dd::launch_config(dim3((unsigned)blocks), dim3(kThreads), smem, static_cast<cudaStream_t>(stream));
   // Programmatic dependent launch first (kept when a cluster is refused), then the cluster.
   cudaLaunchAttribute attr[2];
   const int pdl = dd::pdl_attribute(dev.major, &attr[0]);

@@ -18,11 +18,7 @@ template <typename... Args>
 int launch_kernel(void (*kernel)(Params, Args...), dim3 grid, dim3 block, size_t smem, const Params& p,
                   const dd_config& c, const DeviceInfo& dev, cudaStream_t stream, bool window, char* msg, size_t len,
                   Args... extra) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
+  cudaLaunchConfig_t cfg = launch_config(grid, block, smem, stream);
   cudaLaunchAttribute attr[1];
   if (window) {
     const size_t hot_bytes = (size_t)c.num_tables * (size_t)c.pinned_rows * (size_t)p.row_bytes;

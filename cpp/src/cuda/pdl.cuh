@@ -41,15 +41,21 @@ inline int pdl_attribute(int major, cudaLaunchAttribute* attr) {
   return 1;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...) with pdl_attribute where the device has it.
-template <typename... KernelArgs, typename... Args>
-cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                       int major, Args&&... args) {
+// The configuration of a cudaLaunchKernelEx launch, no attributes yet (the launches add theirs).
+inline cudaLaunchConfig_t launch_config(dim3 grid, dim3 block, size_t smem, cudaStream_t stream) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
+  return cfg;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) with pdl_attribute where the device has it.
+template <typename... KernelArgs, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       int major, Args&&... args) {
+  cudaLaunchConfig_t cfg = launch_config(grid, block, smem, stream);
   cudaLaunchAttribute attr[1];
   cfg.attrs = attr;
   cfg.numAttrs = (unsigned)pdl_attribute(major, attr);

@@ -287,6 +287,7 @@ class OrtSession:
         self.session = session
         self.stream = stream
         self._own_stream = own_stream  # made by ort_session for cuda_graph=True: destroyed with the session
+        self._launch = None  # (dd_ort_graph_launch, message buffer): set up at the first replay of our graphs
         self.device = device
         self.device_id = device_id
         self.cuda_graph = cuda_graph
@@ -495,7 +496,11 @@ class OrtSession:
 
     def _replay(self, slot: "_GraphSlot", synchronize: bool = True, check: bool = True) -> None:
         if slot.exec is not None:
-            _graph_call("dd_ort_graph_launch", slot.exec, int(self.stream), int(synchronize))
+            if self._launch is None:  # once per session: a replay's host time is what our graphs save
+                self._launch = (_graph_api().dd_ort_graph_launch, ctypes.create_string_buffer(512))
+            launch, msg = self._launch
+            if launch(slot.exec, self.stream, int(synchronize), msg, len(msg)):
+                raise RuntimeError(f"cuda_graph: {msg.value.decode(errors='replace')}")
         else:
             options = slot.run_options if synchronize else _run_options(slot.graph_id, synchronize=False)
             self.session.run_with_iobinding(slot.binding, options)

@@ -77,7 +77,7 @@ ENUMS = {
         ("occupancy", "baseline with the per-architecture register cap"),
         ("prefetch", "baseline with register prefetch of the next prefetch_distance lookups"),
         ("l2pin", "baseline with hot rows kept in L2"),
-        ("combined", "occupancy + prefetch (into L2: within the occupancy register budget) + l2pin"))),
+        ("combined", "occupancy + prefetch + l2pin"))),
     "check": ("dd_check", "DD_", (("unchecked", ""), ("checked", ""), ("deferred", ""))),
 }
 assert tuple(n for n, _ in ENUMS["dtype"][2]) == DTYPES

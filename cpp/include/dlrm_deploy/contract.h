@@ -36,7 +36,7 @@ typedef enum {
   DD_OCCUPANCY = 2,  /* baseline with the per-architecture register cap */
   DD_PREFETCH = 3,  /* baseline with register prefetch of the next prefetch_distance lookups */
   DD_L2PIN = 4,  /* baseline with hot rows kept in L2 */
-  DD_COMBINED = 5,  /* occupancy + prefetch (into L2: within the occupancy register budget) + l2pin */
+  DD_COMBINED = 5,  /* occupancy + prefetch + l2pin */
   DD_NUM_VARIANTS = 6
 } dd_variant;
 typedef enum {

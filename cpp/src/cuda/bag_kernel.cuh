@@ -50,21 +50,7 @@ __global__ void __launch_bounds__(kBlock, Policy::kMinBlocks) bag_kernel(const P
       v = load_element<DT>(row, feature, D, (Hint && id < p.pinned) ? pol_hot : pol_cold);
     };
     float acc = 0.0f;
-    if constexpr (PD > 0 && Policy::kToL2) {
-      // Software prefetch into L2: the rows of lookups i+1..i+PD are on their way while lookup i
-      // is loaded and added; one index and one address of registers, not PD elements.
-      auto touch = [&](int64_t i) {
-        const int64_t id = (int64_t)idx[i];
-        if (id >= 0 && id < rows) prefetch_element_l2<DT>(p.weights + global_row(p.tab, t, id) * p.row_bytes, feature);
-      };
-      for (int64_t i = start; i < end && i < start + PD; ++i) touch(i);
-      for (int64_t i = start; i < end; ++i) {
-        if (i + PD < end) touch(i + PD);
-        float v, w;
-        fetch(i, v, w);
-        acc = psw ? fmaf(w, v, acc) : acc + v;
-      }
-    } else if constexpr (PD == 0) {
+    if constexpr (PD == 0) {
       for (int64_t i = start; i < end; ++i) {
         float v, w;
         fetch(i, v, w);

@@ -91,14 +91,6 @@ __device__ __forceinline__ void decode(const typename Raw<Bytes>::T& r, float2 s
     for (int k = 0; k < per_word; ++k) v[w * per_word + k] = decode_word<DT>(words[w], k, sb);
 }
 
-// Brings the line of a row that holds feature into L2 without waiting for it (no register holds
-// the data: software prefetch that costs no more of the register budget than the address).
-template <int DT>
-__device__ __forceinline__ void prefetch_element_l2(const uint8_t* row, int feature) {
-  const int bits = DT == DD_FP32 ? 32 : DT == DD_FP16 || DT == DD_BF16 ? 16 : DT == DD_INT4 ? 4 : 8;
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(row + (int64_t)feature * bits / 8));
-}
-
 template <int DT>
 __device__ __forceinline__ float load_element(const uint8_t* row, int feature, int dim, uint64_t pol) {
   if constexpr (DT == DD_FP32) return __uint_as_float(ld<4>(row + 4 * feature, pol));

@@ -13,23 +13,20 @@ namespace {
 // Prefetch: lookups in flight per thread (0 = none); CapRegisters: cut the register budget for
 // DD_OCC_MIN_BLOCKS resident 256-thread blocks per SM (a per-architecture number, so it is read in
 // each device pass here and not part of the type: host and device must name the same kernel);
-// Hint: L2 evict_last hints for hot rows and the hot-row prefetch pass. ToL2: the prefetch brings
-// the next lookups' rows into L2 (prefetch.global.L2) instead of holding them in registers, so that
-// it fits the occupancy cap's register budget (register prefetch at the cap spills).
-template <int Variant, int Prefetch, bool CapRegisters, bool Hint, bool ToL2 = false>
+// Hint: L2 evict_last hints for hot rows and the hot-row prefetch pass.
+template <int Variant, int Prefetch, bool CapRegisters, bool Hint>
 struct BagPolicy {
   static constexpr int kVariant = Variant;
   static constexpr int kPrefetch = Prefetch;
   static constexpr int kMinBlocks = CapRegisters ? DD_OCC_MIN_BLOCKS : 1;
   static constexpr bool kHint = Hint;
-  static constexpr bool kToL2 = ToL2;
 };
 
 using BaselinePolicy = BagPolicy<DD_BASELINE, 0, false, false>;
 using OccupancyPolicy = BagPolicy<DD_OCCUPANCY, 0, true, false>;
 template <int PD> using PrefetchPolicy = BagPolicy<DD_PREFETCH, PD, false, false>;
 using L2PinPolicy = BagPolicy<DD_L2PIN, 0, false, true>;
-template <int PD> using CombinedPolicy = BagPolicy<DD_COMBINED, PD, true, true, true>;
+template <int PD> using CombinedPolicy = BagPolicy<DD_COMBINED, PD, true, true>;
 
 // ---- family 2 (warp_kernel, what auto runs): vector bytes per lane and row loads in flight ----
 template <int VecBytes, int Unroll>

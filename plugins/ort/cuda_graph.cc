@@ -2,8 +2,9 @@
 // (runtime/ort.py, cuda_graph=True) rather than by ONNX Runtime's own graph mode: one Run of the
 // session on its compute stream is captured into a graph, which is then launched directly. Same
 // kernels as ORT's graph, but a replay costs one cudaGraphLaunch of host time instead of a whole
-// Run (binding checks, run options, then ORT's own launch): 7 against 20 us per call measured on
-// an H100 host, time the GPU otherwise waits for at the start of every batch.
+// Run (binding checks, run options, then ORT's own launch): on one H100 host ORT's graphed run
+// took 20 us of host time per call and a replay of a capture of the same run 7 us, time the GPU
+// otherwise waits for at the start of every batch.
 //
 // Exported with C linkage for ctypes; each returns 0 or writes a one-line reason into msg.
 #include <cstddef>

@@ -13,6 +13,7 @@ import pathlib
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -55,11 +56,22 @@ def local(sess, feeds):
     return dict(zip(sess.output_names, sess.run(feeds)))
 
 
-def stats(server, model=MODEL) -> dict:
+def stats(server, model=MODEL, requests_at_least: int = 0) -> dict:
+    """The model's request and execution counts. The server counts a request after its response
+    has gone out, so a count read right after the last response can lag: with requests_at_least,
+    read again (up to 10 s) until that many requests are counted."""
     import tritonclient.grpc as tg
 
-    s = tg.InferenceServerClient(server.grpc_url).get_inference_statistics(model, as_json=True)["model_stats"][0]
-    return {"requests": int(s["inference_stats"]["success"]["count"]), "executions": int(s["execution_count"])}
+    client = tg.InferenceServerClient(server.grpc_url)
+    deadline = time.monotonic() + 10.0
+    while True:
+        s = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        # zero counts are left out of the JSON
+        got = {"requests": int(s["inference_stats"]["success"].get("count", 0)),
+               "executions": int(s.get("execution_count", 0))}
+        if got["requests"] >= requests_at_least or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("model", [MODEL, TABLES])
@@ -195,7 +207,7 @@ def test_concurrent_clients_get_their_own_rows_from_merged_executions(served, mo
     for k, b, _ in jobs:
         assert got[k].shape == (1, b, 1), (k, got[k].shape)
         np.testing.assert_allclose(got[k][0], wanted[k][1], rtol=1e-5, atol=1e-6, err_msg=f"request {k}")
-    after = stats(server, model)
+    after = stats(server, model, requests_at_least=before["requests"] + len(jobs))
     requests, executions = after["requests"] - before["requests"], after["executions"] - before["executions"]
     assert requests == len(jobs)
     assert executions < requests, f"no merged executions: {executions} executions for {requests} requests"

@@ -340,14 +340,6 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
                                         const float* psw, int64_t num_indices, int64_t num_offsets,
                                         const std::vector<dd_table_lookups>* tables, void* out, char* msg) {
   const OrtApi& api = Ort::GetApi();
-  // The CUDA provider's call, by value: with overlap=2 it runs after Compute has returned.
-  std::vector<dd_table_lookups> per_table;
-  if (tables != nullptr) per_table = *tables;
-  const bool packed = tables == nullptr;
-  Forward forward = [=](void* ws, void* stream, const dd_config* cfg, char* m) {
-    return packed ? dd_forward_cuda(cfg, w, idx, off, psw, num_indices, num_offsets, out, ws, stream, m, DD_MSG_LEN)
-                  : dd_forward_tables_cuda(cfg, w, per_table.data(), out, ws, stream, m, DD_MSG_LEN);
-  };
   int rc = DD_OK;
   if (provider_ == Provider::kCpu) {
     // Bags spread over ONNX Runtime's intra-op thread pool: OrtApi::KernelContext_ParallelFor
@@ -378,6 +370,18 @@ OrtStatusPtr EmbeddingBagKernel::Launch(OrtKernelContext* context, const void* w
                 : dd_forward_cpu_parallel(&cfg_, w, idx, off, psw, num_indices, num_offsets, out, parallel_for, &pool,
                                           msg, DD_MSG_LEN);
   } else {
+    // The CUDA provider's call. With overlap it may run after Compute has returned (overlap=2
+    // launches it from the joining node), so it then owns a copy of the per-table list; otherwise
+    // it reads the caller's, alive until Launch returns.
+    std::vector<dd_table_lookups> kept;
+    if (tables != nullptr && cfg_.overlap) kept = *tables;
+    const dd_table_lookups* borrowed = tables != nullptr && !cfg_.overlap ? tables->data() : nullptr;
+    const bool packed = tables == nullptr;
+    Forward forward = [=, kept = std::move(kept)](void* ws, void* stream, const dd_config* cfg, char* m) {
+      return packed ? dd_forward_cuda(cfg, w, idx, off, psw, num_indices, num_offsets, out, ws, stream, m, DD_MSG_LEN)
+                    : dd_forward_tables_cuda(cfg, w, borrowed ? borrowed : kept.data(), out, ws, stream, m,
+                                             DD_MSG_LEN);
+    };
     Ort::KernelContext ctx(context);
     void* stream = ctx.GetGPUComputeStream();
     const size_t ws_bytes = dd_workspace_size(&cfg_);

@@ -74,6 +74,13 @@ def child_main(job_path: str) -> int:
         return 1
 
 
+def _ids(job: dict):
+    """The torch dtype of the ids and offsets the parent feeds (its --ids)."""
+    import torch
+
+    return getattr(torch, job.get("ids", "int64"))
+
+
 def _child_export(job: dict, cfg, model, status) -> dict:
     """Our export of the model, its host memory measured (VmHWM reset just before export_onnx)."""
     from dlrm_deploy.export import export_onnx, make_inputs
@@ -81,7 +88,7 @@ def _child_export(job: dict, cfg, model, status) -> dict:
     h = job.get("hot_sample")
     sample = (make_inputs(cfg, h["batch"], pooling=h["pooling"], source=h["source"], seed=h["seed"])
               if h else None)
-    example = make_inputs(cfg, 8, pooling=4, seed=1)
+    example = make_inputs(cfg, 8, pooling=4, seed=1, index_dtype=_ids(job))
     info, mem = host_peak(lambda: export_onnx(
         model, example, job["path"], dtype=job["dtype"], hot_rows_from=sample, validate=job["validate"],
         progress=lambda m: say(f"    [{job['name']}] " + m.replace("\n", f"\n    [{job['name']}] "))))
@@ -98,12 +105,14 @@ def _child_stock(job: dict, cfg, model, status) -> dict:
     from dlrm_deploy.runtime import ort as ort_rt
 
     t = time.perf_counter()
+    # int64 ids: the stock exporter's graph mixes its own int64 constants with the ids (ORT refuses
+    # its Concat of int32 and int64)
     _, export_mem = host_peak(lambda: export_stock(model, make_inputs(cfg, 8, pooling=4, seed=1), job["path"]))
     status("session", export_s=time.perf_counter() - t, export_memory=export_mem)
     sess, session_mem = host_peak(lambda: ort_rt.ort_session(job["path"], device=job["device"],
                                                              **job["ort_options"]))
     status("check", session_memory=session_mem)
-    inputs, check_inputs = torch.load(job["inputs"])
+    inputs, check_inputs = (_int64_ids(x) for x in torch.load(job["inputs"]))
     err, rel = compare(sess.run(onnx_feeds(sess.input_names, *check_inputs))[0], np.load(job["reference"]))
     out = {"max_abs_err": err, "max_rel_err": rel, "ok": err <= job["tolerance"], "export_memory": export_mem,
            "session_memory": session_mem}
@@ -122,6 +131,11 @@ def _child_stock(job: dict, cfg, model, status) -> dict:
         status("runs", done=i + 1)
     out.update(summary_ms(times))
     return out
+
+
+def _int64_ids(inputs):
+    dense, indices, offsets = inputs
+    return dense, [i.long() for i in indices], [o.long() for o in offsets]
 
 
 def run_child(job: dict, workdir: str, budget_s: float | None = None, setup_s: float = 1800.0) -> dict:

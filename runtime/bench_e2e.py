@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pooling", default=None, help="lookups per bag (int) or var:L (default: the config's)")
     parser.add_argument("--dtype", default="fp32", choices=C.DTYPES, help="our op's table storage (default fp32)")
     parser.add_argument("--indices", default="uniform", help="uniform | zipf:ALPHA | trace:FILE")
+    parser.add_argument("--ids", choices=("int32", "int64"), default="int32",
+                        help="dtype of the ids and offsets every row is fed, our export's inputs included "
+                             "(default int32: FBGEMM's rows take int32 ids either way; the stock-exporter row "
+                             "always int64)")
     parser.add_argument("--variants", default="auto,baseline,occupancy,prefetch,l2pin,combined",
                         help="comma-separated kernel variants of our op")
     parser.add_argument("--hot-rows", choices=("auto", "on", "off"), default="off",
@@ -123,8 +127,10 @@ def _setup(args: argparse.Namespace) -> Bench:
     t0 = time.perf_counter()
     model = DLRM(cfg, seed=args.seed).eval()
     say(f"  built the model ({cfg.table_bytes() / 2**30:.2f} GiB of fp32 tables) in {time.perf_counter() - t0:.1f}s")
-    inputs = make_inputs(cfg, batch, pooling=pooling, source=args.indices, seed=args.seed + 100)
-    check_inputs = make_inputs(cfg, batch, pooling=pooling, source=args.indices, seed=args.seed + 200)
+    ids = getattr(torch, args.ids)
+    inputs = make_inputs(cfg, batch, pooling=pooling, source=args.indices, seed=args.seed + 100, index_dtype=ids)
+    check_inputs = make_inputs(cfg, batch, pooling=pooling, source=args.indices, seed=args.seed + 200,
+                               index_dtype=ids)
     return Bench(args, cfg, model, device, inputs, check_inputs, ort_options=ort_options, batch=batch,
                  pooling=pooling, threads=threads, tdev=torch.device(device))
 
@@ -201,7 +207,7 @@ def _result(b: Bench, rows: list[Row], summary: dict, memory: dict, export: dict
     return {"benchmark": "e2e", "environment": environment(),
             "config": {"name": cfg.name, "table_rows": list(cfg.table_rows), "dim": cfg.dim,
                        "num_dense": cfg.num_dense, "bottom_mlp": list(cfg.bottom_mlp), "top_mlp": list(cfg.top_mlp),
-                       "batch": b.batch, "pooling": b.pooling, "indices": args.indices, "dtype": args.dtype,
+                       "batch": b.batch, "pooling": b.pooling, "indices": args.indices, "ids": args.ids, "dtype": args.dtype,
                        "device": b.device, "threads": b.threads, "runs": args.runs, "warmup": args.warmup,
                        "graph_runs": args.graph_runs or max(args.runs, 50), "stock_budget_s": args.stock_budget,
                        "compile_budget_s": args.compile_budget, "hot_rows": export["hot_rows"]["chosen"] == "on",

@@ -65,7 +65,7 @@ def ort_row(b: Bench, name: str, backend: str, dtype: str, path: str, variant: s
 
 def _child_job(b: Bench, kind: str, path: str, **kw) -> dict:
     return dict(kind=kind, config=dataclasses.asdict(b.cfg), seed=b.args.seed, path=path, device=b.device,
-                threads=b.ort_options.get("intra_op_num_threads"), **kw)
+                ids=b.args.ids, threads=b.ort_options.get("intra_op_num_threads"), **kw)
 
 
 def stock_row(b: Bench, prov: str) -> Row:

@@ -100,6 +100,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--pooling", type=int, default=None)
     ap.add_argument("--overlap", action="store_true", help="also profile the overlap export (high-priority ORT stream)")
+    ap.add_argument("--ids", choices=("int32", "int64"), default="int32", help="dtype of the ids and offsets")
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None, help="JSON with every profile")
@@ -117,7 +118,7 @@ def main() -> int:
 
     cfg = get_config(a.config)
     model = DLRM(cfg, seed=0).eval()
-    inputs = make_inputs(cfg, a.batch, pooling=a.pooling or cfg.pooling, seed=1)
+    inputs = make_inputs(cfg, a.batch, pooling=a.pooling or cfg.pooling, seed=1, index_dtype=getattr(torch, a.ids))
     dev = torch.device("cuda")
     workdir = a.workdir or tempfile.mkdtemp(prefix="profile_e2e_")
     out: dict = {"config": a.config, "dtype": a.dtype, "batch": a.batch, "device": torch.cuda.get_device_name()}

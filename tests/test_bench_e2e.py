@@ -8,6 +8,7 @@ import contextlib
 import json
 import time
 
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ def test_cli_tiny_cpu(tmp_path, capsys):
     t0 = time.perf_counter()
     rc = cli.main(["bench", "e2e", "--config", "small", "--device", "cpu", "--batch", "16", "--runs", "3",
                    "--warmup", "1", "--variants", "auto", "--indices", "zipf:1.05", "--hot-rows", "auto",
-                   "--hot-probe-runs", "2", "--stock-budget", "0.5", "--json", str(out)])
+                   "--hot-probe-runs", "2", "--stock-budget", "0.5", "--json", str(out),
+                   "--workdir", str(tmp_path / "work")])
     text = capsys.readouterr().out
     assert rc == 0, text
     res = json.loads(out.read_text())
@@ -62,6 +64,27 @@ def test_cli_tiny_cpu(tmp_path, capsys):
     assert "export peak host RSS" in text and "ORT session creation" in text and "GPU memory of a session: skipped" \
         in text
     assert res["config"]["graph_runs"] == 50 and res["config"]["stock_budget_s"] == 0.5
+    assert res["config"]["ids"] == "int32"
+    assert _id_types(tmp_path / "work") == {onnx.TensorProto.INT32}  # our export takes what every row is fed
+
+
+def _id_types(workdir) -> set:
+    """The element types of the ids/offsets inputs of the ONNX files bench e2e exported into workdir."""
+    files = [f for f in workdir.glob("*.onnx") if f.name != "stock.onnx"]
+    assert files
+    return {i.type.tensor_type.elem_type for f in files for i in onnx.load(f, load_external_data=False).graph.input
+            if i.name.startswith(("indices", "offsets"))}
+
+
+def test_cli_int64_ids(tmp_path):
+    out = tmp_path / "e2e.json"
+    rc = cli.main(["bench", "e2e", "--config", "small", "--device", "cpu", "--batch", "16", "--runs", "3",
+                   "--warmup", "1", "--variants", "auto", "--no-stock", "--ids", "int64", "--json", str(out),
+                   "--workdir", str(tmp_path / "work")])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["ids"] == "int64" and res["summary"]["ours"]["speedup_vs_best_pytorch"] > 0
+    assert _id_types(tmp_path / "work") == {onnx.TensorProto.INT64}
 
 
 def test_hot_rows_default_is_off():

@@ -67,6 +67,22 @@ def test_random_shapes_match_numpy(device, seed):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * dim)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dim,widths,prefix", [(32, [64, 128, 320], 1), (128, [128, 1536], 0), (64, [64, 192, 64], 2)])
+def test_many_pairs_and_any_prefix_part(device, dim, widths, prefix):
+    """Every dot of up to 16 vectors, repeats included (more than the CUDA warp kernel's lanes read
+    ahead: 96), with the prefix any part (the warp kernel writes it from its lanes' registers)."""
+    rng = np.random.default_rng(dim)
+    n = sum(widths) // dim
+    pairs = np.concatenate([np.arange(n * n), rng.integers(0, n * n, size=17)])
+    parts = [rng.standard_normal((33, w)).astype(np.float32) for w in widths]
+    sess = dd_ort.ort_session(_one_node(widths, dim, pairs, prefix).SerializeToString(), device=device)
+    got = sess.run({f"x{k}": p for k, p in enumerate(parts)})[0]
+    want = _reference(parts, dim, pairs, prefix)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * dim)
+
+
 def test_cpu_generic_dot_matches_numpy():
     """The CPU forward's generic dot (CPUs without AVX2/FMA; DD_CPU_SIMD=0 selects it anywhere), in a
     process of its own: the choice is made once per process."""

@@ -129,6 +129,11 @@ __device__ __forceinline__ void tiles(const float* in, int ld_in, int rows, int 
     for (int i = 0; i < R; ++i) x[i] = in + min(r0 + i * RG, rows - 1) * ld_in;
 #pragma unroll
     for (int j = 0; j < CB; ++j) w[j] = ws + min(cc + j * CL, pe - 1) * ldw;
+    // The biases first: their load's latency hides behind the sums (in the epilogue it stalled
+    // every warp once per layer).
+    float bias_of[CB];
+#pragma unroll
+    for (int j = 0; j < CB; ++j) bias_of[j] = __ldg(bias + c0 + min(cc + j * CL, pe - 1));
     float acc[R][CB];
 #pragma unroll
     for (int i = 0; i < R; ++i)
@@ -161,10 +166,9 @@ __device__ __forceinline__ void tiles(const float* in, int ld_in, int rows, int 
     for (int j = 0; j < CB; ++j) {
       const int c = cc + j * CL;
       if (c >= pe) break;
-      const float b = __ldg(bias + c0 + c);
 #pragma unroll
       for (int i = 0; i < R; ++i)
-        if (r0 + i * RG < rows) out[(r0 + i * RG) * ld_out + c0 + c] = dd::mlp_activate(acc[i][j] + b, act);
+        if (r0 + i * RG < rows) out[(r0 + i * RG) * ld_out + c0 + c] = dd::mlp_activate(acc[i][j] + bias_of[j], act);
     }
   }
 }

@@ -133,25 +133,17 @@ struct Vectors {
   int64_t stride[kWarpMaxN];
 };
 
-// A lane's first dots' share rows (p = lane, lane + 32, ...) are read before the kernel waits for
-// the ones before it, and the prefix part is written from the lanes' registers (it is among the
-// vectors): a warp had waited on two more rounds of global loads after the vectors' (the dots' tri
-// entries and, for the paper's 128-wide prefix, four dependent load-store steps a lane).
-constexpr int kWarpMaxPairDots = 3;  // per lane, read early (up to 96 dots: DLRM's 13 or 14 vectors)
-
 template <int V>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) interaction_warp_kernel(Vectors vs, int n, int64_t batch,
                                                                               const int* tri, int num_pairs,
-                                                                              int prefix_first, int prefix_vectors,
+                                                                              const float* prefix_row,
+                                                                              int64_t prefix_stride, int prefix_width,
                                                                               float* out, int out_width) {
   using Vec = typename std::conditional<V == 4, float4, typename std::conditional<V == 2, float2, float>::type>::type;
   extern __shared__ float shares_all[];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t b = (int64_t)blockIdx.x * kWarpsPerBlock + warp;
   dd::pdl_trigger();
-  int mine[kWarpMaxPairDots];  // constant plan data: read before the wait
-#pragma unroll
-  for (int q = 0; q < kWarpMaxPairDots; ++q) mine[q] = lane + 32 * q < num_pairs ? __ldg(tri + lane + 32 * q) : 0;
   dd::pdl_wait();  // the vectors come from the kernels before this one
   if (b >= batch) return;  // no block-wide barrier below
   const int tri_n = n * (n + 1) / 2;
@@ -174,31 +166,22 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) interaction_warp_kernel(V
     }
   }
   float* o = out + b * out_width;
-#pragma unroll
-  for (int i = 0; i < kWarpMaxN; ++i)
-    if (i >= prefix_first && i < prefix_first + prefix_vectors) {
-      const float* x = reinterpret_cast<const float*>(&v[i]);
-#pragma unroll
-      for (int u = 0; u < V; ++u) o[(i - prefix_first) * 32 * V + lane * V + u] = x[u];
-    }
-  o += prefix_vectors * 32 * V;
+  if (prefix_row != nullptr)
+    for (int e = lane; e < prefix_width; e += 32) o[e] = __ldg(prefix_row + b * prefix_stride + e);
+  o += prefix_row != nullptr ? prefix_width : 0;
   __syncwarp();
-  auto sum_shares = [&](int row) {  // the 32 lanes' shares of one dot
-    const float* sh = shares + row * 33;
+  for (int p = lane; p < num_pairs; p += 32) {
+    const float* sh = shares + __ldg(tri + p) * 33;
     float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
 #pragma unroll
-    for (int r = 0; r < 32; r += 4) {
-      a0 += sh[r];
-      a1 += sh[r + 1];
-      a2 += sh[r + 2];
-      a3 += sh[r + 3];
+    for (int q = 0; q < 32; q += 4) {
+      a0 += sh[q];
+      a1 += sh[q + 1];
+      a2 += sh[q + 2];
+      a3 += sh[q + 3];
     }
-    return (a0 + a1) + (a2 + a3);
-  };
-#pragma unroll
-  for (int q = 0; q < kWarpMaxPairDots; ++q)
-    if (lane + 32 * q < num_pairs) o[lane + 32 * q] = sum_shares(mine[q]);
-  for (int p = lane + 32 * kWarpMaxPairDots; p < num_pairs; p += 32) o[p] = sum_shares(__ldg(tri + p));  // repeats
+    o[p] = (a0 + a1) + (a2 + a3);
+  }
 }
 }  // namespace
 
@@ -304,14 +287,8 @@ int dd_interaction_cuda(const dd_interaction_plan* plan, const dd_interaction_ar
         vs.base[v] = a->parts[k] + u * a->dim;
         vs.stride[v] = a->widths[k];
       }
-    int prefix_first = 0, prefix_vectors = 0;  // the prefix part's vectors among vs
-    for (int k = 0; k < a->count; ++k) {
-      if (k == a->prefix) {
-        prefix_vectors = (int)(a->widths[k] / a->dim);
-        break;
-      }
-      prefix_first += (int)(a->widths[k] / a->dim);
-    }
+    const float* prefix_row = a->prefix >= 0 ? a->parts[a->prefix] : nullptr;
+    const int64_t prefix_width = a->prefix >= 0 ? a->widths[a->prefix] : 0;
     const unsigned blocks = (unsigned)((a->batch + kWarpsPerBlock - 1) / kWarpsPerBlock);
     auto go = [&](auto kernel) {
       if (warp_smem > 48 * 1024) {
@@ -319,7 +296,7 @@ int dd_interaction_cuda(const dd_interaction_plan* plan, const dd_interaction_ar
         if (e != cudaSuccess) return dd::cuda_fail(e, "raising the interaction kernel's shared memory", msg, len);
       }
       e = launch(kernel, blocks, kWarpsPerBlock * 32, warp_smem, vs, (int)plan->n, a->batch, (const int*)plan->tri,
-                 (int)plan->num_pairs, prefix_first, prefix_vectors, a->out, (int)width);
+                 (int)plan->num_pairs, prefix_row, prefix_width, (int)prefix_width, a->out, (int)width);
       if (e == cudaSuccess) e = cudaGetLastError();
       return e == cudaSuccess ? DD_OK : dd::cuda_fail(e, "launching the interaction kernel", msg, len);
     };

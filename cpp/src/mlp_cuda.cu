@@ -17,7 +17,8 @@
 // 21.2 / 19.6 (24.5 / 23.7) for the kernel before (every block staging every weight by cp.async,
 // a warp's lanes on 32 weight rows); batch 256 10.6 / 11.9 us. Clusters of 4 or 8 blocks measured
 // slower (32 / 31 us at batch 2048): fewer of them fit the SMs at once. The K loop unrolled by 8
-// (was 2): 18.0 / 17.7 -> 16.7 / 15.9 us.
+// (was 2): 18.0 / 17.7 -> 16.7 / 15.9 us. Biases read before the sums, not in the epilogue: 15.9 /
+// 15.0 -> 15.3 / 14.5 us (batch 2048, graphed back to back).
 //
 // Beside the lookups (dd_mlp_args.max_blocks, the op's beside=1): few blocks, each staging the
 // weights once and looping over groups of rows, so that the lookups keep the other SMs (a block

@@ -180,13 +180,7 @@ MLP_ATTRIBUTES = (("activations", "ints", "one code per layer: "
                    + ", ".join(f"{v} = {k}" for k, v in MLP_ACTIVATIONS.items())),
                   ("beside", "int", "0 (default) or 1: the chain runs beside the lookups (export's overlap marks the "
                    "bottom MLP); on the CUDA provider its blocks then hold a quarter of the SMs, each looping over "
-                   "groups of 16 rows, and the lookups take the rest (small batches: the usual grid). Same output"),
-                  ("front", "int", "0 (default), or F > 0: the first F inputs are the parts of a DotInteraction "
-                   "(export's fuse_interaction_front) and X is its output, computed by the chain's kernel as it "
-                   "stages its rows; on the CUDA provider front_dim 32, 64 or 128 and at most 16 vectors"),
-                  ("front_dim", "int", "with front: the interaction's dim"),
-                  ("front_pairs", "ints", "with front: the interaction's pairs"),
-                  ("front_prefix", "int", "with front: the interaction's prefix part, or -1 (default)"))
+                   "groups of 16 rows, and the lookups take the rest (small batches: the usual grid). Same output"))
 MLP_MAX_WIDTH = 4096  # every width (K0 and each N_i) of a node
 MLP_MAX_LAYERS = 16  # L of a node (DD_MLP_MAX_LAYERS, cpp/include/dlrm_deploy/mlp.h)
 OUTPUTS = (("output", "float|float16|bfloat16 (out_dtype)", "[B, T*D] pooled bags, table t in columns t*D..t*D+D-1"),)

@@ -211,9 +211,7 @@ def _rewrite(model: onnx.ModelProto, g: _Graph, m: dict) -> bool:
 def unfuse_interaction(model: onnx.ModelProto) -> int:
     """The inverse of fuse_interaction, in place: every DotInteraction node back into standard ops
     (Concat, Reshape, Transpose, MatMul, Reshape, Gather, Concat) for runtimes without our op library
-    (TensorRT), an interaction in front of an Mlp node included (split_interaction_front). Returns how
-    many were expanded."""
-    split_interaction_front(model)
+    (TensorRT). Returns how many were expanded."""
     nodes, done = [], 0
     for node in model.graph.node:
         if node.op_type != OP_TYPE or node.domain != C.DOMAIN:
@@ -239,85 +237,6 @@ def unfuse_interaction(model: onnx.ModelProto) -> int:
         if prefix >= 0:
             nodes.append(helper.make_node("Concat", [parts[prefix], gathered], [node.output[0]], name=f"{base}_out",
                                           axis=1))
-    if done:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-    return done
-
-
-# ---- the interaction in front of the Mlp after it ----
-# dlrm_deploy::Mlp's `front` inputs (docs/op_contract.md): a DotInteraction whose output is only the
-# input X of a fused Linear chain (DLRM's top MLP) is computed by the chain's kernel as it stages
-# its rows, so no kernel and no [B, width] tensor lies between them. Fused where ONNX Runtime's
-# CUDA kernel takes the shape (cpp/src/mlp_cuda.cu's make_front); the CPU provider takes any.
-FRONT_DIMS = (32, 64, 128)
-FRONT_MAX_VECTORS = 16
-FRONT_ATTRS = ("front", "front_dim", "front_pairs", "front_prefix")
-
-
-def fuse_interaction_front(model: onnx.ModelProto) -> int:
-    """Every DotInteraction node whose output feeds only input X of one dlrm_deploy::Mlp node becomes
-    that node's front (its parts the Mlp's first inputs; attributes front = their count, front_dim,
-    front_pairs, front_prefix), where dim is 32, 64 or 128 and the vectors at most 16. In place;
-    returns how many were fused."""
-    g = _Graph(model.graph)
-    candidates = []
-    for node in model.graph.node:
-        if node.op_type != OP_TYPE or node.domain != C.DOMAIN:
-            continue
-        users = g.consumers.get(node.output[0], [])
-        if node.output[0] in g.outputs or len(users) != 1:
-            continue
-        mlp = users[0]
-        if (mlp.op_type == C.MLP_OP_TYPE and mlp.domain == C.DOMAIN and mlp.input[0] == node.output[0]
-                and list(mlp.input).count(node.output[0]) == 1 and not _attr(mlp, "front", 0)
-                and int(_attr(node, "dim", 0)) in FRONT_DIMS and len(node.input) <= MAX_PARTS):
-            candidates.append((node, mlp))
-    if not candidates:
-        return 0
-    widths = _float_widths(model, [x for node, _ in candidates for x in node.input])
-    if widths is None:
-        return 0
-    replaced: dict[int, onnx.NodeProto | None] = {}
-    at = 0
-    for node, mlp in candidates:
-        w, at = widths[at:at + len(node.input)], at + len(node.input)
-        if sum(w) // int(_attr(node, "dim")) > FRONT_MAX_VECTORS:
-            continue
-        fused = helper.make_node(C.MLP_OP_TYPE, list(node.input) + list(mlp.input[1:]), list(mlp.output),
-                                 name=mlp.name, domain=C.DOMAIN)
-        fused.attribute.extend(mlp.attribute)
-        fused.attribute.extend([helper.make_attribute("front", len(node.input)),
-                                helper.make_attribute("front_dim", int(_attr(node, "dim"))),
-                                helper.make_attribute("front_pairs", [int(p) for p in _attr(node, "pairs", [])]),
-                                helper.make_attribute("front_prefix", int(_attr(node, "prefix", -1)))])
-        replaced[id(node)] = None
-        replaced[id(mlp)] = fused
-    nodes = [replaced.get(id(n), n) for n in model.graph.node]
-    del model.graph.node[:]
-    model.graph.node.extend(n for n in nodes if n is not None)
-    return sum(1 for v in replaced.values() if v is not None)
-
-
-def split_interaction_front(model: onnx.ModelProto) -> int:
-    """The inverse of fuse_interaction_front, in place: every Mlp node with a front back into a
-    DotInteraction node and an Mlp reading its output. Returns how many were split."""
-    nodes, done = [], 0
-    for node in model.graph.node:
-        front = int(_attr(node, "front", 0)) if node.op_type == C.MLP_OP_TYPE and node.domain == C.DOMAIN else 0
-        if front <= 0:
-            nodes.append(node)
-            continue
-        done += 1
-        x = (node.name or node.output[0]) + "_front"
-        nodes.append(helper.make_node(OP_TYPE, list(node.input[:front]), [x], name=x, domain=C.DOMAIN,
-                                      dim=int(_attr(node, "front_dim")),
-                                      pairs=[int(p) for p in _attr(node, "front_pairs", [])],
-                                      prefix=int(_attr(node, "front_prefix", -1))))
-        mlp = helper.make_node(C.MLP_OP_TYPE, [x] + list(node.input[front:]), list(node.output), name=node.name,
-                               domain=C.DOMAIN)
-        mlp.attribute.extend(a for a in node.attribute if a.name not in FRONT_ATTRS)
-        nodes.append(mlp)
     if done:
         del model.graph.node[:]
         model.graph.node.extend(nodes)

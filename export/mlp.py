@@ -200,11 +200,7 @@ def fuse_mlp(model: onnx.ModelProto) -> int:
 
 def unfuse_mlp(model: onnx.ModelProto) -> int:
     """The inverse of fuse_mlp, in place: every Mlp node back into Gemm(transB=1) and Relu/Sigmoid
-    per layer, for runtimes without our op library (TensorRT); an interaction in front of one stays
-    a DotInteraction node before them (split_interaction_front). Returns how many were expanded."""
-    from .interaction import split_interaction_front
-
-    split_interaction_front(model)
+    per layer, for runtimes without our op library (TensorRT). Returns how many were expanded."""
     nodes, done = [], 0
     names = {x for n in model.graph.node for x in list(n.input) + list(n.output)} \
         | {t.name for t in model.graph.initializer} | {i.name for i in model.graph.input}

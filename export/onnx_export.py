@@ -31,7 +31,6 @@ from .model_inputs import dumps, input_source, warn_fixed_dims
 from .onnx_graph import annotate_outputs, is_op, op_nodes
 from .onnx_schema import register_onnx_schema
 from .interaction import fuse_interaction as fuse_dot_interaction
-from .interaction import fuse_interaction_front
 from .mlp import fuse_mlp as fuse_linear_chains
 from .overlap import apply_overlap
 from .swap import check_supported, embedding_bags, swap_embedding_bags
@@ -302,10 +301,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     fuse_mlp: every chain of Linear layers (Gemm, optionally followed by Relu or Sigmoid, each
       layer's output used only by the next; DLRM's bottom and top MLPs) as one ``dlrm_deploy::Mlp``
       node (export/mlp.py): one kernel instead of three per layer on ONNX Runtime's CUDA provider.
-      ``trt-build`` expands it back for TensorRT. False keeps the Gemm nodes. With both fusions, a
-      dot interaction that only feeds the next Mlp node (DLRM's top MLP) becomes that node's front
-      where the CUDA kernel takes its shape (dim 32, 64 or 128, at most 16 vectors): the chain's
-      kernel computes the interaction as it stages its rows (``fuse_interaction_front``).
+      ``trt-build`` expands it back for TensorRT. False keeps the Gemm nodes.
     progress: callable taking a message string (e.g. print), or None.
     Returns an ExportInfo.
     """
@@ -371,8 +367,6 @@ def _write(proto: onnx.ModelProto, held: HeldTables, path: str, data_name: str |
         say(f"fuse_interaction: {fuse_dot_interaction(proto)} dot interaction(s) as one node")
     if fuse_mlp:
         say(f"fuse_mlp: {fuse_linear_chains(proto)} chain(s) of Linear layers as one Mlp node each")
-    if fuse_interaction and fuse_mlp:
-        say(f"fuse_interaction_front: {fuse_interaction_front(proto)} interaction(s) in front of the Mlp after them")
     if overlap:  # after the fusions: it marks the fused bottom MLP to run beside the lookups
         say(f"overlap: {apply_overlap(proto)} op node(s) beside the dense layers")
     proto.producer_name = "dlrm_deploy"

@@ -175,8 +175,7 @@ def _dims(ctx, i: int):
 
 
 def _infer_mlp(ctx) -> None:
-    """Mlp's output: float [B, N_L], B from input 0's first dimension (X, or the front's first part),
-    N_L from the last bias (or weight)."""
+    """Mlp's output: float [B, N_L], B from X's first dimension, N_L from the last bias (or weight)."""
     out = onnx.TypeProto()
     out.tensor_type.elem_type = onnx.TensorProto.FLOAT
     batch, width = out.tensor_type.shape.dim.add(), out.tensor_type.shape.dim.add()
@@ -184,7 +183,7 @@ def _infer_mlp(ctx) -> None:
     if x is not None and len(x) == 2:
         batch.CopyFrom(x[0])
     n = ctx.get_num_inputs()
-    if n >= 3:
+    if n >= 3 and n % 2 == 1:
         for source in (_dims(ctx, n - 1), _dims(ctx, n - 2)):  # b_L [N_L], W_L [N_L, K_L]
             if source and source[0].HasField("dim_value"):
                 width.dim_value = source[0].dim_value
@@ -197,10 +196,8 @@ def build_mlp_schema() -> defs.OpSchema:
     fp = defs.OpSchema.FormalParameter
     (name, _t, doc), = C.MLP_INPUTS
     inputs = [fp(name, "T", doc, param_option=defs.OpSchema.FormalParameterOption.Variadic, min_arity=3)]
-    defaults = {"front_prefix": -1}
-    attrs = [defs.OpSchema.Attribute(a_name, defs.OpSchema.AttrType.INTS, a_doc, required=a_name == "activations")
-             if kind == "ints"
-             else defs.OpSchema.Attribute(a_name, onnx.helper.make_attribute(a_name, defaults.get(a_name, 0)), a_doc)
+    attrs = [defs.OpSchema.Attribute(a_name, defs.OpSchema.AttrType.INTS, a_doc, required=True) if kind == "ints"
+             else defs.OpSchema.Attribute(a_name, onnx.helper.make_attribute(a_name, 0), a_doc)
              for a_name, kind, a_doc in C.MLP_ATTRIBUTES]
     schema = defs.OpSchema(C.MLP_OP_TYPE, C.DOMAIN, C.OP_VERSION,
                            "A chain of Linear layers with activations in one node (docs/op_contract.md).",

@@ -40,13 +40,6 @@ def _mark(op: onnx.NodeProto, name: str, value: int = 1) -> None:
     op.attribute.append(helper.make_attribute(name, value))
 
 
-def _front(node: onnx.NodeProto) -> int:
-    """The count of interaction inputs in front of a dlrm_deploy::Mlp node (0: none, or another op)."""
-    if node.domain != C.DOMAIN or node.op_type != C.MLP_OP_TYPE:
-        return 0
-    return next((a.i for a in node.attribute if a.name == "front"), 0)
-
-
 def _place(graph: onnx.GraphProto, op: onnx.NodeProto, user: onnx.NodeProto, others: list[str]) -> None:
     """Marks every fused Mlp that produces one of `others` beside=1 and op overlap=2 (overlap=1 when
     there is none), and moves op just before `user`."""
@@ -82,11 +75,6 @@ def apply_overlap(model: onnx.ModelProto) -> int:
         cat = users[0]
         if cat.domain == C.DOMAIN and cat.op_type == C.INTERACTION_OP_TYPE:  # a fused interaction joins itself
             _place(graph, op, cat, [x for x in cat.input if x != out])
-            marked += 1
-            continue
-        front = _front(cat)
-        if front and out in cat.input[:front]:  # so does an Mlp with the interaction in front
-            _place(graph, op, cat, [x for x in cat.input[:front] if x != out])
             marked += 1
             continue
         others = [x for x in cat.input if x != out]

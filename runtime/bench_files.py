@@ -30,17 +30,16 @@ def export_stock(model, example, path: str) -> None:
 
 def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None = None,
                  check: str | None = None, overlap: bool = False, fuse: bool | None = None,
-                 fuse_mlp: bool | None = None, front: bool | None = None) -> None:
+                 fuse_mlp: bool | None = None) -> None:
     """Copies the ONNX file src to dst with every op node's variant (and prefetch distance, bounds
     check mode) set, with overlap the lookups beside the dense layers (export's overlap pass), with
     fuse=True the dot interaction as one node (export's fuse_interaction pass; ValueError where the
     model has none) and with fuse=False as standard ops, likewise fuse_mlp for the Linear chains
-    (export's fuse_mlp pass; None, the default, leaves them as src has them), with front=False an
-    interaction in front of an Mlp node as a node of its own (split_interaction_front); external
-    data stays where it is (dst must be in src's folder)."""
+    (export's fuse_mlp pass; None, the default, leaves them as src has them); external data stays
+    where it is (dst must be in src's folder)."""
     import onnx
 
-    from dlrm_deploy.export.interaction import OP_TYPE, fuse_interaction, split_interaction_front, unfuse_interaction
+    from dlrm_deploy.export.interaction import OP_TYPE, fuse_interaction, unfuse_interaction
     from dlrm_deploy.export.mlp import OP_TYPE as MLP_OP_TYPE
     from dlrm_deploy.export.mlp import fuse_mlp as fuse_linear_chains
     from dlrm_deploy.export.mlp import unfuse_mlp
@@ -58,8 +57,6 @@ def with_variant(src: str, dst: str, variant: str, prefetch_distance: int | None
                 for a in [a for a in n.attribute if a.name == "check"]:
                     n.attribute.remove(a)
                 n.attribute.append(onnx.helper.make_attribute("check", check))
-    if front is False:
-        split_interaction_front(m)
     if fuse is False:
         unfuse_interaction(m)
     if overlap:

@@ -163,8 +163,7 @@ def first_variant_rows(b: Bench, prov: str, src: str, path: str, v: str, chk: st
                        hot: str) -> list[Row]:
     """The GPU-only rows of the first variant: CUDA graph, the lookups overlapped with the dense
     layers (inline and in a CUDA graph), and, where the export fused the dot interaction or the
-    Linear chains, the same model with those as standard ops (CUDA graph), and with an interaction
-    in front of the top MLP, the two as separate nodes (CUDA graph)."""
+    Linear chains, the same model with those as standard ops (CUDA graph)."""
     import onnx
 
     from dlrm_deploy.export.interaction import OP_TYPE
@@ -173,10 +172,8 @@ def first_variant_rows(b: Bench, prov: str, src: str, path: str, v: str, chk: st
     a = b.args
     stem = os.path.join(b.workdir, f"{os.path.basename(src)[:-5]}_{v}_{chk}")
     with_variant(src, f"{stem}_overlap.onnx", v, check=chk, overlap=True)
-    nodes = onnx.load(src, load_external_data=False).graph.node
-    op_types = {n.op_type for n in nodes}
-    front = any(n.op_type == MLP_OP_TYPE and any(a.name == "front" and a.i > 0 for a in n.attribute) for n in nodes)
-    fused = OP_TYPE in op_types or front
+    op_types = {n.op_type for n in onnx.load(src, load_external_data=False).graph.node}
+    fused = OP_TYPE in op_types
     # Overlapped rows run ORT's stream at high priority, so that the dense layers' blocks are
     # scheduled ahead of the lookups' remaining ones (the op's own stream has the default priority).
     graphs = not a.no_cuda_graphs
@@ -186,9 +183,6 @@ def first_variant_rows(b: Bench, prov: str, src: str, path: str, v: str, chk: st
     specs.append(("overlap", f"{stem}_overlap.onnx", False, -1))
     if graphs:
         specs.append(("overlap, CUDA graph", f"{stem}_overlap.onnx", True, -1))
-    if graphs and front:
-        with_variant(src, f"{stem}_apart.onnx", v, check=chk, front=False)
-        specs.append(("interaction apart from the top MLP, CUDA graph", f"{stem}_apart.onnx", True, 0))
     if graphs and fused:
         with_variant(src, f"{stem}_unfused.onnx", v, check=chk, fuse=False)
         specs.append(("interaction not fused, CUDA graph", f"{stem}_unfused.onnx", True, 0))

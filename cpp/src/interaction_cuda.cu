@@ -15,7 +15,6 @@
 #include "cuda/status.cuh"
 #include "dlrm_deploy/interaction.h"
 #include "internal.h"
-#include "mlp_internal.h"
 
 using dd::fail;
 
@@ -185,11 +184,6 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) interaction_warp_kernel(V
   }
 }
 }  // namespace
-
-namespace dd {
-const int* interaction_plan_tri(const dd_interaction_plan* plan) { return plan->tri; }
-int64_t interaction_plan_vectors(const dd_interaction_plan* plan) { return plan->n; }
-}  // namespace dd
 
 extern "C" {
 

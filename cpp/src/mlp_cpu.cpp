@@ -126,16 +126,6 @@ int dd_mlp_check(const dd_mlp_args* a, char* msg, size_t len) {
     return fail(DD_ERR_CONFIG, msg, len, "max_blocks %d is neither >= 0 nor DD_MLP_BESIDE", (int)a->max_blocks);
   if (a->fixed_weights != 0 && a->fixed_weights != 1)
     return fail(DD_ERR_CONFIG, msg, len, "fixed_weights %d is neither 0 nor 1", (int)a->fixed_weights);
-  if (a->front != nullptr) {
-    int64_t width = 0;
-    if (int rc = dd_interaction_check(a->front, &width, msg, len)) return rc;
-    if (a->front->batch != a->batch)
-      return fail(DD_ERR_INPUT, msg, len, "the interaction's inputs have %lld rows; the chain %lld",
-                  (long long)a->front->batch, (long long)a->batch);
-    if (width != a->in_width)
-      return fail(DD_ERR_INPUT, msg, len, "the interaction gives %lld columns; the chain takes %lld", (long long)width,
-                  (long long)a->in_width);
-  }
   if (a->in_width < 1 || a->in_width > DD_MLP_MAX_WIDTH)
     return fail(DD_ERR_INPUT, msg, len, "the input has %lld columns; 1 to %d are supported", (long long)a->in_width,
                 DD_MLP_MAX_WIDTH);
@@ -166,19 +156,10 @@ int dd_mlp_cpu(const dd_mlp_args* a, int64_t row_begin, int64_t row_end, char* m
   int64_t widest = 1;
   for (int32_t i = 0; i + 1 < a->layers; ++i) widest = widest > a->w_rows[i] ? widest : a->w_rows[i];
   std::vector<float> buf(2 * kBlock * (size_t)widest);
-  std::vector<float> front_rows(a->front != nullptr ? kBlock * (size_t)a->in_width : 0);
   const int64_t n_last = a->w_rows[a->layers - 1];
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kBlock) {
     const int rows = (int)(row_end - r0 < kBlock ? row_end - r0 : kBlock);
-    const float* in = a->front != nullptr ? nullptr : a->x + r0 * a->in_width;
-    if (a->front != nullptr) {  // the block's rows of the interaction, then the layers on them
-      dd_interaction_args f = *a->front;
-      for (int32_t k = 0; k < f.count; ++k) f.parts[k] += r0 * f.widths[k];
-      f.batch = rows;
-      f.out = front_rows.data();
-      if (int rc = dd_interaction_cpu_rows(&f, 0, rows, msg, len)) return rc;
-      in = front_rows.data();
-    }
+    const float* in = a->x + r0 * a->in_width;
     int64_t ld_in = a->in_width;
     for (int32_t i = 0; i < a->layers; ++i) {
       const bool last = i + 1 == a->layers;

@@ -280,136 +280,16 @@ __device__ __forceinline__ void bulk_wait(uint64_t* bar) {
 #endif
 }
 
-// ---- DLRM's dot interaction in front of the chain (dd_mlp_args.front) ----
-// The block's input rows are computed instead of read: a warp per row, lane l holding floats
-// [l * V, l * V + V) of each of the row's n <= 16 vectors in registers (V = dim / 32), its share of
-// every dot of the lower triangle (diagonal included) summed over those V floats; the 32 shares of
-// each group of 32 dots are then added across the lanes by halving (31 shuffles: at each step a lane
-// keeps half its values, adds its partner's copies of them and hands over the other half; lane l
-// ends with dot l of the group) into a row of dots in shared memory, from which the kept pairs go
-// into the row after the prefix part (written from the lanes' registers too). This replaces the
-// interaction kernel and its [batch, width] output between it and the chain.
-constexpr int kFrontMaxN = 16;
-constexpr int kFrontDots = kFrontMaxN * (kFrontMaxN + 1) / 2;  // 136
-constexpr int kFrontDotsLd = (kFrontDots + 31) / 32 * 32;      // a warp's row of dots: 160 floats
-
-struct Front {
-  const float* base[kFrontMaxN];  // vector v of row b: base[v] + b * stride[v]
-  int64_t stride[kFrontMaxN];
-  const int* tri;                 // per kept pair p: its dot's lower-triangle index (the plan's)
-  int n, v;                       // vectors; floats per lane (dim / 32: 1, 2 or 4)
-  int num_pairs, prefix_first, prefix_vectors;  // prefix: the part's vectors among the n
-  int on;
-};
-
-// The 32 lanes' a[0..31] added across the warp by halving, H = 16, 8, .., 1: lane l ends with the
-// sum of every lane's a[l] in a[0].
-template <int H>
-__device__ __forceinline__ void lane_sums(float (&a)[32], int lane) {
-  if constexpr (H >= 1) {
-    const bool hi = (lane & H) != 0;
-#pragma unroll
-    for (int q = 0; q < H; ++q) {
-      const float send = hi ? a[q] : a[q + H];
-      const float keep = hi ? a[q + H] : a[q];
-      a[q] = keep + __shfl_xor_sync(0xffffffffu, send, H);
-    }
-    lane_sums<H / 2>(a, lane);
-  }
-}
-
-// (i, j) of lower-triangle index t = i * (i + 1) / 2 + j, i >= j.
-__host__ __device__ constexpr int tri_i(int t) {
-  int i = 0;
-  while ((i + 1) * (i + 2) / 2 <= t) ++i;
-  return i;
-}
-__host__ __device__ constexpr int tri_j(int t) { return t - tri_i(t) * (tri_i(t) + 1) / 2; }
-
-// Dots T, T + 1, ... of the lower triangle (one template step each, so that every index into v and
-// part is a constant: both stay in registers): the lane's share into part[T % 32], and at the end
-// of each group of 32 the lanes' shares added and written to dots.
-template <typename Vec, int V, int T>
-__device__ __forceinline__ void front_dots(const Vec (&v)[kFrontMaxN], float (&part)[32], int n, int tri_n,
-                                           float* dots, int lane) {
-  if constexpr (T < kFrontDots) {
-    constexpr int i = tri_i(T), j = tri_j(T);
-    float acc = 0.f;
-    if (i < n) {
-      const float* x = reinterpret_cast<const float*>(&v[i]);
-      const float* y = reinterpret_cast<const float*>(&v[j]);
-#pragma unroll
-      for (int u = 0; u < V; ++u) acc = fmaf(x[u], y[u], acc);
-    }
-    part[T % 32] = acc;
-    if constexpr (T % 32 == 31 || T == kFrontDots - 1) {
-      constexpr int first = T - T % 32;
-      if (first < tri_n) {
-#pragma unroll
-        for (int q = T % 32 + 1; q < 32; ++q) part[q] = 0.f;
-        lane_sums<16>(part, lane);
-        if (first + lane < tri_n) dots[first + lane] = part[0];
-      }
-    }
-    front_dots<Vec, V, T + 1>(v, part, n, tri_n, dots, lane);
-  }
-}
-
-// Row b of the interaction into row (shared memory), by one warp; dots: the warp's kFrontDotsLd floats.
-template <int V>
-__device__ __forceinline__ void front_row(const Front& f, int64_t b, float* row, float* dots) {
-  using Vec = typename std::conditional<V == 4, float4, typename std::conditional<V == 2, float2, float>::type>::type;
-  const int lane = threadIdx.x % 32;
-  Vec v[kFrontMaxN];
-#pragma unroll
-  for (int i = 0; i < kFrontMaxN; ++i) {
-    if (i < f.n) {
-      v[i] = __ldg(reinterpret_cast<const Vec*>(f.base[i] + b * f.stride[i]) + lane);
-    } else {
-#pragma unroll
-      for (int u = 0; u < V; ++u) reinterpret_cast<float*>(&v[i])[u] = 0.f;
-    }
-  }
-  __syncwarp();  // the warp's previous row has read its dots
-  float part[32];
-  front_dots<Vec, V, 0>(v, part, f.n, f.n * (f.n + 1) / 2, dots, lane);
-#pragma unroll
-  for (int i = 0; i < kFrontMaxN; ++i)
-    if (i >= f.prefix_first && i < f.prefix_first + f.prefix_vectors) {
-#pragma unroll
-      for (int u = 0; u < V; ++u)
-        row[(i - f.prefix_first) * 32 * V + lane * V + u] = reinterpret_cast<const float*>(&v[i])[u];
-    }
-  __syncwarp();  // the row's dots written
-  float* kept = row + f.prefix_vectors * 32 * V;
-  for (int p = lane; p < f.num_pairs; p += 32) kept[p] = dots[__ldg(f.tri + p)];
-}
-
-__device__ __forceinline__ void front_rows(const Front& f, int64_t r0, int rows, float* buf, int ld, float* dots) {
-  const int warp = threadIdx.x / 32;
-  float* mine = dots + warp * kFrontDotsLd;
-  for (int r = warp; r < rows; r += kWarps) {
-    if (f.v == 4)
-      front_row<4>(f, r0 + r, buf + r * ld, mine);
-    else if (f.v == 2)
-      front_row<2>(f, r0 + r, buf + r * ld, mine);
-    else
-      front_row<1>(f, r0 + r, buf + r * ld, mine);
-  }
-}
-
 // Activations ping-pong between two buffers: A (the input, and the output of odd layers) at row
 // stride ld_a, B (the output of even layers) at ld_b; the last layer writes y.
 __global__ void __launch_bounds__(kThreads, 1) mlp_kernel(const float* __restrict__ x, int64_t batch, int in_width,
                                                        Layers L, float* __restrict__ y, int block_rows, int ld_a,
-                                                       int ld_b, bool x_vec, int chunk, bool fixed_weights,
-                                                       Front front) {
+                                                       int ld_b, bool x_vec, int chunk, bool fixed_weights) {
   extern __shared__ float4 smem4[];
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem4);  // kBarBytes: one mbarrier per layer (bulk)
   float* buf_a = reinterpret_cast<float*>(smem4) + kBarBytes / sizeof(float);
   float* buf_b = buf_a + block_rows * ld_a;
-  float* dots = buf_b + block_rows * ld_b;  // kWarps x kFrontDotsLd floats with a front, else none
-  float* ws = dots + (front.on ? kWarps * kFrontDotsLd : 0);
+  float* ws = buf_b + block_rows * ld_b;
   dd::pdl_trigger();  // the next kernel's blocks may take SMs as this one's finish
   // Fixed weights are copied while the kernel before this one finishes (pdl.cuh); x and any weights
   // an earlier kernel may write are read after it.
@@ -428,9 +308,7 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_kernel(const float* __restric
     const int rows = (int)max((int64_t)0, min((int64_t)block_rows, batch - r0));
     if (g != blockIdx.x) __syncthreads();  // the previous group's last layer has read its input
     const float* xs = x + r0 * in_width;  // the group's rows, contiguous
-    if (front.on) {
-      front_rows(front, r0, rows, buf_a, ld_a, dots);
-    } else if (x_vec) {
+    if (x_vec) {
       const int q = in_width / 4;
       for (int e = threadIdx.x; e < rows * q; e += kThreads)
         *reinterpret_cast<float4*>(buf_a + (e / q) * ld_a + 4 * (e % q)) = __ldg(reinterpret_cast<const float4*>(xs) + e);
@@ -560,48 +438,6 @@ int64_t beside_blocks(int64_t batch, int sms) {
   return (batch + kMaxRows - 1) / kMaxRows >= 2 * blocks ? blocks : 0;
 }
 
-// The kernel's view of dd_mlp_args.front (front.on = 0 without one): its vectors, the plan's
-// dots and the prefix part's place; DD_ERR_UNSUPPORTED for shapes the warp-per-row staging does not
-// take (the CPU forward takes any).
-int make_front(const dd_mlp_args* a, Front* f, char* msg, size_t len) {
-  *f = Front{};
-  const dd_interaction_args* in = a->front;
-  if (in == nullptr) return DD_OK;
-  if (a->front_plan == nullptr) return fail(DD_ERR_CONFIG, msg, len, "an interaction in front needs its plan");
-  const int64_t dim = in->dim, n = dd::interaction_plan_vectors(a->front_plan);
-  if (dim != 32 && dim != 64 && dim != 128)
-    return fail(DD_ERR_UNSUPPORTED, msg, len, "the interaction in front of the layers takes vectors of 32, 64 or 128 "
-                "floats on CUDA, got %lld", (long long)dim);
-  int64_t total = 0;
-  for (int k = 0; k < in->count; ++k) total += in->widths[k] / dim;
-  if (total != n)
-    return fail(DD_ERR_INPUT, msg, len, "the inputs hold %lld vectors of dim %lld; the node's pairs are for %lld",
-                (long long)total, (long long)dim, (long long)n);
-  if (n > kFrontMaxN)
-    return fail(DD_ERR_UNSUPPORTED, msg, len, "the interaction in front of the layers takes at most %d vectors on CUDA, "
-                "got %lld", kFrontMaxN, (long long)n);
-  f->v = (int)(dim / 32);
-  int v = 0;
-  for (int k = 0; k < in->count; ++k) {
-    if (!aligned(in->parts[k], sizeof(float) * f->v))
-      return fail(DD_ERR_UNSUPPORTED, msg, len, "input %d of the interaction is not aligned to %d bytes", k,
-                  (int)sizeof(float) * f->v);
-    if (k == in->prefix) {
-      f->prefix_first = v;
-      f->prefix_vectors = (int)(in->widths[k] / dim);
-    }
-    for (int64_t u = 0; u < in->widths[k] / dim; ++u, ++v) {
-      f->base[v] = in->parts[k] + u * dim;
-      f->stride[v] = in->widths[k];
-    }
-  }
-  f->n = (int)n;
-  f->tri = dd::interaction_plan_tri(a->front_plan);
-  f->num_pairs = (int)in->num_pairs;
-  f->on = 1;
-  return DD_OK;
-}
-
 // One chain's launch: the kernel's layer table, activation strides, rows per block, weight rows
 // per chunk (layers staged one by one) and dynamic shared memory.
 struct ChainPlan {
@@ -653,9 +489,8 @@ int plan_chain(const dd_mlp_args* a, const dd::DeviceInfo& dev, ChainPlan* p, ch
   const size_t smem_limit = (size_t)dev.smem_optin;
   p->max_blocks = a->max_blocks > 0 ? a->max_blocks : a->max_blocks == DD_MLP_BESIDE ? beside_blocks(a->batch, dev.sms) : 0;
   int block_rows = p->max_blocks > 0 ? kMaxRows : rows_per_block(a->batch, dev.sms);
-  const size_t dots = a->front != nullptr ? (size_t)kWarps * kFrontDotsLd : 0;  // the front's rows of dots
   auto bytes = [&](int rows_, size_t weight_floats) {
-    return kBarBytes + sizeof(float) * ((size_t)rows_ * (ld_a + ld_b) + dots + weight_floats);
+    return kBarBytes + sizeof(float) * ((size_t)rows_ * (ld_a + ld_b) + weight_floats);
   };
   // Every layer's weights staged at once where they fit beside the activations (DLRM's MLPs do),
   // else layer by layer in chunks of as many weight rows as fit (at least 8 of the widest).
@@ -706,8 +541,6 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
   dd::DeviceInfo dev;
   if (int rc = dd::device_info(&dev, msg, len)) return rc;
   if (dev.ordinal < 0 || dev.ordinal >= kMaxDevices) return fail(DD_ERR_UNSUPPORTED, msg, len, "device %d", dev.ordinal);
-  Front front{};
-  if (int rc = make_front(a, &front, msg, len)) return rc;
   ChainPlan plan;
   if (int rc = plan_chain(a, dev, &plan, msg, len)) return rc;
   const Layers& L = plan.L;
@@ -725,7 +558,7 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
   const int csize = L.bulk ? cluster_size(blocks) : 1;
   blocks = (blocks + csize - 1) / csize * csize;
   if (blocks > 0x7fffffff) return fail(DD_ERR_INPUT, msg, len, "batch too large");
-  const bool x_vec = a->front == nullptr && a->in_width % 4 == 0 && aligned(a->x, 16);
+  const bool x_vec = a->in_width % 4 == 0 && aligned(a->x, 16);
   cudaLaunchConfig_t cfg =
       dd::launch_config(dim3((unsigned)blocks), dim3(kThreads), smem, static_cast<cudaStream_t>(stream));
   // Programmatic dependent launch first (kept when a cluster is refused), then the cluster.
@@ -741,12 +574,12 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
   cfg.numAttrs = pdl + (csize > 1 ? 1 : 0);
   const bool fixed = a->fixed_weights != 0;
   e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, plan.ld_a,
-                         plan.ld_b, x_vec, plan.chunk, fixed, front);
+                         plan.ld_b, x_vec, plan.chunk, fixed);
   if (e != cudaSuccess && csize > 1) {  // no room for a cluster here (e.g. a shared or partitioned GPU): blocks alone
     cudaGetLastError();
     cfg.numAttrs = pdl;
     e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, plan.ld_a,
-                           plan.ld_b, x_vec, plan.chunk, fixed, front);
+                           plan.ld_b, x_vec, plan.chunk, fixed);
   }
   if (e != cudaSuccess) return dd::cuda_fail(e, "launching the MLP kernel", msg, len);
   e = cudaGetLastError();

@@ -20,10 +20,4 @@ DD_HD float mlp_activate(float v, int act) {
   return v;
 }
 
-// The device-side lower-triangle index of each kept dot of an interaction plan (i * (i + 1) / 2 + j
-// for the pair (i, j), i >= j; valid where the plan's vectors are at most 16) and its vector count:
-// what the Mlp kernel's interaction front reads (interaction_cuda.cu).
-const int* interaction_plan_tri(const dd_interaction_plan* plan);
-int64_t interaction_plan_vectors(const dd_interaction_plan* plan);
-
 }  // namespace dd

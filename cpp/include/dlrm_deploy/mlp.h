@@ -9,7 +9,6 @@
 #define DLRM_DEPLOY_MLP_H_
 
 #include "dlrm_deploy/embedding_bag.h"
-#include "dlrm_deploy/interaction.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,14 +40,6 @@ typedef struct dd_mlp_args {
   int32_t fixed_weights; /* CUDA: 1 = the weights and biases are not written by work queued before
                           * this call (e.g. ONNX initializers): the kernel may copy them while the
                           * kernel before it on the stream finishes (sm_90+). 0 = read them after it. */
-  /* DLRM's dot interaction in front of the chain (the op's `front` inputs): where front is not NULL,
-   * the chain's input row b is the interaction's output row b (interaction.h; front->out unused), x
-   * is not read and in_width must be that output's width. CUDA: the interaction is computed by the
-   * chain's kernel as it stages each block's rows (no kernel and no [batch, in_width] tensor between
-   * them); front_plan holds its pairs on the device (dd_interaction_plan_create, outside stream
-   * capture); dim 32, 64 or 128, at most 16 vectors, parts aligned to dim / 8 bytes. */
-  const dd_interaction_args* front;
-  const dd_interaction_plan* front_plan;
 } dd_mlp_args;
 
 /* Checks the layer count, shapes, widths (<= DD_MLP_MAX_WIDTH) and activation codes. */

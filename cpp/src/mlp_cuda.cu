@@ -206,24 +206,20 @@ enum { kStageRows = 1, kStageFlat = 2 };
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
-// The weights' lines are read with L2 evict_last priority (policy): between two calls of a
-// served model gigabytes of table rows stream through L2 at normal priority, and those evict each
-// other before these few hundred kilobytes, which every block of the next call copies again.
 __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar, uint16_t mask,
-                                          bool multicast, uint64_t policy) {
+                                          bool multicast) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (multicast)
     asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster.L2::cache_hint [%0], "
-        "[%1], %2, [%3], %4, %5;" ::"r"(smem_u32(dst)),
-        "l"(src), "r"(bytes), "r"(smem_u32(bar)), "h"(mask), "l"(policy)
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], "
+        "%4;" ::"r"(smem_u32(dst)),
+        "l"(src), "r"(bytes), "r"(smem_u32(bar)), "h"(mask)
         : "memory");
   else
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
-        "%4;" ::"r"(smem_u32(dst)),
-        "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
-        : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     smem_u32(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
+                 : "memory");
 #endif
 }
 #endif
@@ -251,23 +247,20 @@ __device__ __forceinline__ void bulk_preload(const Layers& L, float* ws, uint64_
   constexpr int kFlatPiece = 4096;  // bytes per bulk copy of a flat-form matrix
   const uint16_t mask = (uint16_t)((1u << csize) - 1);
   const bool mc = csize > 1;
-  uint64_t keep;  // see bulk_copy
-  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(keep));
   for (int l = 0; l < L.count; ++l) {
     float* dst = ws + L.off[l];
     const float* W = L.w[l];
     const int K = L.k[l];
     if (L.vec[l] == kStageRows) {
       for (int p = rank + csize * threadIdx.x; p < L.n[l]; p += csize * kThreads)
-        bulk_copy(dst + (size_t)p * L.ldw[l], W + (size_t)p * K, (uint32_t)(K * sizeof(float)), bars + l, mask, mc,
-                  keep);
+        bulk_copy(dst + (size_t)p * L.ldw[l], W + (size_t)p * K, (uint32_t)(K * sizeof(float)), bars + l, mask, mc);
     } else {
       const size_t total = (size_t)L.n[l] * K * sizeof(float);
       const size_t pieces = (total + kFlatPiece - 1) / kFlatPiece;
       for (size_t q = rank + csize * threadIdx.x; q < pieces; q += csize * kThreads) {
         const size_t at = q * kFlatPiece;
         bulk_copy(reinterpret_cast<char*>(dst) + at, reinterpret_cast<const char*>(W) + at,
-                  (uint32_t)min((size_t)kFlatPiece, total - at), bars + l, mask, mc, keep);
+                  (uint32_t)min((size_t)kFlatPiece, total - at), bars + l, mask, mc);
       }
     }
   }

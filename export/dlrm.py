@@ -158,7 +158,10 @@ def make_indices(table_rows, batch: int, *, pooling: int | str = 8, source: str 
     ids_of = IndexSource(source, np.random.default_rng(seed))
     rng = ids_of.rng
     indices, offsets = [], []
+    top = torch.iinfo(index_dtype).max if not index_dtype.is_floating_point else 0
     for rows in table_rows:
+        if rows - 1 > top:  # an id the dtype cannot hold would wrap around silently
+            raise ValueError(f"a table of {rows} rows needs ids wider than {index_dtype}")
         if isinstance(pooling, str):
             if not pooling.startswith("var:"):
                 raise ValueError(f"pooling must be an int or 'var:L', got {pooling!r}")
@@ -168,6 +171,8 @@ def make_indices(table_rows, batch: int, *, pooling: int | str = 8, source: str 
             lengths = np.full(batch, int(pooling))
         ids = ids_of.take(int(lengths.sum()), rows)
         starts = np.concatenate([[0], np.cumsum(lengths)])
+        if starts[-1] > top:
+            raise ValueError(f"{int(starts[-1])} ids in one table need offsets wider than {index_dtype}")
         if not include_last_offset:
             starts = starts[:-1]
         indices.append(torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(index_dtype))

@@ -106,6 +106,8 @@ def _setup(args: argparse.Namespace) -> Bench:
 
     over = {k: v for k, v in (("rows", args.rows), ("num_tables", args.tables), ("dim", args.dim)) if v}
     cfg = get_config(args.config, **over)
+    if args.ids == "int32" and max(cfg.table_rows) > 2**31:
+        raise SystemExit(f"--ids int32: tables of {max(cfg.table_rows)} rows need int64 ids (--ids int64)")
     batch = args.batch or cfg.batch
     pooling = cfg.pooling if args.pooling is None else (int(args.pooling) if str(args.pooling).isdigit()
                                                          else args.pooling)

@@ -238,3 +238,15 @@ def test_gpu_rows_fbgemm_missing(fake_cuda, monkeypatch):
     rows = {r.backend: r for r in bench_e2e.torch_rows(b)}
     assert "fbgemm_gpu" in rows["torch+fbgemm"].skipped and "fbgemm_gpu" in rows["torch+fbgemm+cudagraph"].skipped
     assert rows["torch+cudagraph"].ok  # plain PyTorch's graph row does not need FBGEMM
+
+
+def test_int32_ids_refuse_tables_they_cannot_index():
+    """An id past int32 would wrap around silently: refused in one line, before any table is built."""
+    from dlrm_deploy.export.dlrm import make_indices
+
+    with pytest.raises(SystemExit, match=r"--ids int32: tables of 3000000000 rows need int64 ids"):
+        cli.main(["bench", "e2e", "--config", "small", "--rows", "3000000000", "--device", "cpu"])
+    with pytest.raises(ValueError, match="needs ids wider than torch.int32"):
+        make_indices([2**31 + 1], 2, pooling=1, index_dtype=torch.int32)
+    ids, offsets = make_indices([2**31], 3, pooling=2, index_dtype=torch.int32)  # ids up to 2**31 - 1 fit
+    assert ids[0].dtype == torch.int32 and int(ids[0].min()) >= 0 and offsets[0].tolist() == [0, 2, 4]

@@ -74,7 +74,6 @@ struct Layers {
   int count;
   bool preload;  // every layer's weights staged at the start (they fit), else layer by layer in chunks
   bool bulk;     // preloaded by bulk copies (vec holds each layer's kStageRows / kStageFlat form)
-  bool mma;      // the sums on tensor cores in three TF32 passes (mma_layer), else fp32 FMAs (tiles)
 };
 
 // Stage weight rows [c0, c0 + pe) (all K columns) into shared memory at row stride ldw, by
@@ -194,100 +193,6 @@ __device__ __forceinline__ void layer_tiles(int R, int CB, const float* in, int 
     else DD_MLP_TILES(8, 1);
   }
 #undef DD_MLP_TILES
-}
-
-// ---- the sums on tensor cores (sm_80+): fp32 accuracy from three TF32 products ----
-// Each operand x is split into big = tf32(x) and small = tf32(x - big) (together about 21 of fp32's
-// 24 mantissa bits), and a block's [rows <= 16, K] x [K, pe] product is the sum of big*big,
-// big*small and small*big on mma.sync m16n8k8 (TF32 inputs, fp32 accumulation; small*small, under
-// 2^-21 relative, is left out): about the error of fp32 FMAs. A warp takes NT tiles of 8 columns
-// with all 16 rows (rows past the block's repeat its last, never stored), walking K 8 at a time:
-// lane (g, t) = (lane / 4, lane % 4) reads input rows g and g + 8 at k + t and k + t + 4, and weight
-// rows n + g at the same k (rows at 4 mod 32 floats: no bank conflicts).
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-__device__ __forceinline__ void tf32_split(float x, uint32_t& big, uint32_t& small) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(big) : "f"(x));
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(small) : "f"(x - __uint_as_float(big)));
-#endif
-}
-
-__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
-template <int NT>
-__device__ __forceinline__ void mma_layer(const float* in, int ld_in, int rows, int K, const float* ws, int ldw,
-                                          int c0, int pe, const float* __restrict__ bias, int act, float* out,
-                                          int64_t ld_out) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const float* x0 = in + min(g, rows - 1) * ld_in;
-  const float* x1 = in + min(g + 8, rows - 1) * ld_in;
-  const int tiles = (pe + 7) / 8;
-  for (int first = threadIdx.x / 32 * NT; first < tiles; first += kWarps * NT) {
-    const float* w[NT];
-    float bias_of[NT][2];
-    float big[NT][4], fix[NT][4];  // big*big, and the two corrections
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      w[j] = ws + min((first + j) * 8 + g, pe - 1) * ldw;
-      const int c = (first + j) * 8 + 2 * t;
-      bias_of[j][0] = __ldg(bias + c0 + min(c, pe - 1));
-      bias_of[j][1] = __ldg(bias + c0 + min(c + 1, pe - 1));
-#pragma unroll
-      for (int e = 0; e < 4; ++e) big[j][e] = fix[j][e] = 0.f;
-    }
-    for (int k = 0; k < K; k += 8) {
-      const int ka = k + t, kb = k + t + 4;
-      uint32_t ab[4], as[4];
-      tf32_split(ka < K ? x0[ka] : 0.f, ab[0], as[0]);
-      tf32_split(ka < K ? x1[ka] : 0.f, ab[1], as[1]);
-      tf32_split(kb < K ? x0[kb] : 0.f, ab[2], as[2]);
-      tf32_split(kb < K ? x1[kb] : 0.f, ab[3], as[3]);
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        uint32_t bb0, bs0, bb1, bs1;
-        tf32_split(ka < K ? w[j][ka] : 0.f, bb0, bs0);
-        tf32_split(kb < K ? w[j][kb] : 0.f, bb1, bs1);
-        mma_tf32(big[j], ab, bb0, bb1);
-        mma_tf32(fix[j], ab, bs0, bs1);
-        mma_tf32(fix[j], as, bb0, bb1);
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = g + (e >= 2 ? 8 : 0), c = (first + j) * 8 + 2 * t + (e & 1);
-        if (r < rows && c < pe)
-          out[r * ld_out + c0 + c] = dd::mlp_activate(big[j][e] + fix[j][e] + bias_of[j][e & 1], act);
-      }
-  }
-}
-#endif
-
-// One layer's sums on the tensor cores (mma) or by fp32 FMAs (tiles, also where there are none).
-__device__ __forceinline__ void layer_sums(const Layers& L, int l, const float* in, int ld_in, int rows, int K,
-                                           const float* ws, int c0, int pe, float* out, int64_t ld_out) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if (L.mma) {
-    const int tiles = (pe + 7) / 8;
-    if (tiles <= kWarps)
-      mma_layer<1>(in, ld_in, rows, K, ws, L.ldw[l], c0, pe, L.b[l], L.act[l], out, ld_out);
-    else if (tiles <= 2 * kWarps)
-      mma_layer<2>(in, ld_in, rows, K, ws, L.ldw[l], c0, pe, L.b[l], L.act[l], out, ld_out);
-    else
-      mma_layer<4>(in, ld_in, rows, K, ws, L.ldw[l], c0, pe, L.b[l], L.act[l], out, ld_out);
-    return;
-  }
-#endif
-  layer_tiles(L.r[l], L.cb[l], in, ld_in, rows, K, ws, L.ldw[l], c0, pe, L.b[l], L.act[l], out, ld_out, L.rg[l]);
 }
 
 // ---- every layer's weights by the tensor memory accelerator (sm_90+) ----
@@ -424,7 +329,8 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_kernel(const float* __restric
         else
           __pipeline_wait_prior(L.count - 1 - l);  // this layer's group landed (later layers' may still fly)
         __syncthreads();                           // ... for every thread's copies; the layer's input written
-        layer_sums(L, l, in, ld_in, rows, K, ws + L.off[l], 0, N, dst, ld_out);
+        layer_tiles(L.r[l], L.cb[l], in, ld_in, rows, K, ws + L.off[l], L.ldw[l], 0, N, L.b[l], L.act[l], dst,
+                    ld_out, L.rg[l]);
         continue;
       }
       for (int c0 = 0; c0 < N; c0 += chunk) {
@@ -433,7 +339,8 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_kernel(const float* __restric
         stage_layer(ws, L.ldw[l], L.w[l] + (size_t)c0 * K, K, L.vec[l], 0, pe);
         __pipeline_wait_prior(0);
         __syncthreads();
-        layer_sums(L, l, in, ld_in, rows, K, ws, c0, pe, dst, ld_out);
+        layer_tiles(L.r[l], L.cb[l], in, ld_in, rows, K, ws, L.ldw[l], c0, pe, L.b[l], L.act[l], dst, ld_out,
+                    L.rg[l]);
       }
     }
   }
@@ -502,15 +409,6 @@ int3 forced_tile() {
   }();
   return t;
 }
-// The sums on tensor cores (Layers.mma) on sm_80+, unless DLRM_DEPLOY_MLP_MMA=0 (for comparison:
-// fp32 FMAs), read once per process.
-bool mma_sums(const dd::DeviceInfo& dev) {
-  static const bool off = [] {
-    const char* s = std::getenv("DLRM_DEPLOY_MLP_MMA");
-    return s != nullptr && std::atoi(s) == 0;
-  }();
-  return dev.major >= 8 && !off;
-}
 // Blocks per cluster for the bulk copies: DLRM_DEPLOY_MLP_CLUSTER when set (1, 2, 4 or 8, for
 // tuning), else kCluster; never more than the blocks.
 int cluster_size(int64_t blocks) {
@@ -556,7 +454,6 @@ int plan_chain(const dd_mlp_args* a, const dd::DeviceInfo& dev, ChainPlan* p, ch
   Layers& L = p->L;
   L.count = a->layers;
   L.bulk = dev.major >= 9;  // until a layer has no bulk form
-  L.mma = mma_sums(dev);
   int64_t wide_a = a->in_width, wide_b = 1;  // the widest activation each buffer holds
   int widest_n = 1;
   for (int i = 0; i < a->layers; ++i) {

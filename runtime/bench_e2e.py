@@ -106,8 +106,9 @@ def _setup(args: argparse.Namespace) -> Bench:
 
     over = {k: v for k, v in (("rows", args.rows), ("num_tables", args.tables), ("dim", args.dim)) if v}
     cfg = get_config(args.config, **over)
-    if args.ids == "int32" and max(cfg.table_rows) > 2**31:
-        raise SystemExit(f"--ids int32: tables of {max(cfg.table_rows)} rows need int64 ids (--ids int64)")
+    ids = getattr(torch, args.ids)
+    if max(cfg.table_rows) - 1 > torch.iinfo(ids).max:  # make_indices' rule, before the model is built
+        raise SystemExit(f"--ids {args.ids}: tables of {max(cfg.table_rows)} rows need int64 ids (--ids int64)")
     batch = args.batch or cfg.batch
     pooling = cfg.pooling if args.pooling is None else (int(args.pooling) if str(args.pooling).isdigit()
                                                          else args.pooling)
@@ -129,7 +130,6 @@ def _setup(args: argparse.Namespace) -> Bench:
     t0 = time.perf_counter()
     model = DLRM(cfg, seed=args.seed).eval()
     say(f"  built the model ({cfg.table_bytes() / 2**30:.2f} GiB of fp32 tables) in {time.perf_counter() - t0:.1f}s")
-    ids = getattr(torch, args.ids)
     inputs = make_inputs(cfg, batch, pooling=pooling, source=args.indices, seed=args.seed + 100, index_dtype=ids)
     check_inputs = make_inputs(cfg, batch, pooling=pooling, source=args.indices, seed=args.seed + 200,
                                index_dtype=ids)

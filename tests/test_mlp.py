@@ -426,6 +426,51 @@ def test_weights_computed_in_the_graph_are_read_after_their_kernel(device, graph
         _assert_close(sess.run(feeds)[0], _numpy_mlp(feeds["x"], [w2], [b2], [ACT["relu"]]))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not dd_ort.cuda_available(), reason="onnxruntime has no CUDA execution provider")
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("x_is", ["graph input", "lookups' output"])
+def test_mlp_right_after_the_lookups_reads_early_only_what_they_do_not_write(graph, x_is):
+    """On the CUDA provider an Mlp right after an EmbeddingBag reads its X (and computes every layer
+    but the last) while the lookups still run where X is not their output (a graph input: the bottom
+    MLP's case), never where it is. Lookups long enough that an early read of their output would
+    see a previous run's (200K rows x 128 fp32, batch 2048, 100 lookups a bag: 105 MB), fresh ids
+    and X every run, plain and replayed from a CUDA graph: both match numpy."""
+    rng = np.random.default_rng(11)
+    rows, dim, batch, pooling = 200_000, 128, 2048, 100
+    table = rng.standard_normal((rows, dim)).astype(np.float32)
+    on_pooled = x_is == "lookups' output"
+    widths = [dim if on_pooled else 64, 96, 32]
+    weights = [(rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32) for k, n in zip(widths, widths[1:])]
+    biases = [(0.5 * rng.standard_normal(n)).astype(np.float32) for n in widths[1:]]
+    codes = [ACT["relu"], ACT["none"]]
+    inits = [numpy_helper.from_array(table, "table")]
+    names = ["pooled" if on_pooled else "x"]
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        names += [f"w{i}", f"b{i}"]
+    nodes = [helper.make_node(C.OP_TYPE, ["table", "indices", "offsets"], ["pooled"], name="emb", domain=C.DOMAIN,
+                              table_rows=[rows], dim=dim, dtype="fp32", mode="sum"),
+             helper.make_node(OP_TYPE, names, ["y"], name="mlp", domain=C.DOMAIN, activations=codes)]
+    inputs = [helper.make_tensor_value_info("indices", TensorProto.INT32, ["N"]),
+              helper.make_tensor_value_info("offsets", TensorProto.INT32, ["B"])]
+    if not on_pooled:
+        inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", widths[0]]))
+    outs = [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in ("y", "pooled")]
+    sess = dd_ort.ort_session(_model(nodes, inputs, outs, inits).SerializeToString(), device="cuda",
+                              cuda_graph=graph)
+    offsets = (np.arange(batch) * pooling).astype(np.int32)
+    for _ in range(4):
+        ids = rng.integers(0, rows, size=batch * pooling).astype(np.int32)
+        feeds = {"indices": ids, "offsets": offsets}
+        if not on_pooled:
+            feeds["x"] = rng.standard_normal((batch, widths[0])).astype(np.float32)
+        y, pooled = sess.run(feeds)
+        want_pooled = table[ids].reshape(batch, pooling, dim).sum(axis=1)
+        np.testing.assert_allclose(pooled, want_pooled, rtol=1e-4, atol=1e-3)
+        _assert_close(y, _numpy_mlp(want_pooled if on_pooled else feeds["x"], weights, biases, codes))
+
+
 def test_cpu_generic_forward_matches_numpy():
     """The CPU forward's generic loop (CPUs without AVX2/FMA; DD_CPU_SIMD=0 selects it anywhere), in
     a process of its own: the choice is made once per process."""

@@ -284,7 +284,7 @@ __device__ __forceinline__ void bulk_wait(uint64_t* bar) {
 // stride ld_a, B (the output of even layers) at ld_b; the last layer writes y.
 __global__ void __launch_bounds__(kThreads, 1) mlp_kernel(const float* __restrict__ x, int64_t batch, int in_width,
                                                        Layers L, float* __restrict__ y, int block_rows, int ld_a,
-                                                       int ld_b, bool x_vec, int chunk, bool fixed_weights) {
+                                                       int ld_b, bool x_vec, int chunk, bool fixed_weights, bool x_ready) {
   extern __shared__ float4 smem4[];
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem4);  // kBarBytes: one mbarrier per layer (bulk)
   float* buf_a = reinterpret_cast<float*>(smem4) + kBarBytes / sizeof(float);
@@ -292,13 +292,15 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_kernel(const float* __restric
   float* ws = buf_b + block_rows * ld_b;
   dd::pdl_trigger();  // the next kernel's blocks may take SMs as this one's finish
   // Fixed weights are copied while the kernel before this one finishes (pdl.cuh); x and any weights
-  // an earlier kernel may write are read after it.
+  // an earlier kernel may write are read after it. With x_ready (dd_mlp_args.input_ready, fixed
+  // weights only) every layer but the last runs before the wait too: nothing is written to global
+  // memory before it.
   if (!fixed_weights) dd::pdl_wait();
   if (L.bulk)
     bulk_preload(L, ws, bars);
   else if (L.preload)  // every layer's weights in flight at once, one commit group per layer
     for (int l = 0; l < L.count; ++l) stage_layer(ws + L.off[l], L.ldw[l], L.w[l], L.k[l], L.vec[l], 0, L.n[l]);
-  if (fixed_weights) dd::pdl_wait();
+  if (fixed_weights && !x_ready) dd::pdl_wait();
   // A block per group of block_rows rows, or (a grid of fewer blocks) each block taking every
   // gridDim.x-th group with its weights staged once. A block with no rows (a cluster's spare)
   // still waits for every layer's copies: its peers write into its shared memory.
@@ -323,6 +325,7 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_kernel(const float* __restric
       float* dst = last ? y + r0 * L.n[l] : even ? buf_b : buf_a;
       const int64_t ld_out = last ? L.n[l] : even ? ld_b : ld_a;
       const int K = L.k[l], N = L.n[l];
+      if (last && x_ready) dd::pdl_wait();  // out may be memory the kernels before read or write
       if (L.preload) {
         if (L.bulk)
           bulk_wait(bars + l);  // this layer's bytes landed (later layers' may still fly); at once after the first group
@@ -572,14 +575,14 @@ int dd_mlp_cuda(const dd_mlp_args* a, void* stream, char* msg, size_t len) {
   }
   cfg.attrs = attr;
   cfg.numAttrs = pdl + (csize > 1 ? 1 : 0);
-  const bool fixed = a->fixed_weights != 0;
+  const bool fixed = a->fixed_weights != 0, x_ready = fixed && a->input_ready != 0;
   e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, plan.ld_a,
-                         plan.ld_b, x_vec, plan.chunk, fixed);
+                         plan.ld_b, x_vec, plan.chunk, fixed, x_ready);
   if (e != cudaSuccess && csize > 1) {  // no room for a cluster here (e.g. a shared or partitioned GPU): blocks alone
     cudaGetLastError();
     cfg.numAttrs = pdl;
     e = cudaLaunchKernelEx(&cfg, mlp_kernel, a->x, a->batch, (int)a->in_width, L, a->out, block_rows, plan.ld_a,
-                           plan.ld_b, x_vec, plan.chunk, fixed);
+                           plan.ld_b, x_vec, plan.chunk, fixed, x_ready);
   }
   if (e != cudaSuccess) return dd::cuda_fail(e, "launching the MLP kernel", msg, len);
   e = cudaGetLastError();

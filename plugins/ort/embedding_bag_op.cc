@@ -331,8 +331,15 @@ OrtStatusPtr EmbeddingBagKernel::Compute(OrtKernelContext* context) {
     return Error(ORT_INVALID_ARGUMENT, std::string("the node's output is ") + ElementTypeName(out_type) +
                                            " but attribute out_dtype='" + dd_name("dtype", cfg_.out_dtype) +
                                            "' produces " + ElementTypeName(WeightsTypeOf(cfg_.out_dtype)));
-  return Launch(context, weights.GetTensorRawData(), idx, off, psw_data, num_indices, num_offsets,
-                per_table ? &tables : nullptr, output.GetTensorMutableRawData(), msg);
+  void* out = output.GetTensorMutableRawData();
+  OrtStatusPtr st = Launch(context, weights.GetTensorRawData(), idx, off, psw_data, num_indices, num_offsets,
+                           per_table ? &tables : nullptr, out, msg);
+  if (st == nullptr && provider_ == Provider::kCuda && !cfg_.overlap) {  // launched on ORT's stream, in order
+    const size_t bytes = (size_t)batch * T * D * (out_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? 4 : 2);
+    ThreadLookups() = {Ort::KernelContext(context).GetGPUComputeStream(), reinterpret_cast<uintptr_t>(out),
+                       reinterpret_cast<uintptr_t>(out) + bytes};
+  }
+  return st;
 }
 
 // Runs the core on this provider (per-table form when tables is not null, else packed).

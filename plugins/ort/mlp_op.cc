@@ -93,6 +93,11 @@ OrtStatusPtr MlpKernel::Compute(OrtKernelContext* context) {
   if (TakePending(a.x, &pending)) {
     if (OrtStatusPtr st = FinishPending(pending, stream, Label())) return st;
   }
+  // Right after lookups launched in stream order on this stream, an X they do not write is read
+  // (and every layer but the last computed) while they run (op_glue.h).
+  const OrderedLookups& before = PreviousLookups();
+  const uintptr_t x0 = reinterpret_cast<uintptr_t>(a.x), x1 = x0 + (uintptr_t)(a.batch * a.in_width) * sizeof(float);
+  a.input_ready = before.stream != nullptr && before.stream == stream && (x1 <= before.begin || x0 >= before.end);
   if (dd_mlp_cuda(&a, stream, msg, sizeof(msg)) != DD_OK) return Error(ORT_FAIL, msg);
   return nullptr;
 #else

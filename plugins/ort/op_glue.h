@@ -79,6 +79,27 @@ OrtStatusPtr Guarded(Fn&& fn, ErrorFn&& error) {
 
 // A kernel of op `op` (a string literal): reads the node's name; ComputeV2 runs Compute, turning
 // exceptions into the op's error status.
+// Lookups launched in stream order: an EmbeddingBag node launched kernels on `stream`, the first of
+// them waiting for everything queued before it (no programmatic launch), that write nothing but
+// [begin, end) (its output) and the op's own workspace. The CUDA provider runs a session's nodes
+// one after another on one thread: each op's ComputeV2 moves the record the op before it left into
+// PreviousLookups() and clears it, so an Mlp finds it only where it comes right after the
+// EmbeddingBag among this library's ops. Its X may then be read while those lookups still run
+// (dd_mlp_args.input_ready) when X lies outside [begin, end): a kernel of another library in
+// between is launched in stream order and so waits for the lookups.
+struct OrderedLookups {
+  const void* stream = nullptr;
+  uintptr_t begin = 0, end = 0;
+};
+inline OrderedLookups& ThreadLookups() {  // set by EmbeddingBag's Compute
+  thread_local OrderedLookups record;
+  return record;
+}
+inline OrderedLookups& PreviousLookups() {  // what the op before this one on this thread left
+  thread_local OrderedLookups record;
+  return record;
+}
+
 class KernelBase {
  public:
   virtual ~KernelBase() = default;
@@ -86,6 +107,8 @@ class KernelBase {
   KernelBase& operator=(const KernelBase&) = delete;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    PreviousLookups() = ThreadLookups();
+    ThreadLookups() = OrderedLookups{};
     return Guarded([&] { return Compute(context); },
                    [&](OrtErrorCode code, const char* what) { return Error(code, what); });
   }

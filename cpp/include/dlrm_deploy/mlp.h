@@ -40,6 +40,13 @@ typedef struct dd_mlp_args {
   int32_t fixed_weights; /* CUDA: 1 = the weights and biases are not written by work queued before
                           * this call (e.g. ONNX initializers): the kernel may copy them while the
                           * kernel before it on the stream finishes (sm_90+). 0 = read them after it. */
+  int32_t input_ready; /* CUDA, with fixed_weights: 1 = x is not written by any kernel that may still run
+                        * when this one starts: the kernel before it on the stream, and every one
+                        * back to the first launched in plain stream order (without programmatic
+                        * launch), leave x alone (e.g. x is a graph input and the kernel before is
+                        * the lookups'). The kernel then reads x and computes every layer but the
+                        * last while that kernel finishes, and writes out after it (sm_90+).
+                        * 0 = read x after it. */
 } dd_mlp_args;
 
 /* Checks the layer count, shapes, widths (<= DD_MLP_MAX_WIDTH) and activation codes. */

@@ -13,7 +13,9 @@ namespace dd {
 namespace {
 
 // Launches kernel(p, extra...) on stream; with `window`, a persisting-L2 access-policy window over
-// the contiguous hot region (hot_first layout) is attached to this launch only.
+// the contiguous hot region (hot_first layout) is attached to this launch only. Never with
+// programmatic dependent launch: the lookups start after all work queued before them, which an Mlp
+// right after them relies on to read its input early (dd_mlp_args.input_ready).
 template <typename... Args>
 int launch_kernel(void (*kernel)(Params, Args...), dim3 grid, dim3 block, size_t smem, const Params& p,
                   const dd_config& c, const DeviceInfo& dev, cudaStream_t stream, bool window, char* msg, size_t len,

@@ -77,16 +77,16 @@ OrtStatusPtr Guarded(Fn&& fn, ErrorFn&& error) {
   }
 }
 
-// A kernel of op `op` (a string literal): reads the node's name; ComputeV2 runs Compute, turning
-// exceptions into the op's error status.
 // Lookups launched in stream order: an EmbeddingBag node launched kernels on `stream`, the first of
 // them waiting for everything queued before it (no programmatic launch), that write nothing but
 // [begin, end) (its output) and the op's own workspace. The CUDA provider runs a session's nodes
 // one after another on one thread: each op's ComputeV2 moves the record the op before it left into
 // PreviousLookups() and clears it, so an Mlp finds it only where it comes right after the
 // EmbeddingBag among this library's ops. Its X may then be read while those lookups still run
-// (dd_mlp_args.input_ready) when X lies outside [begin, end): a kernel of another library in
-// between is launched in stream order and so waits for the lookups.
+// (dd_mlp_args.input_ready) when X lies outside [begin, end). A kernel of another library in
+// between, launched in plain stream order, waits for the lookups and the Mlp for it; not covered
+// is one that itself starts early (programmatic launch) and writes X. In our exports the Mlp right
+// after the lookups is the bottom MLP, whose X is a graph input that no node writes.
 struct OrderedLookups {
   const void* stream = nullptr;
   uintptr_t begin = 0, end = 0;
@@ -100,6 +100,8 @@ inline OrderedLookups& PreviousLookups() {  // what the op before this one on th
   return record;
 }
 
+// A kernel of op `op` (a string literal): reads the node's name; ComputeV2 runs Compute, turning
+// exceptions into the op's error status.
 class KernelBase {
  public:
   virtual ~KernelBase() = default;

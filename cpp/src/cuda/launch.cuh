@@ -59,6 +59,27 @@ int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const Devi
   d.persisting_limit = persist;
   // dd_uses_l2 on the config: auto resolves to warp_kernel or combined, both with the window.
   const bool window = dd_uses_l2(&c) && c.hot_first && persist > 0 && d.max_window > 0 && knobs().l2_window != 0;
+  if (pl.warp && pl.async_rows && dev.major >= 8) {
+    if constexpr (DT == DD_INT8) {
+      const dim3 grid((unsigned)std::max<int64_t>(std::min<int64_t>((bags * 32 + kBlock - 1) / kBlock, 1 << 24), 1));
+      auto match = [&](auto policy) {
+        using P = decltype(policy);
+        return P::kVecBytes == pl.vb && P::kUnroll == pl.unroll;
+      };
+      auto go = [&](auto policy) {
+        using P = decltype(policy);
+        auto kernel = warp_async_kernel<DT, IdxT, P>;
+        const size_t smem = (size_t)(kBlock / 32) * 2 * async_stage_bytes<P::kVecBytes, P::kUnroll>();
+        if (smem > 48 * 1024) {
+          cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+          if (e != cudaSuccess)
+            return fail(DD_ERR_CUDA, msg, len, "raising the lookups' shared memory: %s", cudaGetErrorString(e));
+        }
+        return launch_kernel(kernel, grid, dim3(kBlock), smem, p, c, d, stream, window, msg, len, pl.lanes, pl.groups);
+      };
+      return dispatch(WarpPolicies{}, match, go, msg, len);
+    }
+  }
   if (pl.warp) {
     const int64_t units = bags * pl.slices;
     const int64_t blocks = std::min<int64_t>((units * 32 + kBlock - 1) / kBlock, 1 << 24);

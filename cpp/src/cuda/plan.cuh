@@ -22,6 +22,7 @@ struct Plan {
   int vb = 0, lanes = 0, groups = 1, slices = 1;
   int pd = 0;
   int unroll = 8;  // row loads in flight per lane (warp_kernel)
+  bool async_rows = false;  // int8: warp_async_kernel (rows in flight in shared memory), sm_80+
 };
 
 int env_int(const char* name, int fallback) {
@@ -34,11 +35,12 @@ struct Knobs {
   int vec_bytes;  // DLRM_DEPLOY_VEC_BYTES: widest vector load tried (16)
   int unroll;     // DLRM_DEPLOY_UNROLL: row loads in flight per lane; -1 = per dtype
   int l2_window;  // DLRM_DEPLOY_L2_WINDOW: 0 turns the persisting-L2 access-policy window off
+  int async_rows; // DLRM_DEPLOY_ASYNC_ROWS: 0 keeps int8 rows in registers (warp_kernel)
 };
 
 const Knobs& knobs() {
   static const Knobs k = {env_int("DLRM_DEPLOY_VEC_BYTES", 16), env_int("DLRM_DEPLOY_UNROLL", -1),
-                          env_int("DLRM_DEPLOY_L2_WINDOW", 1)};
+                          env_int("DLRM_DEPLOY_L2_WINDOW", 1), env_int("DLRM_DEPLOY_ASYNC_ROWS", 1)};
   return k;
 }
 
@@ -91,6 +93,8 @@ Plan make_plan(const dd_config& c, const void* weights) {
   // (groups * 4 >= 32, e.g. D=128: 4 lanes per row, 8 groups), which frees registers.
   const int dflt = esize == 2 || small_int8 ? 4 : (int4 && pl.warp && pl.groups * 4 >= 32) ? 4 : 8;
   pl.unroll = (knobs().unroll != -1 ? knobs().unroll : dflt) <= 4 ? 4 : 8;
+  pl.async_rows = pl.warp && c.dtype == DD_INT8 && pl.groups > 1 && pl.groups * pl.unroll == 32 &&
+                  pl.unroll <= pl.lanes && knobs().async_rows != 0;
   pl.pd = c.prefetch_distance ? c.prefetch_distance : 8;
   pl.pd = pl.pd <= 4 ? 4 : pl.pd <= 8 ? 8 : 16;  // compiled distances
   return pl;

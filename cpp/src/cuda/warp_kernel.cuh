@@ -129,5 +129,151 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>()
   }
 }
 
+// ---- int8 rows through shared memory (sm_80+): the same work as warp_kernel, where a plan has
+// groups x U == 32 (one index batch a step) and U <= lanes. Each lane copies its piece of U rows
+// (and lane s of a group the scale and bias of row s) with cp.async into its warp's shared memory,
+// two index batches in flight (the next one's copies issued before this one is decoded), so rows
+// in flight take shared memory, not registers: more resident warps than warp_kernel's 16 an SM.
+template <int Bytes>
+__device__ __forceinline__ void cp_async(uint32_t dst, const uint8_t* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (Bytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(dst), "l"(src), "n"(Bytes) : "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// Bytes of one stage of a warp: U rows' pieces of 32 lanes, then 32 scale/bias pairs (one per
+// lookup of the batch).
+template <int VB, int U>
+__host__ __device__ constexpr int async_stage_bytes() { return U * 32 * VB + 32 * 8; }
+
+template <int DT, typename IdxT, typename Policy>
+__global__ void __launch_bounds__(kBlock, 3) warp_async_kernel(const Params p, int lanes, int groups) {
+  constexpr int VB = Policy::kVecBytes;
+  constexpr int U = Policy::kUnroll;
+  constexpr int E = VB / 4 * Storage<DT>::kPerWord;
+  constexpr int kStage = async_stage_bytes<VB, U>();
+  using RawT = typename Raw<VB>::T;
+  extern __shared__ __align__(16) uint8_t async_smem[];
+  pdl_trigger();
+  const int lane = threadIdx.x & 31;
+  uint8_t* stages = async_smem + (threadIdx.x >> 5) * 2 * kStage;
+  const uint32_t stages_u32 = (uint32_t)__cvta_generic_to_shared(stages);
+  const int g = lane / lanes;
+  const int s = lane - g * lanes;
+  const bool active = s * E < p.dim;
+  const uint32_t row_bytes = (uint32_t)p.row_bytes;
+  const uint32_t sb_at = (uint32_t)codes_bytes<DT>(p.dim);
+  const uint8_t* col = p.weights + s * VB;
+  const int64_t total_bags = (int64_t)p.tab.num_tables * p.batch;
+  const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  constexpr uint32_t kSkip = 0xffffffffu;
+  for (int64_t bag = (((int64_t)blockIdx.x * blockDim.x) + threadIdx.x) >> 5; bag < total_bags; bag += warps) {
+    const int t = (int)(bag / p.batch);
+    const int64_t b = bag - (int64_t)t * p.batch;
+    const int64_t rows = p.tab.rows[t];
+    const IdxT* idx = static_cast<const IdxT*>(p.lk.io[t].idx);
+    const float* psw = p.lk.io[t].psw;
+    int64_t start, end;
+    bag_range<IdxT>(p, t, b, lane == 0, start, end);
+    auto fetch_index = [&](int64_t base, uint32_t& row, float& w) {
+      row = kSkip;
+      w = 1.0f;
+      if (base + lane < end) {
+        const int64_t id = (int64_t)idx[base + lane];
+        if (psw) w = psw[base + lane];
+        if (p.check && (id < 0 || id >= rows)) record(p.err, kIndexOutOfRange, t, base + lane, id, rows);
+        else row = (uint32_t)global_row(p.tab, t, id);
+      }
+    };
+    // The copies of the batch at base (rows held one per lane in batch_rows) into stage st.
+    auto issue = [&](int64_t base, uint32_t batch_rows, int st) {
+      const uint32_t at = stages_u32 + st * kStage;
+#pragma unroll
+      for (int k = 0; k < U; ++k) {
+        const int j = k * groups + g;
+        const uint32_t r = __shfl_sync(kFull, batch_rows, j);
+        if (base + j < end && r != kSkip) {
+          const uint8_t* row = p.weights + (uint64_t)r * row_bytes;
+          if (active) cp_async<VB>(at + (k * 32 + lane) * VB, col + (uint64_t)r * row_bytes);
+          if (s == k) {
+            cp_async<4>(at + U * 32 * VB + j * 8, row + sb_at);
+            cp_async<4>(at + U * 32 * VB + j * 8 + 4, row + sb_at + 4);
+          }
+        }
+      }
+      cp_async_commit();
+    };
+    float acc[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] = 0.0f;
+    uint32_t cur_row, next_row;
+    float cur_w, next_w;
+    fetch_index(start, cur_row, cur_w);
+    if (start < end) issue(start, cur_row, 0);
+    fetch_index(start + 32, next_row, next_w);
+    int st = 0;
+    for (int64_t base = start; base < end; base += 32) {
+      const int n = (int)min((int64_t)32, end - base);
+      const bool more = base + 32 < end;
+      if (more) issue(base + 32, next_row, st ^ 1);
+      uint32_t after_row;
+      float after_w;
+      fetch_index(base + 64, after_row, after_w);
+      if (more) cp_async_wait<1>();
+      else cp_async_wait<0>();
+      __syncwarp();
+      const uint8_t* here = stages + st * kStage;
+#pragma unroll
+      for (int k = 0; k < U; ++k) {
+        const int j = k * groups + g;
+        const uint32_t r = __shfl_sync(kFull, cur_row, j);
+        const float w = psw ? __shfl_sync(kFull, cur_w, j) : 1.0f;
+        if (active && j < n && r != kSkip) {
+          const RawT v = *reinterpret_cast<const RawT*>(here + (k * 32 + lane) * VB);
+          const float2 sb = *reinterpret_cast<const float2*>(here + U * 32 * VB + j * 8);
+          float x[E];
+          decode<DT, VB>(v, sb, x);
+#pragma unroll
+          for (int e = 0; e < E; ++e) acc[e] = psw ? fmaf(w, x[e], acc[e]) : acc[e] + x[e];
+        }
+      }
+      __syncwarp();  // every lane has read this stage before the next step refills it
+      st ^= 1;
+      cur_row = next_row;
+      cur_w = next_w;
+      next_row = after_row;
+      next_w = after_w;
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      for (int o = lanes; o < 32; o <<= 1) acc[e] += __shfl_xor_sync(kFull, acc[e], o);
+    if (g == 0 && active) {
+      const int64_t out = b * (int64_t)p.tab.num_tables * p.dim + (int64_t)t * p.dim + (int64_t)s * E;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        float r = acc[e];
+        if (p.mode == DD_MEAN) r = end > start ? r / (float)(end - start) : 0.0f;
+        store(p, out + e, r);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dd

@@ -34,7 +34,7 @@ def _exact_expected(case, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("dim", [4, 16, 64, 128, 256, 100])
+@pytest.mark.parametrize("dim", [4, 16, 32, 64, 128, 256, 100])
 def test_variants_match_reference(variant, dtype, dim):
     if dtype == "int8" and dim % 4:
         pytest.skip("int8 needs dim % 4 == 0")
@@ -93,6 +93,25 @@ def test_bad_input_checked_raises(variant):
     out = op_call(w, torch.tensor([1, 2], device="cuda"), torch.tensor([0], device="cuda"), table_rows=[100], dim=64,
                   variant=variant)
     torch.testing.assert_close(out[0], w[1] + w[2])
+
+
+@pytest.mark.parametrize("dim", [16, 32, 64, 128])
+def test_int8_rows_in_shared_memory_report_bad_ids(dim):
+    """int8 at these widths runs warp_async_kernel (rows in flight in shared memory): an id out of
+    range or negative is an error in check=checked, wherever it sits in a long bag; good bags
+    (several index batches, both stages) match the reference."""
+    from dlrm_deploy.runtime.torch_op import op_call
+
+    case = make_case(seed=6, tables=(300, 200), dim=dim, batch=12, dtype="int8", lengths="fixed", max_len=97)
+    assert "warp_async_kernel" in _core.describe_kernel(_core.make_config(case.attrs))
+    cpu, gpu = _cpu_and_gpu(case)
+    assert_close(case, gpu)
+    g = case.to("cuda")
+    for pos, bad in ((0, 300), (70, -1), (96 * 12 + 40, 200)):
+        idx = g.indices.clone()
+        idx[pos] = bad
+        with pytest.raises(RuntimeError, match="out of range|index -1"):
+            op_call(g.weight, idx, g.offsets, g.psw, **case.attrs)
 
 
 def _deferred_bad_index(cfg, w):

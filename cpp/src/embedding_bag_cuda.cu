@@ -97,8 +97,8 @@ const char* dd_describe_kernel(const dd_config* cfg, char* buf, size_t len) {
   if (!buf || !len) return buf;
   const dd::Plan pl = dd::make_plan(*cfg, nullptr);
   if (pl.warp)
-    snprintf(buf, len, "warp_kernel(vec=%dB, lanes=%d, groups=%d, slices=%d, unroll=%d)", pl.vb, pl.lanes,
-             pl.groups, pl.slices, pl.unroll);
+    snprintf(buf, len, "%s(vec=%dB, lanes=%d, groups=%d, slices=%d, unroll=%d)",
+             pl.async_rows ? "warp_async_kernel" : "warp_kernel", pl.vb, pl.lanes, pl.groups, pl.slices, pl.unroll);
   else
     snprintf(buf, len, "bag_kernel(%s, prefetch=%d)", dd_name("variant", pl.variant),
              (pl.variant == DD_PREFETCH || pl.variant == DD_COMBINED) ? pl.pd : 0);

@@ -95,7 +95,7 @@ def test_bad_input_checked_raises(variant):
     torch.testing.assert_close(out[0], w[1] + w[2])
 
 
-@pytest.mark.parametrize("dim", [16, 32, 64, 128])
+@pytest.mark.parametrize("dim", [16, 32, 64])
 def test_int8_rows_in_shared_memory_report_bad_ids(dim):
     """int8 at these widths runs warp_async_kernel (rows in flight in shared memory): an id out of
     range or negative is an error in check=checked, wherever it sits in a long bag; good bags

@@ -93,12 +93,12 @@ Plan make_plan(const dd_config& c, const void* weights) {
   // (groups * 4 >= 32, e.g. D=128: 4 lanes per row, 8 groups), which frees registers.
   const int dflt = esize == 2 || small_int8 ? 4 : (int4 && pl.warp && pl.groups * 4 >= 32) ? 4 : 8;
   pl.unroll = (knobs().unroll != -1 ? knobs().unroll : dflt) <= 4 ? 4 : 8;
-  // int8 rows of at most 128 bytes of codes: rows in flight in shared memory (warp_async_kernel),
-  // one index batch a step (groups x unroll = 32). H100, paper shape, uniform, ours / FBGEMM ms,
-  // against warp_kernel in the same session: D 16 0.092 (0.101) / 0.176, D 32 0.118 (0.128) /
-  // 0.183, D 64 with 8 in flight 0.173 (0.177 with 4) / 0.200, D 128 0.260 (0.259) / 0.326.
+  // int8 rows under 128 bytes of codes: rows in flight in shared memory (warp_async_kernel), one
+  // index batch a step (groups x unroll = 32). H100, paper shape, uniform, ours / FBGEMM ms, against
+  // warp_kernel in the same session: D 16 0.092 (0.101) / 0.176, D 32 0.118 (0.128) / 0.183, D 64
+  // with 8 in flight 0.173 (0.177 with 4) / 0.200. D 128 keeps warp_kernel: 0.259 against 0.260.
   const int step_unroll = pl.groups > 1 ? 32 / pl.groups : 0;
-  if (pl.warp && c.dtype == DD_INT8 && knobs().async_rows != 0 && (step_unroll == 4 || step_unroll == 8) &&
+  if (pl.warp && small_int8 && knobs().async_rows != 0 && (step_unroll == 4 || step_unroll == 8) &&
       step_unroll <= pl.lanes) {
     if (knobs().unroll == -1) pl.unroll = step_unroll;
     pl.async_rows = pl.unroll == step_unroll;

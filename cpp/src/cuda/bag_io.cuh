@@ -34,6 +34,29 @@ __device__ __forceinline__ void bag_range(const Params& p, int t, int64_t b, boo
   }
 }
 
+// One bag's inputs: table t, sample b, the table's row count, its ids [start, end) and per-sample
+// weights (psw; null without).
+template <typename IdxT>
+struct Bag {
+  int t;
+  int64_t b, rows, start, end;
+  const IdxT* idx;
+  const float* psw;
+};
+
+// Bag number bag (table-major) of the launch; report: this thread records a bad bag.
+template <typename IdxT>
+__device__ __forceinline__ Bag<IdxT> open_bag(const Params& p, int64_t bag, bool report) {
+  Bag<IdxT> bg;
+  bg.t = (int)(bag / p.batch);
+  bg.b = bag - (int64_t)bg.t * p.batch;
+  bg.rows = p.tab.rows[bg.t];
+  bg.idx = static_cast<const IdxT*>(p.lk.io[bg.t].idx);
+  bg.psw = p.lk.io[bg.t].psw;
+  bag_range<IdxT>(p, bg.t, bg.b, report, bg.start, bg.end);
+  return bg;
+}
+
 __device__ __forceinline__ void store(const Params& p, int64_t pos, float v) {
   if (p.out_dtype == DD_FP32) static_cast<float*>(p.out)[pos] = v;
   else if (p.out_dtype == DD_FP16) static_cast<__half*>(p.out)[pos] = __float2half_rn(v);

@@ -28,14 +28,11 @@ __global__ void __launch_bounds__(kBlock, Policy::kMinBlocks) bag_kernel(const P
   for (int64_t chunk = (int64_t)blockIdx.x * blockDim.y + threadIdx.y; chunk < num_chunks; chunk += stride) {
     const int feature = (int)(chunk % chunks_per_bag) * 32 + threadIdx.x;
     if (feature >= D) continue;
-    const int64_t bag = chunk / chunks_per_bag;
-    const int t = (int)(bag / p.batch);
-    const int64_t b = bag - (int64_t)t * p.batch;
-    const int64_t rows = p.tab.rows[t];
-    const IdxT* idx = static_cast<const IdxT*>(p.lk.io[t].idx);
-    const float* psw = p.lk.io[t].psw;
-    int64_t start, end;
-    bag_range<IdxT>(p, t, b, threadIdx.x == 0, start, end);
+    const Bag<IdxT> bg = open_bag<IdxT>(p, chunk / chunks_per_bag, threadIdx.x == 0);
+    const int t = bg.t;
+    const int64_t start = bg.start, end = bg.end, rows = bg.rows;
+    const IdxT* idx = bg.idx;
+    const float* psw = bg.psw;
     // One lookup: its index, bounds check, element and weight.
     auto fetch = [&](int64_t i, float& v, float& w) {
       const int64_t id = (int64_t)idx[i];
@@ -73,7 +70,7 @@ __global__ void __launch_bounds__(kBlock, Policy::kMinBlocks) bag_kernel(const P
       }
     }
     if (p.mode == DD_MEAN) acc = end > start ? acc / (float)(end - start) : 0.0f;
-    store(p, b * (int64_t)p.tab.num_tables * D + (int64_t)t * D + feature, acc);
+    store(p, bg.b * (int64_t)p.tab.num_tables * D + (int64_t)t * D + feature, acc);
   }
 }
 

@@ -27,6 +27,45 @@ constexpr int warp_min_blocks() {
   return U >= 8 ? 2 : 4;
 }
 
+// Row number of a lookup that adds nothing (past its bag's end, or a bad id).
+constexpr uint32_t kSkip = 0xffffffffu;
+
+// Global row (or kSkip) and weight of lookup base+lane of bag bg; report: record a bad id.
+template <typename IdxT>
+__device__ __forceinline__ void fetch_row(const Params& p, const Bag<IdxT>& bg, int64_t base, int lane, bool report,
+                                          uint32_t& row, float& w) {
+  row = kSkip;
+  w = 1.0f;
+  if (base + lane < bg.end) {
+    const int64_t id = (int64_t)bg.idx[base + lane];
+    if (bg.psw) w = bg.psw[base + lane];
+    if (p.check && (id < 0 || id >= bg.rows)) {
+      if (report) record(p.err, kIndexOutOfRange, bg.t, base + lane, id, bg.rows);
+    } else {
+      row = (uint32_t)global_row(p.tab, bg.t, id);
+    }
+  }
+}
+
+// A warp's end of a bag: the sums of its 32/gsize groups added up (lane i and i xor gsize, ...),
+// then the leader lanes (group 0, columns in range) store elements col..col+E-1 (the mean applied).
+template <int E, typename IdxT>
+__device__ __forceinline__ void finish_bag(const Params& p, float (&acc)[E], int gsize, bool leader,
+                                           const Bag<IdxT>& bg, int col) {
+#pragma unroll
+  for (int e = 0; e < E; ++e)
+    for (int o = gsize; o < 32; o <<= 1) acc[e] += __shfl_xor_sync(kFull, acc[e], o);
+  if (leader) {
+    const int64_t out = bg.b * (int64_t)p.tab.num_tables * p.dim + (int64_t)bg.t * p.dim + col;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      float r = acc[e];
+      if (p.mode == DD_MEAN) r = bg.end > bg.start ? r / (float)(bg.end - bg.start) : 0.0f;
+      store(p, out + e, r);
+    }
+  }
+}
+
 template <int DT, typename IdxT, typename Policy>
 __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>())
     warp_kernel(const Params p, int lanes, int groups, int slices) {
@@ -47,32 +86,13 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>()
   for (int64_t u = (((int64_t)blockIdx.x * blockDim.x) + threadIdx.x) >> 5; u < units; u += warps) {
     const int64_t bag = u / slices;
     const int slice = (int)(u - bag * slices);
-    const int t = (int)(bag / p.batch);
-    const int64_t b = bag - (int64_t)t * p.batch;
-    const int64_t rows = p.tab.rows[t];
+    const Bag<IdxT> bg = open_bag<IdxT>(p, bag, lane == 0 && slice == 0);
+    const int64_t start = bg.start, end = bg.end;
+    const float* psw = bg.psw;
     const int chunk = (groups > 1 ? 0 : slice * 32) + s;  // which VB-byte piece of the row
     const bool active = chunk * E < p.dim;
     const uint8_t* col = p.weights + chunk * VB;
-    const IdxT* idx = static_cast<const IdxT*>(p.lk.io[t].idx);
-    const float* psw = p.lk.io[t].psw;
-    int64_t start, end;
-    bag_range<IdxT>(p, t, b, lane == 0 && slice == 0, start, end);
-
-    // Global row of lookup base+lane (kSkip = nothing to add) and its weight.
-    constexpr uint32_t kSkip = 0xffffffffu;
-    auto fetch_index = [&](int64_t base, uint32_t& row, float& w) {
-      row = kSkip;
-      w = 1.0f;
-      if (base + lane < end) {
-        const int64_t id = (int64_t)idx[base + lane];
-        if (psw) w = psw[base + lane];
-        if (p.check && (id < 0 || id >= rows)) {
-          if (slice == 0) record(p.err, kIndexOutOfRange, t, base + lane, id, rows);
-        } else {
-          row = (uint32_t)global_row(p.tab, t, id);
-        }
-      }
-    };
+    auto fetch_index = [&](int64_t base, uint32_t& row, float& w) { fetch_row(p, bg, base, lane, slice == 0, row, w); };
     float acc[E];
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[e] = 0.0f;
@@ -112,20 +132,7 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>()
         }
       }
     }
-    if (groups > 1) {
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        for (int o = gsize; o < 32; o <<= 1) acc[e] += __shfl_xor_sync(kFull, acc[e], o);
-    }
-    if (g == 0 && active) {
-      const int64_t out = b * (int64_t)p.tab.num_tables * p.dim + (int64_t)t * p.dim + (int64_t)chunk * E;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        float r = acc[e];
-        if (p.mode == DD_MEAN) r = end > start ? r / (float)(end - start) : 0.0f;
-        store(p, out + e, r);
-      }
-    }
+    finish_bag(p, acc, gsize, g == 0 && active, bg, chunk * E);
   }
 }
 
@@ -182,25 +189,11 @@ __global__ void __launch_bounds__(kBlock, 3) warp_async_kernel(const Params p, i
   const uint8_t* col = p.weights + s * VB;
   const int64_t total_bags = (int64_t)p.tab.num_tables * p.batch;
   const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
-  constexpr uint32_t kSkip = 0xffffffffu;
   for (int64_t bag = (((int64_t)blockIdx.x * blockDim.x) + threadIdx.x) >> 5; bag < total_bags; bag += warps) {
-    const int t = (int)(bag / p.batch);
-    const int64_t b = bag - (int64_t)t * p.batch;
-    const int64_t rows = p.tab.rows[t];
-    const IdxT* idx = static_cast<const IdxT*>(p.lk.io[t].idx);
-    const float* psw = p.lk.io[t].psw;
-    int64_t start, end;
-    bag_range<IdxT>(p, t, b, lane == 0, start, end);
-    auto fetch_index = [&](int64_t base, uint32_t& row, float& w) {
-      row = kSkip;
-      w = 1.0f;
-      if (base + lane < end) {
-        const int64_t id = (int64_t)idx[base + lane];
-        if (psw) w = psw[base + lane];
-        if (p.check && (id < 0 || id >= rows)) record(p.err, kIndexOutOfRange, t, base + lane, id, rows);
-        else row = (uint32_t)global_row(p.tab, t, id);
-      }
-    };
+    const Bag<IdxT> bg = open_bag<IdxT>(p, bag, lane == 0);
+    const int64_t start = bg.start, end = bg.end;
+    const float* psw = bg.psw;
+    auto fetch_index = [&](int64_t base, uint32_t& row, float& w) { fetch_row(p, bg, base, lane, true, row, w); };
     // The copies of the batch at base (rows held one per lane in batch_rows) into stage st.
     auto issue = [&](int64_t base, uint32_t batch_rows, int st) {
       const uint32_t at = stages_u32 + st * kStage;
@@ -260,18 +253,7 @@ __global__ void __launch_bounds__(kBlock, 3) warp_async_kernel(const Params p, i
       next_row = after_row;
       next_w = after_w;
     }
-#pragma unroll
-    for (int e = 0; e < E; ++e)
-      for (int o = lanes; o < 32; o <<= 1) acc[e] += __shfl_xor_sync(kFull, acc[e], o);
-    if (g == 0 && active) {
-      const int64_t out = b * (int64_t)p.tab.num_tables * p.dim + (int64_t)t * p.dim + (int64_t)s * E;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        float r = acc[e];
-        if (p.mode == DD_MEAN) r = end > start ? r / (float)(end - start) : 0.0f;
-        store(p, out + e, r);
-      }
-    }
+    finish_bag(p, acc, lanes, g == 0 && active, bg, s * E);
   }
 }
 

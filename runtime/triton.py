@@ -80,6 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="python backend: packed (default: dense inputs + one ids [INT32 unless a table has more "
                         "than 2^31 rows], one lengths and one weights input for all tables) or tables (ids and "
                         "lengths per model input); docs/triton.md")
+    p.add_argument("--keep-model-inputs", action="store_true",
+                   help="python backend, packed form: serve the model's lookup inputs as exported (default: one "
+                        "ids and one offsets input for a fused lookup node's tables, int32 where they fit; "
+                        "docs/triton.md)")
     p.add_argument("--threads", type=int, default=0,
                    help="python backend: ONNX Runtime intra-op threads per instance (default 0: its default)")
     p.add_argument("--library", help=f"custom-op ({ORT_LIBRARY}) or plugin ({TRT_LIBRARY}) library "
@@ -109,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
             cuda_options=dict(args.cuda_option) if args.cuda_option else None,
             shapes=dict(args.shape) if args.shape else None, trtexec_args=args.trtexec_arg,
             overwrite=args.force, threads=args.threads, lengths=args.lengths,
-            request_form=args.request_form)
+            request_form=args.request_form, packed_inputs=not args.keep_model_inputs)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"dlrm-deploy triton-repo: error: {e}", file=sys.stderr)
         return 2

@@ -244,16 +244,21 @@ def python_config_text(io: ModelIO, spec: dict, name: str, *, max_batch_size: in
 
 
 def write_python_model(onnx_path: pathlib.Path, io: ModelIO, model_dir: pathlib.Path, library: pathlib.Path, *,
-                       name: str, version: int = 1, form: str = DEFAULT_FORM, **config) -> dict:
+                       name: str, version: int = 1, form: str = DEFAULT_FORM, packed_inputs: bool = True,
+                       **config) -> dict:
     """Writes the python-backend model into `model_dir` (created by the caller): config.pbtxt,
     ``<version>/model.py``, ``<version>/model.onnx`` (+ external data, output types declared),
-    ``<version>/dlrm_deploy_io.json`` (the request spec in `form`) and the op library. Returns the spec."""
+    ``<version>/dlrm_deploy_io.json`` (the request spec in `form`) and the op library. In the packed
+    request form with packed_inputs, the served model takes its lookups' inputs packed too
+    (export/packed_inputs.py: model.py merges requests into one ids and one offsets input, int32
+    where the tables allow, instead of two inputs per table). Returns the spec."""
     from .triton_repo import _copy_onnx
 
-    spec = io_spec(io, form)
+    io_spec(io, form)  # refuses a model it cannot serve before anything is written
     version_dir = model_dir / str(version)
     _copy_onnx(onnx_path, io, version_dir)
-    _declare_types(version_dir / "model.onnx")
+    io = _prepare_served(version_dir / "model.onnx", io, packed_inputs=packed_inputs and form == "packed")
+    spec = io_spec(io, form)
     shutil.copyfile(library, model_dir / library.name)
     spec["library"] = f"../{library.name}"
     (version_dir / IO_FILE).write_text(json.dumps(spec, indent=1) + "\n")
@@ -262,16 +267,23 @@ def write_python_model(onnx_path: pathlib.Path, io: ModelIO, model_dir: pathlib.
     return spec
 
 
-def _declare_types(path: pathlib.Path) -> None:
-    """Saves the model with the custom op's output types declared (ONNX Runtime needs them; the stub
-    has no dlrm_deploy package to patch them at load time). External data stays where it is."""
+def _prepare_served(path: pathlib.Path, io: ModelIO, *, packed_inputs: bool) -> ModelIO:
+    """Saves the copied model with the custom op's output types declared (ONNX Runtime needs them;
+    the stub has no dlrm_deploy package to patch them at load time) and, with packed_inputs, its
+    lookups' inputs packed. External data stays where it is. Returns the served file's description."""
     import onnx
+
+    from dlrm_deploy.export.packed_inputs import to_packed_inputs
 
     from .ort import declare_output_types
 
     proto = onnx.load(str(path), load_external_data=False)
-    if declare_output_types(proto):
+    packed = 0
+    if packed_inputs:
+        proto, packed = to_packed_inputs(proto)
+    if declare_output_types(proto) or packed:
         onnx.save(proto, str(path))
+    return describe_onnx(proto) if packed else io
 
 
 def validate_python_repo(model_dir, onnx_path=None):

@@ -31,6 +31,7 @@ The file is self-contained: it reads ``dlrm_deploy_io.json`` beside it (written 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
@@ -40,6 +41,7 @@ import numpy as np
 
 IO_FILE = "dlrm_deploy_io.json"
 PROFILE_VAR = "DLRM_DEPLOY_TRITON_PROFILE"  # a folder: each instance appends one JSON line per execute
+PINNED_VAR = "DLRM_DEPLOY_TRITON_PINNED"  # 0: merged inputs in pageable memory (default: page-locked on GPU)
 
 
 class RequestError(ValueError):
@@ -81,9 +83,15 @@ def parse_request(get, spec: dict) -> dict:
     return parse_packed(get, spec) if spec.get("form") == "packed" else parse_tables(get, spec)
 
 
-def merge(requests: list[dict], spec: dict) -> dict:
-    """Model feeds of the parsed requests run as one batch (either form): see merge_tables / merge_packed."""
-    return merge_packed(requests, spec) if spec.get("form") == "packed" else merge_tables(requests, spec)
+def fresh(name: str, shape: tuple, dtype) -> np.ndarray:
+    """A new array for the merged input `name` (merge's default `take`)."""
+    return np.empty(shape, dtype)
+
+
+def merge(requests: list[dict], spec: dict, take=fresh) -> dict:
+    """Model feeds of the parsed requests run as one batch (either form): see merge_tables / merge_packed.
+    take(name, shape, dtype) gives the array a merged input is written into (the packed form's)."""
+    return merge_packed(requests, spec, take) if spec.get("form") == "packed" else merge_tables(requests, spec)
 
 
 def parse_packed(get, spec: dict) -> dict:
@@ -119,26 +127,31 @@ def parse_packed(get, spec: dict) -> dict:
             "bounds": bounds, "wbounds": wbounds}
 
 
-def _packed_join(requests: list[dict], key: str, bkey: str, tables, dtype) -> np.ndarray:
+def _packed_join(requests: list[dict], key: str, bkey: str, tables, dtype, take=fresh) -> np.ndarray:
     """The requests' packed `key` arrays (ids or weights) regrouped table-major over the requests
-    (table 0 of every request, then table 1, ...) as one contiguous array of `dtype`: one copy (the
-    cast included); one request's array passes through uncopied where it has `dtype` already."""
+    (table 0 of every request, then table 1, ...) as one contiguous array of `dtype` from take: one
+    copy (the cast included); one request's array passes through uncopied where it has `dtype` already."""
     if len(requests) == 1:
         return np.ascontiguousarray(requests[0][key]).astype(dtype, copy=False)
     parts = [r[key][r[bkey][t]:r[bkey][t + 1]] for t in tables for r in requests]
-    return np.concatenate(parts, dtype=dtype) if parts else np.zeros(0, dtype)
+    out = take(key, (sum(a.size for a in parts),), dtype)
+    return np.concatenate(parts, out=out, casting="same_kind") if parts else out
 
 
-def merge_packed(requests: list[dict], spec: dict) -> dict:
+def merge_packed(requests: list[dict], spec: dict, take=fresh) -> dict:
     """Model feeds of packed requests run as one batch: dense rows concatenated; every table's ids
     gathered table-major over the requests into one buffer (cast to the model's index type on the
     way) that each EmbeddingBag input takes a view of; offsets from one cumulative sum per table
-    row of the merged [T, B] lengths."""
+    row of the merged [T, B] lengths. Merged dense rows, ids and weights go into take's arrays."""
     p = spec["packed"]
     feeds = {}
     for d in spec["dense"]:
         parts = [r["dense"][d["name"]] for r in requests]
-        feeds[d["name"]] = np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts)
+        if len(parts) == 1:
+            feeds[d["name"]] = np.ascontiguousarray(parts[0])
+        else:
+            out = take(d["name"], (sum(a.shape[0] for a in parts),) + parts[0].shape[1:], parts[0].dtype)
+            feeds[d["name"]] = np.concatenate(parts, out=out)
     t_all = range(p["tables"])
     if len(requests) == 1:
         lengths, counts = requests[0]["lengths"], requests[0]["counts"]
@@ -146,11 +159,11 @@ def merge_packed(requests: list[dict], spec: dict) -> dict:
         lengths = np.concatenate([r["lengths"] for r in requests], axis=1)  # [T, B], table-major
         counts = np.add.reduce([r["counts"] for r in requests])
     ends = [0] + np.cumsum(counts).tolist()
-    ids = _packed_join(requests, "ids", "bounds", t_all, p["index_dtype"] or p["ids_dtype"])
+    ids = _packed_join(requests, "ids", "bounds", t_all, p["index_dtype"] or p["ids_dtype"], take)
     weights = wends = None
     if p.get("weights"):
         weighted = [t for t in t_all if p["weighted"][t]]
-        weights = _packed_join(requests, "weights", "wbounds", weighted, p["weights_dtype"])
+        weights = _packed_join(requests, "weights", "wbounds", weighted, p["weights_dtype"], take)
         wends = ends if len(weighted) == len(t_all) else             [0] + np.cumsum(counts * np.asarray(p["weighted"], np.int64)).tolist()
     n = lengths.shape[1]
     rows = None
@@ -265,6 +278,47 @@ def split(outputs: dict, sizes: list[int]) -> list[dict]:
     return [{name: parts[i][None] for name, parts in per.items()} for i in range(len(sizes))]
 
 
+class PinnedStaging:
+    """Page-locked host buffers for merged inputs, one per input, kept from run to run (merge's
+    `take`). ONNX Runtime's CUDA provider copies an input to the GPU by DMA from page-locked memory;
+    from pageable memory the driver copies it once more on the CPU first. An instance runs one
+    execute at a time, and session.run returns after its copies, so a buffer is free again by the
+    next merge. cudart: the CUDA runtime (ctypes) the session's provider loaded."""
+
+    def __init__(self, cudart):
+        self._cudart = cudart
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        buf = self._buffers.get(name)
+        if buf is None or buf.nbytes < need:
+            if buf is not None:
+                self._cudart.cudaHostUnregister(ctypes.c_void_p(buf.ctypes.data))
+                del self._buffers[name]
+            buf = np.empty(max(need + need // 2, 1 << 20), np.uint8)  # room for larger merges
+            if self._cudart.cudaHostRegister(ctypes.c_void_p(buf.ctypes.data), ctypes.c_size_t(buf.nbytes), 0):
+                return np.empty(shape, dtype)  # could not lock it: pageable this time
+            self._buffers[name] = buf
+        return buf[:need].view(dtype).reshape(shape)
+
+    def close(self) -> None:
+        for buf in self._buffers.values():
+            self._cudart.cudaHostUnregister(ctypes.c_void_p(buf.ctypes.data))
+        self._buffers.clear()
+
+
+def load_cudart():
+    """The CUDA runtime library already in the process (ONNX Runtime's CUDA provider loads it), or None."""
+    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
 def make_session(folder: str, spec: dict, kind: str = "CPU", device_id: int = 0, threads: int = 0):
     """An ONNX Runtime session of the model in `folder` with our custom-op library registered."""
     import onnxruntime as ort
@@ -295,6 +349,10 @@ class TritonPythonModel:
         self.session = make_session(folder, self.spec, args.get("model_instance_kind", "CPU"),
                                     int(args.get("model_instance_device_id", 0) or 0), threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.staging = None
+        if self.session.get_providers()[0] == "CUDAExecutionProvider" and os.environ.get(PINNED_VAR, "1") != "0":
+            cudart = load_cudart()
+            self.staging = PinnedStaging(cudart) if cudart is not None else None
         self.profile, self._last_end = None, None
         if os.environ.get(PROFILE_VAR):
             os.makedirs(os.environ[PROFILE_VAR], exist_ok=True)
@@ -303,7 +361,7 @@ class TritonPythonModel:
 
     def _run(self, parsed: list[dict], prof: dict | None = None) -> list[dict]:
         t0 = time.perf_counter()
-        feeds = merge(parsed, self.spec)
+        feeds = merge(parsed, self.spec, self.staging.take if self.staging is not None else fresh)
         t1 = time.perf_counter()
         values = self.session.run(self.output_names, feeds)
         t2 = time.perf_counter()
@@ -359,7 +417,9 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        """Drops the session (and closes the profile)."""
+        """Drops the session and the page-locked buffers (and closes the profile)."""
         self.session = None
+        if self.staging is not None:
+            self.staging.close()
         if self.profile is not None:
             self.profile.close()

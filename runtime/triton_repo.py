@@ -78,7 +78,7 @@ def _copy_onnx(onnx_path: pathlib.Path, io: ModelIO, dest_dir: pathlib.Path) -> 
 
 
 def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths,
-                     request_form=None) -> None:
+                     request_form=None, packed_inputs=True) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend '{backend}' is not one of {BACKENDS}")
     if batching not in BATCHING:
@@ -97,6 +97,9 @@ def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling
     if request_form is not None and backend != "python":
         raise ValueError("request_form (--request-form) is for the python backend; the onnxruntime and tensorrt "
                          "backends take the model's own inputs")
+    if not packed_inputs and backend != "python":
+        raise ValueError("packed_inputs=False (--keep-model-inputs) is for the python backend; the onnxruntime and "
+                         "tensorrt backends serve the model's own inputs anyway")
 
 
 def _batched(io: ModelIO, batching: str, onnx_name: str) -> bool:
@@ -169,7 +172,8 @@ def _write_python(onnx_path, io, model_dir, library, o) -> None:
                               max_batch_size=o["max_batch_size"], instances=o["instances"], kind=o["kind"],
                               gpus=o["gpus"], preferred_batch_sizes=o["preferred_batch_sizes"],
                               max_queue_delay_us=o["max_queue_delay_us"], threads=o.get("threads", 0),
-                              merge=o["batching"] != "none", form=o["request_form"])
+                              merge=o["batching"] != "none", form=o["request_form"],
+                              packed_inputs=o["packed_inputs"])
     write_python_readme(model_dir, spec, request_inputs(io, spec), name=o["name"], onnx_name=onnx_path.name,
                         max_batch_size=o["max_batch_size"], max_queue_delay_us=o["max_queue_delay_us"],
                         repo=o["serve_root"])
@@ -247,7 +251,7 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
                 cuda_options: dict | None = None, shapes: dict | None = None,
                 trtexec_args: list[str] | None = None, version: int = 1, validate: bool | None = None,
                 overwrite: bool = False, threads: int = 0, lengths: bool = False,
-                request_form: str | None = None) -> pathlib.Path:
+                request_form: str | None = None, packed_inputs: bool = True) -> pathlib.Path:
     """Writes a Triton model repository for an exported model; returns ``out_dir/<name>``.
 
     onnx_path: the exported ONNX file. backend: "onnxruntime", "tensorrt" or "python" (ONNX Runtime
@@ -278,7 +282,9 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
     in that form gets it without the flag. request_form (python): "packed" (default: dense inputs
     plus one ids, one lengths and one weights input for all tables, INT32 ids on the wire unless a
     table has more than 2^31 rows, then INT64) or "tables" (one ids and one lengths input per model
-    ids/offsets input, the model's own types). validate: parse the written config with Triton's schema and compare it with
+    ids/offsets input, the model's own types). packed_inputs (python, packed form): serve the model
+    with a fused lookup node's per-table ids/offsets inputs packed into one each, int32 where the
+    tables allow (export/packed_inputs.py; False: as exported). validate: parse the written config with Triton's schema and compare it with
     the model file (True: required, needs tritonclient; None: whenever tritonclient is installed).
     """
     max_batch_size_given = max_batch_size is not None
@@ -286,7 +292,8 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
         max_batch_size = 64 if backend == "python" else 1024
     if max_queue_delay_us is None:
         max_queue_delay_us = 500 if backend == "python" else 100
-    _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths, request_form)
+    _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths, request_form,
+                     packed_inputs)
     onnx_path = pathlib.Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file {onnx_path} not found")
@@ -310,7 +317,7 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
                 plan=plan, serve_root=serve_root or (str(out_dir.resolve()) if backend == "python" else CONTAINER_ROOT),
                 cuda_options=cuda_options, shapes=shapes,
                 trtexec_args=trtexec_args, threads=threads, lengths=lengths, max_batch_size_given=max_batch_size_given,
-                request_form=request_form)
+                request_form=request_form, packed_inputs=packed_inputs)
     (_write_python if backend == "python" else _write_onnx_or_trt)(onnx_path, io, model_dir, library, opts)
     _validate_written(model_dir, onnx_path if backend == "tensorrt" else None, validate)  # else: the served copy
     return model_dir

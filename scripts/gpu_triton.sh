@@ -25,7 +25,9 @@
 #        tritonclient, default prebuilt), PROFILE (1: model.py logs its steps, summarised per
 #        point, default 1), FORMS (request forms measured, default "packed tables"; the summary also
 #        covers a form measured into OUT_DIR by an earlier call, so FORMS=packed then FORMS=tables
-#        splits the run in two).
+#        splits the run in two), REPO_ARGS (extra triton-repo flags, e.g. --keep-model-inputs);
+#        DLRM_DEPLOY_TRITON_PINNED=0 in the environment keeps model.py's merged inputs pageable;
+#        MODEL (the exported paper model; default OUT_DIR/paper_fp16.onnx, exported when missing).
 # Results: OUT_DIR/bench_{none1,dyn1}_FORM.{json,png,txt} (dyn2_FORM with 2 GPUs) and a summary.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,14 +59,14 @@ ngpu=$(( $(nvidia-smi -L | wc -l) ))
 stub=$(ls "$PYTRITON_DIR"/pytriton/tritonserver/python_backend_stubs/"$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"/triton_python_backend_stub)
 ldd "$stub" | grep -q "not found" && { ldd "$stub"; echo "the stub misses libraries (a shared libpython?)" >&2; exit 2; }
 
-model=$out/paper_fp16.onnx
+model=${MODEL:-$out/paper_fp16.onnx}
 [ -f "$model" ] || python3 -m dlrm_deploy.cli export --config paper --dtype fp16 --out "$model"
 
 # repo NAME ARGS...: a python-backend repository of the paper model
 repo() {
   local name=$1; shift
   python3 -m dlrm_deploy.cli triton-repo "$model" --backend python --out "$out/repo_$name" --name dlrm \
-    --kind gpu --instances "$INSTANCES" --force "$@"
+    --kind gpu --instances "$INSTANCES" --force ${REPO_ARGS:-} "$@"
 }
 for f in $FORMS; do
   repo "dyn1_$f" --gpus 0 --max-batch-size 64 --max-queue-delay-us 500 --request-form "$f"
@@ -76,12 +78,12 @@ fi
 
 # bench NAME CONCURRENCY: serve repo_NAME, sweep over gRPC (clients in $PROCESSES processes), stop the server
 bench() {
-  python3 - "$out" "$1" "$2" "$DURATION" "$PROCESSES" "$SENDER" "$PROFILE" <<'EOF'
+  python3 - "$out" "$1" "$2" "$DURATION" "$PROCESSES" "$SENDER" "$PROFILE" "$model" <<'EOF'
 import sys, json
 from dlrm_deploy.runtime.triton_server import TritonServer
 from dlrm_deploy.runtime import triton_bench as B
 out, name, conc, duration = sys.argv[1], sys.argv[2], [int(c) for c in sys.argv[3].split(",")], float(sys.argv[4])
-processes, sender, profile = int(sys.argv[5]), sys.argv[6], sys.argv[7] == "1"
+processes, sender, profile, model = int(sys.argv[5]), sys.argv[6], sys.argv[7] == "1", sys.argv[8]
 prof = f"{out}/profile_{name}" if profile else None
 marks, summaries = [{}], []
 def progress(line):
@@ -92,7 +94,7 @@ def progress(line):
         marks[0] = B.profile_marks(prof)
 with TritonServer(f"{out}/repo_{name}", timeout_s=600, log_path=f"{out}/server_{name}.log", profile_dir=prof) as s:
     print(B.HEADER, flush=True)
-    res = B.sweep(f"{out}/paper_fp16.onnx", "dlrm", {"grpc": s.grpc_url}, conc,
+    res = B.sweep(model, "dlrm", {"grpc": s.grpc_url}, conc,
                   B.Workload(batch=(64, 64), pooling=(20, 150), pool=32), duration_s=duration, warmup_s=3,
                   progress=progress, processes=processes, sender=sender)
 for row, summary in zip(res["rows"], summaries):  # model.py's own time per point beside Triton's

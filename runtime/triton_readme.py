@@ -193,6 +193,14 @@ per-sample inputs, a request carries
 `model.py` casts the ids to the model's index type and derives each model input's offsets."""
 
 
+def _position_text(spec: dict) -> str:
+    """Where the position in an out-of-range error counts, for the served model's inputs."""
+    p = spec.get("packed")
+    if p and len(spec["bags"]) == 1 and spec["bags"][0]["tables"] == p["tables"]:
+        return f"its position counts in the request's `{p['ids']}`"
+    return "its position counts within the ids of the model input that takes that table"
+
+
 def write_python_readme(model_dir: pathlib.Path, spec: dict, inputs: list, *, name: str, onnx_name: str,
                         max_batch_size: int, max_queue_delay_us: int, repo: str) -> None:
     """README.md of a python-backend model folder: the request format and how to serve it."""
@@ -203,6 +211,8 @@ Written by `dlrm-deploy triton-repo --backend python` from `{onnx_name}`. `1/mod
 `1/model.onnx` in ONNX Runtime with our custom-op library (CUDA execution provider for KIND_GPU
 instances where onnxruntime has it, else CPU) and merges the requests Triton's dynamic batcher
 collects (up to {max_batch_size} requests, waiting at most {max_queue_delay_us} us) into one run.
+On a GPU, several instances (`triton-repo --instances 4`; each holds its own copy of the tables)
+let merged executions overlap (docs/triton.md).
 
 ## Request format
 One request is one query of b samples (any b). Every input has a leading 1 (Triton's batch dim counts
@@ -216,7 +226,7 @@ exactly; the model's offsets are derived from them.
 {_python_form_text(spec)}
 
 Outputs come back as `[1, b, ...]`. A request that breaks the format, or whose ids fall outside a
-table, gets its own error (the op's one-line message; its position counts within that table's ids);
+table, gets its own error (the op's one-line message; {_position_text(spec)});
 the other requests of the same merged batch still get their answers and the model stays ready.
 `dlrm_deploy.runtime.triton_client.infer_feeds` builds requests of this form from model feeds.
 

@@ -18,7 +18,7 @@
 #   CLIENT_SITE   tritonclient[grpc,http] and its dependencies (pip install --target); default .gpu/tritonclient
 #   onnxruntime-gpu unpacked into /tmp/site (scripts/gpu_stage.sh), CUDA libraries from torch's wheel
 #   (scripts/gpu_env.sh ... ort); the CUDA build of our libraries in build/lib (`make build`).
-# Knobs: INSTANCES (model instances per GPU, default 2), DURATION (s per point, default 20),
+# Knobs: INSTANCES (model instances per GPU, default 4; docs/triton.md), DURATION (s per point, default 20),
 #        CONCURRENCY (default 1,8,32,64), SAT_CONCURRENCY (saturation sweep, default 64,128,256),
 #        PROCESSES (client processes the clients are spread over, default 8: one Python client
 #        process cannot load an H100; gRPC requests are serialised once), SENDER (prebuilt or
@@ -35,7 +35,7 @@ out=${1:-$here/results/triton}
 PYTRITON_DIR=${PYTRITON_DIR:-$here/.gpu/pytriton}
 STUB_ENV=${STUB_ENV:-$here/.gpu/triton-stub-env}
 CLIENT_SITE=${CLIENT_SITE:-$here/.gpu/tritonclient}
-INSTANCES=${INSTANCES:-2}
+INSTANCES=${INSTANCES:-4}
 DURATION=${DURATION:-20}
 CONCURRENCY=${CONCURRENCY:-1,8,32,64}
 SAT_CONCURRENCY=${SAT_CONCURRENCY:-64,128,256}

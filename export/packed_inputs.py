@@ -18,9 +18,9 @@ import json
 import onnx
 from onnx import TensorProto, helper
 
+from .lengths import TABLES_KEY
 from .onnx_graph import attrs_of, op_nodes
 
-TABLES_KEY = "dlrm_deploy.tables"
 INT32_MAX = 2**31 - 1
 
 

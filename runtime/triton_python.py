@@ -254,7 +254,6 @@ def write_python_model(onnx_path: pathlib.Path, io: ModelIO, model_dir: pathlib.
     where the tables allow, instead of two inputs per table). Returns the spec."""
     from .triton_repo import _copy_onnx
 
-    io_spec(io, form)  # refuses a model it cannot serve before anything is written
     version_dir = model_dir / str(version)
     _copy_onnx(onnx_path, io, version_dir)
     io = _prepare_served(version_dir / "model.onnx", io, packed_inputs=packed_inputs and form == "packed")

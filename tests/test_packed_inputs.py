@@ -170,3 +170,46 @@ def test_merge_writes_merged_inputs_where_take_says():
         np.testing.assert_array_equal(merged[k], plain[k])
     one = model_py.merge(parsed[:1], spec, take)
     assert np.shares_memory(one["indices"], reqs[0]["ids"])
+
+
+class FakeCudart:
+    """cudaHostRegister / cudaHostUnregister as ctypes calls them, recording the addresses; refuses
+    registrations past `fail_after` (as a locked-memory limit would)."""
+
+    def __init__(self, fail_after=None):
+        self.locked, self.calls, self.fail_after = {}, 0, fail_after
+
+    def cudaHostRegister(self, ptr, size, flags):  # noqa: N802 - the CUDA runtime's name
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            return 2  # cudaErrorMemoryAllocation
+        assert ptr.value not in self.locked and flags == 0
+        self.locked[ptr.value] = size.value
+        return 0
+
+    def cudaHostUnregister(self, ptr):  # noqa: N802
+        assert self.locked.pop(ptr.value, None) is not None, "unregistering memory that is not locked"
+        return 0
+
+
+def test_pinned_staging_keeps_grows_and_releases_its_buffers():
+    """One locked buffer per input, reused while the merges fit, replaced (the old one unlocked)
+    when one does not; a refused lock gives a plain array; close unlocks everything."""
+    cudart = FakeCudart()
+    st = model_py.PinnedStaging(cudart)
+    a = st.take("ids", (1000,), np.int32)
+    b = st.take("ids", (2000,), np.int32)  # fits the first buffer (at least 1 MiB)
+    assert np.shares_memory(a, b) and cudart.calls == 1 and a.dtype == np.int32 and b.shape == (2000,)
+    d = st.take("dense", (3, 256), np.float32)
+    assert d.shape == (3, 256) and len(cudart.locked) == 2
+    big = st.take("ids", (1 << 20,), np.int64)  # 8 MiB: a new buffer, the old one unlocked
+    assert not np.shares_memory(big, a) and len(cudart.locked) == 2 and cudart.calls == 3
+    assert max(cudart.locked.values()) >= big.nbytes
+    big[:] = 7  # the view is writable memory of the locked buffer
+    assert big.sum() == 7 << 20
+    st.close()
+    assert not cudart.locked
+    refused = model_py.PinnedStaging(FakeCudart(fail_after=0))
+    plain = refused.take("ids", (10,), np.int32)
+    assert plain.shape == (10,) and not refused._buffers
+    refused.close()

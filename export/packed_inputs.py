@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -86,3 +87,34 @@ def to_packed_inputs(model: onnx.ModelProto, *, int32: bool = True) -> tuple[onn
                 tables = [e for e in json.loads(p.value) if e.get("indices") not in removed]
                 p.value = json.dumps(tables)
     return out, rewritten
+
+
+def pack_feeds(exported: onnx.ModelProto, packed: onnx.ModelProto, feeds: dict) -> dict:
+    """The packed model's feeds from the exported model's (`packed` from to_packed_inputs): per
+    rewritten node, its tables' ids concatenated and their offsets shifted by the ids before them
+    (include_last_offset: one total at the end), in the packed inputs' types."""
+    names = {i.name for i in packed.graph.input}
+    types = {i.name: i.type.tensor_type.elem_type for i in packed.graph.input}
+    out = {k: v for k, v in feeds.items() if k in names}
+    new_nodes = {n.name: n for n in packed.graph.node}
+    for node in op_nodes(exported):
+        new = list(new_nodes[node.name].input[1:])
+        if new == list(node.input[1:]):
+            continue
+        attrs = attrs_of(node)
+        t = len(attrs["table_rows"])
+        ilo = int(attrs["include_last_offset"])
+        ids = [feeds[x] for x in node.input[1:1 + t]]
+        offs, base = [], 0
+        for k, x in enumerate(node.input[1 + t:1 + 2 * t]):
+            o = np.asarray(feeds[x]).astype(np.int64)
+            offs.append((o[:-1] if ilo else o) + base)
+            base += ids[k].size
+        if ilo:
+            offs.append(np.array([base]))
+        dtype = helper.tensor_dtype_to_np_dtype(types[new[0]])
+        out[new[0]] = np.concatenate(ids).astype(dtype)
+        out[new[1]] = np.concatenate(offs).astype(dtype)
+        if len(new) > 2:
+            out[new[2]] = np.concatenate([feeds[x] for x in node.input[1 + 2 * t:]])
+    return out

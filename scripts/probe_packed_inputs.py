@@ -12,7 +12,6 @@ exported model's first. On a GPU machine: source scripts/gpu_env.sh build ort fi
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import pathlib
 import sys
@@ -23,7 +22,7 @@ import onnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from dlrm_deploy.export.packed_inputs import to_packed_inputs  # noqa: E402
+from dlrm_deploy.export.packed_inputs import pack_feeds, to_packed_inputs  # noqa: E402
 from dlrm_deploy.libraries import library_path  # noqa: E402
 from dlrm_deploy.runtime import triton_python as P  # noqa: E402
 from dlrm_deploy.runtime.model_io import sample_inputs  # noqa: E402
@@ -55,12 +54,6 @@ def main() -> int:
     finally:
         dst.unlink()
     print(f"providers: {sa.get_providers()[0]}")
-    node = next(nd for nd in exported.graph.node if nd.op_type == "EmbeddingBag" and len(nd.input) > 3)
-    t = (len(node.input) - 1) // 2
-    idx, off = list(node.input[1:1 + t]), list(node.input[1 + t:1 + 2 * t])
-    new = next(nd for nd in packed.graph.node if nd.name == node.name)
-    types = {i.name: i.type.tensor_type.elem_type for i in packed.graph.input}
-    dtype = np.int32 if types[new.input[1]] == onnx.TensorProto.INT32 else np.int64
     cudart = model_py.load_cudart() if args.kind == "GPU" else None
 
     def timed(fn) -> float:
@@ -74,10 +67,7 @@ def main() -> int:
 
     for r in [int(x) for x in args.requests.split(",")]:
         feeds = sample_inputs(str(src), batch=64 * r, pooling=85, seed=r)
-        pf = {k: v for k, v in feeds.items() if k not in idx + off}
-        ends = np.cumsum([0] + [feeds[x].size for x in idx])
-        pf[new.input[1]] = np.concatenate([feeds[x] for x in idx]).astype(dtype)
-        pf[new.input[2]] = np.concatenate([feeds[x].astype(np.int64) + e for x, e in zip(off, ends)]).astype(dtype)
+        pf = pack_feeds(exported, packed, feeds)
         variants = [("as exported", sa, feeds), ("packed", sb, pf)]
         staging = model_py.PinnedStaging(cudart) if cudart is not None else None
         if staging is not None:

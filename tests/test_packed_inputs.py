@@ -16,7 +16,7 @@ import torch
 from onnx import TensorProto, helper
 
 from dlrm_deploy.export import DLRM, export_onnx, make_inputs
-from dlrm_deploy.export.packed_inputs import to_packed_inputs
+from dlrm_deploy.export.packed_inputs import pack_feeds, to_packed_inputs
 from dlrm_deploy.runtime import triton as T
 from dlrm_deploy.runtime import triton_python as P
 from dlrm_deploy.runtime.model_io import describe_onnx, sample_inputs
@@ -28,35 +28,6 @@ from test_export import Generic, generic_inputs  # noqa: E402
 spec_ = importlib.util.spec_from_file_location("model_py", P.MODEL_TEMPLATE)
 model_py = importlib.util.module_from_spec(spec_)
 spec_.loader.exec_module(model_py)
-
-
-def packed_feeds(model: onnx.ModelProto, packed: onnx.ModelProto, feeds: dict) -> dict:
-    """The packed model's feeds from the exported model's: per node, its tables' ids concatenated,
-    their offsets shifted by the ids before them (include_last_offset: one total at the end)."""
-    out = {k: v for k, v in feeds.items() if k in {i.name for i in packed.graph.input}}
-    new_nodes = {n.name: n for n in packed.graph.node}
-    for node in model.graph.node:
-        if node.op_type != "EmbeddingBag" or list(new_nodes[node.name].input) == list(node.input):
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        t = len(attrs["table_rows"])
-        ilo = int(attrs.get("include_last_offset", 0))
-        names = list(new_nodes[node.name].input[1:])
-        ids = [feeds[x] for x in node.input[1:1 + t]]
-        types = {i.name: i.type.tensor_type.elem_type for i in packed.graph.input}
-        dtype = helper.tensor_dtype_to_np_dtype(types[names[0]])
-        offs, base = [], 0
-        for k, x in enumerate(node.input[1 + t:1 + 2 * t]):
-            o = feeds[x].astype(np.int64)
-            offs.append((o[:-1] if ilo else o) + base)
-            base += ids[k].size
-        if ilo:
-            offs.append(np.array([base]))
-        out[names[0]] = np.concatenate(ids).astype(dtype)
-        out[names[1]] = np.concatenate(offs).astype(dtype)
-        if len(names) > 2:
-            out[names[2]] = np.concatenate([feeds[x] for x in node.input[1 + 2 * t:]])
-    return out
 
 
 def run(path, feeds) -> np.ndarray:
@@ -87,7 +58,7 @@ def test_packed_inputs_compute_what_the_per_table_inputs_do(tmp_path, ids):
         x = generic_inputs(int(np.random.default_rng(seed).integers(1, 12)), 20 + seed, index_dtype=ids)
         feeds = dict(zip([i.name for i in exported.graph.input], [t.numpy() for t in x]))
         want = run(path, feeds)
-        got = run(packed_path, packed_feeds(exported, packed, feeds))
+        got = run(packed_path, pack_feeds(exported, packed, feeds))
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 

@@ -120,6 +120,7 @@ CONFIG_MEMBERS = (
     ("hot_first", "int32_t", 1, "1: all tables' hot prefixes stored first (see below)"),
     ("check", "int32_t", 1, "dd_check"),
     ("overlap", "int32_t", 1, "1, 2: the adapter runs the lookups on a stream of its own (2: launched by the joining node)"),
+    ("split_scales", "int32_t", 1, "1: int8 codes of every row first, then every row's scale and bias (see below)"),
 )
 
 
@@ -143,6 +144,9 @@ FIELDS: tuple[Field, ...] = (
           "graph's other nodes, until the dlrm_deploy::Join node that reads the output (ONNX Runtime only); 2: the "
           "same, with the lookups launched when that node runs (after the nodes before it, e.g. a bottom MLP with "
           "beside=1, were launched)", (0, 2)),
+    Field("split_scales", INT, "0", "int8 only, dim a multiple of 8: 1 = weights [total_rows, dim + 8] hold every row's "
+          "codes first (row r at byte r*dim), then every row's fp32 scale and bias (at total_rows*dim + 8r), so a "
+          "row's codes are whole 32-byte sectors; 0 = each row's codes, scale, bias and padding together", (0, 1)),
 )
 
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
@@ -197,11 +201,14 @@ def int4_row_bytes(dim: int) -> int:
     return (dim // 2 + 8 + 15) // 16 * 16
 
 
-def row_bytes(dtype: str, dim: int) -> int:
-    """Bytes of one stored row of a ``dim``-wide table in ``dtype`` (a DTYPE_INFO key)."""
+def row_bytes(dtype: str, dim: int, split_scales: bool = False) -> int:
+    """Bytes of one stored row of a ``dim``-wide table in ``dtype`` (a DTYPE_INFO key): the weights'
+    second dim (int8 with split_scales: dim + 8, the codes and the scale and bias stored apart)."""
     info = DTYPE_INFO[dtype]
     if info.elem_bytes:
         return info.elem_bytes * dim
+    if split_scales and dtype == "int8":
+        return dim + 8
     return int4_row_bytes(dim) if dtype == "int4" else int8_row_bytes(dim)
 
 

@@ -51,6 +51,29 @@ def quantize_int8_rowwise(table):
     return _rows_out(as_numpy, t, int8_row_bytes(dim), codes, dim, scale, lo)
 
 
+def split_scales(rows: np.ndarray, dim: int) -> np.ndarray:
+    """int8 rows ([rows, row_bytes]: codes, scale, bias, padding) in the split_scales=1 layout:
+    [rows, dim + 8] bytes holding every row's codes (row g at byte g*dim), then every row's fp32
+    scale and bias (at rows*dim + 8g). Row order stays (pack the tables first)."""
+    rows = np.asarray(rows)
+    out = np.empty((rows.shape[0], dim + 8), np.uint8)
+    flat = out.reshape(-1)
+    n = rows.shape[0] * dim
+    flat[:n].reshape(rows.shape[0], dim)[:] = rows[:, :dim]
+    flat[n:].reshape(rows.shape[0], 8)[:] = rows[:, dim:dim + 8]
+    return out
+
+
+def join_scales(blob: np.ndarray, dim: int) -> np.ndarray:
+    """Inverse of split_scales: [rows, dim + 8] split bytes -> [rows, int8_row_bytes(dim)] rows."""
+    flat = np.asarray(blob).reshape(-1)
+    rows = flat.size // (dim + 8)
+    out = np.zeros((rows, int8_row_bytes(dim)), np.uint8)
+    out[:, :dim] = flat[:rows * dim].reshape(rows, dim)
+    out[:, dim:dim + 8] = flat[rows * dim:].reshape(rows, 8)
+    return out
+
+
 def dequantize_int8_rowwise(rows: np.ndarray, dim: int) -> np.ndarray:
     """Inverse view of quantize_int8_rowwise: [rows, row_bytes] uint8 -> [rows, dim] float64 values."""
     codes = rows[:, :dim].astype(np.float64)

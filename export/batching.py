@@ -11,7 +11,6 @@ from dlrm_deploy import contract as C
 
 from .external_data import ExternalDataWriter, HeldTables
 from .onnx_graph import ancestors, attrs_of, is_op, op_nodes, topo_sort, value_types
-from .tables import pack_tables
 
 
 def _table_bytes(t: TensorProto, held: HeldTables | None = None) -> np.ndarray:
@@ -23,32 +22,43 @@ def _table_bytes(t: TensorProto, held: HeldTables | None = None) -> np.ndarray:
     return np.ascontiguousarray(a).view(np.uint8).reshape(a.shape[0], -1)
 
 
-def _packed_rows(tables: list[TensorProto], pinned: int, held: HeldTables | None = None):
+def _packed_rows(tables: list[TensorProto], pinned: int, held: HeldTables | None = None, columns=slice(None)):
     """The packed blob's rows (pack_tables' layout) as a sequence of per-table pieces, decoding one
     table at a time: plain, each table in order; hot_first, every table's first pinned rows, then
-    every table's remaining rows."""
+    every table's remaining rows. columns: the bytes of each row to take (all by default)."""
     if pinned <= 0:
         for t in tables:
-            yield _table_bytes(t, held)
+            yield _table_bytes(t, held)[:, columns]
         return
     if any(int(t.dims[0]) < pinned for t in tables):
         raise ValueError("hot_first: every table needs at least pinned_rows rows")
     for t in tables:
-        yield _table_bytes(t, held)[:pinned]
+        yield _table_bytes(t, held)[:pinned, columns]
     for t in tables:
-        yield _table_bytes(t, held)[pinned:]
+        yield _table_bytes(t, held)[pinned:, columns]
+
+
+def _split_parts(tables: list[TensorProto], pinned: int, held: HeldTables | None, dim: int):
+    """The packed int8 rows in the split_scales=1 layout, piece by piece: every row's codes (in
+    packed order), then every row's scale and bias (8 bytes each, same order)."""
+    yield from _packed_rows(tables, pinned, held, slice(0, dim))
+    yield from _packed_rows(tables, pinned, held, slice(dim, dim + 8))
 
 
 
 def _packed_initializer(name: str, tables: list[TensorProto], pinned: int,
-                        writer: ExternalDataWriter | None, held: HeldTables | None = None) -> TensorProto:
+                        writer: ExternalDataWriter | None, held: HeldTables | None = None,
+                        split_dim: int = 0) -> TensorProto:
     """The group's packed tables as one initializer: streamed into the external data file by writer
-    (one table's rows in memory at a time, not the blob), else inline."""
+    (one table's rows in memory at a time, not the blob), else inline. split_dim > 0: int8 rows of
+    that dim stored split_scales=1 ([rows, dim + 8]: codes, then scales and biases)."""
     w0 = tables[0]
-    shape = [sum(int(t.dims[0]) for t in tables), int(w0.dims[1])]
+    shape = [sum(int(t.dims[0]) for t in tables), split_dim + 8 if split_dim else int(w0.dims[1])]
+    parts = (_split_parts(tables, pinned, held, split_dim) if split_dim
+             else _packed_rows(tables, pinned, held))
     if writer is not None:
-        return writer.add_parts(name, w0.data_type, shape, _packed_rows(tables, pinned, held))
-    blob = pack_tables([_table_bytes(t, held) for t in tables], pinned, hot_first=pinned > 0)
+        return writer.add_parts(name, w0.data_type, shape, parts)
+    blob = np.concatenate([np.ascontiguousarray(a).reshape(-1) for a in parts])
     return TensorProto(name=name, data_type=w0.data_type, dims=shape, raw_data=blob.tobytes())
 
 
@@ -105,13 +115,15 @@ def _fused_output_info(graph: onnx.GraphProto, types: dict, member_out: str, out
 
 
 def _fuse_group(graph: onnx.GraphProto, members: list[onnx.NodeProto], tables: list[TensorProto], types: dict,
-                tag: str, writer: ExternalDataWriter | None,
-                held: HeldTables | None = None) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+                tag: str, writer: ExternalDataWriter | None, held: HeldTables | None = None,
+                split_scales: bool = True) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """One group's fused op node and the Split restoring its members' outputs, with their new
-    initializers (packed tables, split sizes); appends the fused output's value_info to graph."""
+    initializers (packed tables, split sizes); appends the fused output's value_info to graph.
+    split_scales: int8 tables whose dim is a multiple of 8 are stored split_scales=1."""
     first = attrs_of(members[0])
     dim, pinned = first["dim"], first["pinned_rows"]
-    packed = _packed_initializer(f"{tag}_weights", tables, pinned, writer, held)
+    split_scales = bool(split_scales and first["dtype"] == "int8" and dim % 8 == 0)
+    packed = _packed_initializer(f"{tag}_weights", tables, pinned, writer, held, dim if split_scales else 0)
     split = numpy_helper.from_array(np.array([dim] * len(members), dtype=np.int64), f"{tag}_split")
     # Per-table form: each member keeps its own ids, offsets and weights (no index arithmetic in
     # the graph), so the op checks and reports every table's input on its own terms.
@@ -119,7 +131,8 @@ def _fuse_group(graph: onnx.GraphProto, members: list[onnx.NodeProto], tables: l
     op_inputs = [packed.name] + [x[1] for x in member_inputs] + [x[2] for x in member_inputs]
     if _has_weights(members[0]):
         op_inputs += [x[3] for x in member_inputs]
-    attrs = dict(first, table_rows=[int(t.dims[0]) for t in tables], hot_first=int(pinned > 0))
+    attrs = dict(first, table_rows=[int(t.dims[0]) for t in tables], hot_first=int(pinned > 0),
+                 split_scales=int(split_scales))
     out = f"{tag}_output"
     fused = [helper.make_node(C.OP_TYPE, op_inputs, [out], name=f"{tag}_embedding_bag", domain=C.DOMAIN,
                               **{f.name: attrs[f.name] for f in C.FIELDS}),
@@ -154,7 +167,7 @@ def _replace_tables(graph: onnx.GraphProto, dropped: set[str], new_inits: list[T
 
 
 def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = None,
-                 held: HeldTables | None = None) -> list[list[int]]:
+                 held: HeldTables | None = None, split_scales: bool = True) -> list[list[int]]:
     """Fuses the model's single-table dlrm_deploy::EmbeddingBag nodes into one node per group.
 
     A group shares dim, mode, storage and output dtype, kernel options, pinned_rows, index type,
@@ -164,6 +177,9 @@ def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = Non
     nothing is concatenated or shifted in the graph, so each table keeps PyTorch's semantics and its
     errors name its own inputs); a Split restores the original outputs. writer, when given, receives
     the packed tables (external data); held gives the rows of tables the proto only refers to.
+    split_scales: a group of int8 tables (dim a multiple of 8) stores every row's codes first, then
+    every row's scale and bias (``split_scales=1``: a row's codes are whole 32-byte sectors; faster
+    on the GPU, docs/benchmarks.md); False keeps each row's codes, scale and bias together.
     Returns the original node positions of each fused group (in the old order).
     """
     graph = model.graph
@@ -183,7 +199,7 @@ def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = Non
         tables = [inits[nodes[m].input[0]] for m in members]
         used_weights.update(t.name for t in tables)
         fused[members[0]], group_inits = _fuse_group(graph, [nodes[m] for m in members], tables, types,
-                                                     f"dd_group{gi}", writer, held)
+                                                     f"dd_group{gi}", writer, held, split_scales)
         new_inits += group_inits
     if not fused:
         return [[i] for i in ops]

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep DLRM's dot interaction as standard ops (default: one DotInteraction node)")
     parser.add_argument("--no-fuse-mlp", action="store_true",
                         help="keep the MLPs' Linear layers as Gemm nodes (default: one Mlp node per chain)")
+    parser.add_argument("--no-split-scales", action="store_true",
+                        help="int8: keep each row's codes, scale and bias together (default: the codes of every "
+                             "row first, then the scales and biases; faster on the GPU)")
     parser.add_argument("--external-data", action="store_true", help="weights in <out>.data even when small")
     parser.add_argument("--no-validate", action="store_true", help="skip onnx.checker full_check")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and example inputs")
@@ -75,7 +78,8 @@ def main(args: argparse.Namespace) -> int:
                        prefetch_distance=args.prefetch_distance, check=args.check,
                        table_batching=not args.no_table_batching, overlap=args.overlap,
                        fuse_interaction=not args.no_fuse_interaction,
-                       fuse_mlp=not args.no_fuse_mlp, hot_rows_from=args.hot_rows_from,
+                       fuse_mlp=not args.no_fuse_mlp, split_scales=not args.no_split_scales,
+                       hot_rows_from=args.hot_rows_from,
                        pinned_rows=args.pinned_rows, hot_coverage_target=args.hot_coverage,
                        l2_budget_bytes=int(args.l2_budget_mb * 2**20), external_data=args.external_data or None,
                        validate=not args.no_validate, output_names=["probability"],

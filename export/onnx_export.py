@@ -258,7 +258,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
                 input_names: list[str] | None = None, output_names: list[str] | None = None,
                 dynamic_shapes=None, external_data: bool | None = None, validate: bool = True,
                 overlap: bool = False, fuse_interaction: bool = True, fuse_mlp: bool = True,
-                progress=None) -> ExportInfo:
+                split_scales: bool = True, progress=None) -> ExportInfo:
     """Exports model to ONNX at path with every nn.EmbeddingBag as ``dlrm_deploy::EmbeddingBag``.
 
     model: any torch module using nn.EmbeddingBag (mode sum or mean, with or without
@@ -279,6 +279,10 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     variant, prefetch_distance (lookups), check: op attributes (see docs/op_contract.md).
     table_batching: fuse the tables into one op node per compatible group (packed blob); False
       keeps one node per table.
+    split_scales: with dtype='int8', a fused node's blob holds every row's codes first, then every
+      row's scale and bias (op attribute ``split_scales=1``, dim a multiple of 8): a row's codes are
+      whole 32-byte sectors, which the GPU reads faster (docs/benchmarks.md). False keeps each row's
+      codes, scale and bias together (FBGEMM's row form; also what unfused nodes keep).
     hot_rows_from: a sample of ids (see ``profile_hot_rows``: trace path, id tensors or model inputs);
       rows are reordered by descending frequency, ids remapped in the graph, and ``pinned_rows`` hot
       rows per table are marked for L2 (default: the fewest covering ``hot_coverage_target`` of the
@@ -321,7 +325,8 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     table_map, node_bags = _table_map(proto, model, bags, example_inputs, plans)
     options = dict(dtype=dtype, variant=variant, prefetch_distance=prefetch_distance,
                    table_batching=bool(table_batching), check=check, pinned_rows=max(pinned.values(), default=0),
-                   overlap=bool(overlap), fuse_interaction=bool(fuse_interaction), fuse_mlp=bool(fuse_mlp))
+                   overlap=bool(overlap), fuse_interaction=bool(fuse_interaction), fuse_mlp=bool(fuse_mlp),
+                   split_scales=bool(split_scales))
     meta = {"dlrm_deploy.tables": dumps(table_map), "dlrm_deploy.export": dumps(options)}
     if external_data is None:
         external_data = sum(tensor_bytes(t) for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
@@ -330,7 +335,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
         groups, op_count = _write(proto, held, os.path.join(stage, os.path.basename(path)), data_name, node_bags, meta,
                                   table_batching=table_batching, validate=validate, overlap=overlap,
                                   fuse_interaction=fuse_interaction, fuse_mlp=fuse_mlp, say=say,
-                                  seconds=seconds)
+                                  seconds=seconds, split_scales=split_scales)
     seconds["total"] = time.perf_counter() - t0
     info = ExportInfo(path=path, external_data=data_name, tables=_table_infos(bags, plans, pinned, dtype),
                       op_nodes=op_count, groups=groups,
@@ -341,27 +346,27 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
 
 
 def _batch(proto: onnx.ModelProto, held: HeldTables, node_bags: list, writer: ExternalDataWriter | None, say,
-           seconds: dict) -> list[list[str]]:
+           seconds: dict, split_scales: bool = True) -> list[list[str]]:
     """Table batching of the traced model; returns the module names per op node."""
     keep_shared_tables_unpacked(proto)
     say("batching tables into one op node per group ...")
     t = time.perf_counter()
     positions = [i for i, n in enumerate(proto.graph.node) if is_op(n)]
     pos_to_module = {p: node_bags[k][0] for k, p in enumerate(positions)}
-    groups = [[pos_to_module[p] for p in g] for g in batch_tables(proto, writer, held)]
+    groups = [[pos_to_module[p] for p in g] for g in batch_tables(proto, writer, held, split_scales)]
     seconds["batch"] = time.perf_counter() - t
     return groups
 
 
 def _write(proto: onnx.ModelProto, held: HeldTables, path: str, data_name: str | None, node_bags: list, meta: dict, *,
            table_batching: bool, validate: bool, overlap: bool, fuse_interaction: bool, fuse_mlp: bool, say,
-           seconds: dict) -> tuple[list[list[str]], int]:
+           seconds: dict, split_scales: bool = True) -> tuple[list[list[str]], int]:
     """Table batching, metadata, saving and checking of the traced model at path (a staging name).
     Returns (module names per op node, number of op nodes)."""
     writer = ExternalDataWriter(os.path.join(os.path.dirname(path), data_name), data_name) if data_name else None
     groups = [[name] for name, _m in node_bags]
     if table_batching and len(node_bags) > 1:
-        groups = _batch(proto, held, node_bags, writer, say, seconds)
+        groups = _batch(proto, held, node_bags, writer, say, seconds, split_scales)
     annotate_outputs(proto)
     if fuse_interaction:
         say(f"fuse_interaction: {fuse_dot_interaction(proto)} dot interaction(s) as one node")

@@ -25,7 +25,7 @@ from .swap import torch_op
 
 def _translate(weight, indices, offsets, per_sample_weights=None, table_rows=(), dim=0, dtype="fp32",
                out_dtype="fp32", mode="sum", include_last_offset=0, variant="auto", prefetch_distance=0,
-               pinned_rows=0, hot_first=0, check="checked", overlap=0):
+               pinned_rows=0, hot_first=0, check="checked", overlap=0, split_scales=0):
     """ONNX translation of the torch op: one dlrm_deploy::EmbeddingBag node."""
     import onnxscript
 
@@ -34,7 +34,8 @@ def _translate(weight, indices, offsets, per_sample_weights=None, table_rows=(),
     return op.EmbeddingBag(*inputs, table_rows=[int(r) for r in table_rows], dim=int(dim), dtype=dtype,
                            out_dtype=out_dtype, mode=mode, include_last_offset=int(include_last_offset),
                            variant=variant, prefetch_distance=int(prefetch_distance),
-                           pinned_rows=int(pinned_rows), hot_first=int(hot_first), check=check, overlap=int(overlap))
+                           pinned_rows=int(pinned_rows), hot_first=int(hot_first), check=check, overlap=int(overlap),
+                           split_scales=int(split_scales))
 
 
 def _rows_array(tensor):

@@ -33,4 +33,5 @@ class Config(ctypes.Structure):
         ('hot_first', ctypes.c_int32),
         ('check', ctypes.c_int32),
         ('overlap', ctypes.c_int32),
+        ('split_scales', ctypes.c_int32),
     ]

@@ -137,25 +137,37 @@ def check(out, ref, mag, rel=1e-5) -> tuple[bool, float]:
     return ratio <= 1.0, ratio
 
 
+def split_scales_blob(stored, dim: int):
+    """int8 rows [rows, row_bytes] (on the GPU) in the split_scales=1 layout: [rows, dim + 8] bytes,
+    every row's codes, then every row's fp32 scale and bias (dlrm_deploy.layout.split_scales)."""
+    import torch
+
+    return torch.cat([stored[:, :dim].reshape(-1), stored[:, dim:dim + 8].reshape(-1)]).view(stored.shape[0], dim + 8)
+
+
 def ours(wl: Workload, variant: str, pinned_rows: int = 0, hot_first: int = 0, prefetch_distance: int = 0,
-         reorder=None):
-    """A callable running our op over all tables in one launch, and its description."""
+         reorder=None, split: bool = False):
+    """A callable running our op over all tables in one launch, and its description. split: int8
+    tables stored split_scales=1."""
     import torch
 
     from dlrm_deploy.runtime import _core
 
     attrs = dict(table_rows=[wl.R] * wl.T, dim=wl.D, dtype=wl.dtype, variant=variant, check="deferred",
-                 include_last_offset=1,
+                 include_last_offset=1, split_scales=int(split),
                  pinned_rows=pinned_rows, hot_first=hot_first, prefetch_distance=prefetch_distance)
     cfg = _core.make_config(attrs)
     weights, indices = wl.stored, wl.indices
     if reorder is not None:  # (packed weights in hot-first order, remapped indices)
         weights, indices = reorder
+    if split:
+        weights = split_scales_blob(weights, wl.D)
     if pinned_rows and hot_first:
         _core.setup_l2_persistence(cfg)
     out = torch.empty(wl.B, wl.T * wl.D, device="cuda")
     ws = torch.zeros(_core.workspace_size(cfg), dtype=torch.uint8, device="cuda")
     n_idx, n_off = indices.numel(), wl.offsets.numel()
+    keep = weights  # the split copy lives as long as run
     ptrs = (weights.data_ptr(), indices.data_ptr(), wl.offsets.data_ptr())
 
     def run():
@@ -163,7 +175,8 @@ def ours(wl: Workload, variant: str, pinned_rows: int = 0, hot_first: int = 0, p
                            torch.cuda.current_stream().cuda_stream)
         return out
 
-    return run, _core.describe_kernel(cfg)
+    run.weights = keep
+    return run, _core.describe_kernel(cfg) + (" (split_scales=1)" if split else "")
 
 
 def hot_first_reorder(wl: Workload, sample: np.ndarray, budget_bytes: int):
@@ -271,6 +284,9 @@ def _candidates(args, wl: Workload, sample: np.ndarray | None) -> list[tuple[str
     candidates = []
     for v in args.variants.split(","):
         candidates.append((f"ours:{v}", lambda v=v: ours(wl, v, prefetch_distance=args.prefetch_distance)))
+        if wl.dtype == "int8" and wl.D % 8 == 0 and args.split_scales:
+            candidates.append((f"ours:{v}+split", lambda v=v: ours(wl, v, prefetch_distance=args.prefetch_distance,
+                                                                   split=True)))
     if sample is not None:
         pinned, packed, remapped = hot_first_reorder(wl, sample, args.hot_rows_budget_mb << 20)
         for v in args.pinned_variants.split(","):
@@ -380,6 +396,8 @@ def add_kernel_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hot-rows-budget-mb", type=int, default=0,
                    help="L2 bytes for pinned hot rows (rows profiled from a second, independent sample); 0 = off")
     p.add_argument("--prefetch-distance", type=int, default=0)
+    p.add_argument("--no-split-scales", dest="split_scales", action="store_false",
+                   help="int8: skip the rows of our variants on tables stored split_scales=1 (ours:V+split)")
     p.add_argument("--baselines", default="torch,fbgemm")
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)

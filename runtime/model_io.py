@@ -402,7 +402,8 @@ def _node_feeds(graph, graph_inputs: dict, feeds: dict, batch: int, pooling: int
         if w_name in graph_inputs and w_name not in feeds and w_name not in out:
             total = sum(rows)
             if attrs["dtype"] in C.ROWWISE:  # random row bytes (codes, scale, bias)
-                out[w_name] = rng.integers(0, 256, size=(total, C.row_bytes(attrs["dtype"], D)), dtype=np.uint8)
+                width = C.row_bytes(attrs["dtype"], D, bool(attrs.get("split_scales", 0)))
+                out[w_name] = rng.integers(0, 256, size=(total, width), dtype=np.uint8)
             else:
                 out[w_name] = _random_tensor([total, D], C.DTYPE_INFO[attrs["dtype"]].onnx, rng)
     return out

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from dlrm_deploy.layout import (dequantize_int4_rowwise, dequantize_int8_rowwise, pack_tables, quantize_int4_rowwise,
-                                quantize_int8_rowwise)
+                                quantize_int8_rowwise, split_scales)
 
 TORCH_DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.uint8,
             "int4": torch.uint8}
@@ -34,7 +34,8 @@ class Case:
 def make_case(seed=0, tables=(50, 70), dim=16, batch=8, dtype="fp32", mode="sum", weighted=False,
               include_last_offset=0, index_dtype=torch.int64, lengths="random", max_len=6, pinned_rows=0,
               hot_first=0, out_dtype="fp32", **extra) -> Case:
-    """A table-batched case. lengths: 'random' (0..max_len, some empty), 'one', 'fixed' (= max_len)."""
+    """A table-batched case. lengths: 'random' (0..max_len, some empty), 'one', 'fixed' (= max_len).
+    extra: more op attributes (split_scales=1 stores the int8 blob split)."""
     rng = np.random.default_rng(seed)
     T = len(tables)
     logical, stored = [], []
@@ -56,6 +57,8 @@ def make_case(seed=0, tables=(50, 70), dim=16, batch=8, dtype="fp32", mode="sum"
             stored.append(tt.view(torch.int16).numpy())
             logical.append(tt.to(torch.float64).numpy())
     blob = pack_tables(stored, pinned_rows, bool(hot_first))
+    if extra.get("split_scales"):
+        blob = split_scales(blob, dim)
     weight = torch.from_numpy(blob)
     if dtype in ("fp16", "bf16"):
         weight = weight.view(TORCH_DT[dtype])

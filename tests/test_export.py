@@ -31,7 +31,12 @@ def _decode(weights: np.ndarray, dtype: str, dim: int) -> np.ndarray:
 
 
 def reference_embedding_bag(weights, indices, offsets, per_sample_weights=None, *, table_rows, dim, dtype="fp32",
-                            out_dtype="fp32", mode="sum", include_last_offset=0, pinned_rows=0, hot_first=0, **_):
+                            out_dtype="fp32", mode="sum", include_last_offset=0, pinned_rows=0, hot_first=0,
+                            split_scales=0, **_):
+    if split_scales:  # every row's codes, then every row's scale and bias
+        flat = np.asarray(weights).reshape(-1)
+        n = flat.size // (dim + 8)
+        weights = np.concatenate([flat[:n * dim].reshape(n, dim), flat[n * dim:].reshape(n, 8)], axis=1)
     w = _decode(weights, dtype, dim)
     T = len(table_rows)
     n_off = len(offsets) - include_last_offset
@@ -183,6 +188,8 @@ def test_export_small(tmp_path, small, example, dtype, batching, hot):
     for n in nodes:
         attrs = {a.name for a in n.attribute}
         assert attrs == {f.name for f in C.FIELDS}
+        split = next(a.i for a in n.attribute if a.name == "split_scales")
+        assert split == (dtype == "int8" and batching)  # the default for fused int8 tables (dim 16)
     if hot:
         assert info.pinned_rows > 0 and all(t.reordered for t in info.tables)
         assert sum(n.op_type == "Gather" for n in model.graph.node) >= cfg.num_tables  # the remaps

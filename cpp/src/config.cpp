@@ -101,6 +101,13 @@ void set_member(dd_config* c, const FieldSpec& f, int64_t v) {
 }
 }  // namespace
 
+RowLayout row_layout(const dd_config& c) {
+  const int64_t row_bytes = dd_row_bytes(&c);
+  if (c.split_scales) return {c.dim, dd_total_rows(&c) * c.dim, 8};
+  if (c.dtype == DD_INT4) return {row_bytes, c.dim / 2, row_bytes};
+  return {row_bytes, c.dtype == DD_INT8 ? c.dim : 0, row_bytes};
+}
+
 }  // namespace dd
 
 using dd::fail;
@@ -194,6 +201,10 @@ int dd_config_validate(const dd_config* c, char* msg, size_t len) {
     return fail(DD_ERR_CONFIG, msg, len, "int8 row-wise tables need dim divisible by 4 (got %d)", c->dim);
   if (c->dtype == DD_INT4 && c->dim % 8 != 0)
     return fail(DD_ERR_CONFIG, msg, len, "int4 row-wise tables need dim divisible by 8 (got %d)", c->dim);
+  if (c->split_scales && c->dtype != DD_INT8)
+    return fail(DD_ERR_CONFIG, msg, len, "split_scales=1 needs int8 tables (dtype is %s)", dd_name("dtype", c->dtype));
+  if (c->split_scales && c->dim % 8 != 0)
+    return fail(DD_ERR_CONFIG, msg, len, "split_scales=1 needs dim divisible by 8 (got %d)", c->dim);
   for (int t = 0; t < c->num_tables; ++t)
     if (c->table_rows[t] <= 0) return fail(DD_ERR_CONFIG, msg, len, "table_rows[%d] must be positive", t);
   if (c->hot_first) {
@@ -260,7 +271,8 @@ int dd_check_weights_shape(const dd_config* c, int32_t rank, const int64_t* dims
   for (int32_t i = 0; i < rank; ++i) shape += (i ? ", " : "") + std::to_string(dims[i]);
   return fail(DD_ERR_INPUT, msg, len, "weights have shape %s]; expected [%lld, %lld] (sum of table_rows, %s)",
               shape.c_str(), (long long)rows, (long long)cols,
-              rowwise ? (c->dtype == DD_INT8 ? "row bytes of int8 row-wise rows" : "row bytes of int4 row-wise rows")
+              rowwise ? (c->split_scales ? "dim + 8: int8 codes, then scales and biases (split_scales=1)"
+                         : c->dtype == DD_INT8 ? "row bytes of int8 row-wise rows" : "row bytes of int4 row-wise rows")
                       : "dim");
 }
 
@@ -274,9 +286,10 @@ int64_t dd_row_bytes(const dd_config* c) {
     case DD_FP16:
     case DD_BF16: return 2LL * c->dim;
     case DD_INT4: return ((int64_t)c->dim / 2 + 8 + 15) / 16 * 16;
-    default: return ((int64_t)c->dim + 8 + 15) / 16 * 16;
+    default: return c->split_scales ? (int64_t)c->dim + 8 : ((int64_t)c->dim + 8 + 15) / 16 * 16;
   }
 }
+
 
 int64_t dd_total_rows(const dd_config* c) {
   int64_t n = 0;

@@ -60,7 +60,8 @@ int forward_cpu(const dd_config& c, const uint8_t* weights, const Lookups& v, vo
   Tables tab;
   make_tables(c, &tab);
   const int T = c.num_tables, D = c.dim;
-  const int64_t row_bytes = dd_row_bytes(&c), batch = v.batch;
+  const RowLayout lay = row_layout(c);
+  const int64_t batch = v.batch;
   std::vector<float> acc(D);
   for (int t = 0; t < T; ++t) {
     const TableIO& io = v.io[t];
@@ -80,7 +81,9 @@ int forward_cpu(const dd_config& c, const uint8_t* weights, const Lookups& v, vo
           ErrorRecord ie{kIndexOutOfRange, t, i, id, c.table_rows[t]};
           return fail(DD_ERR_INPUT, msg, len, "%s", error_message(ie, names).c_str());
         }
-        const uint8_t* row = weights + global_row(tab, t, id) * row_bytes;
+        const int64_t g = global_row(tab, t, id);
+        const uint8_t* row = weights + g * lay.stride;
+        const uint8_t* sbp = weights + lay.sb_offset + g * lay.sb_stride;
         const float w = io.psw ? io.psw[i] : 1.0f;
         for (int d = 0; d < D; ++d) {
           float x;
@@ -96,7 +99,7 @@ int forward_cpu(const dd_config& c, const uint8_t* weights, const Lookups& v, vo
             }
             default: {
               float sb[2];
-              std::memcpy(sb, row + D, 8);
+              std::memcpy(sb, sbp, 8);
               x = std::fma(sb[0], (float)row[d], sb[1]);
             }
           }

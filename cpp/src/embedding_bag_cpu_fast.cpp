@@ -66,6 +66,10 @@ DD_ALWAYS_INLINE float half_to_float_flat(uint16_t h) {
   return f;
 }
 
+// Row-wise dtypes: a row's codes come with an fp32 scale and bias (RowLayout says where).
+template <int DT>
+constexpr bool kRowwise = DT == DD_INT8 || DT == DD_INT4;
+
 // One stored element of a row, decoded to fp32 exactly as the reference decodes it.
 template <int DT>
 DD_ALWAYS_INLINE float element(const uint8_t* row, int d, float scale, float bias) {
@@ -92,15 +96,15 @@ DD_ALWAYS_INLINE float element(const uint8_t* row, int d, float scale, float bia
 // bag, element by element in lookup order exactly as the reference adds them; each acc element is
 // loaded and stored once per kRows rows. No cross-element dependency: the compiler vectorises it.
 template <int DT, bool kWeighted, int kRows>
-DD_ALWAYS_INLINE void accumulate(float* __restrict acc, const uint8_t* const* rows, const float* w, int D) {
+DD_ALWAYS_INLINE void accumulate(float* __restrict acc, const uint8_t* const* rows, const uint8_t* const* sbs,
+                                 const float* w, int D) {
   float scale[kRows], bias[kRows];
   for (int r = 0; r < kRows; ++r) {
     scale[r] = bias[r] = 0.0f;
-    if constexpr (DT == DD_INT8) {
-      std::memcpy(&scale[r], rows[r] + D, 4);
-      std::memcpy(&bias[r], rows[r] + D + 4, 4);
+    if constexpr (kRowwise<DT>) {
+      std::memcpy(&scale[r], sbs[r], 4);
+      std::memcpy(&bias[r], sbs[r] + 4, 4);
     }
-    if constexpr (DT == DD_INT4) int4_scale_bias(rows[r], D, &scale[r], &bias[r]);
   }
   for (int d = 0; d < D; ++d) {
     float a = acc[d];
@@ -137,7 +141,7 @@ struct Job {
   const uint8_t* weights;
   const Lookups* view;
   void* output;
-  int64_t row_bytes;
+  RowLayout lay;
   int64_t chunk_bags;       // bags per task
   int64_t chunks_per_table;
   // Lowest failing (table, bag) as table * batch + bag; INT64_MAX while none. Tasks past it stop.
@@ -189,7 +193,9 @@ DD_ALWAYS_INLINE void bags_kernel(Job& job, int t, int64_t b0, int64_t b1, float
   const int D = kD ? kD : c.dim, T = c.num_tables;
   float acc_local[kD ? kD : 1];
   float* const acc = kD ? acc_local : acc_buffer;
-  const int64_t rows = c.table_rows[t], row_bytes = job.row_bytes, batch = v.batch;
+  const int64_t rows = c.table_rows[t], row_bytes = job.lay.stride, batch = v.batch;
+  const uint8_t* const sb_base = job.weights + job.lay.sb_offset;
+  const int64_t sb_stride = job.lay.sb_stride;
   const uint8_t* const weights = job.weights;
   const Tables& tab = job.tab;
   const bool prefetching = rows * row_bytes > kPrefetchMinTableBytes;
@@ -214,23 +220,28 @@ DD_ALWAYS_INLINE void bags_kernel(Job& job, int t, int64_t b0, int64_t b1, float
     int64_t i = start;
     for (; kD == 0 && i + kGroup <= end; i += kGroup) {
       const uint8_t* row[kGroup];
+      const uint8_t* sb[kGroup];
       float w[kGroup];
       for (int r = 0; r < kGroup; ++r) {
         prefetch(i + r + kPrefetchLookups);
         const int64_t id = (int64_t)ids[i + r];
         if (id < 0 || id >= rows) return record_error(job, key, ErrorRecord{kIndexOutOfRange, t, i + r, id, rows});
-        row[r] = weights + global_row(tab, t, id) * row_bytes;
+        const int64_t g = global_row(tab, t, id);
+        row[r] = weights + g * row_bytes;
+        sb[r] = sb_base + g * sb_stride;
         w[r] = kWeighted ? io.psw[i + r] : 1.0f;
       }
-      accumulate<DT, kWeighted, kGroup>(acc, row, w, D);
+      accumulate<DT, kWeighted, kGroup>(acc, row, sb, w, D);
     }
     for (; i < end; ++i) {
       prefetch(i + kPrefetchLookups);
       const int64_t id = (int64_t)ids[i];
       if (id < 0 || id >= rows) return record_error(job, key, ErrorRecord{kIndexOutOfRange, t, i, id, rows});
-      const uint8_t* row = weights + global_row(tab, t, id) * row_bytes;
+      const int64_t g = global_row(tab, t, id);
+      const uint8_t* row = weights + g * row_bytes;
+      const uint8_t* sb = sb_base + g * sb_stride;
       const float w = kWeighted ? io.psw[i] : 1.0f;
-      accumulate<DT, kWeighted, 1>(acc, &row, &w, D);
+      accumulate<DT, kWeighted, 1>(acc, &row, &sb, &w, D);
     }
     store_bag(c, acc, end - start, job.output, b * (int64_t)T * D + (int64_t)t * D);
   }
@@ -313,16 +324,16 @@ struct RowAt {
   }
 };
 
-// One lookup's row and, for int8, its scale and bias; for weighted sums its weight.
+// One lookup's row and, for int8/int4, its scale and bias; for weighted sums its weight.
 template <int DT, bool kWeighted>
 struct Lookup {
   const uint8_t* row;
   __m256 scale, bias, w;
-  DD_ALWAYS_INLINE void load(const uint8_t* r, int D, const float* psw, int64_t i) {
+  DD_ALWAYS_INLINE void load(const uint8_t* r, const uint8_t* sbp, const float* psw, int64_t i) {
     row = r;
-    if constexpr (DT == DD_INT8 || DT == DD_INT4) {
+    if constexpr (kRowwise<DT>) {
       float sb[2];
-      std::memcpy(sb, r + (DT == DD_INT4 ? D / 2 : D), 8);
+      std::memcpy(sb, sbp, 8);
       scale = _mm256_set1_ps(sb[0]);
       bias = _mm256_set1_ps(sb[1]);
     } else {
@@ -339,8 +350,13 @@ struct Lookup {
 
 struct BagArgs {
   int64_t start, end, rows, prefetch_end;  // ids[i + kPrefetchLookups] exists for i < prefetch_end
-  RowAt at;
+  RowAt at, sb;  // a row's elements (codes); row-wise dtypes: its scale and bias
   bool prefetching;
+  template <int DT>
+  DD_ALWAYS_INLINE const uint8_t* scale_bias(int64_t id) const {
+    if constexpr (kRowwise<DT>) return sb(id);
+    else return nullptr;
+  }
 };
 
 template <typename IdxT>
@@ -360,7 +376,7 @@ DD_ALWAYS_INLINE int64_t bag_in_registers(const IdxT* ids, const float* psw, con
     const int64_t id = (int64_t)ids[i];
     if ((uint64_t)id >= (uint64_t)a.rows) return i;
     Lookup<DT, kWeighted> l;
-    l.load(a.at(id), kD, psw, i);
+    l.load(a.at(id), a.template scale_bias<DT>(id), psw, i);
 #pragma GCC unroll 16
     for (int k = 0; k < R; ++k) s[k] = l.add_to(s[k], 8 * k);
   }
@@ -382,7 +398,7 @@ DD_ALWAYS_INLINE int64_t bag_in_memory(const IdxT* ids, const float* psw, const 
       prefetch_ahead(ids, i + g, a);
       const int64_t id = (int64_t)ids[i + g];
       if ((uint64_t)id >= (uint64_t)a.rows) return i + g;
-      l[g].load(a.at(id), D, psw, i + g);
+      l[g].load(a.at(id), a.template scale_bias<DT>(id), psw, i + g);
     }
     for (int d = 0; d < D; d += 8) {
       __m256 x = _mm256_loadu_ps(acc + d);
@@ -395,7 +411,7 @@ DD_ALWAYS_INLINE int64_t bag_in_memory(const IdxT* ids, const float* psw, const 
     const int64_t id = (int64_t)ids[i];
     if ((uint64_t)id >= (uint64_t)a.rows) return i;
     Lookup<DT, kWeighted> l;
-    l.load(a.at(id), D, psw, i);
+    l.load(a.at(id), a.template scale_bias<DT>(id), psw, i);
     for (int d = 0; d < D; d += 8) _mm256_storeu_ps(acc + d, l.add_to(_mm256_loadu_ps(acc + d), d));
   }
   return -1;
@@ -413,11 +429,16 @@ void task(Job& job, int t, int64_t b0, int64_t b1, float* acc_buffer) {
   BagArgs a;
   a.rows = c.table_rows[t];
   a.prefetch_end = io.num_idx - kPrefetchLookups;
-  a.prefetching = a.rows * job.row_bytes > kPrefetchMinTableBytes;
-  a.at.hot = (uintptr_t)job.weights + (uintptr_t)((int64_t)t * tab.split * job.row_bytes);
-  a.at.cold = (uintptr_t)job.weights + (uintptr_t)(tab.cold_base[t] * job.row_bytes);
+  const RowLayout& lay = job.lay;
+  a.prefetching = a.rows * lay.stride > kPrefetchMinTableBytes;
+  a.at.hot = (uintptr_t)job.weights + (uintptr_t)((int64_t)t * tab.split * lay.stride);
+  a.at.cold = (uintptr_t)job.weights + (uintptr_t)(tab.cold_base[t] * lay.stride);
   a.at.split = tab.split;
-  a.at.bytes = (uintptr_t)job.row_bytes;
+  a.at.bytes = (uintptr_t)lay.stride;
+  a.sb.hot = (uintptr_t)job.weights + (uintptr_t)(lay.sb_offset + (int64_t)t * tab.split * lay.sb_stride);
+  a.sb.cold = (uintptr_t)job.weights + (uintptr_t)(lay.sb_offset + tab.cold_base[t] * lay.sb_stride);
+  a.sb.split = tab.split;
+  a.sb.bytes = (uintptr_t)lay.sb_stride;
   alignas(32) float acc_local[kD ? kD : 8];
   float* const acc = kD ? acc_local : acc_buffer;
   for (int64_t b = b0; b < b1; ++b) {
@@ -513,7 +534,7 @@ int forward_fast(const dd_config& c, const void* weights, const Lookups& v, void
   job->weights = static_cast<const uint8_t*>(weights);
   job->view = &v;
   job->output = output;
-  job->row_bytes = dd_row_bytes(&c);
+  job->lay = row_layout(c);
   // Tasks of about kTaskElements summed elements, from the call's mean bag length.
   int64_t ids = 0;
   for (int t = 0; t < (v.packed ? 1 : T); ++t) ids += std::max<int64_t>(v.io[t].num_idx, 0);
@@ -521,7 +542,7 @@ int forward_fast(const dd_config& c, const void* weights, const Lookups& v, void
   job->chunk_bags = std::clamp<int64_t>(kTaskElements / per_bag, 1, v.batch);
   job->chunks_per_table = (v.batch + job->chunk_bags - 1) / job->chunk_bags;
   // Tables past the TLB's reach in huge pages (once per weights buffer; best effort).
-  advise_huge_pages(weights, (size_t)(dd_total_rows(&c) * job->row_bytes), parallel_for, parallel_ctx);
+  advise_huge_pages(weights, (size_t)(dd_total_rows(&c) * dd_row_bytes(&c)), parallel_for, parallel_ctx);
   Call call{job.get(), pick_kernel(c, v.io[0].psw != nullptr)};
   const int64_t tasks = (int64_t)T * job->chunks_per_table;
   if (parallel_for != nullptr && tasks > 1) parallel_for(parallel_ctx, tasks, &run_tasks, &call);

@@ -44,7 +44,10 @@ int forward_cuda_view(const dd_config* cfg, const void* weights, const Lookups& 
   p->out = output;
   p->err = static_cast<ErrorRecord*>(workspace);
   p->batch = view.batch;
-  p->row_bytes = dd_row_bytes(cfg);
+  const RowLayout lay = row_layout(*cfg);
+  p->row_bytes = lay.stride;
+  p->sb = p->weights + lay.sb_offset;
+  p->sb_stride = lay.sb_stride;
   p->pinned = cfg->pinned_rows;
   p->dim = cfg->dim;
   p->mode = cfg->mode;

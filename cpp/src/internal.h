@@ -53,6 +53,15 @@ DD_HD int64_t global_row(const Tables& t, int table, int64_t id) {
   return id < t.split ? (int64_t)table * t.split + id : t.cold_base[table] + id;
 }
 
+// Where global row g's bytes are in the packed blob: its elements (codes) at g * stride; for the
+// row-wise dtypes its fp32 scale and bias at sb_offset + g * sb_stride. With each row's codes,
+// scale and bias together (int8/int4) sb_offset is the codes' bytes and sb_stride the row's; with
+// split_scales (int8) every row's codes come first (stride dim), then the scales and biases (8 each).
+struct RowLayout {
+  int64_t stride, sb_offset, sb_stride;
+};
+RowLayout row_layout(const dd_config& c);
+
 // Decoding one stored element to fp32, identical on host and device.
 DD_HD float half_bits_to_float(uint16_t h) {
   uint32_t sign = (uint32_t)(h & 0x8000u) << 16;

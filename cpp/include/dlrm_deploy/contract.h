@@ -61,6 +61,8 @@ typedef enum {
 #define DD_HOT_FIRST_MAX 1LL
 #define DD_OVERLAP_MIN 0LL
 #define DD_OVERLAP_MAX 2LL
+#define DD_SPLIT_SCALES_MIN 0LL
+#define DD_SPLIT_SCALES_MAX 1LL
 
 /* The op's attributes: everything fixed at export/build time. Shapes known only per call
  * (number of indices and offsets) are arguments of dd_forward_*. */
@@ -79,6 +81,7 @@ typedef struct dd_config {
   int32_t hot_first;                  /* 1: all tables' hot prefixes stored first (see below) */
   int32_t check;                      /* dd_check */
   int32_t overlap;                    /* 1, 2: the adapter runs the lookups on a stream of its own (2: launched by the joining node) */
+  int32_t split_scales;               /* 1: int8 codes of every row first, then every row's scale and bias (see below) */
 } dd_config;
 
 #endif /* DLRM_DEPLOY_CONTRACT_H_ */

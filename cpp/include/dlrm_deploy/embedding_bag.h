@@ -6,7 +6,9 @@
  *   weights  packed tables, table t's rows after table t-1's (or the "hot-first" layout, below).
  *            fp32/fp16/bf16: [total_rows, dim] elements.
  *            int8 row-wise:  [total_rows, dd_row_bytes()] bytes; a row is dim uint8 codes, then an
- *            fp32 scale and an fp32 bias (value = scale * code + bias), zero-padded to 16 bytes.
+ *            fp32 scale and an fp32 bias (value = scale * code + bias), zero-padded to 16 bytes;
+ *            with split_scales=1: [total_rows, dim + 8] bytes, every row's dim codes first (row g
+ *            at byte g*dim), then every row's fp32 scale and bias (at total_rows*dim + 8g).
  *            int4 row-wise:  [total_rows, dd_row_bytes()] bytes; dim/2 bytes of 4-bit codes (column
  *            2i in the low nibble of byte i, 2i+1 in the high one), then fp32 scale and bias, zero-
  *            padded to 16 bytes (cpp/src/int4_rows.h). Every forward takes it.
@@ -123,7 +125,8 @@ DD_API int dd_uses_l2(const dd_config* cfg);
 DD_API int dd_parse_name(const char* kind, const char* name); /* kind: dtype|mode|index_type|variant|check */
 DD_API const char* dd_name(const char* kind, int value);
 
-/* Bytes of one stored row, total rows of the packed blob, and bytes of the whole blob. */
+/* Bytes of one stored row (the weights' second dim: dim + 8 with split_scales), total rows of the
+ * packed blob. */
 DD_API int64_t dd_row_bytes(const dd_config* cfg);
 DD_API int64_t dd_total_rows(const dd_config* cfg);
 

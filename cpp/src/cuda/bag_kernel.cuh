@@ -43,8 +43,9 @@ __global__ void __launch_bounds__(kBlock, Policy::kMinBlocks) bag_kernel(const P
         w = 0.0f;
         return;
       }
-      const uint8_t* row = p.weights + global_row(p.tab, t, id) * p.row_bytes;
-      v = load_element<DT>(row, feature, D, (Hint && id < p.pinned) ? pol_hot : pol_cold);
+      const int64_t g = global_row(p.tab, t, id);
+      v = load_element<DT>(p.weights + g * p.row_bytes, p.sb + g * p.sb_stride, feature,
+                           (Hint && id < p.pinned) ? pol_hot : pol_cold);
     };
     float acc = 0.0f;
     if constexpr (PD == 0) {

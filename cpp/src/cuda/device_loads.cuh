@@ -52,21 +52,14 @@ __device__ __forceinline__ float2 ld_scale_bias(const uint8_t* p, uint64_t pol) 
 }
 
 // ---- element decoding: Raw bytes -> E floats (row-wise codes use the row's scale and bias) ----
-// kPerWord: elements per 32-bit word of stored data; kRowwise: rows end with an fp32 scale and bias,
-// at byte codes_bytes(dim) of the row (int4_rows.h describes the int4 row).
+// kPerWord: elements per 32-bit word of stored data; kRowwise: codes with an fp32 scale and bias
+// per row (where they are: RowLayout, internal.h; int4_rows.h describes the int4 row).
 template <int DT> struct Storage;
 template <> struct Storage<DD_FP32> { static constexpr int kPerWord = 1; static constexpr bool kRowwise = false; };
 template <> struct Storage<DD_FP16> { static constexpr int kPerWord = 2; static constexpr bool kRowwise = false; };
 template <> struct Storage<DD_BF16> { static constexpr int kPerWord = 2; static constexpr bool kRowwise = false; };
 template <> struct Storage<DD_INT8> { static constexpr int kPerWord = 4; static constexpr bool kRowwise = true; };
 template <> struct Storage<DD_INT4> { static constexpr int kPerWord = 8; static constexpr bool kRowwise = true; };
-
-// Bytes of a row's codes, where its scale and bias start (row-wise dtypes).
-template <int DT>
-__device__ __forceinline__ int64_t codes_bytes(int dim) {
-  if constexpr (DT == DD_INT4) return int4_scale_offset(dim);
-  else return dim;
-}
 
 template <int DT>
 __device__ __forceinline__ float decode_word(uint32_t w, int k, float2 sb) {
@@ -91,17 +84,18 @@ __device__ __forceinline__ void decode(const typename Raw<Bytes>::T& r, float2 s
     for (int k = 0; k < per_word; ++k) v[w * per_word + k] = decode_word<DT>(words[w], k, sb);
 }
 
+// Element `feature` of a row; row-wise dtypes with the row's scale and bias at sbp.
 template <int DT>
-__device__ __forceinline__ float load_element(const uint8_t* row, int feature, int dim, uint64_t pol) {
+__device__ __forceinline__ float load_element(const uint8_t* row, const uint8_t* sbp, int feature, uint64_t pol) {
   if constexpr (DT == DD_FP32) return __uint_as_float(ld<4>(row + 4 * feature, pol));
   else if constexpr (DT == DD_FP16) return __half2float(__ushort_as_half(ld<2>(row + 2 * feature, pol)));
   else if constexpr (DT == DD_BF16) return __uint_as_float((uint32_t)ld<2>(row + 2 * feature, pol) << 16);
   else if constexpr (DT == DD_INT4) {
-    float2 sb = ld_scale_bias(row + int4_scale_offset(dim), pol);
+    float2 sb = ld_scale_bias(sbp, pol);
     const uint32_t byte = ld<1>(row + (feature >> 1), pol);
     return fmaf(sb.x, int4_code_to_float((byte >> ((feature & 1) * 4)) & 0xfu), sb.y);
   } else {
-    float2 sb = ld_scale_bias(row + dim, pol);
+    float2 sb = ld_scale_bias(sbp, pol);
     return fmaf(sb.x, (float)ld<1>(row + feature, pol), sb.y);
   }
 }

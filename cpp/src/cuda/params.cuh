@@ -29,10 +29,11 @@ constexpr int kBlock = 256;
 // Passed by value (about 14 KB: kernel parameters above 4 KB need CUDA 12.1 and sm_70+), so a
 // launch captured into a CUDA graph carries every table's pointers and sizes with it.
 struct Params {
-  const uint8_t* weights;
+  const uint8_t* weights;  // global row g's elements (codes) at weights + g * row_bytes
+  const uint8_t* sb;       // row-wise dtypes: its fp32 scale and bias at sb + g * sb_stride (RowLayout)
   void* out;
   ErrorRecord* err;
-  int64_t batch, row_bytes, pinned;
+  int64_t batch, row_bytes, sb_stride, pinned;
   int32_t dim, mode, out_dtype, check;
   Tables tab;
   Lookups lk;

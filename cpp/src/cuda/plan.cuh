@@ -51,7 +51,7 @@ Plan make_plan(const dd_config& c, const void* weights) {
   const bool int4 = c.dtype == DD_INT4;
   const int esize = c.dtype == DD_FP32 ? 4 : (c.dtype == DD_INT8 || int4) ? 1 : 2;
   const int64_t data_bytes = int4 ? (int64_t)c.dim / 2 : (int64_t)c.dim * esize;  // int4: two codes per byte
-  const int64_t row_bytes = dd_row_bytes(&c);
+  const int64_t row_bytes = row_layout(c).stride;  // bytes from one row's elements (codes) to the next
   const uintptr_t addr = reinterpret_cast<uintptr_t>(weights);
   // Vector width: the widest that divides the row data, the row stride and the base address
   // (16 bytes measured fastest for every dtype at D=128 on H100, docs/benchmarks.md).

@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>()
   const int g = lane / gsize;
   const int s = lane - g * gsize;
   const uint64_t pol = policy(false, false);
-  const uint32_t row_bytes = (uint32_t)p.row_bytes;
+  const uint32_t row_bytes = (uint32_t)p.row_bytes, sb_stride = (uint32_t)p.sb_stride;
   const int64_t total_bags = (int64_t)p.tab.num_tables * p.batch;
   const int64_t units = total_bags * slices;
   const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>()
           if (ok[k]) {
             const uint64_t off = (uint64_t)r * row_bytes;  // one IMAD.WIDE
             v[k] = ld<VB>(col + off, pol);
-            if constexpr (Storage<DT>::kRowwise) sb[k] = ld_scale_bias(p.weights + off + codes_bytes<DT>(p.dim), pol);
+            if constexpr (Storage<DT>::kRowwise) sb[k] = ld_scale_bias(p.sb + (uint64_t)r * sb_stride, pol);
           }
         }
 #pragma unroll
@@ -184,8 +184,7 @@ __global__ void __launch_bounds__(kBlock, 3) warp_async_kernel(const Params p, i
   const int g = lane / lanes;
   const int s = lane - g * lanes;
   const bool active = s * E < p.dim;
-  const uint32_t row_bytes = (uint32_t)p.row_bytes;
-  const uint32_t sb_at = (uint32_t)codes_bytes<DT>(p.dim);
+  const uint32_t row_bytes = (uint32_t)p.row_bytes, sb_stride = (uint32_t)p.sb_stride;
   const uint8_t* col = p.weights + s * VB;
   const int64_t total_bags = (int64_t)p.tab.num_tables * p.batch;
   const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
@@ -202,11 +201,11 @@ __global__ void __launch_bounds__(kBlock, 3) warp_async_kernel(const Params p, i
         const int j = k * groups + g;
         const uint32_t r = __shfl_sync(kFull, batch_rows, j);
         if (base + j < end && r != kSkip) {
-          const uint8_t* row = p.weights + (uint64_t)r * row_bytes;
           if (active) cp_async<VB>(at + (k * 32 + lane) * VB, col + (uint64_t)r * row_bytes);
           if (s == k) {
-            cp_async<4>(at + U * 32 * VB + j * 8, row + sb_at);
-            cp_async<4>(at + U * 32 * VB + j * 8 + 4, row + sb_at + 4);
+            const uint8_t* sbp = p.sb + (uint64_t)r * sb_stride;
+            cp_async<4>(at + U * 32 * VB + j * 8, sbp);
+            cp_async<4>(at + U * 32 * VB + j * 8 + 4, sbp + 4);
           }
         }
       }

@@ -78,6 +78,7 @@ class Workload:
 
         self.T, self.R, self.D, self.B = args.tables, args.rows, args.dim, args.batch
         self.dtype = dtype
+        self.index_type = getattr(args, "index_type", "int32")  # ours; FBGEMM's rows always get int32
         g = torch.Generator(device="cuda").manual_seed(args.seed)
         logical = torch.randn(self.T * self.R, self.D, generator=g, device="cuda")
         if dtype == "int8":
@@ -156,26 +157,28 @@ def ours(wl: Workload, variant: str, pinned_rows: int = 0, hot_first: int = 0, p
     attrs = dict(table_rows=[wl.R] * wl.T, dim=wl.D, dtype=wl.dtype, variant=variant, check="deferred",
                  include_last_offset=1, split_scales=int(split),
                  pinned_rows=pinned_rows, hot_first=hot_first, prefetch_distance=prefetch_distance)
-    cfg = _core.make_config(attrs)
     weights, indices = wl.stored, wl.indices
     if reorder is not None:  # (packed weights in hot-first order, remapped indices)
         weights, indices = reorder
     if split:
         weights = split_scales_blob(weights, wl.D)
+    index_type = wl.index_type
+    indices, offsets = indices.to(getattr(torch, index_type)), wl.offsets.to(getattr(torch, index_type))
+    cfg = _core.make_config(attrs, index_type)
     if pinned_rows and hot_first:
         _core.setup_l2_persistence(cfg)
     out = torch.empty(wl.B, wl.T * wl.D, device="cuda")
     ws = torch.zeros(_core.workspace_size(cfg), dtype=torch.uint8, device="cuda")
-    n_idx, n_off = indices.numel(), wl.offsets.numel()
-    keep = weights  # the split copy lives as long as run
-    ptrs = (weights.data_ptr(), indices.data_ptr(), wl.offsets.data_ptr())
+    n_idx, n_off = indices.numel(), offsets.numel()
+    keep = (weights, indices, offsets)  # copies live as long as run
+    ptrs = (weights.data_ptr(), indices.data_ptr(), offsets.data_ptr())
 
     def run():
         _core.forward_cuda(cfg, *ptrs, None, n_idx, n_off, out.data_ptr(), ws.data_ptr(),
                            torch.cuda.current_stream().cuda_stream)
         return out
 
-    run.weights = keep
+    run.inputs = keep
     return run, _core.describe_kernel(cfg) + (" (split_scales=1)" if split else "")
 
 
@@ -398,6 +401,8 @@ def add_kernel_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefetch-distance", type=int, default=0)
     p.add_argument("--no-split-scales", dest="split_scales", action="store_false",
                    help="int8: skip the rows of our variants on tables stored split_scales=1 (ours:V+split)")
+    p.add_argument("--index-type", choices=("int32", "int64"), default="int32",
+                   help="ids and offsets our op gets (default int32, as FBGEMM's rows get them)")
     p.add_argument("--baselines", default="torch,fbgemm")
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)

@@ -13,6 +13,12 @@ from .external_data import ExternalDataWriter, HeldTables
 from .onnx_graph import ancestors, attrs_of, is_op, op_nodes, topo_sort, value_types
 
 
+# int8 dims from which fused tables are stored split_scales=1 (H100, paper shape, ms with the row form /
+# split: D 128 0.257 / 0.238, D 64 0.171 / 0.165; below it the row form is faster: D 32 0.116 / 0.120,
+# D 16 0.089 / 0.097, where a row with its scale and bias is one or two 32-byte sectors already).
+SPLIT_SCALES_MIN_DIM = 64
+
+
 def _table_bytes(t: TensorProto, held: HeldTables | None = None) -> np.ndarray:
     """An initializer's rows as bytes, uint8 [rows, row bytes] (a held table's own array)."""
     rows = held.rows(t) if held is not None else None
@@ -119,10 +125,10 @@ def _fuse_group(graph: onnx.GraphProto, members: list[onnx.NodeProto], tables: l
                 split_scales: bool = True) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """One group's fused op node and the Split restoring its members' outputs, with their new
     initializers (packed tables, split sizes); appends the fused output's value_info to graph.
-    split_scales: int8 tables whose dim is a multiple of 8 are stored split_scales=1."""
+    split_scales: int8 tables whose dim is a multiple of 8, 64 or more, are stored split_scales=1."""
     first = attrs_of(members[0])
     dim, pinned = first["dim"], first["pinned_rows"]
-    split_scales = bool(split_scales and first["dtype"] == "int8" and dim % 8 == 0)
+    split_scales = bool(split_scales and first["dtype"] == "int8" and dim % 8 == 0 and dim >= SPLIT_SCALES_MIN_DIM)
     packed = _packed_initializer(f"{tag}_weights", tables, pinned, writer, held, dim if split_scales else 0)
     split = numpy_helper.from_array(np.array([dim] * len(members), dtype=np.int64), f"{tag}_split")
     # Per-table form: each member keeps its own ids, offsets and weights (no index arithmetic in
@@ -177,9 +183,10 @@ def batch_tables(model: onnx.ModelProto, writer: ExternalDataWriter | None = Non
     nothing is concatenated or shifted in the graph, so each table keeps PyTorch's semantics and its
     errors name its own inputs); a Split restores the original outputs. writer, when given, receives
     the packed tables (external data); held gives the rows of tables the proto only refers to.
-    split_scales: a group of int8 tables (dim a multiple of 8) stores every row's codes first, then
-    every row's scale and bias (``split_scales=1``: a row's codes are whole 32-byte sectors; faster
-    on the GPU, docs/benchmarks.md); False keeps each row's codes, scale and bias together.
+    split_scales: a group of int8 tables (dim a multiple of 8, at least SPLIT_SCALES_MIN_DIM) stores
+    every row's codes first, then every row's scale and bias (``split_scales=1``: a row's codes are
+    whole 32-byte sectors; faster on the GPU there, docs/benchmarks.md); False keeps each row's
+    codes, scale and bias together.
     Returns the original node positions of each fused group (in the old order).
     """
     graph = model.graph

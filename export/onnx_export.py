@@ -280,9 +280,9 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
     table_batching: fuse the tables into one op node per compatible group (packed blob); False
       keeps one node per table.
     split_scales: with dtype='int8', a fused node's blob holds every row's codes first, then every
-      row's scale and bias (op attribute ``split_scales=1``, dim a multiple of 8): a row's codes are
-      whole 32-byte sectors, which the GPU reads faster (docs/benchmarks.md). False keeps each row's
-      codes, scale and bias together (FBGEMM's row form; also what unfused nodes keep).
+      row's scale and bias (op attribute ``split_scales=1``; dim a multiple of 8 and at least 64,
+      where the GPU reads it faster: docs/benchmarks.md). False keeps each row's codes, scale and
+      bias together (FBGEMM's row form; also what unfused nodes and smaller dims keep).
     hot_rows_from: a sample of ids (see ``profile_hot_rows``: trace path, id tensors or model inputs);
       rows are reordered by descending frequency, ids remapped in the graph, and ``pinned_rows`` hot
       rows per table are marked for L2 (default: the fewest covering ``hot_coverage_target`` of the

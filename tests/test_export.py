@@ -189,7 +189,7 @@ def test_export_small(tmp_path, small, example, dtype, batching, hot):
         attrs = {a.name for a in n.attribute}
         assert attrs == {f.name for f in C.FIELDS}
         split = next(a.i for a in n.attribute if a.name == "split_scales")
-        assert split == (dtype == "int8" and batching)  # the default for fused int8 tables (dim 16)
+        assert split == 0  # dim 16: int8 keeps the row form (split_scales=1 from dim 64 on)
     if hot:
         assert info.pinned_rows > 0 and all(t.reordered for t in info.tables)
         assert sum(n.op_type == "Gather" for n in model.graph.node) >= cfg.num_tables  # the remaps

@@ -114,3 +114,38 @@ def test_gpu_bad_ids_reported(dim):
         idx[pos] = bad
         with pytest.raises(RuntimeError, match="out of range|index -1"):
             op_call(c.weight, idx, c.offsets, **c.attrs)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not GPU, reason="needs a CUDA GPU")])])
+def test_export_stores_fused_int8_split_and_onnxruntime_agrees(tmp_path, device):
+    """The `small` DLRM at dim 64 exported int8: the fused node stores its tables split (weights
+    [rows, 72]) by default, split_scales=False keeps the row form; ONNX Runtime gives the same bits
+    from both, at another batch with variable bags (empty ones included)."""
+    import onnx
+
+    from dlrm_deploy.export import DLRM, export_onnx, get_config, make_inputs
+    from dlrm_deploy.runtime.ort import ort_session
+
+    cfg = get_config("small", dim=64)
+    model = DLRM(cfg, seed=0)
+    example = make_inputs(cfg, 8, seed=1)
+    dense, idx, off = make_inputs(cfg, 5, pooling="var:6", seed=3)
+    outs = {}
+    for split in (True, False):
+        path = tmp_path / f"m_{split}.onnx"
+        export_onnx(model, example, path, dtype="int8", split_scales=split)
+        m = onnx.load(str(path), load_external_data=False)
+        (node,) = [n for n in m.graph.node if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE]
+        attrs = {a.name: a for a in node.attribute}
+        assert attrs["split_scales"].i == int(split)
+        w = next(t for t in m.graph.initializer if t.name == node.input[0])
+        assert list(w.dims) == [sum(cfg.table_rows), 72 if split else 80]
+        sess = ort_session(path, device=device)
+        names = sess.input_names
+        feeds = dict(zip(names, [dense.numpy()] + [i.numpy() for i in idx] + [o.numpy() for o in off]))
+        outs[split] = sess.run(feeds)[0]
+    assert np.array_equal(outs[True], outs[False])
+    with torch.no_grad():
+        want = model(dense, idx, off).numpy()
+    np.testing.assert_allclose(outs[True], want, rtol=0, atol=1e-2)

@@ -290,7 +290,6 @@ int64_t dd_row_bytes(const dd_config* c) {
   }
 }
 
-
 int64_t dd_total_rows(const dd_config* c) {
   int64_t n = 0;
   for (int t = 0; t < c->num_tables; ++t) n += c->table_rows[t];

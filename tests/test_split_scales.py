@@ -116,12 +116,14 @@ def test_gpu_bad_ids_reported(dim):
             op_call(c.weight, idx, c.offsets, **c.attrs)
 
 
+@pytest.mark.parametrize("hot", [False, True], ids=["plain", "hot_first_external"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not GPU, reason="needs a CUDA GPU")])])
-def test_export_stores_fused_int8_split_and_onnxruntime_agrees(tmp_path, device):
+def test_export_stores_fused_int8_split_and_onnxruntime_agrees(tmp_path, device, hot):
     """The `small` DLRM at dim 64 exported int8: the fused node stores its tables split (weights
     [rows, 72]) by default, split_scales=False keeps the row form; ONNX Runtime gives the same bits
-    from both, at another batch with variable bags (empty ones included)."""
+    from both, at another batch with variable bags (empty ones included). hot: rows reordered by a
+    sample, hot prefixes first (hot_first=1), the tables streamed into an external data file."""
     import onnx
 
     from dlrm_deploy.export import DLRM, export_onnx, get_config, make_inputs
@@ -134,11 +136,12 @@ def test_export_stores_fused_int8_split_and_onnxruntime_agrees(tmp_path, device)
     outs = {}
     for split in (True, False):
         path = tmp_path / f"m_{split}.onnx"
-        export_onnx(model, example, path, dtype="int8", split_scales=split)
+        hot_kw = dict(hot_rows_from=make_inputs(cfg, 64, source="zipf:1.2", seed=7), external_data=True) if hot else {}
+        export_onnx(model, example, path, dtype="int8", split_scales=split, **hot_kw)
         m = onnx.load(str(path), load_external_data=False)
         (node,) = [n for n in m.graph.node if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE]
         attrs = {a.name: a for a in node.attribute}
-        assert attrs["split_scales"].i == int(split)
+        assert attrs["split_scales"].i == int(split) and attrs["hot_first"].i == int(hot)
         w = next(t for t in m.graph.initializer if t.name == node.input[0])
         assert list(w.dims) == [sum(cfg.table_rows), 72 if split else 80]
         sess = ort_session(path, device=device)

@@ -88,10 +88,12 @@ Plan make_plan(const dd_config& c, const void* weights) {
     }
   }
   // Loads in flight per lane, measured on H100 (docs/benchmarks.md): 2-byte tables gain from the
-  // extra occupancy of 4 on skewed batches, fp32 and int8 (D 128) from 8, int8 under D 128 from 4.
+  // extra occupancy of 4 on skewed batches, fp32 from 8, int8 from 4.
   // int4 (not measured yet): 8 unless fewer loads per lane cover the 32 lookups of one index batch
   // (groups * 4 >= 32, e.g. D=128: 4 lanes per row, 8 groups), which frees registers.
-  const int dflt = esize == 2 || small_int8 ? 4 : (int4 && pl.warp && pl.groups * 4 >= 32) ? 4 : 8;
+  // int8 at D 128 and up: 4 in flight at 3 blocks an SM (warp_min_blocks; H100, paper shape, ms: row
+  // form 0.252 against 0.257 with 8 in flight at 2 blocks, split_scales 0.221 against 0.238).
+  const int dflt = esize == 2 || c.dtype == DD_INT8 ? 4 : (int4 && pl.warp && pl.groups * 4 >= 32) ? 4 : 8;
   pl.unroll = (knobs().unroll != -1 ? knobs().unroll : dflt) <= 4 ? 4 : 8;
   // int8 rows under 128 bytes of codes: rows in flight in shared memory (warp_async_kernel), one
   // index batch a step (groups x unroll = 32). H100, paper shape, uniform, ours / FBGEMM ms, against

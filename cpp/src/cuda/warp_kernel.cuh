@@ -22,7 +22,8 @@ namespace {
 // compiles without spills (ptxas -v) for 16-byte loads.
 template <int DT, int U>
 constexpr int warp_min_blocks() {
-  if (DT == DD_INT8 || DT == DD_INT4) return U >= 8 ? 1 : 2;
+  if (DT == DD_INT8) return U >= 8 ? 1 : 3;  // U 4: 80 registers, 24 warps an SM (4 blocks spill)
+  if (DT == DD_INT4) return U >= 8 ? 1 : 2;
   if (DT == DD_FP32) return U >= 8 ? 3 : 4;
   return U >= 8 ? 2 : 4;
 }

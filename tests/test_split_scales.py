@@ -17,6 +17,13 @@ from dlrm_deploy.runtime.torch_op import op_call
 GPU = torch.cuda.is_available()
 
 
+def _ort_cuda() -> bool:
+    """Whether ONNX Runtime here has the CUDA execution provider (onnxruntime-gpu)."""
+    from dlrm_deploy.runtime import ort as dd_ort
+
+    return GPU and dd_ort.cuda_available()
+
+
 def _pair(**kw):
     """The same case with the int8 rows together and split."""
     return make_case(dtype="int8", **kw), make_case(dtype="int8", split_scales=1, **kw)
@@ -118,7 +125,7 @@ def test_gpu_bad_ids_reported(dim):
 
 @pytest.mark.parametrize("hot", [False, True], ids=["plain", "hot_first_external"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not GPU, reason="needs a CUDA GPU")])])
+    not _ort_cuda(), reason="needs a CUDA GPU and onnxruntime's CUDA execution provider")])])
 def test_export_stores_fused_int8_split_and_onnxruntime_agrees(tmp_path, device, hot):
     """The `small` DLRM at dim 64 exported int8: the fused node stores its tables split (weights
     [rows, 72]) by default, split_scales=False keeps the row form; ONNX Runtime gives the same bits

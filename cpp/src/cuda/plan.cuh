@@ -61,7 +61,7 @@ Plan make_plan(const dd_config& c, const void* weights) {
   // int8 rows under 128 bytes of codes: narrower loads, more lanes per row, and 4 loads in flight
   // (H100, paper shape, uniform; ours / FBGEMM ms): D 64 8-byte loads 0.176 / 0.200 (16-byte loads,
   // 8 in flight: 0.197), D 32 8 bytes 0.127 / 0.182 (0.172; 4 bytes 0.141), D 16 4 bytes 0.101 /
-  // 0.175 (0.161; 8 bytes 0.106). D 128 keeps 16 bytes and 8 in flight (0.259 against 0.273-0.291).
+  // 0.175 (0.161; 8 bytes 0.106). D 128 keeps 16 bytes (0.259 against 0.273-0.291 with 8 in flight).
   const bool small_int8 = c.dtype == DD_INT8 && data_bytes < 128;
   const int want = std::min(knobs().vec_bytes, int4 && data_bytes == 64 ? 8
                                                : small_int8             ? (data_bytes >= 32 ? 8 : 4)
@@ -98,7 +98,8 @@ Plan make_plan(const dd_config& c, const void* weights) {
   // int8 rows under 128 bytes of codes: rows in flight in shared memory (warp_async_kernel), one
   // index batch a step (groups x unroll = 32). H100, paper shape, uniform, ours / FBGEMM ms, against
   // warp_kernel in the same session: D 16 0.092 (0.101) / 0.176, D 32 0.118 (0.128) / 0.183, D 64
-  // with 8 in flight 0.173 (0.177 with 4) / 0.200. D 128 keeps warp_kernel: 0.259 against 0.260.
+  // with 8 in flight 0.173 (0.177 with 4) / 0.200. D 128 keeps warp_kernel (0.259 against 0.260 with
+  // 8 in flight at 2 blocks; with split_scales 0.238 against 0.240).
   const int step_unroll = pl.groups > 1 ? 32 / pl.groups : 0;
   if (pl.warp && small_int8 && knobs().async_rows != 0 && (step_unroll == 4 || step_unroll == 8) &&
       step_unroll <= pl.lanes) {

@@ -8,8 +8,9 @@ percentiles (p50/p90/p99, client side, requests completed inside the window) and
 statistics API (difference over the window), the server's average queue and compute time per
 request, the requests per model execution (> 1: dynamic batching merged requests) and how busy the
 model instances were; plus the clients' CPU use and a "client-bound" verdict when the clients, not
-the server, probably limited the throughput. gRPC requests are serialised once per distinct request
-(``grpc_request_bytes``) and sent as bytes; ``sender="tritonclient"`` calls ``client.infer`` instead.
+the server, probably limited the throughput. Requests are serialised once per distinct request and
+sent as bytes (gRPC: ``grpc_request_bytes``; HTTP: ``http_request_body``, binary tensors, one
+keep-alive connection per client); ``sender="tritonclient"`` calls ``client.infer`` instead.
 Several models (e.g. one per request form) are measured interleaved, point by point, in alternating
 order over `rounds` (medians reported), so that a shared machine's load hits them alike; with the
 server's model.py timing log, each row also gets model.py's and the python backend's own time per
@@ -97,18 +98,63 @@ def grpc_request_bytes(model: str, arrays: dict[str, np.ndarray], output_names: 
     return req.SerializeToString()
 
 
+def http_request_body(arrays: dict[str, np.ndarray], output_names: list[str]) -> tuple[bytes, int | None]:
+    """The body of an HTTP infer request carrying `arrays` as binary tensors (a JSON header, then the
+    tensors' bytes; what tritonclient builds for every call), and the JSON header's length."""
+    from tritonclient.http import InferenceServerClient, InferRequestedOutput
+
+    from .triton_client import make_infer_inputs
+
+    outputs = [InferRequestedOutput(n, binary_data=True) for n in output_names]
+    return InferenceServerClient.generate_request_body(make_infer_inputs(arrays, "http"), outputs=outputs)
+
+
+def _http_error(status: int, payload: bytes) -> str:
+    """The server's message of a failed HTTP request (its JSON ``error``), else the status."""
+    try:
+        return str(json.loads(payload)["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {status}: {payload[:200]!r}"
+
+
+def _http_sender(url: str, model: str):
+    """send(body, header length) over one keep-alive HTTP connection to url (host:port); returns
+    (the response's JSON header length or None, its body); RuntimeError with the server's message."""
+    import http.client
+
+    host, port = url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port))
+    path = f"/v2/models/{model}/infer"
+
+    def send(data):
+        body, json_size = data
+        headers = {"Content-Type": "application/octet-stream"}
+        if json_size is not None:
+            headers["Inference-Header-Content-Length"] = str(json_size)
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(_http_error(resp.status, payload))
+        size = resp.getheader("Inference-Header-Content-Length")
+        return (int(size) if size is not None else None), payload
+    return send
+
+
 SENDERS = ("prebuilt", "tritonclient")
 
 
 class _Target:
-    """What one client process sends: the requests prepared once for `sender` ("prebuilt": gRPC
-    requests serialised once and sent as bytes on a gRPC channel; "tritonclient": InferInput objects
-    made once, client.infer per request; HTTP always uses tritonclient)."""
+    """What one client process sends: the requests prepared once for `sender` ("prebuilt": requests
+    serialised once and sent as bytes, on a gRPC channel or an HTTP connection; "tritonclient":
+    InferInput objects made once, client.infer per request)."""
 
     def __init__(self, protocol: str, url: str, model: str, requests, output_names: list[str], sender: str):
         self.protocol, self.url, self.model, self.output_names = protocol, url, model, output_names
-        self.sender = sender if protocol == "grpc" else "tritonclient"
-        if self.sender == "prebuilt":
+        self.sender = sender
+        if self.sender == "prebuilt" and protocol == "http":
+            self.inputs = [(b, http_request_body(r, output_names)) for b, r in requests]
+        elif self.sender == "prebuilt":
             self.inputs = [(b, grpc_request_bytes(model, r, output_names)) for b, r in requests]
         else:
             from .triton_client import client_module, make_infer_inputs
@@ -119,6 +165,8 @@ class _Target:
 
     def send_function(self):
         """A function sending request i (one connection per calling thread); raises on a failed request."""
+        if self.sender == "prebuilt" and self.protocol == "http":
+            return _http_sender(self.url, self.model)
         if self.sender == "prebuilt":
             import grpc
             from tritonclient.grpc import service_pb2
@@ -590,8 +638,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="client processes the clients are spread over (default 1: threads of this process); "
                         "use several when one Python process cannot keep the server busy")
     p.add_argument("--sender", choices=SENDERS, default="prebuilt",
-                   help="gRPC: prebuilt (requests serialised once, sent as bytes; default) or tritonclient "
-                        "(client.infer per request); HTTP always uses tritonclient")
+                   help="prebuilt (requests serialised once, sent as bytes; default) or tritonclient "
+                        "(client.infer per request)")
     p.add_argument("--rounds", type=int,
                    help="rounds per point; rows are the medians (default 1; 3 with several models)")
     p.add_argument("--profile", metavar="DIR",

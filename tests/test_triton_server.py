@@ -284,6 +284,34 @@ def test_prebuilt_grpc_requests_answer_like_local_onnxruntime(served, model):
         send(B.grpc_request_bytes(model, P.request_from_feeds(bad, spec), ["sigmoid"]))
 
 
+@pytest.mark.parametrize("model", [MODEL, TABLES])
+def test_prebuilt_http_requests_answer_like_local_onnxruntime(served, model):
+    """The prebuilt sender over HTTP (binary-tensor bodies built once, one keep-alive connection)
+    gets the same answers as the model run locally, and the server's one-line error for a bad id."""
+    from tritonclient.http import InferenceServerClient
+
+    from dlrm_deploy.runtime import triton_bench as B
+
+    server, onnx_path, io, sess = served
+    spec = P.io_spec(io, FORM[model])
+    feeds = [sample_inputs(io, batch=b, pooling=p, seed=60 + b) for b, p in ((3, 2), (17, 9))]
+    target = B._Target("http", server.http_url, model, [(f["dense"].shape[0], P.request_from_feeds(f, spec))
+                                                        for f in feeds], ["sigmoid"], "prebuilt")
+    send = target.send_function()
+    for _round in range(2):  # the connection is kept and reused
+        for f, (b, data) in zip(feeds, target.inputs):
+            header_length, payload = send(data)
+            got = InferenceServerClient.parse_response_body(payload, header_length=header_length).as_numpy("sigmoid")
+            assert got.shape == (1, b, 1)
+            np.testing.assert_allclose(got[0], local(sess, f)["sigmoid"], rtol=1e-6, atol=1e-7)
+    bad = sample_inputs(io, batch=2, pooling=2, seed=3)
+    bad["indices_1"] = bad["indices_1"] + 10**6
+    with pytest.raises(RuntimeError, match="out of range"):
+        send(B.http_request_body(P.request_from_feeds(bad, spec), ["sigmoid"]))
+    header_length, payload = send(target.inputs[0][1])  # and the connection still serves
+    assert InferenceServerClient.parse_response_body(payload, header_length=header_length).as_numpy("sigmoid").shape == (1, 3, 1)
+
+
 def test_bench_client_processes(served, tmp_path):
     """--processes 2: the clients run in two client processes, their results merged into one row
     (against the tables form: triton-bench sends the form the served config takes)."""

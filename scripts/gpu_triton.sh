@@ -27,7 +27,8 @@
 #        covers a form measured into OUT_DIR by an earlier call, so FORMS=packed then FORMS=tables
 #        splits the run in two), REPO_ARGS (extra triton-repo flags, e.g. --keep-model-inputs);
 #        DLRM_DEPLOY_TRITON_PINNED=0 in the environment keeps model.py's merged inputs pageable;
-#        MODEL (the exported paper model; default OUT_DIR/paper_fp16.onnx, exported when missing).
+#        MODEL (the exported paper model; default OUT_DIR/paper_fp16.onnx, exported when missing),
+#        PROTOCOL (grpc or http, default grpc; both send prebuilt requests).
 # Results: OUT_DIR/bench_{none1,dyn1}_FORM.{json,png,txt} (dyn2_FORM with 2 GPUs) and a summary.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,6 +41,8 @@ DURATION=${DURATION:-20}
 CONCURRENCY=${CONCURRENCY:-1,8,32,64}
 SAT_CONCURRENCY=${SAT_CONCURRENCY:-64,128,256}
 PROCESSES=${PROCESSES:-8}
+PROTOCOL=${PROTOCOL:-grpc}
+case $PROTOCOL in grpc|http) ;; *) echo "gpu_triton.sh: PROTOCOL: '$PROTOCOL' is not grpc or http" >&2; exit 2;; esac
 SENDER=${SENDER:-prebuilt}
 PROFILE=${PROFILE:-1}
 FORMS=${FORMS:-packed tables}
@@ -78,12 +81,12 @@ fi
 
 # bench NAME CONCURRENCY: serve repo_NAME, sweep over gRPC (clients in $PROCESSES processes), stop the server
 bench() {
-  python3 - "$out" "$1" "$2" "$DURATION" "$PROCESSES" "$SENDER" "$PROFILE" "$model" <<'EOF'
+  python3 - "$out" "$1" "$2" "$DURATION" "$PROCESSES" "$SENDER" "$PROFILE" "$model" "$PROTOCOL" <<'EOF'
 import sys, json
 from dlrm_deploy.runtime.triton_server import TritonServer
 from dlrm_deploy.runtime import triton_bench as B
 out, name, conc, duration = sys.argv[1], sys.argv[2], [int(c) for c in sys.argv[3].split(",")], float(sys.argv[4])
-processes, sender, profile, model = int(sys.argv[5]), sys.argv[6], sys.argv[7] == "1", sys.argv[8]
+processes, sender, profile, model, protocol = int(sys.argv[5]), sys.argv[6], sys.argv[7] == "1", sys.argv[8], sys.argv[9]
 prof = f"{out}/profile_{name}" if profile else None
 marks, summaries = [{}], []
 def progress(line):
@@ -94,7 +97,7 @@ def progress(line):
         marks[0] = B.profile_marks(prof)
 with TritonServer(f"{out}/repo_{name}", timeout_s=600, log_path=f"{out}/server_{name}.log", profile_dir=prof) as s:
     print(B.HEADER, flush=True)
-    res = B.sweep(model, "dlrm", {"grpc": s.grpc_url}, conc,
+    res = B.sweep(model, "dlrm", {protocol: s.grpc_url if protocol == "grpc" else s.http_url}, conc,
                   B.Workload(batch=(64, 64), pooling=(20, 150), pool=32), duration_s=duration, warmup_s=3,
                   progress=progress, processes=processes, sender=sender)
 for row, summary in zip(res["rows"], summaries):  # model.py's own time per point beside Triton's
@@ -111,9 +114,9 @@ if [ "$ngpu" -ge 2 ]; then
   bench "dyn2_$first_form" "$SAT_CONCURRENCY" | tee "$out/bench_dyn2_$first_form.txt"
 fi
 
-python3 - "$out" "$FORMS" <<'EOF'
+python3 - "$out" "$FORMS" "$PROTOCOL" <<'EOF'
 import sys, json, os
-out, measured = sys.argv[1], sys.argv[2].split()
+out, measured, protocol = sys.argv[1], sys.argv[2].split(), sys.argv[3]
 # this run's forms, then any other form measured into OUT_DIR before (FORMS=packed, then FORMS=tables)
 forms = measured + [f for f in ("packed", "tables") if f not in measured and os.path.exists(f"{out}/bench_dyn1_{f}.json")]
 def load(n):
@@ -125,7 +128,7 @@ def own_ms(r):  # the python backend's own time per request: Triton's compute pe
         return "-"
     return f"{r['server_compute_ms'] / r['requests_per_execution'] - per['execute']:.2f} ms"
 c = 64
-print(f"concurrency {c}, 64 samples/request, pooling 20-150 (gRPC):")
+print(f"concurrency {c}, 64 samples/request, pooling 20-150 ({'gRPC' if protocol == 'grpc' else 'HTTP'}):")
 at = {}
 for form in forms:
     none, dyn = load(f"none1_{form}"), load(f"dyn1_{form}")

@@ -261,55 +261,43 @@ def test_bench_tiny_sweep(served, tmp_path):
     assert rows[("grpc", 4)]["requests_per_execution"] > 1  # 4 clients, 20 ms queue delay: merged
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize("model", [MODEL, TABLES])
-def test_prebuilt_grpc_requests_answer_like_local_onnxruntime(served, model):
-    """triton-bench's default sender (gRPC requests serialised once, sent as bytes) gets the same
-    answers as the model run locally."""
-    from dlrm_deploy.runtime import triton_bench as B
-
-    server, onnx_path, io, sess = served
-    spec = P.io_spec(io, FORM[model])
-    feeds = [sample_inputs(io, batch=b, pooling=p, seed=50 + b) for b, p in ((3, 2), (17, 9))]
-    target = B._Target("grpc", server.grpc_url, model, [(f["dense"].shape[0], P.request_from_feeds(f, spec))
-                                                        for f in feeds], ["sigmoid"], "prebuilt")
-    send = target.send_function()
-    for f, (b, data) in zip(feeds, target.inputs):
-        resp = send(data)
-        got = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(list(resp.outputs[0].shape))
-        assert got.shape == (1, b, 1)
-        np.testing.assert_allclose(got[0], local(sess, f)["sigmoid"], rtol=1e-6, atol=1e-7)
-    bad = sample_inputs(io, batch=2, pooling=2, seed=3)
-    bad["indices_1"] = bad["indices_1"] + 10**6
-    with pytest.raises(RuntimeError, match="out of range"):
-        send(B.grpc_request_bytes(model, P.request_from_feeds(bad, spec), ["sigmoid"]))
-
-
-@pytest.mark.parametrize("model", [MODEL, TABLES])
-def test_prebuilt_http_requests_answer_like_local_onnxruntime(served, model):
-    """The prebuilt sender over HTTP (binary-tensor bodies built once, one keep-alive connection)
-    gets the same answers as the model run locally, and the server's one-line error for a bad id."""
+def test_prebuilt_requests_answer_like_local_onnxruntime(served, model, protocol):
+    """triton-bench's default sender (requests serialised once, sent as bytes: a gRPC channel, or
+    binary-tensor bodies on one keep-alive HTTP connection) gets the same answers as the model run
+    locally, twice over the same connection, and the server's one-line error for a bad id, after
+    which the connection still serves."""
     from tritonclient.http import InferenceServerClient
 
     from dlrm_deploy.runtime import triton_bench as B
 
     server, onnx_path, io, sess = served
     spec = P.io_spec(io, FORM[model])
-    feeds = [sample_inputs(io, batch=b, pooling=p, seed=60 + b) for b, p in ((3, 2), (17, 9))]
-    target = B._Target("http", server.http_url, model, [(f["dense"].shape[0], P.request_from_feeds(f, spec))
-                                                        for f in feeds], ["sigmoid"], "prebuilt")
+    feeds = [sample_inputs(io, batch=b, pooling=p, seed=50 + b) for b, p in ((3, 2), (17, 9))]
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    target = B._Target(protocol, url, model, [(f["dense"].shape[0], P.request_from_feeds(f, spec))
+                                              for f in feeds], ["sigmoid"], "prebuilt")
     send = target.send_function()
-    for _round in range(2):  # the connection is kept and reused
+
+    def sigmoid(answer):
+        if protocol == "grpc":
+            return np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(list(answer.outputs[0].shape))
+        header_length, payload = answer
+        return InferenceServerClient.parse_response_body(payload, header_length=header_length).as_numpy("sigmoid")
+
+    for _round in range(2):
         for f, (b, data) in zip(feeds, target.inputs):
-            header_length, payload = send(data)
-            got = InferenceServerClient.parse_response_body(payload, header_length=header_length).as_numpy("sigmoid")
+            got = sigmoid(send(data))
             assert got.shape == (1, b, 1)
             np.testing.assert_allclose(got[0], local(sess, f)["sigmoid"], rtol=1e-6, atol=1e-7)
-    bad = sample_inputs(io, batch=2, pooling=2, seed=3)
-    bad["indices_1"] = bad["indices_1"] + 10**6
+    bad_feeds = sample_inputs(io, batch=2, pooling=2, seed=3)
+    bad_feeds["indices_1"] = bad_feeds["indices_1"] + 10**6
+    bad = P.request_from_feeds(bad_feeds, spec)
     with pytest.raises(RuntimeError, match="out of range"):
-        send(B.http_request_body(P.request_from_feeds(bad, spec), ["sigmoid"]))
-    header_length, payload = send(target.inputs[0][1])  # and the connection still serves
-    assert InferenceServerClient.parse_response_body(payload, header_length=header_length).as_numpy("sigmoid").shape == (1, 3, 1)
+        send(B.grpc_request_bytes(model, bad, ["sigmoid"]) if protocol == "grpc" else
+             B.http_request_body(bad, ["sigmoid"]))
+    assert sigmoid(send(target.inputs[0][1])).shape == (1, 3, 1)
 
 
 def test_bench_client_processes(served, tmp_path):

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the MLPs' Linear layers as Gemm nodes (default: one Mlp node per chain)")
     parser.add_argument("--no-split-scales", action="store_true",
                         help="int8: keep each row's codes, scale and bias together (default from dim 64 on: the "
-                             "codes of every row first, then the scales and biases; faster on the GPU there)")
+                             "codes of every row first, then the scales and biases; faster on the GPU there, "
+                             "slower on the CPU: use this flag for CPU inference)")
     parser.add_argument("--external-data", action="store_true", help="weights in <out>.data even when small")
     parser.add_argument("--no-validate", action="store_true", help="skip onnx.checker full_check")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and example inputs")

@@ -281,8 +281,9 @@ def export_onnx(model: nn.Module, example_inputs: tuple, path: str | os.PathLike
       keeps one node per table.
     split_scales: with dtype='int8', a fused node's blob holds every row's codes first, then every
       row's scale and bias (op attribute ``split_scales=1``; dim a multiple of 8 and at least 64,
-      where the GPU reads it faster: docs/benchmarks.md). False keeps each row's codes, scale and
-      bias together (FBGEMM's row form; also what unfused nodes and smaller dims keep).
+      where the GPU reads it faster: docs/benchmarks.md; the CPU reads it slower). False keeps each
+      row's codes, scale and bias together (FBGEMM's row form; also what unfused nodes and smaller
+      dims keep): the choice for CPU inference.
     hot_rows_from: a sample of ids (see ``profile_hot_rows``: trace path, id tensors or model inputs);
       rows are reordered by descending frequency, ids remapped in the graph, and ``pinned_rows`` hot
       rows per table are marked for L2 (default: the fewest covering ``hot_coverage_target`` of the

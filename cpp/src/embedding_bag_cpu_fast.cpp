@@ -213,7 +213,11 @@ DD_ALWAYS_INLINE void bags_kernel(Job& job, int t, int64_t b0, int64_t b1, float
     auto prefetch = [&](int64_t i) {
       if (prefetching && i < io.num_idx) {
         const int64_t ahead = (int64_t)ids[i];
-        if (ahead >= 0 && ahead < rows) prefetch_row(weights + global_row(tab, t, ahead) * row_bytes, row_bytes);
+        if (ahead >= 0 && ahead < rows) {
+          const int64_t g = global_row(tab, t, ahead);
+          prefetch_row(weights + g * row_bytes, row_bytes);
+          if (c.split_scales) prefetch_line(sb_base + g * sb_stride);  // not in the row's lines
+        }
       }
     };
     // Lookups in groups of kGroup (one pass over acc per group), then one at a time.
@@ -352,6 +356,7 @@ struct BagArgs {
   int64_t start, end, rows, prefetch_end;  // ids[i + kPrefetchLookups] exists for i < prefetch_end
   RowAt at, sb;  // a row's elements (codes); row-wise dtypes: its scale and bias
   bool prefetching;
+  bool prefetch_sb;  // the scale and bias lie apart from the row (split_scales): prefetched too
   template <int DT>
   DD_ALWAYS_INLINE const uint8_t* scale_bias(int64_t id) const {
     if constexpr (kRowwise<DT>) return sb(id);
@@ -361,7 +366,11 @@ struct BagArgs {
 
 template <typename IdxT>
 DD_ALWAYS_INLINE void prefetch_ahead(const IdxT* ids, int64_t i, const BagArgs& a) {
-  if (a.prefetching && i < a.prefetch_end) prefetch_row(a.at((int64_t)ids[i + kPrefetchLookups]), (int64_t)a.at.bytes);
+  if (a.prefetching && i < a.prefetch_end) {
+    const int64_t id = (int64_t)ids[i + kPrefetchLookups];
+    prefetch_row(a.at(id), (int64_t)a.at.bytes);
+    if (a.prefetch_sb) prefetch_line(a.sb(id));
+  }
 }
 
 // Sums bag [start, end) into acc (kD floats). Returns -1, or the position of the first bad id.
@@ -439,6 +448,7 @@ void task(Job& job, int t, int64_t b0, int64_t b1, float* acc_buffer) {
   a.sb.cold = (uintptr_t)job.weights + (uintptr_t)(lay.sb_offset + tab.cold_base[t] * lay.sb_stride);
   a.sb.split = tab.split;
   a.sb.bytes = (uintptr_t)lay.sb_stride;
+  a.prefetch_sb = c.split_scales != 0;
   alignas(32) float acc_local[kD ? kD : 8];
   float* const acc = kD ? acc_local : acc_buffer;
   for (int64_t b = b0; b < b1; ++b) {

@@ -51,17 +51,19 @@ def quantize_int8_rowwise(table):
     return _rows_out(as_numpy, t, int8_row_bytes(dim), codes, dim, scale, lo)
 
 
-def split_scales(rows: np.ndarray, dim: int) -> np.ndarray:
+def split_scales(rows, dim: int):
     """int8 rows ([rows, row_bytes]: codes, scale, bias, padding) in the split_scales=1 layout:
     [rows, dim + 8] bytes holding every row's codes (row g at byte g*dim), then every row's fp32
-    scale and bias (at rows*dim + 8g). Row order stays (pack the tables first)."""
-    rows = np.asarray(rows)
-    out = np.empty((rows.shape[0], dim + 8), np.uint8)
-    flat = out.reshape(-1)
-    n = rows.shape[0] * dim
-    flat[:n].reshape(rows.shape[0], dim)[:] = rows[:, :dim]
-    flat[n:].reshape(rows.shape[0], 8)[:] = rows[:, dim:dim + 8]
-    return out
+    scale and bias (at rows*dim + 8g). Row order stays (pack the tables first). Takes and returns a
+    numpy array, or a torch tensor (on its device)."""
+    if isinstance(rows, np.ndarray):
+        cat = np.concatenate
+    else:
+        import torch
+
+        cat = torch.cat
+    parts = [rows[:, :dim].reshape(-1), rows[:, dim:dim + 8].reshape(-1)]
+    return cat(parts).reshape(rows.shape[0], dim + 8)
 
 
 def join_scales(blob: np.ndarray, dim: int) -> np.ndarray:

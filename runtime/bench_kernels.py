@@ -78,7 +78,7 @@ class Workload:
 
         self.T, self.R, self.D, self.B = args.tables, args.rows, args.dim, args.batch
         self.dtype = dtype
-        self.index_type = getattr(args, "index_type", "int32")  # ours; FBGEMM's rows always get int32
+        self.index_type = args.index_type  # ours; FBGEMM's rows always get int32
         g = torch.Generator(device="cuda").manual_seed(args.seed)
         logical = torch.randn(self.T * self.R, self.D, generator=g, device="cuda")
         if dtype == "int8":
@@ -138,14 +138,6 @@ def check(out, ref, mag, rel=1e-5) -> tuple[bool, float]:
     return ratio <= 1.0, ratio
 
 
-def split_scales_blob(stored, dim: int):
-    """int8 rows [rows, row_bytes] (on the GPU) in the split_scales=1 layout: [rows, dim + 8] bytes,
-    every row's codes, then every row's fp32 scale and bias (dlrm_deploy.layout.split_scales)."""
-    import torch
-
-    return torch.cat([stored[:, :dim].reshape(-1), stored[:, dim:dim + 8].reshape(-1)]).view(stored.shape[0], dim + 8)
-
-
 def ours(wl: Workload, variant: str, pinned_rows: int = 0, hot_first: int = 0, prefetch_distance: int = 0,
          reorder=None, split: bool = False):
     """A callable running our op over all tables in one launch, and its description. split: int8
@@ -161,7 +153,9 @@ def ours(wl: Workload, variant: str, pinned_rows: int = 0, hot_first: int = 0, p
     if reorder is not None:  # (packed weights in hot-first order, remapped indices)
         weights, indices = reorder
     if split:
-        weights = split_scales_blob(weights, wl.D)
+        from dlrm_deploy.layout import split_scales
+
+        weights = split_scales(weights, wl.D)
     index_type = wl.index_type
     indices, offsets = indices.to(getattr(torch, index_type)), wl.offsets.to(getattr(torch, index_type))
     cfg = _core.make_config(attrs, index_type)

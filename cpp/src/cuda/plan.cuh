@@ -32,14 +32,14 @@ int env_int(const char* name, int fallback) {
 
 // Environment knobs for experiments (docs/benchmarks.md), read once per process, not per launch.
 struct Knobs {
-  int vec_bytes;  // DLRM_DEPLOY_VEC_BYTES: widest vector load tried (16)
+  int vec_bytes;  // DLRM_DEPLOY_VEC_BYTES: widest vector load tried (0: the plan's choice below)
   int unroll;     // DLRM_DEPLOY_UNROLL: row loads in flight per lane; -1 = per dtype
   int l2_window;  // DLRM_DEPLOY_L2_WINDOW: 0 turns the persisting-L2 access-policy window off
   int async_rows; // DLRM_DEPLOY_ASYNC_ROWS: 0 keeps int8 rows in registers (warp_kernel)
 };
 
 const Knobs& knobs() {
-  static const Knobs k = {env_int("DLRM_DEPLOY_VEC_BYTES", 16), env_int("DLRM_DEPLOY_UNROLL", -1),
+  static const Knobs k = {env_int("DLRM_DEPLOY_VEC_BYTES", 0), env_int("DLRM_DEPLOY_UNROLL", -1),
                           env_int("DLRM_DEPLOY_L2_WINDOW", 1), env_int("DLRM_DEPLOY_ASYNC_ROWS", 1)};
   return k;
 }
@@ -63,9 +63,8 @@ Plan make_plan(const dd_config& c, const void* weights) {
   // 8 in flight: 0.197), D 32 8 bytes 0.127 / 0.182 (0.172; 4 bytes 0.141), D 16 4 bytes 0.101 /
   // 0.175 (0.161; 8 bytes 0.106). D 128 keeps 16 bytes (0.259 against 0.273-0.291 with 8 in flight).
   const bool small_int8 = c.dtype == DD_INT8 && data_bytes < 128;
-  const int want = std::min(knobs().vec_bytes, int4 && data_bytes == 64 ? 8
-                                               : small_int8             ? (data_bytes >= 32 ? 8 : 4)
-                                                                        : 16);
+  const int chosen = int4 && data_bytes == 64 ? 8 : small_int8 ? (data_bytes >= 32 ? 8 : 4) : 16;
+  const int want = knobs().vec_bytes > 0 ? knobs().vec_bytes : chosen;
   for (int vb : {16, 8, 4}) {
     if (vb > want) continue;
     if (data_bytes % vb == 0 && row_bytes % vb == 0 && addr % vb == 0) {

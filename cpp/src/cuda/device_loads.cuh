@@ -47,20 +47,8 @@ __device__ __forceinline__ typename Raw<Bytes>::T ld(const uint8_t* p, uint64_t 
   return v;
 }
 
-// A row's fp32 scale and bias; wide: one 8-byte load (p 8-byte aligned), else two 4-byte loads.
-__device__ __forceinline__ float2 ld_scale_bias(const uint8_t* p, uint64_t pol, bool wide = false) {
-  if (wide) {
-    const uint2 v = ld<8>(p, pol);
-    return make_float2(__uint_as_float(v.x), __uint_as_float(v.y));
-  }
+__device__ __forceinline__ float2 ld_scale_bias(const uint8_t* p, uint64_t pol) {
   return make_float2(__uint_as_float(ld<4>(p, pol)), __uint_as_float(ld<4>(p + 4, pol)));
-}
-
-// Byte k (0..3) of a word as fp32, exactly: __byte_perm puts the byte under the exponent of 2^23
-// (0x4b0000cc is 2^23 + cc) and the subtraction of 2^23 is exact: a PRMT and an FADD instead of
-// a conversion instruction (I2F), which sm_90 issues at a fraction of the FP32 rate.
-__device__ __forceinline__ float byte_to_float(uint32_t w, int k) {
-  return __uint_as_float(__byte_perm(w, 0x4b000000u, 0x7540u | (uint32_t)k)) - 8388608.0f;
 }
 
 // ---- element decoding: Raw bytes -> E floats (row-wise codes use the row's scale and bias) ----
@@ -80,7 +68,7 @@ __device__ __forceinline__ float decode_word(uint32_t w, int k, float2 sb) {
   else if constexpr (DT == DD_FP16) return __half2float(__ushort_as_half((unsigned short)(w >> (16 * k))));
   else if constexpr (DT == DD_BF16) return __uint_as_float((w >> (16 * k)) << 16);
   else if constexpr (DT == DD_INT4) return fmaf(sb.x, int4_code_to_float(int4_word_code(w, k)), sb.y);
-  else return fmaf(sb.x, byte_to_float(w, k), sb.y);
+  else return fmaf(sb.x, (float)((w >> (8 * k)) & 0xffu), sb.y);
 }
 
 template <int DT, int Bytes>

@@ -35,7 +35,8 @@ struct Knobs {
   int vec_bytes;  // DLRM_DEPLOY_VEC_BYTES: widest vector load tried (0: the plan's choice below)
   int unroll;     // DLRM_DEPLOY_UNROLL: row loads in flight per lane; -1 = per dtype
   int l2_window;  // DLRM_DEPLOY_L2_WINDOW: 0 turns the persisting-L2 access-policy window off
-  int async_rows; // DLRM_DEPLOY_ASYNC_ROWS: 0 keeps int8 rows in registers (warp_kernel)
+  int async_rows; // DLRM_DEPLOY_ASYNC_ROWS: 0 keeps int8 rows in registers (warp_kernel); 2 also
+                  // takes rows of 128 bytes of codes and more through shared memory
 };
 
 const Knobs& knobs() {
@@ -59,11 +60,13 @@ Plan make_plan(const dd_config& c, const void* weights) {
   // 0.255 ms against 0.269 ms with 16-byte loads; FBGEMM 0.260). D=32 and 64 keep 16 bytes (1.19x
   // and 1.12x FBGEMM measured that way).
   // int8 rows under 128 bytes of codes: narrower loads, more lanes per row, and 4 loads in flight
-  // (H100, paper shape, uniform; ours / FBGEMM ms): D 64 8-byte loads 0.176 / 0.200 (16-byte loads,
-  // 8 in flight: 0.197), D 32 8 bytes 0.127 / 0.182 (0.172; 4 bytes 0.141), D 16 4 bytes 0.101 /
-  // 0.175 (0.161; 8 bytes 0.106). D 128 keeps 16 bytes (0.259 against 0.273-0.291 with 8 in flight).
+  // (H100, paper shape, uniform; ours / FBGEMM ms): D 32 8 bytes 0.127 / 0.182 (0.172; 4 bytes
+  // 0.141), D 16 4 bytes 0.101 / 0.175 (0.161; 8 bytes 0.106). D 128 keeps 16 bytes (0.259 against
+  // 0.273-0.291 with 8 in flight). D 64 first took 8-byte loads (0.176 / 0.200 in warp_kernel);
+  // with warp_async_kernel at 4 blocks an SM, 16-byte loads (4 lanes a row, 8 rows a step): split
+  // 0.148, row form 0.163, against 0.163 and 0.170 with 8-byte loads (FBGEMM 0.200).
   const bool small_int8 = c.dtype == DD_INT8 && data_bytes < 128;
-  const int chosen = int4 && data_bytes == 64 ? 8 : small_int8 ? (data_bytes >= 32 ? 8 : 4) : 16;
+  const int chosen = int4 && data_bytes == 64 ? 8 : small_int8 ? (data_bytes == 64 ? 16 : data_bytes >= 32 ? 8 : 4) : 16;
   const int want = knobs().vec_bytes > 0 ? knobs().vec_bytes : chosen;
   for (int vb : {16, 8, 4}) {
     if (vb > want) continue;
@@ -100,7 +103,8 @@ Plan make_plan(const dd_config& c, const void* weights) {
   // with 8 in flight 0.173 (0.177 with 4) / 0.200. D 128 keeps warp_kernel (0.259 against 0.260 with
   // 8 in flight at 2 blocks; with split_scales 0.238 against 0.240).
   const int step_unroll = pl.groups > 1 ? 32 / pl.groups : 0;
-  if (pl.warp && small_int8 && knobs().async_rows != 0 && (step_unroll == 4 || step_unroll == 8) &&
+  const bool async_int8 = small_int8 || (c.dtype == DD_INT8 && knobs().async_rows == 2);
+  if (pl.warp && async_int8 && knobs().async_rows != 0 && (step_unroll == 4 || step_unroll == 8) &&
       step_unroll <= pl.lanes) {
     if (knobs().unroll == -1) pl.unroll = step_unroll;
     pl.async_rows = pl.unroll == step_unroll;

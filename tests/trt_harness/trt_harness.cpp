@@ -264,13 +264,18 @@ struct Case {
   // Row-wise (int8/int4) weights as TensorRT hands them: kINT32 [rows, row_bytes / 4] (what
   // `dlrm-deploy trt-build` gives TensorRT), or with int8_view kINT8 [rows, row_bytes].
   bool int8_view = false;
+  // int8 only: every row's codes first, then every row's fp32 scale and bias (split_scales=1).
+  bool split_scales = false;
   int num_tables() const { return static_cast<int>(table_rows.size()); }
   bool rowwise() const { return dtype == "int8" || dtype == "int4"; }
   std::string label() const {
     char buf[256];
     std::snprintf(buf, sizeof(buf), "%s T=%d dtype=%s%s out=%s mode=%s idx=%s ilo=%d%s psw=%d check=%s variant=%s D=%d B=%d",
                   per_table ? "per-table" : "packed", num_tables(), dtype.c_str(),
-                  rowwise() ? (int8_view ? "(as int8)" : "(as int32)") : "", out_dtype.c_str(), mode.c_str(),
+                  rowwise() ? (split_scales ? (int8_view ? "(split, as int8)" : "(split, as int32)")
+                                            : int8_view ? "(as int8)" : "(as int32)")
+                            : "",
+                  out_dtype.c_str(), mode.c_str(),
                   int64_indices ? "int64" : "int32", include_last_offset, trailing_ids ? "+trailing" : "",
                   per_sample_weights, check.c_str(), variant.c_str(), dim, batch);
     return buf;
@@ -289,6 +294,7 @@ Fields fields_for(const Case& c) {
   f.add_string("check", c.check);
   if (c.pinned_rows) f.add_int("pinned_rows", c.pinned_rows);
   if (c.hot_first) f.add_int("hot_first", c.hot_first);
+  if (c.split_scales) f.add_int("split_scales", 1);
   return f;
 }
 
@@ -326,13 +332,16 @@ Problem make_problem(const Case& c, std::mt19937& rng) {
   dd_config_set_int(&p.cfg, "include_last_offset", c.include_last_offset, msg, sizeof msg);
   dd_config_set_int(&p.cfg, "pinned_rows", c.pinned_rows, msg, sizeof msg);
   dd_config_set_int(&p.cfg, "hot_first", c.hot_first, msg, sizeof msg);
+  dd_config_set_int(&p.cfg, "split_scales", c.split_scales ? 1 : 0, msg, sizeof msg);
   p.cfg.index_type = c.int64_indices ? DD_INT64 : DD_INT32;
   p.rows = dd_total_rows(&p.cfg);
   p.row_bytes = dd_row_bytes(&p.cfg);
   p.weights.assign(static_cast<size_t>(p.rows * p.row_bytes), 0);
   std::uniform_real_distribution<float> val(-1.f, 1.f);
   for (int64_t r = 0; r < p.rows; ++r) {
-    uint8_t* row = p.weights.data() + r * p.row_bytes;
+    // split_scales: row r's codes at r * dim, its scale and bias at rows * dim + 8r
+    uint8_t* row = p.weights.data() + r * (c.split_scales ? c.dim : p.row_bytes);
+    uint8_t* scale_bias = c.split_scales ? p.weights.data() + p.rows * c.dim + 8 * r : nullptr;
     for (int d = 0; d < c.dim; ++d) {
       const float v = val(rng);
       if (c.dtype == "fp32") std::memcpy(row + 4 * d, &v, 4);
@@ -344,8 +353,9 @@ Problem make_problem(const Case& c, std::mt19937& rng) {
     if (c.rowwise()) {  // scale and bias behind the codes (dim bytes of int8 codes, dim / 2 of int4)
       const int codes = c.dtype == "int8" ? c.dim : c.dim / 2;
       const float scale = (c.dtype == "int8" ? 0.01f : 0.15f) * (1.f + val(rng)), bias = 0.5f * val(rng);
-      std::memcpy(row + codes, &scale, 4);
-      std::memcpy(row + codes + 4, &bias, 4);
+      if (!scale_bias) scale_bias = row + codes;
+      std::memcpy(scale_bias, &scale, 4);
+      std::memcpy(scale_bias + 4, &bias, 4);
     }
   }
   // Table-major bags with 0..6 lookups each (empty bags included), or c.pooling each.
@@ -723,6 +733,10 @@ void bad_fields(const Api& api) {
       {"zero rows", [](Fields& f) { f.add_ints("table_rows", {5, 0}); }, "table_rows"},
       {"int4 with dim 12", [](Fields& f) { f.add_string("dtype", "int4"); f.add_int("dim", 12); }, "divisible by 8"},
       {"int8 with dim 6", [](Fields& f) { f.add_string("dtype", "int8"); f.add_int("dim", 6); }, "divisible by 4"},
+      {"split_scales on fp32", [](Fields& f) { f.add_int("split_scales", 1); }, "split_scales"},
+      {"split_scales with dim 12",
+       [](Fields& f) { f.add_string("dtype", "int8"); f.add_int("dim", 12); f.add_int("split_scales", 1); },
+       "divisible by 8"},
   };
   for (auto& b : cases) {
     Fields f = fields_for(base);
@@ -758,6 +772,10 @@ void bad_tensors(const Api& api, std::mt19937& rng) {
   pt.per_sample_weights = true;
   pt.include_last_offset = true;
   pt.trailing_ids = 1;
+  Case split;  // int8 D 64 with the scales apart: [rows, 72] bytes, int32 [rows, 18]
+  split.dtype = "int8";
+  split.dim = 64;
+  split.split_scales = true;
   std::vector<BadTensor> cases = {
       {"fp16 weights for dtype=fp32", Case{}, [](Tensors& t) { t.in[0].type = DataType::kHALF; }, false},
       {"wrong column count", Case{}, [](Tensors& t) { t.in[0].dims.d[1] += 1; }, false},
@@ -785,6 +803,8 @@ void bad_tensors(const Api& api, std::mt19937& rng) {
        "per_sample_weights of table 0"},
       {"per-table: an input count of no form (9 for T=3)", pt, [](Tensors& t) { t.in.pop_back(); }, false, "got 9 inputs"},
       {"per-table: output batch != bags", pt, [](Tensors& t) { t.out.dims.d[0] += 1; }, true, "output must be"},
+      {"split_scales: weights in the row form's shape (int32 [rows, 20])", split,
+       [](Tensors& t) { t.in[0].dims.d[1] = 20; }, false, "split_scales=1"},
   };
   for (auto& b : cases) {
     Problem p = make_problem(b.c, rng);
@@ -1131,6 +1151,43 @@ int main(int argc, char** argv) {
     c.check = "deferred";
     c.batch = 0;  // empty batch
     run_case(api, c, stream, rng);
+  }
+  std::printf("int8 with the scales stored apart (split_scales=1: [rows, dim + 8], codes, then scales and biases):\n");
+  {
+    for (int dim : {8, 64, 128, 256}) {  // 8-byte loads, 16-byte loads in shared memory, warp_kernel, slices
+      Case c;
+      c.dtype = "int8";
+      c.split_scales = true;
+      c.dim = dim;
+      c.batch = 48;
+      c.table_rows = {1000, 2000, 30};
+      c.pooling = dim == 64 ? 40 : -1;  // bags longer than one 32-index batch at D 64
+      c.per_sample_weights = dim != 128;
+      c.mode = dim == 128 ? "mean" : "sum";
+      c.int64_indices = dim != 64;
+      c.int8_view = dim == 256;
+      run_case(api, c, stream, rng);
+    }
+    Case c;
+    c.dtype = "int8";
+    c.split_scales = true;
+    c.dim = 64;
+    c.per_table = true;
+    c.include_last_offset = true;
+    c.trailing_ids = 2;
+    c.out_dtype = "fp16";
+    run_case(api, c, stream, rng);
+    for (const char* variant : {"baseline", "combined"}) {
+      c = Case{};
+      c.dtype = "int8";
+      c.split_scales = true;
+      c.dim = 64;
+      c.batch = 32;
+      c.table_rows = {1000, 2000};
+      c.variant = variant;
+      c.check = "deferred";
+      run_case(api, c, stream, rng);
+    }
   }
   std::printf("per-table form (each table's own indices, offsets and per_sample_weights):\n");
   {

@@ -141,8 +141,9 @@ def _node_dtype(node) -> str:
 def trt_onnx_model(onnx_path):
     """The exported model with every row-wise (int8/int4) weights initializer of an EmbeddingBag node
     retyped from uint8 ``[rows, row_bytes]`` to int32 ``[rows, row_bytes / 4]``: the same bytes (row
-    bytes are a multiple of 16, or dim + 8 with split_scales, dim a multiple of 8), in an element type TensorRT can hand a plugin (TensorRT plugins take
-    no uint8 inputs; int8 means quantized values to TensorRT). The plugin reads the bytes as they are.
+    bytes are a multiple of 16, or dim + 8 with split_scales, dim a multiple of 8), in an element
+    type TensorRT can hand a plugin (TensorRT plugins take no uint8 inputs; int8 means quantized
+    values to TensorRT). The plugin reads the bytes as they are.
 
     A fused dot interaction (``dlrm_deploy::DotInteraction``) and fused Linear chains
     (``dlrm_deploy::Mlp``), which TensorRT has no plugin for, are expanded back into standard ops

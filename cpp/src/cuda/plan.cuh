@@ -66,7 +66,9 @@ Plan make_plan(const dd_config& c, const void* weights) {
   // with warp_async_kernel at 4 blocks an SM, 16-byte loads (4 lanes a row, 8 rows a step): split
   // 0.148, row form 0.163, against 0.163 and 0.170 with 8-byte loads (FBGEMM 0.200).
   const bool small_int8 = c.dtype == DD_INT8 && data_bytes < 128;
-  const int chosen = int4 && data_bytes == 64 ? 8 : small_int8 ? (data_bytes == 64 ? 16 : data_bytes >= 32 ? 8 : 4) : 16;
+  const int chosen = int4 && data_bytes == 64 ? 8
+                     : small_int8             ? (data_bytes == 64 ? 16 : data_bytes >= 32 ? 8 : 4)
+                                              : 16;
   const int want = knobs().vec_bytes > 0 ? knobs().vec_bytes : chosen;
   for (int vb : {16, 8, 4}) {
     if (vb > want) continue;

@@ -141,8 +141,8 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>()
 // groups x U == 32 (one index batch a step) and U <= lanes. Each lane copies its piece of U rows
 // (and lane s of a group the scale and bias of row s) with cp.async into its warp's shared memory,
 // two index batches in flight (the next one's copies issued before this one is decoded), so rows
-// in flight take shared memory, not registers: 4 blocks an SM (64 registers, no spills for every
-// compiled policy; H100, int8 D 64 split, 16-byte loads: 0.148 ms against 0.163 at 3 blocks).
+// in flight take shared memory, not registers: 4 blocks an SM where the plan uses it (64 registers,
+// no spills; H100, int8 D 64 split, 16-byte loads: 0.148 ms against 0.163 at 3 blocks).
 template <int Bytes>
 __device__ __forceinline__ void cp_async(uint32_t dst, const uint8_t* src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -171,8 +171,15 @@ __device__ __forceinline__ void cp_async_commit() {
 template <int VB, int U>
 __host__ __device__ constexpr int async_stage_bytes() { return U * 32 * VB + 32 * 8; }
 
+// Resident blocks per SM warp_async_kernel's register budget is cut for: 4 (64 registers, no spills),
+// except 16-byte loads 8 in flight (D 128, DLRM_DEPLOY_ASYNC_ROWS=2 only): 12 bytes of spills at
+// 64 registers, and its 70 KB of shared memory a block hold it to 3 anyway.
+template <int VB, int U>
+constexpr int async_min_blocks() { return VB * U > 64 ? 3 : 4; }
+
 template <int DT, typename IdxT, typename Policy>
-__global__ void __launch_bounds__(kBlock, 4) warp_async_kernel(const Params p, int lanes, int groups) {
+__global__ void __launch_bounds__(kBlock, async_min_blocks<Policy::kVecBytes, Policy::kUnroll>())
+    warp_async_kernel(const Params p, int lanes, int groups) {
   constexpr int VB = Policy::kVecBytes;
   constexpr int U = Policy::kUnroll;
   constexpr int E = VB / 4 * Storage<DT>::kPerWord;

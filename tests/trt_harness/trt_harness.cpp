@@ -1154,7 +1154,7 @@ int main(int argc, char** argv) {
   }
   std::printf("int8 with the scales stored apart (split_scales=1: [rows, dim + 8], codes, then scales and biases):\n");
   {
-    for (int dim : {8, 64, 128, 256}) {  // 8-byte loads, 16-byte loads in shared memory, warp_kernel, slices
+    for (int dim : {8, 64, 128, 256}) {  // 4-byte loads (D 8), rows in shared memory (64), warp_kernel (128, 256)
       Case c;
       c.dtype = "int8";
       c.split_scales = true;

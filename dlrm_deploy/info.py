@@ -84,7 +84,7 @@ def _lines(info: dict) -> list[str]:
     lines.append(f"libraries: {libs['folder']}")
     for kind in LIBRARIES:
         e = libs[kind]
-        lines.append(f"  {kind:5s} {e['path'] or 'not built: ' + e['reason']}")
+        lines.append(f"  {kind:6s} {e['path'] or 'not built: ' + e['reason']}")
     cuda = build.get("cuda", {})
     lines.append("CUDA kernels: " + (f"{cuda.get('architectures')} (nvcc {cuda.get('compiler')})" if cuda.get("built")
                                      else f"none ({cuda.get('reason', 'unknown build')})"))

@@ -24,6 +24,7 @@ LIBRARIES = {
     "core": "libdlrm_deploy_core.so",  # the kernel core's C ABI (ctypes, the torch op)
     "ort": "libdlrm_deploy_ort.so",  # ONNX Runtime custom-op library (register_custom_ops_library)
     "trt": "libdlrm_deploy_trt.so",  # TensorRT plugin library (IPluginV3, load_library)
+    "triton": "libtriton_dlrm_deploy.so",  # Triton backend "dlrm_deploy" (triton-repo --backend native)
 }
 BUILD_INFO = "build_info.json"
 
@@ -55,7 +56,7 @@ def library_dir() -> pathlib.Path:
 
 def library_path(kind: str = "ort") -> str:
     """Absolute path of one native library: ``"ort"`` (ONNX Runtime custom ops), ``"trt"`` (TensorRT
-    plugin) or ``"core"`` (the kernel core).
+    plugin), ``"triton"`` (the Triton backend) or ``"core"`` (the kernel core).
 
     Raises ValueError for another kind and FileNotFoundError, with the build's reason where it
     recorded one, when that library was not built."""

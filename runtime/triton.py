@@ -51,13 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``dlrm-deploy triton-repo``."""
     p.add_argument("onnx", help="exported ONNX file (dlrm-deploy export)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
-                   help="onnxruntime (default), tensorrt, or python (ONNX Runtime in the python backend, merging "
-                        "ragged requests with dynamic batching)")
+                   help="onnxruntime (default), tensorrt, python (ONNX Runtime in the python backend, merging "
+                        "ragged requests with dynamic batching) or native (the same in our C++ backend "
+                        "\"dlrm_deploy\", without the python backend's per-request cost; docs/triton.md)")
     p.add_argument("--out", required=True, help="model repository folder (created; the model goes in OUT/NAME)")
     p.add_argument("--name", default="dlrm", help="model name (default: dlrm)")
     p.add_argument("--max-batch-size", type=int,
                    help="onnxruntime/tensorrt: most samples per request (default 1024; Triton's max_batch_size stays 0 "
-                        "for models with EmbeddingBag inputs); python: most requests merged into one execution "
+                        "for models with EmbeddingBag inputs); python/native: most requests merged into one execution "
                         "(default 64). See docs/triton.md")
     p.add_argument("--opt-batch-size", type=int, help="samples per request TensorRT tunes for (default: max)")
     p.add_argument("--pooling", type=int,
@@ -66,26 +67,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance kind (default gpu)")
     p.add_argument("--gpus", type=lambda s: [int(x) for x in s.split(",")], help="GPU ids, e.g. 0,1 (default: all)")
     p.add_argument("--batching", choices=BATCHING, default="auto",
-                   help="auto (default): dynamic batching where the model allows it (python backend: always); "
-                        "none: python backend with one request per execution (max_batch_size 1, no batcher)")
+                   help="auto (default): dynamic batching where the model allows it (python/native: always); "
+                        "none: python/native backends with one request per execution (max_batch_size 1, no batcher)")
     p.add_argument("--dynamic-batching", action="store_true",
                    help="require dynamic batching (same as --batching dynamic; an error for ragged inputs)")
     p.add_argument("--preferred-batch-size", type=int, nargs="+", help="dynamic batcher's preferred sizes")
     p.add_argument("--max-queue-delay-us", type=int,
-                   help="dynamic batcher's queue delay (default 100; python backend 500)")
+                   help="dynamic batcher's queue delay (default 100; python/native 500)")
     p.add_argument("--lengths", action="store_true",
                    help="onnxruntime: serve the lengths form of the model (per-sample lengths, flattened dense "
                         "inputs) with ragged dynamic batching (docs/triton.md)")
     p.add_argument("--request-form", choices=("packed", "tables"),
-                   help="python backend: packed (default: dense inputs + one ids [INT32 unless a table has more "
+                   help="python/native backends: packed (default; native: the only form; dense inputs + one ids [INT32 unless a table has more "
                         "than 2^31 rows], one lengths and one weights input for all tables) or tables (ids and "
                         "lengths per model input); docs/triton.md")
     p.add_argument("--keep-model-inputs", action="store_true",
-                   help="python backend, packed form: serve the model's lookup inputs as exported (default: one "
+                   help="python/native backends, packed form: serve the model's lookup inputs as exported (default: one "
                         "ids and one offsets input for a fused lookup node's tables, int32 where they fit; "
                         "docs/triton.md)")
     p.add_argument("--threads", type=int, default=0,
-                   help="python backend: ONNX Runtime intra-op threads per instance (default 0: its default)")
+                   help="python/native backends: ONNX Runtime intra-op threads per instance (default 0: ONNX "
+                        "Runtime's default; native GPU instances: 1)")
+    p.add_argument("--onnxruntime-library", metavar="PATH",
+                   help="native backend: the libonnxruntime.so it opens, as the server sees it (default: this "
+                        "environment's onnxruntime package's; onnxruntime-gpu for KIND_GPU)")
     p.add_argument("--library", help=f"custom-op ({ORT_LIBRARY}) or plugin ({TRT_LIBRARY}) library "
                                       "(default: the one `make build` wrote)")
     p.add_argument("--plan", help="tensorrt: an engine built on the serving GPU; without it build_plan.sh is written")
@@ -113,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
             cuda_options=dict(args.cuda_option) if args.cuda_option else None,
             shapes=dict(args.shape) if args.shape else None, trtexec_args=args.trtexec_arg,
             overwrite=args.force, threads=args.threads, lengths=args.lengths,
-            request_form=args.request_form, packed_inputs=not args.keep_model_inputs)
+            request_form=args.request_form, packed_inputs=not args.keep_model_inputs,
+            onnxruntime_library=args.onnxruntime_library)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"dlrm-deploy triton-repo: error: {e}", file=sys.stderr)
         return 2

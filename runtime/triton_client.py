@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .triton_config import NATIVE_BACKEND
+
 
 def client_module(protocol: str):
     """tritonclient.grpc or tritonclient.http (ImportError with the install command when missing)."""
@@ -59,8 +61,9 @@ def triton_infer(inputs: dict[str, np.ndarray], model: str, url: str = "localhos
 
 
 def is_python_backend(config: dict) -> bool:
-    """True for a python-backend model (ragged request format)."""
-    return config.get("backend") == "python"
+    """True for a model that takes the ragged request format: the python backend's or our native
+    backend's (``backend: "dlrm_deploy"``)."""
+    return config.get("backend") in ("python", NATIVE_BACKEND)
 
 
 def request_spec(config: dict, onnx_or_io) -> dict | None:

@@ -16,7 +16,9 @@ from .model_io import ModelIO
 
 ORT_LIBRARY = LIBRARIES["ort"]
 TRT_LIBRARY = LIBRARIES["trt"]
-BACKENDS = ("onnxruntime", "tensorrt", "python")
+BACKENDS = ("onnxruntime", "tensorrt", "python", "native")
+# What config.pbtxt names our native backend (libtriton_dlrm_deploy.so in backends/dlrm_deploy/).
+NATIVE_BACKEND = "dlrm_deploy"
 BATCHING = ("auto", "none", "dynamic")
 
 # ONNX TensorProto element type -> (Triton TYPE_*, perf_analyzer/tritonclient datatype, numpy dtype)

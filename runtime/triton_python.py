@@ -26,7 +26,7 @@ import numpy as np
 from dlrm_deploy.export.lengths import lengths_name
 
 from .model_io import ModelIO, describe_onnx
-from .triton_config import _dims_text, _q, numpy_dtype, triton_dtype
+from .triton_config import NATIVE_BACKEND, _dims_text, _q, numpy_dtype, triton_dtype
 from .triton_validate import load_config
 
 MODEL_TEMPLATE = pathlib.Path(__file__).with_name("triton_python_model.py")
@@ -213,12 +213,15 @@ def responses_to_rows(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def python_config_text(io: ModelIO, spec: dict, name: str, *, max_batch_size: int, instances: int, kind: str,
                        gpus: list[int] | None, preferred_batch_sizes: list[int] | None, max_queue_delay_us: int,
-                       threads: int = 0, merge: bool = True) -> str:
+                       threads: int = 0, merge: bool = True, native: bool = False,
+                       onnxruntime_library: str | None = None) -> str:
     """config.pbtxt of the python-backend model: ragged request inputs, dynamic batching (merge=False:
-    max_batch_size 1 and no batcher, one request per execution: the no-merging baseline)."""
-    lines = ["# Written by dlrm-deploy triton-repo --backend python (request format: README.md).",
+    max_batch_size 1 and no batcher, one request per execution: the no-merging baseline). native: the
+    same model for our C++ backend (``backend: "dlrm_deploy"``), which opens onnxruntime_library."""
+    which = "native" if native else "python"
+    lines = [f"# Written by dlrm-deploy triton-repo --backend {which} (request format: README.md).",
              f"# Request form: {spec.get('form', 'tables')}.",
-             f"name: {_q(name)}", 'backend: "python"',
+             f"name: {_q(name)}", f"backend: {_q(NATIVE_BACKEND if native else 'python')}",
              "# Requests merged into one execution; each request holds any number of samples.",
              f"max_batch_size: {max_batch_size if merge else 1}", "input ["]
     inputs = request_inputs(io, spec)
@@ -240,18 +243,23 @@ def python_config_text(io: ModelIO, spec: dict, name: str, *, max_batch_size: in
             lines.append(f"  preferred_batch_size: {_dims_text(preferred_batch_sizes)}")
         lines += [f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
     lines += [f'parameters {{ key: "intra_op_num_threads" value {{ string_value: "{threads}" }} }}']
+    if native:
+        lines += ["# The ONNX Runtime library the backend opens (absolute, or relative to this folder).",
+                  f'parameters {{ key: "onnxruntime_library" value {{ string_value: {_q(onnxruntime_library or "")} }} }}']
     return "\n".join(lines) + "\n"
 
 
 def write_python_model(onnx_path: pathlib.Path, io: ModelIO, model_dir: pathlib.Path, library: pathlib.Path, *,
                        name: str, version: int = 1, form: str = DEFAULT_FORM, packed_inputs: bool = True,
-                       **config) -> dict:
+                       native: bool = False, **config) -> dict:
     """Writes the python-backend model into `model_dir` (created by the caller): config.pbtxt,
     ``<version>/model.py``, ``<version>/model.onnx`` (+ external data, output types declared),
     ``<version>/dlrm_deploy_io.json`` (the request spec in `form`) and the op library. In the packed
     request form with packed_inputs, the served model takes its lookups' inputs packed too
     (export/packed_inputs.py: model.py merges requests into one ids and one offsets input, int32
-    where the tables allow, instead of two inputs per table). Returns the spec."""
+    where the tables allow, instead of two inputs per table). native: for our C++ backend (no model.py;
+    config.pbtxt names the ONNX Runtime library: ``onnxruntime_library`` in `config`, default this
+    environment's, see onnxruntime_library_path). Returns the spec."""
     from .triton_repo import _copy_onnx
 
     version_dir = model_dir / str(version)
@@ -261,9 +269,29 @@ def write_python_model(onnx_path: pathlib.Path, io: ModelIO, model_dir: pathlib.
     shutil.copyfile(library, model_dir / library.name)
     spec["library"] = f"../{library.name}"
     (version_dir / IO_FILE).write_text(json.dumps(spec, indent=1) + "\n")
-    shutil.copyfile(MODEL_TEMPLATE, version_dir / "model.py")
-    (model_dir / "config.pbtxt").write_text(python_config_text(io, spec, name, **config))
+    if native:
+        config["onnxruntime_library"] = config.get("onnxruntime_library") or onnxruntime_library_path()
+    else:
+        shutil.copyfile(MODEL_TEMPLATE, version_dir / "model.py")
+    (model_dir / "config.pbtxt").write_text(python_config_text(io, spec, name, native=native, **config))
     return spec
+
+
+def onnxruntime_library_path() -> str:
+    """The shared library of this environment's onnxruntime package (``onnxruntime/capi/
+    libonnxruntime.so.<version>``, found without importing it), which the native backend opens;
+    FileNotFoundError when there is none."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("onnxruntime")
+    found = []
+    if spec is not None and spec.submodule_search_locations:
+        found = sorted((pathlib.Path(next(iter(spec.submodule_search_locations))) / "capi").glob("libonnxruntime.so*"))
+    if not found:
+        raise FileNotFoundError("no ONNX Runtime shared library in this environment (the native backend opens "
+                                "onnxruntime's capi/libonnxruntime.so.*): install onnxruntime (onnxruntime-gpu for "
+                                "KIND_GPU) or pass --onnxruntime-library PATH as the server sees it")
+    return str(found[-1].resolve())
 
 
 def _prepare_served(path: pathlib.Path, io: ModelIO, *, packed_inputs: bool) -> ModelIO:
@@ -294,8 +322,8 @@ def validate_python_repo(model_dir, onnx_path=None):
     model_dir = pathlib.Path(model_dir)
     cfg = load_config(model_dir / "config.pbtxt")
     errors = []
-    if cfg.backend != "python":
-        errors.append(f"backend '{cfg.backend}' is not python")
+    if cfg.backend not in ("python", NATIVE_BACKEND):
+        errors.append(f"backend '{cfg.backend}' is not python or {NATIVE_BACKEND}")
     if cfg.name != model_dir.name:
         errors.append(f"config name '{cfg.name}' differs from the folder name '{model_dir.name}'")
     if cfg.max_batch_size < 1:
@@ -306,7 +334,7 @@ def validate_python_repo(model_dir, onnx_path=None):
     if not versions:
         errors.append("no numeric version folder")
     for v in versions:
-        for f in ("model.py", "model.onnx", IO_FILE):
+        for f in ("model.py", "model.onnx", IO_FILE) if cfg.backend == "python" else ("model.onnx", IO_FILE):
             if not (v / f).is_file():
                 errors.append(f"{v.name}/{f} missing")
     if onnx_path is None and versions:
@@ -315,6 +343,8 @@ def validate_python_repo(model_dir, onnx_path=None):
     form = "tables"  # what repositories written before the packed form take
     if versions and (versions[0] / IO_FILE).is_file():
         form = json.loads((versions[0] / IO_FILE).read_text()).get("form", "tables")
+    if cfg.backend == NATIVE_BACKEND and form != "packed":
+        errors.append(f"the {NATIVE_BACKEND} backend takes the packed request form, not '{form}'")
     try:
         spec = io_spec(io, form)
     except ValueError as e:

@@ -46,7 +46,7 @@ def _check_gpu_library(backend: str, kind: str, library: pathlib.Path) -> None:
     """A KIND_GPU repository whose op library was built without CUDA: ValueError (ONNX Runtime would
     run our op on its CPU provider with copies around it, silently); a warning when the library
     carries no build record to tell."""
-    if kind != "gpu" or backend not in ("onnxruntime", "python"):
+    if kind != "gpu" or backend not in ("onnxruntime", *RAGGED_BACKENDS):
         return
     from dlrm_deploy.libraries import build_info
 
@@ -77,8 +77,11 @@ def _copy_onnx(onnx_path: pathlib.Path, io: ModelIO, dest_dir: pathlib.Path) -> 
         shutil.copyfile(src, dst)
 
 
+RAGGED_BACKENDS = ("python", "native")  # take the ragged request format (triton_python.py), merge requests
+
+
 def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths,
-                     request_form=None, packed_inputs=True) -> None:
+                     request_form=None, packed_inputs=True, onnxruntime_library=None) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend '{backend}' is not one of {BACKENDS}")
     if batching not in BATCHING:
@@ -94,12 +97,16 @@ def _check_arguments(backend, batching, kind, max_batch_size, instances, pooling
     if lengths and backend != "onnxruntime":
         raise ValueError("lengths=True (ragged batching of the lengths form) is for the onnxruntime backend; "
                          "the python backend takes lengths anyway")
-    if request_form is not None and backend != "python":
-        raise ValueError("request_form (--request-form) is for the python backend; the onnxruntime and tensorrt "
-                         "backends take the model's own inputs")
-    if not packed_inputs and backend != "python":
-        raise ValueError("packed_inputs=False (--keep-model-inputs) is for the python backend; the onnxruntime and "
-                         "tensorrt backends serve the model's own inputs anyway")
+    if request_form is not None and backend not in RAGGED_BACKENDS:
+        raise ValueError("request_form (--request-form) is for the python and native backends; the onnxruntime and "
+                         "tensorrt backends take the model's own inputs")
+    if backend == "native" and request_form not in (None, "packed"):
+        raise ValueError("the native backend takes the packed request form only (--request-form packed)")
+    if not packed_inputs and backend not in RAGGED_BACKENDS:
+        raise ValueError("packed_inputs=False (--keep-model-inputs) is for the python and native backends; the "
+                         "onnxruntime and tensorrt backends serve the model's own inputs anyway")
+    if onnxruntime_library is not None and backend != "native":
+        raise ValueError("onnxruntime_library (--onnxruntime-library) is for the native backend")
 
 
 def _batched(io: ModelIO, batching: str, onnx_name: str) -> bool:
@@ -173,7 +180,8 @@ def _write_python(onnx_path, io, model_dir, library, o) -> None:
                               gpus=o["gpus"], preferred_batch_sizes=o["preferred_batch_sizes"],
                               max_queue_delay_us=o["max_queue_delay_us"], threads=o.get("threads", 0),
                               merge=o["batching"] != "none", form=o["request_form"],
-                              packed_inputs=o["packed_inputs"])
+                              packed_inputs=o["packed_inputs"], native=o["backend"] == "native",
+                              **({"onnxruntime_library": o["onnxruntime_library"]} if o["backend"] == "native" else {}))
     write_python_readme(model_dir, spec, request_inputs(io, spec), name=o["name"], onnx_name=onnx_path.name,
                         max_batch_size=o["max_batch_size"], max_queue_delay_us=o["max_queue_delay_us"],
                         repo=o["serve_root"])
@@ -251,11 +259,14 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
                 cuda_options: dict | None = None, shapes: dict | None = None,
                 trtexec_args: list[str] | None = None, version: int = 1, validate: bool | None = None,
                 overwrite: bool = False, threads: int = 0, lengths: bool = False,
-                request_form: str | None = None, packed_inputs: bool = True) -> pathlib.Path:
+                request_form: str | None = None, packed_inputs: bool = True,
+                onnxruntime_library: str | None = None) -> pathlib.Path:
     """Writes a Triton model repository for an exported model; returns ``out_dir/<name>``.
 
-    onnx_path: the exported ONNX file. backend: "onnxruntime", "tensorrt" or "python" (ONNX Runtime
-    inside Triton's python backend, merging ragged requests itself; see triton_python.py).
+    onnx_path: the exported ONNX file. backend: "onnxruntime", "tensorrt", "python" (ONNX Runtime
+    inside Triton's python backend, merging ragged requests itself; see triton_python.py) or "native"
+    (the same repository for our C++ backend, ``backend: "dlrm_deploy"``: plugins/triton/; packed
+    request form only; every python-backend option below applies to it too).
     max_batch_size: onnxruntime/tensorrt: most samples per request (default 1024; with
     ``max_batch_size: 0`` in the config it bounds the TensorRT profile and perf data; for a batchable
     model it is Triton's max_batch_size); python: most requests merged into one execution (default 64).
@@ -284,25 +295,29 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
     table has more than 2^31 rows, then INT64) or "tables" (one ids and one lengths input per model
     ids/offsets input, the model's own types). packed_inputs (python, packed form): serve the model
     with a fused lookup node's per-table ids/offsets inputs packed into one each, int32 where the
-    tables allow (export/packed_inputs.py; False: as exported). validate: parse the written config with Triton's schema and compare it with
+    tables allow (export/packed_inputs.py; False: as exported). onnxruntime_library (native): the
+    libonnxruntime.so the backend opens, as the server sees it (default: this environment's
+    onnxruntime package's). validate: parse the written config with Triton's schema and compare it with
     the model file (True: required, needs tritonclient; None: whenever tritonclient is installed).
     """
     max_batch_size_given = max_batch_size is not None
     if max_batch_size is None:
-        max_batch_size = 64 if backend == "python" else 1024
+        max_batch_size = 64 if backend in RAGGED_BACKENDS else 1024
     if max_queue_delay_us is None:
-        max_queue_delay_us = 500 if backend == "python" else 100
+        max_queue_delay_us = 500 if backend in RAGGED_BACKENDS else 100
     _check_arguments(backend, batching, kind, max_batch_size, instances, pooling, plan, lengths, request_form,
-                     packed_inputs)
+                     packed_inputs, onnxruntime_library)
     onnx_path = pathlib.Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file {onnx_path} not found")
     io = describe_onnx(onnx_path)
-    if backend == "python":
-        from .triton_python import DEFAULT_FORM, io_spec
+    if backend in RAGGED_BACKENDS:
+        from .triton_python import DEFAULT_FORM, io_spec, onnxruntime_library_path
 
         request_form = request_form or DEFAULT_FORM
         io_spec(io, request_form)  # refuses models it cannot merge before anything is written
+        if backend == "native" and onnxruntime_library is None:
+            onnxruntime_library = onnxruntime_library_path()
     library = pathlib.Path(library) if library is not None else _find_library(backend)
     if not library.is_file():
         raise FileNotFoundError(f"library {library} not found")
@@ -314,11 +329,12 @@ def triton_repo(onnx_path, out_dir, backend: str = "onnxruntime", name: str = "d
     opts = dict(backend=backend, name=name, version=version, max_batch_size=max_batch_size,
                 opt_batch_size=opt_batch_size, pooling=pooling, instances=instances, kind=kind, gpus=gpus,
                 batching=batching, preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us,
-                plan=plan, serve_root=serve_root or (str(out_dir.resolve()) if backend == "python" else CONTAINER_ROOT),
+                plan=plan,
+                serve_root=serve_root or (str(out_dir.resolve()) if backend in RAGGED_BACKENDS else CONTAINER_ROOT),
                 cuda_options=cuda_options, shapes=shapes,
                 trtexec_args=trtexec_args, threads=threads, lengths=lengths, max_batch_size_given=max_batch_size_given,
-                request_form=request_form, packed_inputs=packed_inputs)
-    (_write_python if backend == "python" else _write_onnx_or_trt)(onnx_path, io, model_dir, library, opts)
+                request_form=request_form, packed_inputs=packed_inputs, onnxruntime_library=onnxruntime_library)
+    (_write_python if backend in RAGGED_BACKENDS else _write_onnx_or_trt)(onnx_path, io, model_dir, library, opts)
     _validate_written(model_dir, onnx_path if backend == "tensorrt" else None, validate)  # else: the served copy
     return model_dir
 

@@ -36,6 +36,8 @@ import time
 import urllib.error
 import urllib.request
 
+from .triton_config import NATIVE_BACKEND
+
 PYTRITON_SPEC = "nvidia-pytriton==0.7.0"
 STUB_ENV_VAR = "DLRM_DEPLOY_TRITON_STUB_ENV"
 PROFILE_VAR = "DLRM_DEPLOY_TRITON_PROFILE"  # read by model.py: a folder for its per-execute timing log
@@ -105,9 +107,42 @@ def _module_path(stub_env: pathlib.Path) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def prepare_workdir(workdir: pathlib.Path, inst: TritonInstall, stub_env: pathlib.Path) -> dict[str, str]:
-    """Writes the backend folder and the stub's interpreter path file into `workdir`; returns the
+def native_backend_library() -> pathlib.Path | None:
+    """Our Triton backend (libtriton_dlrm_deploy.so) where it was built, else None."""
+    from dlrm_deploy.libraries import library_path
+
+    try:
+        return pathlib.Path(library_path("triton"))
+    except FileNotFoundError:
+        return None
+
+
+def repo_backends(repo: pathlib.Path) -> set[str]:
+    """The backends the repository's configs name (``backend: "..."`` lines of */config.pbtxt)."""
+    names = set()
+    for cfg in repo.glob("*/config.pbtxt"):
+        for line in cfg.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "backend":
+                names.add(value.strip().strip('"'))
+    return names
+
+
+def prepare_workdir(workdir: pathlib.Path, inst: TritonInstall, stub_env: pathlib.Path | None) -> dict[str, str]:
+    """Writes the backend folders (python, with the stub's interpreter path file, where a stub
+    environment is given; dlrm_deploy, our backend, where it was built) into `workdir`; returns the
     server's environment."""
+    native = native_backend_library()
+    if native is not None:
+        folder = workdir / "backends" / NATIVE_BACKEND
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / native.name).exists():
+            (folder / native.name).symlink_to(native)
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(inst.libs), env.get("LD_LIBRARY_PATH")) if p)
+    if stub_env is None:
+        return env
     backend = workdir / "backends" / "python"
     backend.mkdir(parents=True, exist_ok=True)
     for f in inst.python_backend.iterdir():
@@ -119,9 +154,6 @@ def prepare_workdir(workdir: pathlib.Path, inst: TritonInstall, stub_env: pathli
     if not (bindir / "python3").exists():
         (bindir / "python3").symlink_to(sys.executable)
     (bindir / "python3._pth").write_text("\n".join(_module_path(stub_env)) + "\n")
-    env = dict(os.environ)
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(inst.libs), env.get("LD_LIBRARY_PATH")) if p)
     env["PATH"] = os.pathsep.join([str(bindir), env.get("PATH", "")])
     return env
 
@@ -147,7 +179,14 @@ class TritonServer:
             raise FileNotFoundError(f"model repository {repo} not found")
         self.ports = {k: p or free_port() for k, p in (("http", http_port), ("grpc", grpc_port),
                                                         ("metrics", metrics_port))}
-        self.stub_env = check_stub_env(pathlib.Path(stub_env) if stub_env else default_stub_env())
+        backends = repo_backends(self.repo)
+        # The python backend's stub environment is needed only where a model uses that backend.
+        self.stub_env = None
+        if "python" in backends:
+            self.stub_env = check_stub_env(pathlib.Path(stub_env) if stub_env else default_stub_env())
+        if NATIVE_BACKEND in backends and native_backend_library() is None:
+            raise FileNotFoundError(f"the repository uses the {NATIVE_BACKEND} backend, but libtriton_dlrm_deploy.so "
+                                    "was not built (`make build`; `dlrm-deploy info` says why)")
         self.install = find_install()
         self.timeout_s = timeout_s
         self.extra_args = list(extra_args or [])

@@ -7,7 +7,7 @@ import os
 import pathlib
 
 from .model_io import describe_onnx
-from .triton_config import BACKENDS, triton_dtype
+from .triton_config import BACKENDS, NATIVE_BACKEND, triton_dtype
 
 def load_config(config_path):
     """Parses config.pbtxt with Triton's schema (``tritonclient.grpc.model_config_pb2.ModelConfig``)."""
@@ -27,7 +27,7 @@ def validate_repo(model_dir, onnx_path=None):
     raises ValueError listing every mismatch."""
     model_dir = pathlib.Path(model_dir)
     cfg = load_config(model_dir / "config.pbtxt")
-    if cfg.backend == "python":
+    if cfg.backend in ("python", NATIVE_BACKEND):
         from .triton_python import validate_python_repo
 
         return validate_python_repo(model_dir, onnx_path)

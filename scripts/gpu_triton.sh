@@ -29,7 +29,8 @@
 #        DLRM_DEPLOY_TRITON_PINNED=0 in the environment keeps model.py's merged inputs pageable;
 #        MODEL (the exported paper model; default OUT_DIR/paper_fp16.onnx, exported when missing),
 #        PROTOCOL (http or grpc, default http: Triton 2.51 serves one GPU 8-19% faster over HTTP,
-#        docs/triton.md; both send prebuilt requests).
+#        docs/triton.md; both send prebuilt requests), BACKEND (python, default, or native: our C++
+#        backend "dlrm_deploy", packed form only; PROFILE then defaults to 0, there is no model.py).
 # Results: OUT_DIR/bench_{none1,dyn1}_FORM.{json,png,txt} (dyn2_FORM with 2 GPUs) and a summary.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,7 +46,9 @@ PROCESSES=${PROCESSES:-8}
 PROTOCOL=${PROTOCOL:-http}
 case $PROTOCOL in grpc|http) ;; *) echo "gpu_triton.sh: PROTOCOL: '$PROTOCOL' is not grpc or http" >&2; exit 2;; esac
 SENDER=${SENDER:-prebuilt}
-PROFILE=${PROFILE:-1}
+BACKEND=${BACKEND:-python}
+case $BACKEND in python) PROFILE=${PROFILE:-1};; native) PROFILE=${PROFILE:-0};;
+  *) echo "gpu_triton.sh: BACKEND: '$BACKEND' is not python or native" >&2; exit 2;; esac
 FORMS=${FORMS:-packed tables}
 for f in $FORMS; do
   case $f in packed|tables) ;; *) echo "gpu_triton.sh: FORMS: '$f' is not packed or tables" >&2; exit 2;; esac
@@ -66,10 +69,10 @@ ldd "$stub" | grep -q "not found" && { ldd "$stub"; echo "the stub misses librar
 model=${MODEL:-$out/paper_fp16.onnx}
 [ -f "$model" ] || python3 -m dlrm_deploy.cli export --config paper --dtype fp16 --out "$model"
 
-# repo NAME ARGS...: a python-backend repository of the paper model
+# repo NAME ARGS...: a python- or native-backend repository of the paper model
 repo() {
   local name=$1; shift
-  python3 -m dlrm_deploy.cli triton-repo "$model" --backend python --out "$out/repo_$name" --name dlrm \
+  python3 -m dlrm_deploy.cli triton-repo "$model" --backend "$BACKEND" --out "$out/repo_$name" --name dlrm \
     --kind gpu --instances "$INSTANCES" --force ${REPO_ARGS:-} "$@"
 }
 for f in $FORMS; do

@@ -53,6 +53,7 @@ def test_build_info_records_what_was_compiled():
     info = libraries.build_info()
     assert info["version"] == dlrm_deploy.__version__
     assert info["ort"]["built"] is True and info["ort"]["ort_api"] >= 18
+    assert info["triton"]["built"] is True  # the Triton backend builds wherever the op library does
     assert "built" in info["cuda"] and "built" in info["trt"]
     if info["cuda"]["built"]:
         assert "90" in info["cuda"]["architectures"]

@@ -25,7 +25,8 @@ from dlrm_deploy.runtime.triton_client import infer_feeds, make_infer_inputs
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODEL = "dlrm"  # packed request form (the default)
 TABLES = "dlrm_tables"  # the same model in the tables form
-FORM = {MODEL: "packed", TABLES: "tables"}
+NATIVE = "dlrm_native"  # the packed form in our C++ backend (backend "dlrm_deploy")
+FORM = {MODEL: "packed", TABLES: "tables", NATIVE: "packed"}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,9 @@ def served(tmp_path_factory):
     export.export_onnx(export.DLRM("small"), export.make_inputs("small", batch=4), onnx_path)
     # A long queue delay so that concurrent requests on 2 CPU cores reliably meet in the batcher.
     for name, form in FORM.items():
-        triton_repo(onnx_path, d / "repo", backend="python", name=name, kind="cpu", max_batch_size=32,
-                    max_queue_delay_us=20000, validate=True, request_form=form if name != MODEL else None)
+        triton_repo(onnx_path, d / "repo", backend="native" if name == NATIVE else "python", name=name, kind="cpu",
+                    max_batch_size=32, max_queue_delay_us=20000, validate=True,
+                    request_form=form if name == TABLES else None)
     server = TritonServer(d / "repo", timeout_s=90, profile_dir=d / "profile")  # model.py logs its steps
     try:
         server.start()
@@ -74,7 +76,7 @@ def stats(server, model=MODEL, requests_at_least: int = 0) -> dict:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("model", [MODEL, TABLES])
+@pytest.mark.parametrize("model", [MODEL, TABLES, NATIVE])
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_answers_equal_local_onnxruntime(served, protocol, model):
     server, onnx_path, io, sess = served
@@ -123,7 +125,7 @@ def one_line_error(result, *needles) -> str:
     return msg
 
 
-@pytest.mark.parametrize("model", [MODEL, TABLES])
+@pytest.mark.parametrize("model", [MODEL, TABLES, NATIVE])
 def test_bad_requests_get_their_own_errors(served, model):
     """Sent together with good requests: an id outside its table, ids that wrapped around INT32
     (negative) or sit at its top, lengths that do not add up, negative lengths; then alone: the
@@ -175,7 +177,7 @@ def test_bad_requests_get_their_own_errors(served, model):
     np.testing.assert_allclose(got, local(sess, good[0])["sigmoid"], rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("model", [MODEL, TABLES])
+@pytest.mark.parametrize("model", [MODEL, TABLES, NATIVE])
 def test_concurrent_clients_get_their_own_rows_from_merged_executions(served, model):
     import tritonclient.grpc as tg
     import tritonclient.http as th

@@ -17,6 +17,7 @@ same way; ``served_spec`` finds which form a served config takes.
 
 from __future__ import annotations
 
+import os
 import json
 import pathlib
 import shutil
@@ -277,20 +278,29 @@ def write_python_model(onnx_path: pathlib.Path, io: ModelIO, model_dir: pathlib.
     return spec
 
 
+ORT_LIBRARY_VAR = "DLRM_DEPLOY_ONNXRUNTIME_LIBRARY"
+
+
 def onnxruntime_library_path() -> str:
-    """The shared library of this environment's onnxruntime package (``onnxruntime/capi/
-    libonnxruntime.so.<version>``, found without importing it), which the native backend opens;
-    FileNotFoundError when there is none."""
+    """The ONNX Runtime shared library the native backend opens by default: $DLRM_DEPLOY_ONNXRUNTIME_LIBRARY
+    where set (e.g. the Triton container's onnxruntime backend library, or an ONNX Runtime GPU
+    release's lib/libonnxruntime.so), else this environment's onnxruntime package's
+    (``onnxruntime/capi/libonnxruntime.so.<version>``, found without importing it; onnxruntime-gpu
+    wheels do not ship one). FileNotFoundError when there is none."""
     import importlib.util
+
+    if os.environ.get(ORT_LIBRARY_VAR):
+        return os.environ[ORT_LIBRARY_VAR]
 
     spec = importlib.util.find_spec("onnxruntime")
     found = []
     if spec is not None and spec.submodule_search_locations:
         found = sorted((pathlib.Path(next(iter(spec.submodule_search_locations))) / "capi").glob("libonnxruntime.so*"))
     if not found:
-        raise FileNotFoundError("no ONNX Runtime shared library in this environment (the native backend opens "
-                                "onnxruntime's capi/libonnxruntime.so.*): install onnxruntime (onnxruntime-gpu for "
-                                "KIND_GPU) or pass --onnxruntime-library PATH as the server sees it")
+        raise FileNotFoundError("no ONNX Runtime shared library in this environment (the native backend opens a "
+                                "libonnxruntime.so; the onnxruntime CPU wheel ships one in capi/): pass "
+                                f"--onnxruntime-library PATH as the server sees it or set {ORT_LIBRARY_VAR} (for "
+                                "KIND_GPU: one with the CUDA provider beside it, docs/triton.md)")
     return str(found[-1].resolve())
 
 

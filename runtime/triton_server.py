@@ -112,7 +112,7 @@ def native_backend_library() -> pathlib.Path | None:
     from dlrm_deploy.libraries import library_path
 
     try:
-        return pathlib.Path(library_path("triton"))
+        return pathlib.Path(library_path("triton")).resolve()  # the link in the work folder must be absolute
     except FileNotFoundError:
         return None
 

@@ -41,18 +41,23 @@ class Workload:
     seed: int = 0
 
 
-def make_requests(io, work: Workload, spec: dict | None) -> list[tuple[int, dict]]:
-    """``[(samples, request arrays)]``: valid requests of the workload, in the served model's form
-    (`spec`: the python backend's request spec, packed or tables, from triton_client.request_spec;
-    None: the model's own feeds)."""
+def workload_feeds(io, work: Workload, count: int):
+    """The workload's first `count` requests as ``(samples, model feeds)`` (deterministic in work.seed)."""
     from .model_io import sample_inputs
 
     rng = np.random.default_rng(work.seed)
-    out = []
-    for i in range(work.pool):
+    for i in range(count):
         b = int(rng.integers(work.batch[0], work.batch[1] + 1))
         p = int(rng.integers(work.pooling[0], work.pooling[1] + 1))
-        feeds = sample_inputs(io, batch=b, pooling=p, seed=work.seed + i)
+        yield b, sample_inputs(io, batch=b, pooling=p, seed=work.seed + i)
+
+
+def make_requests(io, work: Workload, spec: dict | None) -> list[tuple[int, dict]]:
+    """``[(samples, request arrays)]``: valid requests of the workload, in the served model's form
+    (`spec`: the ragged request spec, packed or tables, of a python- or native-backend model, from
+    triton_client.request_spec; None: the model's own feeds)."""
+    out = []
+    for b, feeds in workload_feeds(io, work, work.pool):
         if spec is not None:
             from .triton_python import request_from_feeds
 
@@ -416,6 +421,33 @@ def _served(onnx_path, io, model: str, url: str, protocol: str, work: Workload) 
             "requests": make_requests(io, work, spec)}
 
 
+# Served answers vs local ONNX Runtime (CPU): the served model may run fp16 MLPs on a GPU.
+CHECK_RTOL, CHECK_ATOL = 1e-2, 2e-3
+
+
+def check_answers(onnx_path, io, model: str, url: str, protocol: str, work: Workload, count: int) -> int:
+    """Sends the workload's first `count` requests one by one and compares every output with local
+    ONNX Runtime on the CPU on the same feeds; ValueError naming the first request and output that
+    differ. Returns count. Runs before anything is timed, so no timed row comes from a server that
+    answers wrongly."""
+    from .ort import ort_session
+    from .triton_client import infer_feeds
+
+    if count <= 0:
+        return 0
+    sess = ort_session(str(onnx_path), device="cpu")
+    for k, (b, feeds) in enumerate(workload_feeds(io, work, count)):
+        got = infer_feeds(feeds, model, io, url=url, protocol=protocol)
+        for name, want in zip(sess.output_names, sess.run(feeds)):
+            have = np.asarray(got[name], dtype=np.float64)
+            if have.shape != want.shape or not np.allclose(have, want, rtol=CHECK_RTOL, atol=CHECK_ATOL):
+                worst = float(np.max(np.abs(have - want))) if have.shape == want.shape else float("nan")
+                raise ValueError(f"model '{model}' ({protocol}) answered request {k} ({b} samples) differently from "
+                                 f"local ONNX Runtime: output '{name}' {list(have.shape)} vs {list(want.shape)}, "
+                                 f"max difference {worst:.3g}; nothing was timed")
+    return count
+
+
 def median_row(rows: list[dict], instances: int) -> dict:
     """One row of several rounds of the same point: the median of every number, errors summed."""
     out = dict(rows[0])
@@ -449,7 +481,7 @@ def _attach_profile(row: dict, summary: dict) -> None:
 
 def sweep(onnx_path, model, urls: dict[str, str], concurrencies: list[int], work: Workload,
           duration_s: float = 5.0, warmup_s: float = 1.0, progress=print, *, processes: int = 1,
-          sender: str = "prebuilt", rounds: int = 1, profile_dir=None) -> dict:
+          sender: str = "prebuilt", rounds: int = 1, profile_dir=None, check: int = 2) -> dict:
     """Runs every (protocol, concurrency) point with the clients spread over `processes` client
     processes (1: threads of this process); returns ``{"model", "workload", ..., "rows"}``.
 
@@ -458,7 +490,10 @@ def sweep(onnx_path, model, urls: dict[str, str], concurrencies: list[int], work
     that a shared machine's changing load hits them alike; rows are per model (``"model"``) and, with
     rounds > 1, the medians of the rounds (every round in ``"round_rows"``). profile_dir: the
     server's model.py timing log (``triton-serve --profile DIR`` on this machine): each row gets
-    model.py's ms per request and the python backend's own (``backend_ms_per_request``)."""
+    model.py's ms per request and the python backend's own (``backend_ms_per_request``). check: the
+    workload's first `check` requests are answered by each model over each protocol and compared
+    with local ONNX Runtime before anything is timed (check_answers; 0 skips it, recorded as
+    ``"checked"``)."""
     from .model_io import describe_onnx
 
     if rounds < 1:
@@ -472,8 +507,11 @@ def sweep(onnx_path, model, urls: dict[str, str], concurrencies: list[int], work
     tag = (lambda m: f"{m:<16}") if several else (lambda m: "")  # noqa: E731
     for m, sv in served.items():
         if sv["spec"] is not None:
-            progress(f"  {tag(m)}python backend, {sv['spec']['form']} request form: "
+            progress(f"  {tag(m)}{sv['config'].get('backend')} backend, {sv['spec']['form']} request form: "
                      f"{len(sv['requests'][0][1])} inputs per request")
+    checked = {m: {p: check_answers(onnx_path, io, m, u, p, work, check) for p, u in urls.items()} for m in models}
+    if check > 0:
+        progress(f"  answers of the first {check} requests equal local ONNX Runtime's ({', '.join(urls)})")
     rows, round_rows = [], []
     for protocol, url in urls.items():
         loads = {}
@@ -516,7 +554,7 @@ def sweep(onnx_path, model, urls: dict[str, str], concurrencies: list[int], work
               "request_form": spec["form"] if spec else None,
               "request_inputs": len(head["requests"][0][1]) if head["requests"] else None,
               "instances": head["instances"], "processes": processes, "sender": sender, "duration_s": duration_s,
-              "rounds": rounds, "rows": rows}
+              "rounds": rounds, "checked": checked, "rows": rows}
     if several:
         result["models"] = {m: {"backend": sv["config"].get("backend"),
                                 "max_batch_size": sv["config"].get("max_batch_size"),
@@ -646,6 +684,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the server's model.py timing log (triton-serve --profile DIR, same machine): each row "
                         "gets model.py's time per request and the python backend's own")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check", type=int, default=2, metavar="N",
+                   help="before timing, compare the answers to the first N requests with local ONNX Runtime on "
+                        "the CPU (default 2; 0 skips the check, recorded in the JSON)")
     p.add_argument("--out", default="triton_bench.json", help="JSON results; the plot goes beside it as .png")
 
 
@@ -678,7 +719,7 @@ def main(args: argparse.Namespace) -> int:
     print((f"{'model':<16}" if len(models) > 1 else "") + HEADER, flush=True)
     result = sweep(onnx, models[0] if len(models) == 1 else models, urls, conc, work, args.duration, args.warmup,
                    progress=lambda line: print(line, flush=True), processes=args.processes, sender=args.sender,
-                   rounds=rounds, profile_dir=args.profile)
+                   rounds=rounds, profile_dir=args.profile, check=args.check)
     out = pathlib.Path(args.out)
     out.write_text(json.dumps(result, indent=1) + "\n")
     plot(result, out.with_suffix(".png"))

@@ -1,7 +1,8 @@
 """A real Triton Inference Server for local development and tests (``dlrm-deploy triton-serve``).
 
 The server is the ``tritonserver`` binary inside the ``nvidia-pytriton`` wheel (0.7.0: Triton 2.51
-with only the python backend), installed without its dependencies
+with only the python backend; our native backend ``dlrm_deploy`` is linked in beside it where it
+was built), installed without its dependencies
 (``pip install --no-deps nvidia-pytriton==0.7.0``: they would pin numpy < 2 in this environment).
 The python backend's stub is an embedded Python that needs:
 
@@ -180,9 +181,9 @@ class TritonServer:
         self.ports = {k: p or free_port() for k, p in (("http", http_port), ("grpc", grpc_port),
                                                         ("metrics", metrics_port))}
         backends = repo_backends(self.repo)
-        # The python backend's stub environment is needed only where a model uses that backend.
+        # The python backend's stub environment: needed unless every model uses our native backend.
         self.stub_env = None
-        if "python" in backends:
+        if backends != {NATIVE_BACKEND}:
             self.stub_env = check_stub_env(pathlib.Path(stub_env) if stub_env else default_stub_env())
         if NATIVE_BACKEND in backends and native_backend_library() is None:
             raise FileNotFoundError(f"the repository uses the {NATIVE_BACKEND} backend, but libtriton_dlrm_deploy.so "

@@ -30,7 +30,9 @@
 #        MODEL (the exported paper model; default OUT_DIR/paper_fp16.onnx, exported when missing),
 #        PROTOCOL (http or grpc, default http: Triton 2.51 serves one GPU 8-19% faster over HTTP,
 #        docs/triton.md; both send prebuilt requests), BACKEND (python, default, or native: our C++
-#        backend "dlrm_deploy", packed form only; PROFILE then defaults to 0, there is no model.py).
+#        backend "dlrm_deploy", packed form only; PROFILE then defaults to 0, there is no model.py;
+#        $DLRM_DEPLOY_ONNXRUNTIME_LIBRARY names a libonnxruntime.so with the CUDA provider beside it,
+#        docs/triton.md "Which ONNX Runtime").
 # Results: OUT_DIR/bench_{none1,dyn1}_FORM.{json,png,txt} (dyn2_FORM with 2 GPUs) and a summary.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)

@@ -413,4 +413,41 @@ def test_request_form_option(tmp_path, ort_lib, capsys):
     assert main(["triton-repo", str(onnx_path), "--backend", "onnxruntime", "--out", str(tmp_path / "o"),
                  "--request-form", "packed"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "python backend" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "python and native backends" in err and "Traceback" not in err
+
+
+def test_native_repo_config(tmp_path, ort_lib, monkeypatch, capsys):
+    """--backend native: the python backend's repository for our C++ backend: backend "dlrm_deploy",
+    no model.py, the ONNX Runtime library named in the config ($DLRM_DEPLOY_ONNXRUNTIME_LIBRARY or
+    --onnxruntime-library, else this environment's); the packed form only; a server for it needs no
+    python-backend stub environment. Misuse is a one-line error."""
+    from dlrm_deploy.cli import main
+
+    onnx_path = fake_dlrm(tmp_path / "m.onnx", per_table=True, with_psw=True)
+    md = T.triton_repo(onnx_path, tmp_path / "repo", backend="native", kind="cpu", validate=True)
+    cfg = parse(md)
+    assert cfg.backend == "dlrm_deploy" and cfg.max_batch_size == 64 and cfg.HasField("dynamic_batching")
+    assert [i.name for i in cfg.input] == ["dense", "ids", "lengths", "weights"]
+    library = cfg.parameters["onnxruntime_library"].string_value
+    assert pathlib.Path(library).is_file() and "libonnxruntime.so" in library
+    assert not (md / "1" / "model.py").exists() and (md / "1" / "model.onnx").is_file()
+    assert json.loads((md / "1" / P.IO_FILE).read_text())["form"] == "packed"
+    monkeypatch.setenv(S.STUB_ENV_VAR, str(tmp_path / "no-env"))
+    assert S.TritonServer(tmp_path / "repo").stub_env is None  # native only: no stub environment needed
+    monkeypatch.setenv(P.ORT_LIBRARY_VAR, "/opt/ort/lib/libonnxruntime.so")
+    md = T.triton_repo(onnx_path, tmp_path / "repo2", backend="native", kind="cpu")
+    assert parse(md).parameters["onnxruntime_library"].string_value == "/opt/ort/lib/libonnxruntime.so"
+    assert main(["triton-repo", str(onnx_path), "--backend", "native", "--kind", "cpu", "--out", str(tmp_path / "r3"),
+                 "--onnxruntime-library", "/x/libonnxruntime.so.1"]) == 0
+    assert parse(tmp_path / "r3" / "dlrm").parameters["onnxruntime_library"].string_value == "/x/libonnxruntime.so.1"
+    capsys.readouterr()
+    for argv, needle in ((["--backend", "native", "--request-form", "tables"], "packed request form only"),
+                         (["--backend", "python", "--onnxruntime-library", "/x.so"], "for the native backend")):
+        assert main(["triton-repo", str(onnx_path), "--kind", "cpu", "--out", str(tmp_path / "r4"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+    cfg_path = tmp_path / "r3" / "dlrm" / "config.pbtxt"  # a native repository written in the tables form
+    io_path = tmp_path / "r3" / "dlrm" / "1" / P.IO_FILE
+    io_path.write_text(io_path.read_text().replace('"form": "packed"', '"form": "tables"'))
+    with pytest.raises(ValueError, match="packed request form"):
+        T.validate_repo(cfg_path.parent)

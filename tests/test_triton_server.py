@@ -237,7 +237,8 @@ def test_client_script_one_line_error_for_a_missing_model(served):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_bench_tiny_sweep(served, tmp_path):
+@pytest.mark.parametrize("model", [MODEL, NATIVE])
+def test_bench_tiny_sweep(served, tmp_path, model):
     import argparse
 
     from dlrm_deploy.runtime import triton_bench
@@ -246,13 +247,15 @@ def test_bench_tiny_sweep(served, tmp_path):
     p = argparse.ArgumentParser()
     triton_bench.add_arguments(p)
     out = tmp_path / "bench.json"
-    args = p.parse_args(["--model", MODEL, "--onnx", str(onnx_path), "--grpc-url", server.grpc_url,
+    args = p.parse_args(["--model", model, "--onnx", str(onnx_path), "--grpc-url", server.grpc_url,
                          "--http-url", server.http_url, "--concurrency", "1,4", "--batch", "8:32",
                          "--pooling", "2:10", "--pool", "4", "--duration", "1", "--warmup", "0.2",
                          "--out", str(out)])
     assert triton_bench.main(args) == 0
     result = json.loads(out.read_text())
-    assert result["backend"] == "python" and out.with_suffix(".png").stat().st_size > 1000
+    assert result["backend"] == ("dlrm_deploy" if model == NATIVE else "python")
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert result["checked"] == {model: {"grpc": 2, "http": 2}}  # answers compared before timing
     assert result["request_form"] == "packed" and result["request_inputs"] == 3
     rows = {(r["protocol"], r["concurrency"]): r for r in result["rows"]}
     assert set(rows) == {("grpc", 1), ("grpc", 4), ("http", 1), ("http", 4)}
@@ -369,10 +372,10 @@ def test_bench_compares_the_request_forms_interleaved(served, tmp_path):
     assert triton_bench.main(args) == 0
     result = json.loads(out.read_text())
     assert result["model"] == [MODEL, TABLES] and result["rounds"] == 2
-    assert {m: v["request_form"] for m, v in result["models"].items()} == FORM
+    assert {m: v["request_form"] for m, v in result["models"].items()} == {m: FORM[m] for m in (MODEL, TABLES)}
     assert [r["model"] for r in result["rows"]] == [MODEL, TABLES]
     assert sorted((r["model"], r["round"]) for r in result["round_rows"]) == sorted(
-        (m, k) for m in FORM for k in range(2))
+        (m, k) for m in (MODEL, TABLES) for k in range(2))
     for r in result["rows"]:
         assert r["rounds"] == 2 and r["errors"] == 0 and r["requests"] > 0
         assert r["model_py_ms_per_request"] > 0 and r["backend_ms_per_request"] is not None
@@ -410,3 +413,43 @@ def test_serve_command_stops_its_server_on_sigterm(served, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_bench_refuses_to_time_a_server_that_answers_wrongly(served, tmp_path):
+    """Told the served model came from another ONNX file (same inputs, other weights), triton-bench's
+    check finds the answers differ and times nothing."""
+    import torch
+
+    from dlrm_deploy import export
+    from dlrm_deploy.runtime import triton_bench as B
+
+    server, onnx_path, io, sess = served
+    other = tmp_path / "other.onnx"
+    model = export.DLRM("small")
+    with torch.no_grad():
+        for w in model.parameters():
+            w.add_(0.05)
+    export.export_onnx(model, export.make_inputs("small", batch=4), other)
+    with pytest.raises(ValueError, match=r"answered request 0 .* differently from local ONNX Runtime.*nothing was timed"):
+        B.sweep(other, NATIVE, {"grpc": server.grpc_url}, [1], B.Workload((4, 8), (2, 5), 2, 0), duration_s=0.5,
+                warmup_s=0.1, progress=lambda line: None)
+
+
+@pytest.mark.parametrize("model", [MODEL, NATIVE])
+def test_a_request_without_samples(served, model):
+    """A request of 0 samples, alone and among others: no rows back (or its own one-line error),
+    the other requests their rows, and the model stays ready."""
+    import tritonclient.http as th
+
+    server, onnx_path, io, sess = served
+    spec = P.io_spec(io, "packed")
+    good = sample_inputs(io, batch=5, pooling=3, seed=4)
+    empty = P.request_from_feeds(sample_inputs(io, batch=1, pooling=3, seed=5), spec)
+    empty = {k: v[:, :0] for k, v in empty.items()}  # [1, 0, ...] dense, no lengths, no ids
+    results = send_together(server, model, [P.request_from_feeds(good, spec), empty])
+    np.testing.assert_allclose(results[0][0], local(sess, good)["sigmoid"], rtol=1e-5, atol=1e-6)
+    if isinstance(results[1], Exception):
+        one_line_error(results[1])
+    else:
+        assert results[1].shape == (1, 0, 1)
+    assert th.InferenceServerClient(server.http_url).is_model_ready(model)

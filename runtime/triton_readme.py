@@ -202,15 +202,32 @@ def _position_text(spec: dict) -> str:
 
 
 def write_python_readme(model_dir: pathlib.Path, spec: dict, inputs: list, *, name: str, onnx_name: str,
-                        max_batch_size: int, max_queue_delay_us: int, repo: str) -> None:
-    """README.md of a python-backend model folder: the request format and how to serve it."""
+                        max_batch_size: int, max_queue_delay_us: int, repo: str, native: bool = False) -> None:
+    """README.md of a python- or native-backend model folder: the request format and how to serve it."""
     rows = "\n".join(f"| `{n}` | {t} | `[1] + {d}` |" for n, t, d in inputs)
-    text = f"""# Triton model `{name}` (python backend)
+    if native:
+        head = f"""# Triton model `{name}` (native backend `dlrm_deploy`)
+
+Written by `dlrm-deploy triton-repo --backend native` from `{onnx_name}`. Our Triton backend
+(`libtriton_dlrm_deploy.so` in the server's `backends/dlrm_deploy/`) runs `1/model.onnx` in the ONNX
+Runtime library that `config.pbtxt`'s `onnxruntime_library` names (for KIND_GPU: one with the CUDA
+provider beside it; docs/triton.md) with our custom-op library, and merges the requests Triton's
+dynamic batcher collects (up to {max_batch_size} requests, waiting at most {max_queue_delay_us} us)
+into one run."""
+        serve = f"""or, in NVIDIA's Triton container (copy `libtriton_dlrm_deploy.so` into
+`/opt/tritonserver/backends/dlrm_deploy/`, point `onnxruntime_library` at
+`/opt/tritonserver/backends/onnxruntime/libonnxruntime.so`):
+`tritonserver --model-repository={repo} --disable-auto-complete-config`."""
+    else:
+        head = f"""# Triton model `{name}` (python backend)
 
 Written by `dlrm-deploy triton-repo --backend python` from `{onnx_name}`. `1/model.py` runs
 `1/model.onnx` in ONNX Runtime with our custom-op library (CUDA execution provider for KIND_GPU
 instances where onnxruntime has it, else CPU) and merges the requests Triton's dynamic batcher
-collects (up to {max_batch_size} requests, waiting at most {max_queue_delay_us} us) into one run.
+collects (up to {max_batch_size} requests, waiting at most {max_queue_delay_us} us) into one run."""
+        serve = f"""or, in NVIDIA's Triton container (python backend; onnxruntime and numpy<2 installed for its stub):
+`tritonserver --model-repository={repo} --disable-auto-complete-config`."""
+    text = f"""{head}
 On a GPU, several instances (`triton-repo --instances 4`; each holds its own copy of the tables)
 let merged executions overlap (docs/triton.md).
 
@@ -234,8 +251,7 @@ the other requests of the same merged batch still get their answers and the mode
 ```
 dlrm-deploy triton-serve {repo}      # the tritonserver of nvidia-pytriton, on 127.0.0.1
 ```
-or, in NVIDIA's Triton container (python backend; onnxruntime and numpy<2 installed for its stub):
-`tritonserver --model-repository={repo} --disable-auto-complete-config`.
+{serve}
 
 {_check_text(onnx_name, name, repo)}"""
     (model_dir / "README.md").write_text(text)

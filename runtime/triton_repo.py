@@ -184,7 +184,7 @@ def _write_python(onnx_path, io, model_dir, library, o) -> None:
                               **({"onnxruntime_library": o["onnxruntime_library"]} if o["backend"] == "native" else {}))
     write_python_readme(model_dir, spec, request_inputs(io, spec), name=o["name"], onnx_name=onnx_path.name,
                         max_batch_size=o["max_batch_size"], max_queue_delay_us=o["max_queue_delay_us"],
-                        repo=o["serve_root"])
+                        repo=o["serve_root"], native=o["backend"] == "native")
 
 
 def _lengths_form(model_path: pathlib.Path, io: ModelIO, o: dict) -> ModelIO:

@@ -107,7 +107,7 @@ def test_python_repo_serves_packed_inputs(tmp_path, include_last_offset):
     T.triton_repo(path, tmp_path / "kept", backend="python", kind="cpu", packed_inputs=False)
     kept = describe_onnx(tmp_path / "kept" / "dlrm" / "1" / "model.onnx")
     assert [t.name for t in kept.inputs] == [t.name for t in io.inputs]
-    with pytest.raises(ValueError, match="python backend"):
+    with pytest.raises(ValueError, match="python and native backends"):
         T.triton_repo(path, tmp_path / "ort", backend="onnxruntime", kind="cpu", packed_inputs=False)
 
 

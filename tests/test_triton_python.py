@@ -431,6 +431,7 @@ def test_native_repo_config(tmp_path, ort_lib, monkeypatch, capsys):
     library = cfg.parameters["onnxruntime_library"].string_value
     assert pathlib.Path(library).is_file() and "libonnxruntime.so" in library
     assert not (md / "1" / "model.py").exists() and (md / "1" / "model.onnx").is_file()
+    assert "native backend `dlrm_deploy`" in (md / "README.md").read_text()
     assert json.loads((md / "1" / P.IO_FILE).read_text())["form"] == "packed"
     monkeypatch.setenv(S.STUB_ENV_VAR, str(tmp_path / "no-env"))
     assert S.TritonServer(tmp_path / "repo").stub_env is None  # native only: no stub environment needed

@@ -14,12 +14,9 @@
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
 
-namespace dd_ort {
+#include "ort_min_api.h"  // kMinOrtApiVersion: OrtCustomOp::version and the OrtApi handed to the C++ wrappers
 
-// Oldest ORT C API the library uses (ORT 1.18): OrtCustomOp::version and the OrtApi handed to
-// the C++ wrappers both say 18, so the library loads in ORT 1.18 and every newer release even
-// though it is compiled against newer headers.
-constexpr uint32_t kMinOrtApiVersion = 18;
+namespace dd_ort {
 
 enum class Provider { kCpu, kCuda };
 

@@ -116,9 +116,18 @@ ModelState* load_model(TRITONBACKEND_Model* model) {
   TRITONSERVER_MessageDelete(message);
   check(err);
   Json config = Json::parse(json);
-  st->spec = Spec::from_json(Json::parse(read_file(st->dir + "/dlrm_deploy_io.json")));
+  const std::string io_file = st->dir + "/dlrm_deploy_io.json";
+  try {
+    st->spec = Spec::from_json(Json::parse(read_file(io_file)));
+  } catch (const std::exception& e) {
+    throw std::runtime_error(io_file + ": " + e.what());
+  }
   std::string threads = parameter(config, "intra_op_num_threads");
-  st->threads = threads.empty() ? 0 : std::stoi(threads);
+  try {
+    st->threads = threads.empty() ? 0 : std::stoi(threads);
+  } catch (const std::exception&) {
+    throw std::runtime_error("parameter intra_op_num_threads '" + threads + "' is not an integer");
+  }
   std::string ort = parameter(config, "onnxruntime_library");
   if (ort.empty()) ort = "libonnxruntime.so";  // the loader's search path
   else if (ort[0] != '/') ort = std::string(location) + "/" + ort;  // relative to the model folder

@@ -1,5 +1,7 @@
 #include "ort_session.h"
 
+#include "../ort/ort_min_api.h"
+
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -24,10 +26,11 @@ const OrtApi* load_onnxruntime(const std::string& path) {
   }
   using GetApiBase = const OrtApiBase* (*)();
   auto get_base = reinterpret_cast<GetApiBase>(dlsym(handle, "OrtGetApiBase"));
-  const OrtApi* api = get_base ? get_base()->GetApi(ORT_API_VERSION) : nullptr;
+  const OrtApi* api = get_base ? get_base()->GetApi(dd_ort::kMinOrtApiVersion) : nullptr;
   if (api == nullptr)
-    throw std::runtime_error("'" + path + "' is not an ONNX Runtime with C API " + std::to_string(ORT_API_VERSION) +
-                             " or newer (ONNX Runtime 1." + std::to_string(ORT_API_VERSION) + "+ is needed)");
+    throw std::runtime_error("'" + path + "' is not an ONNX Runtime with C API " +
+                             std::to_string(dd_ort::kMinOrtApiVersion) + " or newer (ONNX Runtime 1." +
+                             std::to_string(dd_ort::kMinOrtApiVersion) + "+ is needed)");
   loaded[path] = api;  // the handle stays open for the process: sessions and op libraries use it
   return api;
 }

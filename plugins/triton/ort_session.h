@@ -14,7 +14,7 @@
 namespace dd_triton {
 
 // The OrtApi of the ONNX Runtime library at `path` (opened once per path, kept for the process).
-// Throws std::runtime_error naming the path when it cannot be opened or lacks this API version.
+// Throws std::runtime_error naming the path when it cannot be opened or is older than ORT 1.18.
 const OrtApi* load_onnxruntime(const std::string& path);
 
 struct SessionOptions {

@@ -25,8 +25,8 @@ size_t elem_size(Elem t) {
   }
 }
 
-Elem elem_from_numpy(const std::string& name) {
-  static const std::pair<const char*, Elem> table[] = {
+namespace {
+constexpr std::pair<const char*, Elem> kNumpyNames[] = {
       {"bool", ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL},       {"int8", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8},
       {"uint8", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8},     {"int16", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16},
       {"uint16", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16},   {"int32", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32},
@@ -34,9 +34,18 @@ Elem elem_from_numpy(const std::string& name) {
       {"uint64", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64},   {"float16", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16},
       {"float32", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},   {"float64", ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE},
       {"bfloat16", ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16}};
-  for (const auto& [n, t] : table)
+}  // namespace
+
+Elem elem_from_numpy(const std::string& name) {
+  for (const auto& [n, t] : kNumpyNames)
     if (name == n) return t;
   throw std::runtime_error("dtype '" + name + "' is not supported");
+}
+
+std::string elem_name(Elem t) {
+  for (const auto& [n, e] : kNumpyNames)
+    if (e == t) return n;
+  return "ONNX type " + std::to_string(static_cast<int>(t));
 }
 
 Spec Spec::from_json(const Json& j) {
@@ -95,9 +104,7 @@ std::string fetch(const InputGetter& get, const std::string& name, View* v) {
 
 int64_t elements(const View& v) { return static_cast<int64_t>(v.bytes / elem_size(v.type)); }
 
-std::string type_error(const std::string& name, Elem want) {
-  return "input '" + name + "' must have ONNX element type " + std::to_string(static_cast<int>(want));
-}
+std::string type_error(const std::string& name, Elem want) { return "input '" + name + "' must be " + elem_name(want); }
 
 }  // namespace
 

@@ -24,6 +24,8 @@ using Elem = ONNXTensorElementDataType;
 size_t elem_size(Elem t);
 // ONNX element type of a numpy dtype name as dlrm_deploy_io.json writes it ("int32", "float16", ...).
 Elem elem_from_numpy(const std::string& name);
+// The numpy name of an element type ("int32", ...), for messages.
+std::string elem_name(Elem t);
 
 struct BagSpec {
   std::string indices, offsets, lengths, weights;  // offsets empty: the model takes lengths itself

@@ -17,8 +17,8 @@ same way; ``served_spec`` finds which form a served config takes.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import pathlib
 import shutil
 
@@ -291,7 +291,6 @@ def onnxruntime_library_path() -> str:
 
     if os.environ.get(ORT_LIBRARY_VAR):
         return os.environ[ORT_LIBRARY_VAR]
-
     spec = importlib.util.find_spec("onnxruntime")
     found = []
     if spec is not None and spec.submodule_search_locations:

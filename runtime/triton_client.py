@@ -60,16 +60,16 @@ def triton_infer(inputs: dict[str, np.ndarray], model: str, url: str = "localhos
     return {n: result.as_numpy(n) for n in outputs}
 
 
-def is_python_backend(config: dict) -> bool:
+def takes_ragged_requests(config: dict) -> bool:
     """True for a model that takes the ragged request format: the python backend's or our native
     backend's (``backend: "dlrm_deploy"``)."""
     return config.get("backend") in ("python", NATIVE_BACKEND)
 
 
 def request_spec(config: dict, onnx_or_io) -> dict | None:
-    """The request spec (triton_python.io_spec) of a served python-backend model, in the form its
+    """The request spec (triton_python.io_spec) of a served python- or native-backend model, in the form its
     config takes (packed or tables); None for the other backends (the model's own feeds)."""
-    if not is_python_backend(config):
+    if not takes_ragged_requests(config):
         return None
     from .model_io import ModelIO, describe_onnx
     from .triton_python import served_spec

@@ -164,7 +164,7 @@ class Instance {
  private:
   std::string read_input(TRITONBACKEND_Request* request, const std::string& name, View* v);
   void run_group(TRITONBACKEND_Request** requests, const std::vector<uint32_t>& group);
-  void respond(TRITONBACKEND_Request* request, const std::vector<Output>& outs, int64_t row, int64_t b);
+  void respond(uint32_t i, TRITONBACKEND_Request* request, const std::vector<Output>& outs, int64_t row, int64_t b);
 
   ModelState* model_;
   TRITONBACKEND_ModelInstance* instance_;
@@ -172,6 +172,13 @@ class Instance {
   std::unique_ptr<Staging> staging_;
   std::vector<Request> parsed_;
   std::deque<std::vector<char>> gathered_;  // inputs that came in several buffers, made contiguous
+  // Each request's response, built during the execution and sent after the statistics are reported,
+  // so that the server's counts never lag what a client has received.
+  struct Pending {
+    TRITONBACKEND_Response* response = nullptr;
+    TRITONSERVER_Error* error = nullptr;  // sent with the response: that request's error
+  };
+  std::vector<Pending> pending_;
   uint64_t compute_start_ = 0, compute_end_ = 0;
 };
 
@@ -199,13 +206,14 @@ std::string Instance::read_input(TRITONBACKEND_Request* request, const std::stri
   for (uint64_t i = 0, at = 0; i < buffers; ++i) {
     const void* data = nullptr;
     uint64_t size = 0;
-    TRITONSERVER_MemoryType mem;
-    int64_t mem_id;
+    TRITONSERVER_MemoryType mem = TRITONSERVER_MEMORY_CPU;  // in: the memory we prefer; out: where it is
+    int64_t mem_id = 0;
     check(TRITONBACKEND_InputBuffer(input, static_cast<uint32_t>(i), &data, &size, &mem, &mem_id));
     if (mem == TRITONSERVER_MEMORY_GPU) return "input '" + name + "' is in GPU memory; this backend takes host memory";
     if (gathered == nullptr) {
       v->data = data;
     } else {
+      if (at + size > bytes) return "input '" + name + "': its buffers hold more than its byte size";
       std::copy(static_cast<const char*>(data), static_cast<const char*>(data) + size, gathered + at);
       at += size;
     }
@@ -214,28 +222,23 @@ std::string Instance::read_input(TRITONBACKEND_Request* request, const std::stri
   return "";
 }
 
-void send_error(TRITONBACKEND_Request* request, const std::string& msg) {
+// A new response to `request` (nullptr, logged, when the server cannot make one).
+TRITONBACKEND_Response* new_response(TRITONBACKEND_Request* request) {
   TRITONBACKEND_Response* response = nullptr;
   if (TRITONSERVER_Error* e = TRITONBACKEND_ResponseNew(&response, request)) {
     log(TRITONSERVER_LOG_ERROR, std::string("dlrm_deploy: cannot create a response: ") + TRITONSERVER_ErrorMessage(e));
     TRITONSERVER_ErrorDelete(e);
-    return;
+    return nullptr;
   }
-  TRITONSERVER_Error* err = TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INVALID_ARG, msg.c_str());
-  if (TRITONSERVER_Error* e = TRITONBACKEND_ResponseSend(response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, err))
-    TRITONSERVER_ErrorDelete(e);
-  TRITONSERVER_ErrorDelete(err);
+  return response;
 }
 
-// Sends rows [row, row + b) of the outputs the request asked for; never throws (a failure becomes
-// that request's error response).
-void Instance::respond(TRITONBACKEND_Request* request, const std::vector<Output>& outs, int64_t row, int64_t b) {
-  TRITONBACKEND_Response* response = nullptr;
-  if (TRITONSERVER_Error* e = TRITONBACKEND_ResponseNew(&response, request)) {
-    log(TRITONSERVER_LOG_ERROR, std::string("dlrm_deploy: cannot create a response: ") + TRITONSERVER_ErrorMessage(e));
-    TRITONSERVER_ErrorDelete(e);
-    return;
-  }
+// Request i's response with rows [row, row + b) of the outputs it asked for; never throws (a failure
+// becomes that request's error).
+void Instance::respond(uint32_t i, TRITONBACKEND_Request* request, const std::vector<Output>& outs, int64_t row,
+                       int64_t b) {
+  TRITONBACKEND_Response* response = new_response(request);
+  if (response == nullptr) return;
   TRITONSERVER_Error* err = nullptr;
   uint32_t count = 0;
   err = TRITONBACKEND_RequestOutputCount(request, &count);
@@ -266,9 +269,7 @@ void Instance::respond(TRITONBACKEND_Request* request, const std::vector<Output>
     }
     std::copy(o.data + row * row_bytes, o.data + (row + b) * row_bytes, static_cast<char*>(buffer));
   }
-  if (TRITONSERVER_Error* e = TRITONBACKEND_ResponseSend(response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, err))
-    TRITONSERVER_ErrorDelete(e);
-  if (err) TRITONSERVER_ErrorDelete(err);
+  pending_[i] = Pending{response, err};
 }
 
 // Merges the group's requests, runs them once and responds to each; throws (before any response)
@@ -292,7 +293,7 @@ void Instance::run_group(TRITONBACKEND_Request** requests, const std::vector<uin
       throw std::runtime_error("output '" + model_->spec.outputs[k] + "' does not have one row per sample");
   int64_t row = 0;
   for (uint32_t i : group) {
-    respond(requests[i], outs, row, parsed_[i].b);
+    respond(i, requests[i], outs, row, parsed_[i].b);
     row += parsed_[i].b;
   }
 }
@@ -301,6 +302,7 @@ void Instance::execute(TRITONBACKEND_Request** requests, uint32_t n) {
   const uint64_t exec_start = now_ns();
   compute_start_ = compute_end_ = 0;
   parsed_.assign(n, Request{});
+  pending_.assign(n, Pending{});
   gathered_.clear();
   std::vector<std::string> errors(n);
   std::vector<uint32_t> good;
@@ -331,20 +333,32 @@ void Instance::execute(TRITONBACKEND_Request** requests, uint32_t n) {
   if (compute_start_ == 0) compute_start_ = compute_end_ = now_ns();
   uint32_t succeeded = 0;
   for (uint32_t i = 0; i < n; ++i) {
-    if (!errors[i].empty()) send_error(requests[i], errors[i]);
-    else ++succeeded;
+    if (!errors[i].empty()) {
+      pending_[i] = Pending{new_response(requests[i]),
+                            TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INVALID_ARG, errors[i].c_str())};
+    }
+    succeeded += pending_[i].response != nullptr && pending_[i].error == nullptr;
   }
   const uint64_t exec_end = now_ns();
   for (uint32_t i = 0; i < n; ++i) {
-    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceReportStatistics(instance_, requests[i], errors[i].empty(),
-                                                                             exec_start, compute_start_, compute_end_, exec_end))
-      TRITONSERVER_ErrorDelete(e);
-    if (TRITONSERVER_Error* e = TRITONBACKEND_RequestRelease(requests[i], TRITONSERVER_REQUEST_RELEASE_ALL))
+    const bool ok = pending_[i].response != nullptr && pending_[i].error == nullptr;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceReportStatistics(instance_, requests[i], ok, exec_start,
+                                                                             compute_start_, compute_end_, exec_end))
       TRITONSERVER_ErrorDelete(e);
   }
   if (succeeded > 0) {
     if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceReportBatchStatistics(instance_, succeeded, exec_start,
                                                                                  compute_start_, compute_end_, exec_end))
+      TRITONSERVER_ErrorDelete(e);
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    const Pending& p = pending_[i];
+    if (p.response != nullptr) {
+      if (TRITONSERVER_Error* e = TRITONBACKEND_ResponseSend(p.response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, p.error))
+        TRITONSERVER_ErrorDelete(e);
+    }
+    if (p.error != nullptr) TRITONSERVER_ErrorDelete(p.error);
+    if (TRITONSERVER_Error* e = TRITONBACKEND_RequestRelease(requests[i], TRITONSERVER_REQUEST_RELEASE_ALL))
       TRITONSERVER_ErrorDelete(e);
   }
 }

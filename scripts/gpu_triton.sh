@@ -131,8 +131,8 @@ def load(n):
 def own_ms(r):  # the python backend's own time per request: Triton's compute per request minus model.py's
     per = (r.get("profile") or {}).get("ms_per_request", {})
     if "execute" not in per or not r.get("requests_per_execution"):
-        return "-"
-    return f"{r['server_compute_ms'] / r['requests_per_execution'] - per['execute']:.2f} ms"
+        return ""  # no model.py timing log (PROFILE=0, or the native backend)
+    return f", python backend's own time per request {r['server_compute_ms'] / r['requests_per_execution'] - per['execute']:.2f} ms"
 c = 64
 print(f"concurrency {c}, 64 samples/request, pooling 20-150 ({'gRPC' if protocol == 'grpc' else 'HTTP'}):")
 at = {}
@@ -144,10 +144,10 @@ for form in forms:
     at[form] = dyn[c]
     print(f"  {form} request form:")
     print(f"    one request per execution: {none[c]['samples_per_s']:,.0f} samples/s, p99 {none[c]['p99_ms']:.1f} ms, "
-          f"server busy {none[c]['server_busy'] * 100:.0f}%, python backend's own time per request {own_ms(none[c])}")
+          f"server busy {none[c]['server_busy'] * 100:.0f}%{own_ms(none[c])}")
     print(f"    dynamic batching:          {dyn[c]['samples_per_s']:,.0f} samples/s, p99 {dyn[c]['p99_ms']:.1f} ms, "
-          f"{dyn[c]['requests_per_execution']:.1f} requests/execution, server busy {dyn[c]['server_busy'] * 100:.0f}%, "
-          f"python backend's own time per request {own_ms(dyn[c])}")
+          f"{dyn[c]['requests_per_execution']:.1f} requests/execution, server busy {dyn[c]['server_busy'] * 100:.0f}%"
+          f"{own_ms(dyn[c])}")
     print(f"    speedup {dyn[c]['samples_per_s'] / none[c]['samples_per_s']:.2f}x (target >= 4x, p99 < 20 ms)")
 if "packed" in at and "tables" in at:
     print(f"packed vs tables with dynamic batching at concurrency {c}: "

@@ -59,6 +59,17 @@ def bag_lengths(pooling: str | int, batch: int, seed: int) -> np.ndarray:
     return np.full(batch, fixed, dtype=np.int64)
 
 
+def parse_dims(text) -> list[int]:
+    """--dim: one width or a comma list of widths (each >= 1); SystemExit with a one-line message."""
+    try:
+        dims = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        dims = []
+    if not dims or min(dims) < 1:
+        raise SystemExit(f"--dim: expected a width or a comma list of widths, got {text!r}")
+    return dims
+
+
 def packed_offsets(lengths: np.ndarray, tables: int) -> np.ndarray:
     """Offsets of the packed form with include_last_offset: tables x len(lengths) bag starts (table
     t's ids after the first t tables' ids), then the total."""
@@ -71,15 +82,15 @@ def packed_offsets(lengths: np.ndarray, tables: int) -> np.ndarray:
 class Workload:
     """Tables (as logical fp32 values on the GPU), indices and offsets of one benchmark shape."""
 
-    def __init__(self, args, ids: np.ndarray, lengths: np.ndarray, dtype: str):
+    def __init__(self, args, ids: np.ndarray, lengths: np.ndarray, dtype: str, dim: int, seed: int | None = None):
         import torch
 
         from dlrm_deploy.layout import quantize_int4_rowwise, quantize_int8_rowwise
 
-        self.T, self.R, self.D, self.B = args.tables, args.rows, args.dim, args.batch
+        self.T, self.R, self.D, self.B = ids.shape[0], args.rows, dim, args.batch
         self.dtype = dtype
         self.index_type = args.index_type  # ours; FBGEMM's rows always get int32
-        g = torch.Generator(device="cuda").manual_seed(args.seed)
+        g = torch.Generator(device="cuda").manual_seed(args.seed if seed is None else seed)
         logical = torch.randn(self.T * self.R, self.D, generator=g, device="cuda")
         if dtype == "int8":
             self.stored = torch.empty(self.T * self.R, contract.row_bytes("int8", self.D), dtype=torch.uint8,
@@ -111,6 +122,11 @@ class Workload:
         self.offsets = torch.from_numpy(packed_offsets(lengths, self.T)).cuda()
         self.bag_starts = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)).cuda()
         self.rows_gathered = self.T * int(lengths.sum())
+        self.bytes_gathered = self.rows_gathered * self.stored.shape[1] * self.stored.element_size()
+
+    def table_views(self):
+        """Per table: (rows, dim, stored rows, its ids)."""
+        return [(self.R, self.D, self.stored[t * self.R:(t + 1) * self.R], self.ids[t]) for t in range(self.T)]
 
     def reference(self):
         """fp32 reference [B, T*D] and the sum of |terms| per element (for the tolerance)."""
@@ -124,6 +140,56 @@ class Workload:
             outs.append(F.embedding_bag(self.ids[t], w, off, mode="sum"))
             mags.append(F.embedding_bag(self.ids[t], w.abs(), off, mode="sum"))
         return torch.cat(outs, 1), torch.cat(mags, 1)
+
+
+class MixedWorkload:
+    """Tables of several dims in one batch (--dim 16,32,64,128): the tables split into consecutive
+    groups of one dim each (as evenly as the count allows), one Workload per group. Our op has one
+    dim per node, so a model with several dims exports one node per dim: ours runs the groups' launches
+    back to back; FBGEMM takes every table in one launch. Outputs: the groups' [B, T_g * D_g] side by
+    side."""
+
+    def __init__(self, args, ids: np.ndarray, lengths: np.ndarray, dtype: str, dims: list[int]):
+        import torch
+
+        self.T, self.B, self.dtype, self.D, self.dims = ids.shape[0], args.batch, dtype, None, dims
+        counts = [self.T // len(dims) + (g < self.T % len(dims)) for g in range(len(dims))]
+        if min(counts) == 0:
+            raise SystemExit(f"--dim: {len(dims)} dims need at least as many --tables (got {self.T})")
+        bounds = np.cumsum([0] + counts)
+        self.groups = [Workload(args, ids[bounds[g]:bounds[g + 1]], lengths, dtype, d, seed=args.seed + g)
+                       for g, d in enumerate(dims)]
+        self.indices = torch.cat([w.indices for w in self.groups])
+        self.offsets = torch.from_numpy(packed_offsets(lengths, self.T)).cuda()
+        self.bag_starts = self.groups[0].bag_starts
+        self.rows_gathered = sum(w.rows_gathered for w in self.groups)
+        self.bytes_gathered = sum(w.bytes_gathered for w in self.groups)
+
+    def table_views(self):
+        return [v for w in self.groups for v in w.table_views()]
+
+    def reference(self):
+        import torch
+
+        refs = [w.reference() for w in self.groups]
+        return torch.cat([r for r, _ in refs], 1), torch.cat([m for _, m in refs], 1)
+
+
+def ours_mixed(wl: MixedWorkload, variant: str, split_scales: bool, prefetch_distance: int = 0):
+    """Our op once per dim group, back to back, as an exported model with several dims runs it; int8
+    groups stored as export stores them (split_scales from SPLIT_SCALES_MIN_DIM on)."""
+    from dlrm_deploy.export.batching import SPLIT_SCALES_MIN_DIM
+
+    made = [ours(w, variant, prefetch_distance=prefetch_distance,
+                 split=split_scales and w.dtype == "int8" and w.D % 8 == 0 and w.D >= SPLIT_SCALES_MIN_DIM)
+            for w in wl.groups]
+    runs = [r for r, _ in made]
+
+    def run():
+        return [r() for r in runs]
+
+    run.inputs = [r.inputs for r in runs]
+    return run, " + ".join(f"D {w.D}: {d}" for w, (_, d) in zip(wl.groups, made))
 
 
 def check(out, ref, mag, rel=1e-5) -> tuple[bool, float]:
@@ -198,7 +264,7 @@ def hot_first_reorder(wl: Workload, sample: np.ndarray, budget_bytes: int):
     return pinned, packed, torch.cat(remapped).contiguous()
 
 
-def torch_baseline(wl: Workload):
+def torch_baseline(wl):
     """torch.nn.functional.embedding_bag, one call per table (PyTorch has no table-batched op)."""
     import torch
     import torch.nn.functional as F
@@ -206,20 +272,22 @@ def torch_baseline(wl: Workload):
     if wl.dtype in contract.ROWWISE:
         return None, f"torch has no {wl.dtype} row-wise embedding_bag"
     off = wl.bag_starts
-    views = [wl.stored[t * wl.R:(t + 1) * wl.R] for t in range(wl.T)]
-    out = torch.empty(wl.B, wl.T * wl.D, device="cuda", dtype=wl.stored.dtype)
+    views = wl.table_views()
+    cols = np.cumsum([0] + [d for _, d, _, _ in views]).tolist()
+    out = torch.empty(wl.B, cols[-1], device="cuda", dtype=views[0][2].dtype)
 
     def run():
-        for t in range(wl.T):
-            out[:, t * wl.D:(t + 1) * wl.D] = F.embedding_bag(wl.ids[t], views[t], off, mode="sum")
+        for t, (_, _, rows, ids) in enumerate(views):
+            out[:, cols[t]:cols[t + 1]] = F.embedding_bag(ids, rows, off, mode="sum")
         return out
 
     return run, "F.embedding_bag x tables"
 
 
-def fbgemm_baseline(wl: Workload):
-    """FBGEMM TBE inference kernel on the same tables (its own int8/int4 format: fp16 scale/bias; int4
-    codes in the nibble order its kernel reads, measured by int4_nibble_positions)."""
+def fbgemm_baseline(wl):
+    """FBGEMM TBE inference kernel on the same tables, all in one launch (its own int8/int4 format:
+    fp16 scale/bias; int4 codes in the nibble order its kernel reads, measured by
+    int4_nibble_positions)."""
     import torch
 
     try:
@@ -228,20 +296,20 @@ def fbgemm_baseline(wl: Workload):
         return None, f"fbgemm_gpu not importable ({type(e).__name__}: {e})"
     if wl.dtype not in TBE_DTYPES:
         return None, f"FBGEMM has no {wl.dtype} inference tables"
-    positions = None
+    views = wl.table_views()
+    positions = {}
     if wl.dtype == "int4":
         try:
-            positions = int4_nibble_positions("cuda", wl.D)
+            positions = {d: int4_nibble_positions("cuda", d) for d in sorted({d for _, d, _, _ in views})}
         except Exception as e:  # noqa: BLE001 - reported as a skipped row
             return None, f"FBGEMM int4 layout probe failed ({type(e).__name__}: {e})"
-    emb, splits = make_tbe([(wl.R, wl.D)] * wl.T, wl.dtype, torch.device("cuda"))
-    for t, (w, ss) in enumerate(splits):
-        src = wl.stored[t * wl.R:(t + 1) * wl.R]
+    emb, splits = make_tbe([(r, d) for r, d, _, _ in views], wl.dtype, torch.device("cuda"))
+    for (w, ss), (_, d, src, _) in zip(splits, views):
         if wl.dtype == "int8":  # our fp32 scale and bias as FBGEMM's fp16 ones
-            write_int8_rows(w, ss, src[:, :wl.D], src[:, wl.D:wl.D + 8].contiguous().view(torch.float32).half())
+            write_int8_rows(w, ss, src[:, :d], src[:, d:d + 8].contiguous().view(torch.float32).half())
         elif wl.dtype == "int4":  # our codes in FBGEMM's nibble order, our fp32 scale and bias as fp16
-            h = wl.D // 2
-            write_int8_rows(w, ss, pack_int4_codes(unpack_int4_codes(src, wl.D), positions),
+            h = d // 2
+            write_int8_rows(w, ss, pack_int4_codes(unpack_int4_codes(src, d), positions[d]),
                             src[:, h:h + 8].contiguous().view(torch.float32).half())
         else:
             write_rows(w, src)
@@ -257,20 +325,20 @@ def fbgemm_baseline(wl: Workload):
     return (run, ref_override), "IntNBitTableBatchedEmbeddingBagsCodegen"
 
 
-def fbgemm_reference(wl: Workload, splits, positions=None):
+def fbgemm_reference(wl, splits, positions):
     """Reference for FBGEMM's int8 / int4 tables (fp16 scale and bias; int4 codes read in the nibble
-    order ``positions``)."""
+    order positions[dim])."""
     import torch
     import torch.nn.functional as F
 
     outs, mags = [], []
     off = wl.bag_starts
-    for t, (w, ss) in enumerate(splits):
+    for (w, ss), (_, d, _, ids) in zip(splits, wl.table_views()):
         sb = ss.contiguous().view(torch.float16).double()
-        codes = unpack_int4_codes(w, wl.D, positions) if wl.dtype == "int4" else w[:, :wl.D]
+        codes = unpack_int4_codes(w, d, positions[d]) if wl.dtype == "int4" else w[:, :d]
         deq = codes.double() * sb[:, 0:1] + sb[:, 1:2]
-        outs.append(F.embedding_bag(wl.ids[t], deq, off, mode="sum"))
-        mags.append(F.embedding_bag(wl.ids[t], deq.abs(), off, mode="sum"))
+        outs.append(F.embedding_bag(ids, deq, off, mode="sum"))
+        mags.append(F.embedding_bag(ids, deq.abs(), off, mode="sum"))
     return torch.cat(outs, 1), torch.cat(mags, 1)
 
 
@@ -279,7 +347,10 @@ def _candidates(args, wl: Workload, sample: np.ndarray | None) -> list[tuple[str
     """(row name, a callable building (run function, description)) of every kernel to time on wl:
     our variants, with a hot-row sample our pinned variants on hot-first tables, the baselines."""
     candidates = []
-    for v in args.variants.split(","):
+    if isinstance(wl, MixedWorkload):
+        for v in args.variants.split(","):
+            candidates.append((f"ours:{v}", lambda v=v: ours_mixed(wl, v, args.split_scales, args.prefetch_distance)))
+    for v in args.variants.split(",") if isinstance(wl, Workload) else ():
         candidates.append((f"ours:{v}", lambda v=v: ours(wl, v, prefetch_distance=args.prefetch_distance)))
         if wl.dtype == "int8" and wl.D % 8 == 0 and args.split_scales:
             candidates.append((f"ours:{v}+split", lambda v=v: ours(wl, v, prefetch_distance=args.prefetch_distance,
@@ -298,7 +369,7 @@ def _candidates(args, wl: Workload, sample: np.ndarray | None) -> list[tuple[str
     return candidates
 
 
-def _run_candidate(args, wl: Workload, dtype: str, name: str, make, ref, mag, row_bytes: int) -> dict:
+def _run_candidate(args, wl, dtype: str, name: str, make, ref, mag) -> dict:
     """One result row: the kernel built, run once and checked against the reference, then timed
     (status ok); skipped, failed or wrong (not timed) otherwise. Prints the outcome."""
     import torch
@@ -320,6 +391,8 @@ def _run_candidate(args, wl: Workload, dtype: str, name: str, make, ref, mag, ro
             r_ref, r_mag = fbgemm_reference(wl, *override)
     try:
         out = fn()
+        if isinstance(out, list):  # one output per dim group (MixedWorkload)
+            out = torch.cat(out, 1)
         torch.cuda.synchronize()
     except Exception as e:
         row.update(status="failed", detail=f"{desc}: {type(e).__name__}: {e}")
@@ -335,7 +408,7 @@ def _run_candidate(args, wl: Workload, dtype: str, name: str, make, ref, mag, ro
         print(f"  {name:<28} WRONG OUTPUT (error {worst:.2f}x tolerance): not timed", flush=True)
         return row
     t = time_cuda(fn, args.runs, args.warmup, args.cold_l2)
-    row.update(t, status="ok", gbps=wl.rows_gathered * row_bytes / (t["median_ms"] * 1e6))
+    row.update(t, status="ok", gbps=wl.bytes_gathered / (t["median_ms"] * 1e6))
     print(f"  {name:<28} {t['median_ms']:8.3f} ms  (min {t['min_ms']:.3f}, max {t['max_ms']:.3f})  "
           f"{row['gbps']:7.0f} GB/s  {desc}", flush=True)
     return row
@@ -360,17 +433,20 @@ def run_kernels(args) -> dict:
     }
     print(f"# {prop.name}: tables={args.tables} rows={args.rows} dim={args.dim} batch={args.batch} "
           f"pooling={args.pooling} indices={args.indices}", flush=True)
+    dims = parse_dims(args.dim)
+    if len(dims) > 1 and args.hot_rows_budget_mb > 0:
+        raise SystemExit("--hot-rows-budget-mb: not with several --dim values")
     lengths = bag_lengths(args.pooling, args.batch, args.seed)
     ids = make_indices(args.indices, args.tables, args.rows, int(lengths.sum()), args.seed)
     sample = make_indices(args.indices, args.tables, args.rows, int(lengths.sum()), args.seed + 1) \
         if args.hot_rows_budget_mb > 0 else None
     for dtype in args.dtypes.split(","):
         print(f"## {dtype}: building tables ...", flush=True)
-        wl = Workload(args, ids, lengths, dtype)
+        wl = Workload(args, ids, lengths, dtype, dims[0]) if len(dims) == 1 else \
+            MixedWorkload(args, ids, lengths, dtype, dims)
         ref, mag = wl.reference()
-        row_bytes = wl.stored.shape[1] * wl.stored.element_size()
         for name, make in _candidates(args, wl, sample):
-            result["rows"].append(_run_candidate(args, wl, dtype, name, make, ref, mag, row_bytes))
+            result["rows"].append(_run_candidate(args, wl, dtype, name, make, ref, mag))
         del wl, ref, mag
         torch.cuda.empty_cache()
     add_ratios(result)
@@ -381,7 +457,8 @@ def add_kernel_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench kernels` (defaults: the paper's configuration)."""
     p.add_argument("--tables", type=int, default=12)
     p.add_argument("--rows", type=int, default=500_000, help="rows per table")
-    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--dim", default="128", help="row width, or a comma list for tables of several widths in one "
+                   "batch (the tables split into one group per width, in order)")
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--pooling", default="150", help="lookups per bag: L (every bag), or var:L (uniform in [0, 2L], "
                    "the same lengths for every table)")

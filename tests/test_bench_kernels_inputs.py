@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlrm_deploy.runtime.bench_kernels import bag_lengths, make_indices, packed_offsets
+from dlrm_deploy.runtime.bench_kernels import bag_lengths, make_indices, packed_offsets, parse_dims
 
 
 def test_fixed_pooling_gives_every_bag_that_length():
@@ -48,3 +48,15 @@ def test_packed_offsets_match_per_table_bags(seed):
 def test_indices_have_the_requested_count_per_table():
     ids = make_indices("uniform", 3, 100, 17, seed=1)
     assert ids.shape == (3, 17) and ids.min() >= 0 and ids.max() < 100
+
+
+def test_dims_one_or_a_list():
+    assert parse_dims("128") == [128]
+    assert parse_dims(64) == [64]
+    assert parse_dims("16,32,64,128") == [16, 32, 64, 128]
+
+
+@pytest.mark.parametrize("bad", ["", "0", "16,", "a", "16,-8", "1.5"])
+def test_bad_dims_is_one_line_error(bad):
+    with pytest.raises(SystemExit, match="--dim"):
+        parse_dims(bad)

@@ -103,8 +103,7 @@ def test_gpu_matches_reference_every_variant(variant, dim):
         assert_close(split, gpu)
         cpu = run_op(split)
         assert torch.equal(cpu, run_op(rows))
-        cfg = _core.make_config(split.attrs)
-        if variant != "auto" or "groups=1," in _core.describe_kernel(cfg):  # sums in the CPU's order
+        if variant != "auto":  # sums in the CPU's order (auto sums int8 biases apart: warp_kernel.cuh)
             assert torch.equal(cpu, gpu), f"not bit-exact: max diff {(cpu.double() - gpu.double()).abs().max()}"
 
 

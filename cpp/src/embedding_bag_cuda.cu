@@ -13,7 +13,9 @@
 // Both add each bag's rows in index order in fp32, so results equal the CPU reference bit for bit
 // whenever one lane group covers a whole row (rows of 64..512 bytes, e.g. fp32 D=16..128); when a
 // row takes fewer lanes (fp16 and int8 at D=128, small D) several lane groups share a bag and their
-// partial sums are added in a fixed tree order instead (within the tests' tolerance).
+// partial sums are added in a fixed tree order instead (within the tests' tolerance). int8 in
+// warp_kernel sums each row's bias apart from its codes (warp_kernel.cuh, add_row), so it is never
+// bit-exact with the CPU there.
 // The CUDA services the adapters call beside the forward (error records, L2 persistence, the
 // overlap stream) are in cuda_host.cu.
 #include <cuda_runtime.h>

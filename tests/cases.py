@@ -38,13 +38,16 @@ def make_case(seed=0, tables=(50, 70), dim=16, batch=8, dtype="fp32", mode="sum"
     extra: more op attributes (split_scales=1 stores the int8 blob split)."""
     rng = np.random.default_rng(seed)
     T = len(tables)
-    logical, stored = [], []
+    logical, stored, magnitude = [], [], []
     for rows in tables:
         t = rng.standard_normal((rows, dim)).astype(np.float32)
         if dtype == "int8":
             q = quantize_int8_rowwise(t)
             stored.append(q)
             logical.append(dequantize_int8_rowwise(q, dim))
+            # the auto kernels add scale * code and the bias as separate terms (warp_kernel.cuh)
+            sb = q[:, dim:dim + 8].copy().view(np.float32).astype(np.float64)
+            magnitude.append(np.abs(q[:, :dim] * sb[:, :1]) + np.abs(sb[:, 1:2]))
         elif dtype == "int4":
             q = quantize_int4_rowwise(t)
             stored.append(q)
@@ -90,9 +93,11 @@ def make_case(seed=0, tables=(50, 70), dim=16, batch=8, dtype="fp32", mode="sum"
             s0 = starts[k]
             k += 1
             rows = logical[t][ids]
+            mags = np.abs(magnitude[t][ids] if magnitude else rows)
             if w is not None:
                 rows = rows * w[s0:s0 + len(ids), None].astype(np.float64)
-            acc, mag = rows.sum(axis=0), np.abs(rows).sum(axis=0)
+                mags = mags * np.abs(w[s0:s0 + len(ids), None].astype(np.float64))
+            acc, mag = rows.sum(axis=0), mags.sum(axis=0)
             if mode == "mean" and len(ids):
                 acc, mag = acc / len(ids), mag / len(ids)
             expected[b, t * dim:(t + 1) * dim] = acc

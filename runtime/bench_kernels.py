@@ -141,8 +141,10 @@ class Workload:
             outs.append(F.embedding_bag(self.ids[t], w, off, mode="sum"))
             if self.dtype == "int8":  # our kernels add scale * code and the bias as separate terms
                 sb = self.stored[sl, self.D:self.D + 8].contiguous().view(torch.float32).double()
-                w = (self.stored[sl, :self.D].double() * sb[:, 0:1]).abs_().add_(sb[:, 1:2].abs())
-            mags.append(F.embedding_bag(self.ids[t], w.abs(), off, mode="sum"))
+                magnitude = (self.stored[sl, :self.D].double() * sb[:, 0:1]).abs_().add_(sb[:, 1:2].abs())
+            else:
+                magnitude = w.abs()
+            mags.append(F.embedding_bag(self.ids[t], magnitude, off, mode="sum"))
         return torch.cat(outs, 1), torch.cat(mags, 1)
 
 
@@ -166,7 +168,6 @@ class MixedWorkload:
         self.indices = torch.cat([w.indices for w in self.groups])
         self.offsets = torch.from_numpy(packed_offsets(lengths, self.T)).cuda()
         self.bag_starts = self.groups[0].bag_starts
-        self.rows_gathered = sum(w.rows_gathered for w in self.groups)
         self.bytes_gathered = sum(w.bytes_gathered for w in self.groups)
 
     def table_views(self):
@@ -351,10 +352,10 @@ def _candidates(args, wl: Workload, sample: np.ndarray | None) -> list[tuple[str
     """(row name, a callable building (run function, description)) of every kernel to time on wl:
     our variants, with a hot-row sample our pinned variants on hot-first tables, the baselines."""
     candidates = []
-    if isinstance(wl, MixedWorkload):
-        for v in args.variants.split(","):
+    for v in args.variants.split(","):
+        if isinstance(wl, MixedWorkload):
             candidates.append((f"ours:{v}", lambda v=v: ours_mixed(wl, v, args.split_scales, args.prefetch_distance)))
-    for v in args.variants.split(",") if isinstance(wl, Workload) else ():
+            continue
         candidates.append((f"ours:{v}", lambda v=v: ours(wl, v, prefetch_distance=args.prefetch_distance)))
         if wl.dtype == "int8" and wl.D % 8 == 0 and args.split_scales:
             candidates.append((f"ours:{v}+split", lambda v=v: ours(wl, v, prefetch_distance=args.prefetch_distance,

@@ -70,9 +70,9 @@ __device__ __forceinline__ void finish_bag(const Params& p, float (&acc)[E], int
 // One row's piece v (row-wise dtypes: with the row's scale and bias sb) added to a lane's sums acc,
 // times w where weighted. int8 sums its biases apart: acc += code * (scale * w) per element and
 // bsum += bias * w once per row, bsum added to every element at the bag's end (add_biases). That is
-// one FFMA and one conversion per code where scale * code + bias, then the sum, took two more
-// instructions (H100, paper shape, split_scales, D 128: 0.217-0.218 ms against 0.221-0.222; D 64
-// 0.147 against 0.149). The sums are the same up to fp32 rounding, but not in the CPU reference's
+// one FFMA per code besides its conversion, where scale * code + bias and then the sum took two
+// (H100, paper shape, split_scales, D 128: 0.217-0.218 ms against 0.221-0.222; D 64 0.147 against
+// 0.149). The sums are the same up to fp32 rounding, but not in the CPU reference's
 // order, so int8 lookups of these kernels are never bit-exact with the CPU.
 template <int DT, int VB, int E>
 __device__ __forceinline__ void add_row(float (&acc)[E], float& bsum, const typename Raw<VB>::T& v, float2 sb, float w,

@@ -171,6 +171,22 @@ def test_int4_shapes_against_reference(variant, dim):
             assert torch.equal(cpu, gpu), f"not bit-exact: max diff {(cpu.double() - gpu.double()).abs().max()}"
 
 
+@pytest.mark.parametrize("split", [0, 1])
+@pytest.mark.parametrize("dim", [512, 1024, 2048])
+def test_int8_wide_rows_sum_each_bias_once(dim, split):
+    """int8 rows of 512+ codes: one lane group covers a row (512) or a row spans column slices
+    (1024, 2048), each slice's lanes summing the bag's biases apart: every element gets them once."""
+    for seed, kw in enumerate([dict(lengths="fixed", max_len=150, index_dtype=torch.int32),
+                               dict(weighted=True, include_last_offset=1), dict(mode="mean")]):
+        case = make_case(seed=seed, tables=(400, 33), dim=dim, batch=9, dtype="int8", variant="auto",
+                         split_scales=split, **{"max_len": 40, **kw})
+        desc = _core.describe_kernel(_core.make_config(case.attrs))
+        assert ("slices=1," in desc) == (dim == 512), desc
+        cpu, gpu = _cpu_and_gpu(case)
+        assert_close(case, gpu)
+        assert_close(case, cpu)
+
+
 def test_int4_bad_input_checked_and_deferred():
     """Out-of-range ids in int4 tables: an error in checked mode, zeros and a record in deferred mode."""
     from dlrm_deploy.runtime.torch_op import op_call

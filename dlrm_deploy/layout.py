@@ -76,12 +76,16 @@ def join_scales(blob: np.ndarray, dim: int) -> np.ndarray:
     return out
 
 
+def int8_scale_bias(rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, bias) float32 [rows] of int8 rows (the row form)."""
+    sb = np.ascontiguousarray(np.asarray(rows, dtype=np.uint8)[:, dim:dim + 8]).view(np.float32)
+    return sb[:, 0].copy(), sb[:, 1].copy()
+
+
 def dequantize_int8_rowwise(rows: np.ndarray, dim: int) -> np.ndarray:
     """Inverse view of quantize_int8_rowwise: [rows, row_bytes] uint8 -> [rows, dim] float64 values."""
-    codes = rows[:, :dim].astype(np.float64)
-    scale = rows[:, dim:dim + 4].copy().view(np.float32).astype(np.float64)
-    bias = rows[:, dim + 4:dim + 8].copy().view(np.float32).astype(np.float64)
-    return codes * scale + bias
+    scale, bias = int8_scale_bias(rows, dim)
+    return rows[:, :dim].astype(np.float64) * scale.astype(np.float64)[:, None] + bias.astype(np.float64)[:, None]
 
 
 def quantize_int4_rowwise(table):

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dlrm_deploy.layout import (dequantize_int4_rowwise, dequantize_int8_rowwise, pack_tables, quantize_int4_rowwise,
-                                quantize_int8_rowwise, split_scales)
+from dlrm_deploy.layout import (dequantize_int4_rowwise, dequantize_int8_rowwise, int8_scale_bias, pack_tables,
+                                quantize_int4_rowwise, quantize_int8_rowwise, split_scales)
 
 TORCH_DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.uint8,
             "int4": torch.uint8}
@@ -46,8 +46,8 @@ def make_case(seed=0, tables=(50, 70), dim=16, batch=8, dtype="fp32", mode="sum"
             stored.append(q)
             logical.append(dequantize_int8_rowwise(q, dim))
             # the auto kernels add scale * code and the bias as separate terms (warp_kernel.cuh)
-            sb = q[:, dim:dim + 8].copy().view(np.float32).astype(np.float64)
-            magnitude.append(np.abs(q[:, :dim] * sb[:, :1]) + np.abs(sb[:, 1:2]))
+            scale, bias = (x.astype(np.float64)[:, None] for x in int8_scale_bias(q, dim))
+            magnitude.append(np.abs(q[:, :dim] * scale) + np.abs(bias))
         elif dtype == "int4":
             q = quantize_int4_rowwise(t)
             stored.append(q)

@@ -118,6 +118,28 @@ def test_int8_rows_in_shared_memory_report_bad_ids(dim):
             op_call(g.weight, idx, g.offsets, g.psw, **case.attrs)
 
 
+@pytest.mark.parametrize("out_dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("dtype,dim", [("fp32", 128), ("fp16", 128), ("int8", 128), ("fp16", 64), ("int8", 32),
+                                       ("fp32", 16), ("int4", 64), ("fp32", 1024)])
+def test_outputs_at_every_alignment(out_dtype, dtype, dim):
+    """auto stores a lane's elements with the widest stores their address allows (bag_io.cuh,
+    store_run): an output that starts 1..7 elements past a 16-byte boundary takes narrower stores
+    and holds the same values as an aligned one, with nothing written outside it."""
+    case = make_case(seed=11, tables=(300, 70), dim=dim, batch=19, dtype=dtype, out_dtype=out_dtype, max_len=30)
+    g = case.to("cuda")
+    want = run_op(g)
+    cfg = _core.make_config({**case.attrs, "check": "unchecked"})
+    stream = torch.cuda.current_stream().cuda_stream
+    n = want.numel()
+    for shift in range(8):
+        buf = torch.full((n + 16,), 7.0, dtype=want.dtype, device="cuda")
+        _core.forward_cuda(cfg, g.weight.data_ptr(), g.indices.data_ptr(), g.offsets.data_ptr(), None,
+                           g.indices.numel(), g.offsets.numel(), buf[shift:].data_ptr(), None, stream)
+        torch.cuda.synchronize()
+        assert torch.equal(buf[shift:shift + n].view_as(want), want), f"shift {shift}"
+        assert (buf[:shift] == 7).all() and (buf[shift + n:] == 7).all(), f"shift {shift}: wrote outside"
+
+
 def _deferred_bad_index(cfg, w):
     """One bag [1, 500, 2] of a 100-row table in check=deferred: the record names id 500. Returns
     (output [1, 64], a callable reading the record again: its return code)."""

@@ -4,6 +4,8 @@
 // instantiated from WarpPolicies by launch.cuh only.
 #pragma once
 
+#include <type_traits>
+
 #include "bag_io.cuh"
 #include "device_loads.cuh"
 #include "pdl.cuh"
@@ -48,23 +50,56 @@ __device__ __forceinline__ void fetch_row(const Params& p, const Bag<IdxT>& bg, 
   }
 }
 
+// Group g's part of a lane's E sums (all groups hold all E after the reduction): elements
+// g*PER..g*PER+PER-1, picked without indexing the array by a run-time number.
+template <int PER, int E>
+__device__ __forceinline__ void group_part(const float (&acc)[E], int g, float (&v)[PER]) {
+#pragma unroll
+  for (int i = 0; i < PER; ++i) {
+    float x = acc[i];
+#pragma unroll
+    for (int c = 1; c < E / PER; ++c) x = g == c ? acc[c * PER + i] : x;
+    v[i] = x;
+  }
+}
+
 // A warp's end of a bag: the sums of its 32/gsize groups added up (lane i and i xor gsize, ...),
-// then the leader lanes (group 0, columns in range) store elements col..col+E-1 (the mean applied).
+// so that every group holds them; then each group stores its share of a lane's elements
+// col..col+E-1 (the mean applied): with G groups, group g the E/G elements from col + g*E/G, so
+// that a warp's stores cover the bag's output in whole sectors (store_run). Lanes whose columns
+// are past the row's end (active false) store nothing.
 template <int E, typename IdxT>
-__device__ __forceinline__ void finish_bag(const Params& p, float (&acc)[E], int gsize, bool leader,
+__device__ __forceinline__ void finish_bag(const Params& p, float (&acc)[E], int gsize, int g, bool active,
                                            const Bag<IdxT>& bg, int col) {
 #pragma unroll
   for (int e = 0; e < E; ++e)
     for (int o = gsize; o < 32; o <<= 1) acc[e] += __shfl_xor_sync(kFull, acc[e], o);
-  if (leader) {
-    const int64_t out = bg.b * (int64_t)p.tab.num_tables * p.dim + (int64_t)bg.t * p.dim + col;
+  if (!active) return;
+  if (p.mode == DD_MEAN) {
+    const float n = (float)(bg.end - bg.start);
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      float r = acc[e];
-      if (p.mode == DD_MEAN) r = bg.end > bg.start ? r / (float)(bg.end - bg.start) : 0.0f;
-      store(p, out + e, r);
-    }
+    for (int e = 0; e < E; ++e) acc[e] = bg.end > bg.start ? acc[e] / n : 0.0f;
   }
+  const int64_t out = bg.b * (int64_t)p.tab.num_tables * p.dim + (int64_t)bg.t * p.dim + col;
+  const int groups = 32 / gsize;
+  auto part = [&](auto per) {
+    constexpr int PER = decltype(per)::value;
+    float v[PER];
+    group_part<PER>(acc, g, v);
+    store_run<PER>(p, out + g * PER, v);
+  };
+  // groups is 1, 2, 4, ... 32: each group stores E / groups elements, or one where there are more
+  // groups than elements (groups g >= E then store nothing).
+  auto by = [&](auto gc) {
+    constexpr int G = decltype(gc)::value;
+    if (groups != G) return false;
+    if constexpr (G <= E) part(std::integral_constant<int, E / G>{});
+    else if (g < E) part(std::integral_constant<int, 1>{});
+    return true;
+  };
+  by(std::integral_constant<int, 1>{}) || by(std::integral_constant<int, 2>{}) || by(std::integral_constant<int, 4>{}) ||
+      by(std::integral_constant<int, 8>{}) || by(std::integral_constant<int, 16>{}) ||
+      by(std::integral_constant<int, 32>{});
 }
 
 // One row's piece v (row-wise dtypes: with the row's scale and bias sb) added to a lane's sums acc,
@@ -169,7 +204,7 @@ __global__ void __launch_bounds__(kBlock, warp_min_blocks<DT, Policy::kUnroll>()
       }
     }
     add_biases<DT>(acc, bsum);
-    finish_bag(p, acc, gsize, g == 0 && active, bg, chunk * E);
+    finish_bag(p, acc, gsize, g, active, bg, chunk * E);
   }
 }
 
@@ -296,7 +331,7 @@ __global__ void __launch_bounds__(kBlock, async_min_blocks<Policy::kVecBytes, Po
       next_w = after_w;
     }
     add_biases<DT>(acc, bsum);
-    finish_bag(p, acc, lanes, g == 0 && active, bg, s * E);
+    finish_bag(p, acc, lanes, g, active, bg, s * E);
   }
 }
 

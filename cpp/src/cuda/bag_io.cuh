@@ -73,55 +73,49 @@ __device__ __forceinline__ uint32_t pack_half2(const Params& p, float a, float b
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// Outputs pos..pos+N-1 with the widest stores (up to 16 bytes) their address allows. One lane's
-// elements in one store: a warp then writes whole 32-byte sectors, where element-wise stores wrote
-// each sector in pieces from several instructions, a cost L2 paid at every bag (docs/benchmarks.md).
+// W 32-bit words to o (4-byte aligned) with the widest stores (up to 16 bytes) its address allows.
+template <int W>
+__device__ __forceinline__ void store_words(void* o, const uint32_t (&w)[W]) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(o);
+  uint32_t* d = static_cast<uint32_t*>(o);
+  if constexpr (W % 4 == 0) {
+    if (a % 16 == 0) {
+#pragma unroll
+      for (int i = 0; i < W; i += 4) *reinterpret_cast<uint4*>(d + i) = make_uint4(w[i], w[i + 1], w[i + 2], w[i + 3]);
+      return;
+    }
+  }
+  if constexpr (W % 2 == 0) {
+    if (a % 8 == 0) {
+#pragma unroll
+      for (int i = 0; i < W; i += 2) *reinterpret_cast<uint2*>(d + i) = make_uint2(w[i], w[i + 1]);
+      return;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < W; ++i) d[i] = w[i];
+}
+
+// Outputs pos..pos+N-1 in the output dtype, with the widest stores their address allows. One
+// lane's elements in one store: a warp then writes whole 32-byte sectors, where element-wise stores
+// wrote each sector in pieces from several instructions, a cost L2 paid at every bag
+// (docs/benchmarks.md). 16-bit outputs that do not start on 4 bytes go element by element.
 template <int N>
 __device__ __forceinline__ void store_run(const Params& p, int64_t pos, const float (&v)[N]) {
   if (p.out_dtype == DD_FP32) {
-    float* o = static_cast<float*>(p.out) + pos;
-    const uintptr_t a = reinterpret_cast<uintptr_t>(o);
-    if constexpr (N % 4 == 0) {
-      if (a % 16 == 0) {
+    uint32_t w[N];
 #pragma unroll
-        for (int i = 0; i < N; i += 4) *reinterpret_cast<float4*>(o + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
-        return;
-      }
-    }
-    if constexpr (N % 2 == 0) {
-      if (a % 8 == 0) {
-#pragma unroll
-        for (int i = 0; i < N; i += 2) *reinterpret_cast<float2*>(o + i) = make_float2(v[i], v[i + 1]);
-        return;
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < N; ++i) o[i] = v[i];
+    for (int i = 0; i < N; ++i) w[i] = __float_as_uint(v[i]);
+    store_words<N>(static_cast<float*>(p.out) + pos, w);
     return;
   }
-  uint16_t* o = static_cast<uint16_t*>(p.out) + pos;
-  const uintptr_t a = reinterpret_cast<uintptr_t>(o);
-  if constexpr (N % 8 == 0) {
-    if (a % 16 == 0) {
-#pragma unroll
-      for (int i = 0; i < N; i += 8)
-        *reinterpret_cast<uint4*>(o + i) = make_uint4(pack_half2(p, v[i], v[i + 1]), pack_half2(p, v[i + 2], v[i + 3]),
-                                                      pack_half2(p, v[i + 4], v[i + 5]), pack_half2(p, v[i + 6], v[i + 7]));
-      return;
-    }
-  }
-  if constexpr (N % 4 == 0) {
-    if (a % 8 == 0) {
-#pragma unroll
-      for (int i = 0; i < N; i += 4)
-        *reinterpret_cast<uint2*>(o + i) = make_uint2(pack_half2(p, v[i], v[i + 1]), pack_half2(p, v[i + 2], v[i + 3]));
-      return;
-    }
-  }
   if constexpr (N % 2 == 0) {
-    if (a % 4 == 0) {
+    uint16_t* o = static_cast<uint16_t*>(p.out) + pos;
+    if (reinterpret_cast<uintptr_t>(o) % 4 == 0) {
+      uint32_t w[N / 2];
 #pragma unroll
-      for (int i = 0; i < N; i += 2) *reinterpret_cast<uint32_t*>(o + i) = pack_half2(p, v[i], v[i + 1]);
+      for (int i = 0; i < N / 2; ++i) w[i] = pack_half2(p, v[2 * i], v[2 * i + 1]);
+      store_words<N / 2>(o, w);
       return;
     }
   }

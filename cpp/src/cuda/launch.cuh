@@ -7,6 +7,7 @@
 
 #include "bag_kernel.cuh"
 #include "plan.cuh"
+#include "short_kernel.cuh"
 #include "warp_kernel.cuh"
 
 namespace dd {
@@ -59,6 +60,22 @@ int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const Devi
   d.persisting_limit = persist;
   // dd_uses_l2 on the config: auto resolves to warp_kernel or combined, both with the window.
   const bool window = dd_uses_l2(&c) && c.hot_first && persist > 0 && d.max_window > 0 && knobs().l2_window != 0;
+  if constexpr (DT != DD_INT4) {
+    const ShortPlan sp = make_short_plan(c, pl, p.lk, dev, p.weights);
+    if (sp.row_bytes) {
+      auto match = [&](auto policy) { return decltype(policy)::kRowBytes == sp.row_bytes; };
+      auto go = [&](auto policy) {
+        using P = decltype(policy);
+        const int64_t units = (int64_t)c.num_tables * ((p.batch + P::kBags - 1) / P::kBags);  // a warp each
+        const dim3 grid((unsigned)std::max<int64_t>(
+            std::min<int64_t>((units * 32 + kShortBlock - 1) / kShortBlock, 1 << 24), 1));
+        const size_t smem = (size_t)(kShortBlock / 32) * short_warp_bytes<P::kRowBytes, P::kRows>();
+        return launch_kernel(short_kernel<DT, IdxT, P>, grid, dim3(kShortBlock), smem, p, c, d, stream, window, msg,
+                             len);
+      };
+      return dispatch(ShortPolicies{}, match, go, msg, len);
+    }
+  }
   if (pl.warp && pl.async_rows && dev.major >= 8) {
     if constexpr (DT == DD_INT8) {
       const dim3 grid((unsigned)std::max<int64_t>(std::min<int64_t>((bags * 32 + kBlock - 1) / kBlock, 1 << 24), 1));

@@ -37,11 +37,14 @@ struct Knobs {
   int l2_window;  // DLRM_DEPLOY_L2_WINDOW: 0 turns the persisting-L2 access-policy window off
   int async_rows; // DLRM_DEPLOY_ASYNC_ROWS: 0 keeps int8 rows in registers (warp_kernel); 2 also
                   // takes rows of 128 bytes of codes and more through shared memory
+  int short_max;  // DLRM_DEPLOY_SHORT: short_kernel up to this many lookups a bag on average
+                  // (-1: the plan's kShortBags; 0: never)
 };
 
 const Knobs& knobs() {
   static const Knobs k = {env_int("DLRM_DEPLOY_VEC_BYTES", 0), env_int("DLRM_DEPLOY_UNROLL", -1),
-                          env_int("DLRM_DEPLOY_L2_WINDOW", 1), env_int("DLRM_DEPLOY_ASYNC_ROWS", 1)};
+                          env_int("DLRM_DEPLOY_L2_WINDOW", 1), env_int("DLRM_DEPLOY_ASYNC_ROWS", 1),
+                          env_int("DLRM_DEPLOY_SHORT", -1)};
   return k;
 }
 
@@ -114,6 +117,42 @@ Plan make_plan(const dd_config& c, const void* weights) {
   pl.pd = c.prefetch_distance ? c.prefetch_distance : 8;
   pl.pd = pl.pd <= 4 ? 4 : pl.pd <= 8 ? 8 : 16;  // compiled distances
   return pl;
+}
+
+// ---- short bags: short_kernel in place of warp_kernel (short_kernel.cuh) ----
+// Lookups a bag, on average over the call, up to which short_kernel runs. H100, 12 tables, D 128
+// and 64, ms against warp_kernel (docs/benchmarks.md): at 19 and 38 lookups it is faster in every
+// dtype it takes (fp16 D 128 at 19: 0.315 against 0.356; int8 D 128 split 0.230 against 0.389);
+// at 75 warp_kernel is faster for fp16 and fp32 (fp16 D 128 0.302 against 0.317), at 150 for all.
+constexpr int kShortBags = 48;
+
+// Rows of 128 or 256 bytes of elements (codes), 16-byte aligned rows and blob (its cp.async copies),
+// sm_80+, up to kShortBags lookups a bag on average. row_bytes 0: warp_kernel (or its int8 twin).
+struct ShortPlan {
+  int row_bytes = 0;
+};
+
+// The row bytes of elements (codes) of a config short_kernel takes (128 or 256, rows 16-byte
+// aligned, not int4), else 0.
+int short_row_bytes(const dd_config& c) {
+  if (c.dtype == DD_INT4 || row_layout(c).stride % 16) return 0;
+  const int64_t data_bytes = (int64_t)c.dim * (c.dtype == DD_FP32 ? 4 : c.dtype == DD_INT8 ? 1 : 2);
+  return data_bytes == 128 || data_bytes == 256 ? (int)data_bytes : 0;
+}
+
+ShortPlan make_short_plan(const dd_config& c, const Plan& pl, const Lookups& lk, const DeviceInfo& dev,
+                          const void* weights) {
+  ShortPlan sp;
+  const int threshold = knobs().short_max == -1 ? kShortBags : knobs().short_max;
+  const int row_bytes = short_row_bytes(c);
+  if (!pl.warp || !row_bytes || dev.major < 8 || threshold <= 0 || lk.batch <= 0 ||
+      reinterpret_cast<uintptr_t>(weights) % 16)
+    return sp;
+  int64_t lookups = 0;  // every table's; the packed form's tables share one ids tensor
+  for (int t = 0; t < (lk.packed ? 1 : c.num_tables); ++t) lookups += lk.io[t].num_idx;
+  if (lookups > (int64_t)threshold * c.num_tables * lk.batch) return sp;
+  sp.row_bytes = row_bytes;
+  return sp;
 }
 
 }  // namespace

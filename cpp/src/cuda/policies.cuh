@@ -35,6 +35,14 @@ struct WarpPolicy {
   static constexpr int kUnroll = Unroll;
 };
 
+// ---- family 3 (short_kernel, auto for short bags): row bytes of elements, bags a warp, rows a step ----
+template <int RowBytes, int Bags, int Rows>
+struct ShortPolicy {
+  static constexpr int kRowBytes = RowBytes;
+  static constexpr int kBags = Bags;
+  static constexpr int kRows = Rows;
+};
+
 template <typename... Policies>
 struct PolicyList {};
 
@@ -44,6 +52,9 @@ using BagPolicies = PolicyList<BaselinePolicy, OccupancyPolicy, PrefetchPolicy<4
                                L2PinPolicy, CombinedPolicy<4>, CombinedPolicy<8>, CombinedPolicy<16>>;
 using WarpPolicies = PolicyList<WarpPolicy<16, 4>, WarpPolicy<8, 4>, WarpPolicy<4, 4>, WarpPolicy<16, 8>,
                                 WarpPolicy<8, 8>, WarpPolicy<4, 8>>;
+// 2 bags a warp, 16 rows a step (H100, D 128 and 64 at 19 and 38 lookups a bag: faster than 32 rows a
+// step or 4 bags a warp in most cells, docs/benchmarks.md)
+using ShortPolicies = PolicyList<ShortPolicy<128, 2, 16>, ShortPolicy<256, 2, 16>>;
 
 }  // namespace
 }  // namespace dd

@@ -30,15 +30,13 @@ constexpr int short_min_blocks() {
              : 8;
 }
 
-__device__ __forceinline__ void cp_async_zfill16(uint32_t dst, const uint8_t* src, bool copy) {
+// cp_async (warp_kernel.cuh) that zero-fills the destination instead of copying where copy is false
+// (src must still be a valid address); through L1 at every size.
+template <int Bytes>
+__device__ __forceinline__ void cp_async_zfill(uint32_t dst, const uint8_t* src, bool copy) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(copy ? 16 : 0) : "memory");
-#endif
-}
-
-__device__ __forceinline__ void cp_async_zfill4(uint32_t dst, const uint8_t* src, bool copy) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(copy ? 4 : 0) : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(dst), "l"(src), "n"(Bytes), "r"(copy ? Bytes : 0)
+               : "memory");
 #endif
 }
 
@@ -47,7 +45,7 @@ __global__ void __launch_bounds__(kShortBlock, short_min_blocks<Policy::kRowByte
     short_kernel(const Params p) {
   constexpr int RB = Policy::kRowBytes, K = Policy::kBags, N = Policy::kRows, R = N / K;
   constexpr int CB = RB / 32;                                              // bytes of a row a lane adds
-  constexpr int E = DT == DD_INT8 ? CB : DT == DD_FP32 ? CB / 4 : CB / 2;  // its elements
+  constexpr int E = CB / 4 * Storage<DT>::kPerWord;                        // its elements
   constexpr int kPieces = RB / 16;                                         // 16-byte copies a row
   using RawT = typename Raw<CB>::T;
   extern __shared__ __align__(16) uint8_t short_smem[];
@@ -102,14 +100,14 @@ __global__ void __launch_bounds__(kShortBlock, short_min_blocks<Policy::kRowByte
         const int q = piece / kPieces, k = piece % kPieces;
         const uint32_t rq = __shfl_sync(kFull, row, q);
         const bool copy = rq != kSkip;
-        cp_async_zfill16(rows_u32 + q * RB + k * 16, p.weights + (copy ? (uint64_t)rq * p.row_bytes + k * 16 : 0),
+        cp_async_zfill<16>(rows_u32 + q * RB + k * 16, p.weights + (copy ? (uint64_t)rq * p.row_bytes + k * 16 : 0),
                          copy);
       }
       if constexpr (Storage<DT>::kRowwise) {
         const uint8_t* sbp = row != kSkip ? p.sb + (uint64_t)row * p.sb_stride : p.sb;
         if (lane < N) {
-          cp_async_zfill4(rows_u32 + N * RB + lane * 8, sbp, row != kSkip);
-          cp_async_zfill4(rows_u32 + N * RB + lane * 8 + 4, sbp + 4, row != kSkip);
+          cp_async_zfill<4>(rows_u32 + N * RB + lane * 8, sbp, row != kSkip);
+          cp_async_zfill<4>(rows_u32 + N * RB + lane * 8 + 4, sbp + 4, row != kSkip);
         }
       }
       if (lane < N) ws[lane] = w;

@@ -109,7 +109,7 @@ const char* dd_describe_kernel(const dd_config* cfg, char* buf, size_t len) {
     const int n = snprintf(buf, len, "%s(vec=%dB, lanes=%d, groups=%d, slices=%d, unroll=%d)",
                            pl.async_rows ? "warp_async_kernel" : "warp_kernel", pl.vb, pl.lanes, pl.groups, pl.slices,
                            pl.unroll);
-    if (dd::short_row_bytes(*cfg) && n > 0 && (size_t)n < len)
+    if (dd::short_row_bytes(*cfg, pl) && n > 0 && (size_t)n < len)
       snprintf(buf + n, len - n, "; bags of up to %d lookups on average (sm_80+, 16-byte aligned blob): short_kernel",
                dd::kShortBags);
   } else {

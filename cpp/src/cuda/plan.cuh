@@ -20,6 +20,7 @@ struct Plan {
   int variant;  // resolved (never DD_AUTO)
   bool warp;    // warp_kernel (auto) or bag_kernel
   int vb = 0, lanes = 0, groups = 1, slices = 1;
+  int64_t data_bytes = 0;  // a row's bytes of elements (codes)
   int pd = 0;
   int unroll = 8;  // row loads in flight per lane (warp_kernel)
   bool async_rows = false;  // int8: warp_async_kernel (rows in flight in shared memory), sm_80+
@@ -55,6 +56,7 @@ Plan make_plan(const dd_config& c, const void* weights) {
   const bool int4 = c.dtype == DD_INT4;
   const int esize = c.dtype == DD_FP32 ? 4 : (c.dtype == DD_INT8 || int4) ? 1 : 2;
   const int64_t data_bytes = int4 ? (int64_t)c.dim / 2 : (int64_t)c.dim * esize;  // int4: two codes per byte
+  pl.data_bytes = data_bytes;
   const int64_t row_bytes = row_layout(c).stride;  // bytes from one row's elements (codes) to the next
   const uintptr_t addr = reinterpret_cast<uintptr_t>(weights);
   // Vector width: the widest that divides the row data, the row stride and the base address
@@ -132,19 +134,18 @@ struct ShortPlan {
   int row_bytes = 0;
 };
 
-// The row bytes of elements (codes) of a config short_kernel takes (128 or 256, rows 16-byte
-// aligned, not int4), else 0.
-int short_row_bytes(const dd_config& c) {
+// The row bytes of elements (codes) of a plan short_kernel takes (128 or 256, rows 16-byte aligned,
+// not int4), else 0.
+int short_row_bytes(const dd_config& c, const Plan& pl) {
   if (c.dtype == DD_INT4 || row_layout(c).stride % 16) return 0;
-  const int64_t data_bytes = (int64_t)c.dim * (c.dtype == DD_FP32 ? 4 : c.dtype == DD_INT8 ? 1 : 2);
-  return data_bytes == 128 || data_bytes == 256 ? (int)data_bytes : 0;
+  return pl.data_bytes == 128 || pl.data_bytes == 256 ? (int)pl.data_bytes : 0;
 }
 
 ShortPlan make_short_plan(const dd_config& c, const Plan& pl, const Lookups& lk, const DeviceInfo& dev,
                           const void* weights) {
   ShortPlan sp;
   const int threshold = knobs().short_max == -1 ? kShortBags : knobs().short_max;
-  const int row_bytes = short_row_bytes(c);
+  const int row_bytes = short_row_bytes(c, pl);
   if (!pl.warp || !row_bytes || dev.major < 8 || threshold <= 0 || lk.batch <= 0 ||
       reinterpret_cast<uintptr_t>(weights) % 16)
     return sp;

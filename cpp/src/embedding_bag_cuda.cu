@@ -10,10 +10,11 @@
 //    column slice, 4-16 byte vector loads of whole rows, U independent row loads in flight per lane,
 //    the next 32 indices fetched while the current ones are consumed; with pinned_rows and the
 //    hot_first layout, a persisting-L2 access-policy window over the hot rows.
-//  - short_kernel (cuda/short_kernel.cuh): what `auto` runs instead for short bags (up to
-//    kShortBags lookups a bag on average, rows of 128 or 256 bytes): a warp per 2 bags, their rows
-//    copied into shared memory 16 at a time, a lane adding its columns of every row (in index
-//    order, so bit-exact with the CPU but for int8, whose biases it sums apart too).
+//  - short_kernel (cuda/short_kernel.cuh): what `auto` runs instead for short bags (up to 28-120
+//    lookups a bag on average by row size, rows of 64 (int8), 128, 256 or 512 (fp32) bytes;
+//    plan.cuh, short_rule): a warp per 2 or 4 bags, their rows copied into shared memory 8-32 at a
+//    time, a lane adding its columns of every row (in index order, so bit-exact with the CPU but
+//    for int8, whose biases it sums apart too, and whose 64-byte rows two half-warps share).
 // Both add each bag's rows in index order in fp32, so results equal the CPU reference bit for bit
 // whenever one lane group covers a whole row (rows of 64..512 bytes, e.g. fp32 D=16..128); when a
 // row takes fewer lanes (fp16 and int8 at D=128, small D) several lane groups share a bag and their
@@ -109,9 +110,10 @@ const char* dd_describe_kernel(const dd_config* cfg, char* buf, size_t len) {
     const int n = snprintf(buf, len, "%s(vec=%dB, lanes=%d, groups=%d, slices=%d, unroll=%d)",
                            pl.async_rows ? "warp_async_kernel" : "warp_kernel", pl.vb, pl.lanes, pl.groups, pl.slices,
                            pl.unroll);
-    if (dd::short_row_bytes(*cfg, pl) && n > 0 && (size_t)n < len)
+    const dd::ShortRule rule = dd::short_rule(*cfg, pl);
+    if (rule.row_bytes && dd::short_threshold(rule) > 0 && n > 0 && (size_t)n < len)
       snprintf(buf + n, len - n, "; bags of up to %d lookups on average (sm_80+, 16-byte aligned blob): short_kernel",
-               dd::kShortBags);
+               dd::short_threshold(rule));
   } else {
     snprintf(buf, len, "bag_kernel(%s, prefetch=%d)", dd_name("variant", pl.variant),
              (pl.variant == DD_PREFETCH || pl.variant == DD_COMBINED) ? pl.pd : 0);

@@ -63,15 +63,22 @@ int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const Devi
   if constexpr (DT != DD_INT4) {
     const ShortPlan sp = make_short_plan(c, pl, p.lk, dev, p.weights);
     if (sp.row_bytes) {
-      auto match = [&](auto policy) { return decltype(policy)::kRowBytes == sp.row_bytes; };
+      auto match = [&](auto policy) {
+        using P = decltype(policy);
+        return P::kRowBytes == sp.row_bytes && P::kBags == sp.bags;
+      };
       auto go = [&](auto policy) {
         using P = decltype(policy);
-        const int64_t units = (int64_t)c.num_tables * ((p.batch + P::kBags - 1) / P::kBags);  // a warp each
-        const dim3 grid((unsigned)std::max<int64_t>(
-            std::min<int64_t>((units * 32 + kShortBlock - 1) / kShortBlock, 1 << 24), 1));
-        const size_t smem = (size_t)(kShortBlock / 32) * short_warp_bytes<P::kRowBytes, P::kRows>();
-        return launch_kernel(short_kernel<DT, IdxT, P>, grid, dim3(kShortBlock), smem, p, c, d, stream, window, msg,
-                             len);
+        if constexpr (!short_compiled<DT, P::kRowBytes>()) {
+          return fail(DD_ERR_UNSUPPORTED, msg, len, "no compiled kernel for this plan");
+        } else {
+          const int64_t units = (int64_t)c.num_tables * ((p.batch + P::kBags - 1) / P::kBags);  // a warp each
+          const dim3 grid((unsigned)std::max<int64_t>(
+              std::min<int64_t>((units * 32 + kShortBlock - 1) / kShortBlock, 1 << 24), 1));
+          const size_t smem = (size_t)(kShortBlock / 32) * short_warp_bytes<P::kRowBytes, P::kRows>();
+          return launch_kernel(short_kernel<DT, IdxT, P>, grid, dim3(kShortBlock), smem, p, c, d, stream, window, msg,
+                               len);
+        }
       };
       return dispatch(ShortPolicies{}, match, go, msg, len);
     }

@@ -39,7 +39,7 @@ struct Knobs {
   int async_rows; // DLRM_DEPLOY_ASYNC_ROWS: 0 keeps int8 rows in registers (warp_kernel); 2 also
                   // takes rows of 128 bytes of codes and more through shared memory
   int short_max;  // DLRM_DEPLOY_SHORT: short_kernel up to this many lookups a bag on average
-                  // (-1: the plan's kShortBags; 0: never)
+                  // (-1: short_rule's threshold by row size; 0: never)
 };
 
 const Knobs& knobs() {
@@ -122,37 +122,59 @@ Plan make_plan(const dd_config& c, const void* weights) {
 }
 
 // ---- short bags: short_kernel in place of warp_kernel (short_kernel.cuh) ----
-// Lookups a bag, on average over the call, up to which short_kernel runs. H100, 12 tables, D 128
-// and 64, ms against warp_kernel (docs/benchmarks.md): at 19 and 38 lookups it is faster in every
-// dtype it takes (fp16 D 128 at 19: 0.315 against 0.356; int8 D 128 split 0.230 against 0.389);
-// at 75 warp_kernel is faster for fp16 and fp32 (fp16 D 128 0.302 against 0.317), at 150 for all.
-constexpr int kShortBags = 48;
-
-// Rows of 128 or 256 bytes of elements (codes), 16-byte aligned rows and blob (its cp.async copies),
-// sm_80+, up to kShortBags lookups a bag on average. row_bytes 0: warp_kernel (or its int8 twin).
-struct ShortPlan {
-  int row_bytes = 0;
+// Where it runs: rows of these bytes of elements (codes), 16-byte aligned rows and blob (its cp.async
+// copies), sm_80+, up to max_lookups lookups a bag on average over the call. Measured against
+// warp_kernel (warp_async_kernel for int8 D 64), 12 tables, ms (docs/benchmarks.md):
+//  - 128 and 256 bytes, H100: faster at 19 and 38 lookups in every dtype (fp16 D 128 at 19: 0.315
+//    against 0.356; int8 D 128 split 0.230 against 0.389); at 75 warp_kernel is faster for fp16 and
+//    fp32 (fp16 D 128 0.302 against 0.317), at 150 for all.
+//  - 64 bytes, int8 D 64 only, H200: faster from 5 lookups (0.123 against 0.494, split) to 100
+//    (0.126 against 0.141); slower at 150 (0.137 against 0.127).
+//  - 512 bytes, fp32 D 128 only: at 19 lookups 0.632 against 0.641 (H100) and 0.430 against 0.475
+//    (H200); at 38 slower on the H100 (0.631 against 0.615).
+struct ShortRule {
+  int row_bytes = 0;  // 0: never
+  int max_lookups = 0;
 };
 
-// The row bytes of elements (codes) of a plan short_kernel takes (128 or 256, rows 16-byte aligned,
-// not int4), else 0.
-int short_row_bytes(const dd_config& c, const Plan& pl) {
-  if (c.dtype == DD_INT4 || row_layout(c).stride % 16) return 0;
-  return pl.data_bytes == 128 || pl.data_bytes == 256 ? (int)pl.data_bytes : 0;
+ShortRule short_rule(const dd_config& c, const Plan& pl) {
+  if (!pl.warp || c.dtype == DD_INT4 || row_layout(c).stride % 16) return {};
+  if (pl.data_bytes == 128 || pl.data_bytes == 256) return {(int)pl.data_bytes, 48};
+  if (pl.data_bytes == 64 && c.dtype == DD_INT8) return {64, 120};
+  if (pl.data_bytes == 512 && c.dtype == DD_FP32) return {512, 28};
+  return {};
 }
+
+// The dtypes short_rule gives a row size: short_kernel is compiled for these only.
+template <int DT, int RB>
+constexpr bool short_compiled() {
+  return RB == 64 ? DT == DD_INT8 : RB == 512 ? DT == DD_FP32 : DT != DD_INT4;
+}
+
+// The rule's threshold, or DLRM_DEPLOY_SHORT's where set.
+int short_threshold(const ShortRule& r) { return knobs().short_max == -1 ? r.max_lookups : knobs().short_max; }
+
+// The short_kernel a call runs (ShortPolicies): row_bytes 0 runs warp_kernel (or its int8 twin).
+// Bags a warp: 2, but 4 for 64-byte rows at up to 48 lookups (8 rows of each a step: int8 D 64 at 19
+// lookups, H200, 0.130 against 0.164 ms with 2 bags of 16 rows; at 56, 0.128 against 0.117).
+struct ShortPlan {
+  int row_bytes = 0;
+  int bags = 2;
+};
 
 ShortPlan make_short_plan(const dd_config& c, const Plan& pl, const Lookups& lk, const DeviceInfo& dev,
                           const void* weights) {
   ShortPlan sp;
-  const int threshold = knobs().short_max == -1 ? kShortBags : knobs().short_max;
-  const int row_bytes = short_row_bytes(c, pl);
-  if (!pl.warp || !row_bytes || dev.major < 8 || threshold <= 0 || lk.batch <= 0 ||
-      reinterpret_cast<uintptr_t>(weights) % 16)
+  const ShortRule rule = short_rule(c, pl);
+  const int threshold = short_threshold(rule);
+  if (!rule.row_bytes || dev.major < 8 || threshold <= 0 || lk.batch <= 0 || reinterpret_cast<uintptr_t>(weights) % 16)
     return sp;
   int64_t lookups = 0;  // every table's; the packed form's tables share one ids tensor
   for (int t = 0; t < (lk.packed ? 1 : c.num_tables); ++t) lookups += lk.io[t].num_idx;
-  if (lookups > (int64_t)threshold * c.num_tables * lk.batch) return sp;
-  sp.row_bytes = row_bytes;
+  const int64_t bags = (int64_t)c.num_tables * lk.batch;
+  if (lookups > (int64_t)threshold * bags) return sp;
+  sp.row_bytes = rule.row_bytes;
+  if (rule.row_bytes == 64 && lookups <= 48 * bags) sp.bags = 4;
   return sp;
 }
 

@@ -1,9 +1,10 @@
-// Kernel family 3, what `auto` runs for short bags (plan.cuh, kShortBags): a warp sums K consecutive
+// Kernel family 3, what `auto` runs for short bags (plan.cuh, short_rule): a warp sums K consecutive
 // bags of one table at once. Each step, lane l < N fetches the id of row l % R of bag l / R (K x R =
 // N rows a step) and the warp copies those N rows into its shared memory (cp.async; rows past a
-// bag's end or with a bad id are zero-filled and weigh 0); then every lane adds its RB / 32 bytes of
-// each row to its bag's sums. The K bags' rows are in flight together, a lane's columns need no
-// shuffles, and a bag's end is a store. Rows of 128 or 256 bytes of elements (codes).
+// bag's end or with a bad id are zero-filled and weigh 0); then every lane adds its CB bytes of
+// each row to its bag's sums. The K bags' rows are in flight together, and a bag's end is a store.
+// Rows of 128 bytes and more: CB = RB / 32, a lane's columns need no shuffles. Rows of 64 bytes
+// (int8 D 64): CB = 4, the two half-warps add alternate rows, and their sums meet by one shuffle.
 #pragma once
 
 #include "bag_io.cuh"
@@ -44,13 +45,16 @@ template <int DT, typename IdxT, typename Policy>
 __global__ void __launch_bounds__(kShortBlock, short_min_blocks<Policy::kRowBytes, Policy::kRows>())
     short_kernel(const Params p) {
   constexpr int RB = Policy::kRowBytes, K = Policy::kBags, N = Policy::kRows, R = N / K;
-  constexpr int CB = RB / 32;                                              // bytes of a row a lane adds
+  constexpr int CB = RB >= 128 ? RB / 32 : 4;                             // bytes of a row a lane adds
+  constexpr int LR = RB / CB, G = 32 / LR;                                 // lanes a row, rows added at once
   constexpr int E = CB / 4 * Storage<DT>::kPerWord;                        // its elements
+  static_assert(R % G == 0, "a step's rows of a bag split evenly among the lane groups");
   constexpr int kPieces = RB / 16;                                         // 16-byte copies a row
   using RawT = typename Raw<CB>::T;
   extern __shared__ __align__(16) uint8_t short_smem[];
   pdl_trigger();
   const int lane = threadIdx.x & 31;
+  const int g = lane / LR, col = lane % LR;  // the rows (g, g + G, ...) and columns this lane adds
   uint8_t* rows = short_smem + (threadIdx.x >> 5) * short_warp_bytes<RB, N>();
   const uint32_t rows_u32 = (uint32_t)__cvta_generic_to_shared(rows);
   float2* sbs = reinterpret_cast<float2*>(rows + N * RB);
@@ -115,22 +119,28 @@ __global__ void __launch_bounds__(kShortBlock, short_min_blocks<Policy::kRowByte
       cp_async_wait<0>();
       __syncwarp();
 #pragma unroll 4
-      for (int q = 0; q < R; ++q) {
+      for (int q0 = 0; q0 < R; q0 += G) {
+        const int q = q0 + g;
 #pragma unroll
         for (int i = 0; i < K; ++i) {
-          const RawT v = *reinterpret_cast<const RawT*>(rows + (i * R + q) * RB + lane * CB);
+          const RawT v = *reinterpret_cast<const RawT*>(rows + (i * R + q) * RB + col * CB);
           const float2 sb = Storage<DT>::kRowwise ? sbs[i * R + q] : make_float2(0.f, 0.f);
           add_row<DT, CB>(acc[i], bsum[i], v, sb, ws[i * R + q], true);
         }
       }
       __syncwarp();  // every lane has read the rows before the next step's copies
     }
-    const int64_t out0 = b0 * (int64_t)p.tab.num_tables * p.dim + (int64_t)t * p.dim + lane * E;
+    const int64_t out0 = b0 * (int64_t)p.tab.num_tables * p.dim + (int64_t)t * p.dim + col * E;
 #pragma unroll
     for (int i = 0; i < K; ++i) {
       const int64_t n = __shfl_sync(kFull, (long long)len, i * R);
-      if (i < nb) {
-        add_biases<DT>(acc[i], bsum[i]);
+      add_biases<DT>(acc[i], bsum[i]);
+#pragma unroll
+      for (int o = LR; o < 32; o <<= 1) {  // G > 1: the lane groups' sums of alternate rows meet
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[i][e] += __shfl_xor_sync(kFull, acc[i][e], o);
+      }
+      if (i < nb && g == i % G) {  // G > 1: each bag stored by one group
         if (p.mode == DD_MEAN) {
 #pragma unroll
           for (int e = 0; e < E; ++e) acc[i][e] = n > 0 ? acc[i][e] / (float)n : 0.0f;

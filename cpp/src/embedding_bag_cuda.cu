@@ -10,11 +10,12 @@
 //    column slice, 4-16 byte vector loads of whole rows, U independent row loads in flight per lane,
 //    the next 32 indices fetched while the current ones are consumed; with pinned_rows and the
 //    hot_first layout, a persisting-L2 access-policy window over the hot rows.
-//  - short_kernel (cuda/short_kernel.cuh): what `auto` runs instead for short bags (up to 28-120
-//    lookups a bag on average by row size, rows of 64 (int8), 128, 256 or 512 (fp32) bytes;
-//    plan.cuh, short_rule): a warp per 2 or 4 bags, their rows copied into shared memory 8-32 at a
-//    time, a lane adding its columns of every row (in index order, so bit-exact with the CPU but
-//    for int8, whose biases it sums apart too, and whose 64-byte rows two half-warps share).
+//  - short_kernel (cuda/short_kernel.cuh): what `auto` runs instead for short bags (up to 12-120
+//    lookups a bag on average by row size, rows of 16-256 bytes, 512 for fp32; plan.cuh,
+//    short_rule): a warp per 2, 4 or 8 bags, their rows copied into shared memory 8-32 at a time, a
+//    lane adding its columns of every row (in index order, so bit-exact with the CPU but for int8,
+//    whose biases it sums apart too, and for rows under 128 bytes, whose rows lane groups take in
+//    turn).
 // Both add each bag's rows in index order in fp32, so results equal the CPU reference bit for bit
 // whenever one lane group covers a whole row (rows of 64..512 bytes, e.g. fp32 D=16..128); when a
 // row takes fewer lanes (fp16 and int8 at D=128, small D) several lane groups share a bag and their

@@ -50,6 +50,13 @@ int dispatch(PolicyList<Ps...>, Match&& match, Go&& go, char* msg, size_t len) {
   return rc;
 }
 
+// Whether ShortPolicies has a short_kernel compiled for DT with these row bytes and bags a warp
+// (else the call runs warp_kernel: DLRM_DEPLOY_SHORT_BAGS may ask for one it lacks).
+template <int DT, typename... Ps>
+bool short_has(PolicyList<Ps...>, int row_bytes, int bags) {
+  return ((short_compiled<DT, Ps::kRowBytes, Ps::kBags>() && Ps::kRowBytes == row_bytes && Ps::kBags == bags) || ...);
+}
+
 template <int DT, typename IdxT>
 int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const DeviceInfo& dev, cudaStream_t stream,
                  char* msg, size_t len) {
@@ -62,14 +69,14 @@ int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const Devi
   const bool window = dd_uses_l2(&c) && c.hot_first && persist > 0 && d.max_window > 0 && knobs().l2_window != 0;
   if constexpr (DT != DD_INT4) {
     const ShortPlan sp = make_short_plan(c, pl, p.lk, dev, p.weights);
-    if (sp.row_bytes) {
+    if (sp.row_bytes && short_has<DT>(ShortPolicies{}, sp.row_bytes, sp.bags)) {
       auto match = [&](auto policy) {
         using P = decltype(policy);
         return P::kRowBytes == sp.row_bytes && P::kBags == sp.bags;
       };
       auto go = [&](auto policy) {
         using P = decltype(policy);
-        if constexpr (!short_compiled<DT, P::kRowBytes>()) {
+        if constexpr (!short_compiled<DT, P::kRowBytes, P::kBags>()) {  // never matched (short_has)
           return fail(DD_ERR_UNSUPPORTED, msg, len, "no compiled kernel for this plan");
         } else {
           const int64_t units = (int64_t)c.num_tables * ((p.batch + P::kBags - 1) / P::kBags);  // a warp each

@@ -40,12 +40,14 @@ struct Knobs {
                   // takes rows of 128 bytes of codes and more through shared memory
   int short_max;  // DLRM_DEPLOY_SHORT: short_kernel up to this many lookups a bag on average
                   // (-1: short_rule's threshold by row size; 0: never)
+  int short_bags; // DLRM_DEPLOY_SHORT_BAGS: short_kernel's bags a warp (0: short_bags' choice; where
+                  // ShortPolicies lacks the value for the row size and dtype, warp_kernel runs)
 };
 
 const Knobs& knobs() {
   static const Knobs k = {env_int("DLRM_DEPLOY_VEC_BYTES", 0), env_int("DLRM_DEPLOY_UNROLL", -1),
                           env_int("DLRM_DEPLOY_L2_WINDOW", 1), env_int("DLRM_DEPLOY_ASYNC_ROWS", 1),
-                          env_int("DLRM_DEPLOY_SHORT", -1)};
+                          env_int("DLRM_DEPLOY_SHORT", -1), env_int("DLRM_DEPLOY_SHORT_BAGS", 0)};
   return k;
 }
 
@@ -124,14 +126,17 @@ Plan make_plan(const dd_config& c, const void* weights) {
 // ---- short bags: short_kernel in place of warp_kernel (short_kernel.cuh) ----
 // Where it runs: rows of these bytes of elements (codes), 16-byte aligned rows and blob (its cp.async
 // copies), sm_80+, up to max_lookups lookups a bag on average over the call. Measured against
-// warp_kernel (warp_async_kernel for int8 D 64), 12 tables, ms (docs/benchmarks.md):
-//  - 128 and 256 bytes, H100: faster at 19 and 38 lookups in every dtype (fp16 D 128 at 19: 0.315
-//    against 0.356; int8 D 128 split 0.230 against 0.389); at 75 warp_kernel is faster for fp16 and
-//    fp32 (fp16 D 128 0.302 against 0.317), at 150 for all.
-//  - 64 bytes, int8 D 64 only, H200: faster from 5 lookups (0.123 against 0.494, split) to 100
-//    (0.126 against 0.141); slower at 150 (0.137 against 0.127).
+// warp_kernel (warp_async_kernel for int8 at D 64 and under), 12 tables, ms (docs/benchmarks.md):
+//  - 128 and 256 bytes, H100: faster at 1 to 38 lookups in every dtype (fp16 D 128 at 19: 0.315
+//    against 0.356; int8 D 128 split 0.230 against 0.389; fp16 D 64 at 1: 0.073 against 0.341); at
+//    75 warp_kernel is faster for fp16 and fp32 (fp16 D 128 0.302 against 0.317), at 150 for all.
+//  - 64 bytes and under, H100: at 1 to 38 lookups faster in every dtype (fp16 D 32 at 5: 0.092
+//    against 0.370; at 38, fp16 D 16 0.084 against 0.138, fp32 D 32 0.156 against 0.190; not
+//    measured beyond). int8 D 64 (H200): faster up to 100 lookups (split 0.126 against 0.141),
+//    slower at 150 (0.137 against 0.127).
 //  - 512 bytes, fp32 D 128 only: at 19 lookups 0.632 against 0.641 (H100) and 0.430 against 0.475
-//    (H200); at 38 slower on the H100 (0.631 against 0.615).
+//    (H200), at 1-10 lookups 0.180-0.688 against 0.382-0.760 (H100); at 38 slower on the H100
+//    (0.631 against 0.615).
 struct ShortRule {
   int row_bytes = 0;  // 0: never
   int max_lookups = 0;
@@ -139,28 +144,51 @@ struct ShortRule {
 
 ShortRule short_rule(const dd_config& c, const Plan& pl) {
   if (!pl.warp || c.dtype == DD_INT4 || row_layout(c).stride % 16) return {};
-  if (pl.data_bytes == 128 || pl.data_bytes == 256) return {(int)pl.data_bytes, 48};
-  if (pl.data_bytes == 64 && c.dtype == DD_INT8) return {64, 120};
-  if (pl.data_bytes == 512 && c.dtype == DD_FP32) return {512, 28};
+  const int rb = (int)pl.data_bytes;
+  if (rb == 128 || rb == 256) return {rb, 48};
+  if (rb == 64 && c.dtype == DD_INT8) return {64, 120};
+  if (rb == 16 || rb == 32 || rb == 64) return {rb, 48};
+  if (rb == 512 && c.dtype == DD_FP32) return {512, 28};
   return {};
 }
 
-// The dtypes short_rule gives a row size: short_kernel is compiled for these only.
-template <int DT, int RB>
+// What short_kernel is compiled for (ShortPolicies x dtypes): 512-byte rows fp32 only, and int8
+// never 8 bags a warp (its 8 bags' sums and biases spill at 64 registers).
+template <int DT, int RB, int K>
 constexpr bool short_compiled() {
-  return RB == 64 ? DT == DD_INT8 : RB == 512 ? DT == DD_FP32 : DT != DD_INT4;
+  return DT != DD_INT4 && (RB != 512 || DT == DD_FP32) && !(DT == DD_INT8 && K == 8);
 }
 
 // The rule's threshold, or DLRM_DEPLOY_SHORT's where set.
 int short_threshold(const ShortRule& r) { return knobs().short_max == -1 ? r.max_lookups : knobs().short_max; }
 
 // The short_kernel a call runs (ShortPolicies): row_bytes 0 runs warp_kernel (or its int8 twin).
-// Bags a warp: 2, but 4 for 64-byte rows at up to 48 lookups (8 rows of each a step: int8 D 64 at 19
-// lookups, H200, 0.130 against 0.164 ms with 2 bags of 16 rows; at 56, 0.128 against 0.117).
 struct ShortPlan {
   int row_bytes = 0;
   int bags = 2;
 };
+
+// Bags a warp, by row bytes and lookups a bag on average (avg_x4: 4 x the average). More bags a
+// warp, fewer rows of each a step (ShortPolicies): short bags keep more rows in flight. H100, batch
+// 32768, 12 tables, ms with 2 / 4 / 8 bags a warp (docs/benchmarks.md):
+//  - 64 bytes and under: 8 up to 12 lookups (fp16 D 32 at 1 lookup 0.133 / 0.088 / 0.061, at 10
+//    0.156 / 0.139 / 0.124), then 4 (at 38: 0.107 with 4 against 0.127 with 8); always 4 for int8
+//    (D 32 at 5: 0.163 / 0.117 / 0.164, 8 spilling) and for 16-byte rows (a step's 8 lane groups
+//    need 8 rows of a bag); int8 D 64 above 48 lookups 2 (H200, at 56: 0.117 against 0.128 with 4).
+//  - 128 bytes: 8 up to 3 lookups but for int8 (fp16 D 64 at 1: 0.136 / 0.100 / 0.073), 4 up to
+//    12 (fp32 D 32 at 5: 0.142 / 0.112 / 0.140), then 2 (H100, 19 lookups, fp16 D 128: faster than
+//    4 bags of 8 rows).
+//  - 256 bytes: 8 up to 3 lookups but for int8 (fp32 D 64 at 1: 0.154 / 0.128 / 0.095), then 2 (at
+//    5: 0.207 / 0.213 / 0.219).
+//  - 512 bytes: 2.
+// Every choice has a compiled kernel (short_compiled: int8 never takes 8).
+int short_bags(const dd_config& c, int rb, int64_t avg_x4) {
+  const bool int8 = c.dtype == DD_INT8, few = avg_x4 <= 3 * 4, some = avg_x4 <= 12 * 4;
+  if (rb <= 64) return int8 ? (rb == 64 && avg_x4 > 48 * 4 ? 2 : 4) : rb == 16 || !some ? 4 : 8;
+  if (rb == 128) return !int8 && few ? 8 : some ? 4 : 2;
+  if (rb == 256) return !int8 && few ? 8 : 2;
+  return 2;
+}
 
 ShortPlan make_short_plan(const dd_config& c, const Plan& pl, const Lookups& lk, const DeviceInfo& dev,
                           const void* weights) {
@@ -174,7 +202,7 @@ ShortPlan make_short_plan(const dd_config& c, const Plan& pl, const Lookups& lk,
   const int64_t bags = (int64_t)c.num_tables * lk.batch;
   if (lookups > (int64_t)threshold * bags) return sp;
   sp.row_bytes = rule.row_bytes;
-  if (rule.row_bytes == 64 && lookups <= 48 * bags) sp.bags = 4;
+  sp.bags = knobs().short_bags > 0 ? knobs().short_bags : short_bags(c, rule.row_bytes, lookups * 4 / bags);
   return sp;
 }
 

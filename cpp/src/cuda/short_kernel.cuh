@@ -3,8 +3,9 @@
 // N rows a step) and the warp copies those N rows into its shared memory (cp.async; rows past a
 // bag's end or with a bad id are zero-filled and weigh 0); then every lane adds its CB bytes of
 // each row to its bag's sums. The K bags' rows are in flight together, and a bag's end is a store.
-// Rows of 128 bytes and more: CB = RB / 32, a lane's columns need no shuffles. Rows of 64 bytes
-// (int8 D 64): CB = 4, the two half-warps add alternate rows, and their sums meet by one shuffle.
+// Rows of 128 bytes and more: CB = RB / 32, a lane's columns need no shuffles. Rows of 16-64 bytes:
+// CB = 4, the warp's G = 32 / (RB / 4) lane groups take a bag's rows in turn, and their sums meet by
+// shuffles.
 #pragma once
 
 #include "bag_io.cuh"

@@ -10,18 +10,19 @@
 //    column slice, 4-16 byte vector loads of whole rows, U independent row loads in flight per lane,
 //    the next 32 indices fetched while the current ones are consumed; with pinned_rows and the
 //    hot_first layout, a persisting-L2 access-policy window over the hot rows.
-//  - short_kernel (cuda/short_kernel.cuh): what `auto` runs instead for short bags (up to 12-120
+//  - short_kernel (cuda/short_kernel.cuh): what `auto` runs instead for short bags (up to 28-120
 //    lookups a bag on average by row size, rows of 16-256 bytes, 512 for fp32; plan.cuh,
 //    short_rule): a warp per 2, 4 or 8 bags, their rows copied into shared memory 8-32 at a time, a
 //    lane adding its columns of every row (in index order, so bit-exact with the CPU but for int8,
 //    whose biases it sums apart too, and for rows under 128 bytes, whose rows lane groups take in
 //    turn).
 // Both add each bag's rows in index order in fp32, so results equal the CPU reference bit for bit
-// whenever one lane group covers a whole row (rows of 64..512 bytes, e.g. fp32 D=16..128); when a
-// row takes fewer lanes (fp16 and int8 at D=128, small D) several lane groups share a bag and their
-// partial sums are added in a fixed tree order instead (within the tests' tolerance). int8 in
-// warp_kernel sums each row's bias apart from its codes (warp_kernel.cuh, add_row), so it is never
-// bit-exact with the CPU there.
+// whenever one lane group walks the whole bag (describe_kernel's groups=1: warp_kernel at rows of
+// 512 bytes and more, e.g. fp32 D=128; short_kernel at rows of 128 bytes and more); when a row
+// takes fewer lanes (fp16 and int8 at D=128, small D) several lane groups share a bag and their
+// partial sums are added in a fixed order instead (within the tests' tolerance). int8 in
+// warp_kernel and short_kernel sums each row's bias apart from its codes (warp_kernel.cuh,
+// add_row), so it is never bit-exact with the CPU there.
 // The CUDA services the adapters call beside the forward (error records, L2 persistence, the
 // overlap stream) are in cuda_host.cu.
 #include <cuda_runtime.h>

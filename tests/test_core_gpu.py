@@ -127,15 +127,15 @@ def test_short_bags_kernel(dtype, dim):
     128 bytes lane groups taking rows in turn): every form matches the reference, and but for int8
     and rows under 128 bytes each bag is summed in index order, so the result equals the CPU's bit
     for bit (warp_kernel's lane groups at fp16 D 128 would not). Bags of 0..40 lookups cross the row
-    steps; bags of 0..2 and 0..8 lookups take more bags a warp (plan.cuh, short_bags); the odd batch
-    leaves the last warp of a table one bag. int8 D 64 also takes 2 bags a warp (0..150 lookups),
+    steps; bags of one lookup and of 0..2, 0..5 and 0..8 take more bags a warp and fewer rows a step
+    (plan.cuh, short_bags and few_shape); the odd batch leaves the last warp of a table one bag. int8 D 64 also takes 2 bags a warp (0..150 lookups),
     and int8 the blob stored split_scales=1."""
     if torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("short_kernel needs sm_80+")
     row_bytes = dim * {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}[dtype]
     forms = [dict(), dict(mode="mean"), dict(weighted=True, include_last_offset=1),
              dict(index_dtype=torch.int32, lengths="fixed", max_len=17), dict(max_len=2),
-             dict(max_len=8, mode="mean")]
+             dict(max_len=8, mode="mean"), dict(lengths="fixed", max_len=1), dict(max_len=5, weighted=True)]
     if dtype == "int8":
         forms += [dict(split_scales=1), dict(max_len=2, split_scales=1)]
     if (dtype, dim) == ("int8", 64):

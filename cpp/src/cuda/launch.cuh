@@ -53,8 +53,10 @@ int dispatch(PolicyList<Ps...>, Match&& match, Go&& go, char* msg, size_t len) {
 // Whether ShortPolicies has a short_kernel compiled for DT with these row bytes and bags a warp
 // (else the call runs warp_kernel: DLRM_DEPLOY_SHORT_BAGS may ask for one it lacks).
 template <int DT, typename... Ps>
-bool short_has(PolicyList<Ps...>, int row_bytes, int bags) {
-  return ((short_compiled<DT, Ps::kRowBytes, Ps::kBags>() && Ps::kRowBytes == row_bytes && Ps::kBags == bags) || ...);
+bool short_has(PolicyList<Ps...>, int row_bytes, int bags, int rows) {
+  return ((short_compiled<DT, Ps::kRowBytes, Ps::kBags, Ps::kRows>() && Ps::kRowBytes == row_bytes && Ps::kBags == bags &&
+           (rows == 0 || Ps::kRows == rows)) ||
+          ...);
 }
 
 template <int DT, typename IdxT>
@@ -69,14 +71,14 @@ int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const Devi
   const bool window = dd_uses_l2(&c) && c.hot_first && persist > 0 && d.max_window > 0 && knobs().l2_window != 0;
   if constexpr (DT != DD_INT4) {
     const ShortPlan sp = make_short_plan(c, pl, p.lk, dev, p.weights);
-    if (sp.row_bytes && short_has<DT>(ShortPolicies{}, sp.row_bytes, sp.bags)) {
+    if (sp.row_bytes && short_has<DT>(ShortPolicies{}, sp.row_bytes, sp.bags, sp.rows)) {
       auto match = [&](auto policy) {
         using P = decltype(policy);
-        return P::kRowBytes == sp.row_bytes && P::kBags == sp.bags;
+        return P::kRowBytes == sp.row_bytes && P::kBags == sp.bags && (sp.rows == 0 || P::kRows == sp.rows);
       };
       auto go = [&](auto policy) {
         using P = decltype(policy);
-        if constexpr (!short_compiled<DT, P::kRowBytes, P::kBags>()) {  // never matched (short_has)
+        if constexpr (!short_compiled<DT, P::kRowBytes, P::kBags, P::kRows>()) {  // never matched (short_has)
           return fail(DD_ERR_UNSUPPORTED, msg, len, "no compiled kernel for this plan");
         } else {
           const int64_t units = (int64_t)c.num_tables * ((p.batch + P::kBags - 1) / P::kBags);  // a warp each

@@ -42,12 +42,15 @@ struct Knobs {
                   // (-1: short_rule's threshold by row size; 0: never)
   int short_bags; // DLRM_DEPLOY_SHORT_BAGS: short_kernel's bags a warp (0: short_bags' choice; where
                   // ShortPolicies lacks the value for the row size and dtype, warp_kernel runs)
+  int short_rows; // DLRM_DEPLOY_SHORT_ROWS: short_kernel's rows a step (0: the plan's, or with
+                  // DLRM_DEPLOY_SHORT_BAGS the first policy's with those bags)
 };
 
 const Knobs& knobs() {
   static const Knobs k = {env_int("DLRM_DEPLOY_VEC_BYTES", 0), env_int("DLRM_DEPLOY_UNROLL", -1),
                           env_int("DLRM_DEPLOY_L2_WINDOW", 1), env_int("DLRM_DEPLOY_ASYNC_ROWS", 1),
-                          env_int("DLRM_DEPLOY_SHORT", -1), env_int("DLRM_DEPLOY_SHORT_BAGS", 0)};
+                          env_int("DLRM_DEPLOY_SHORT", -1), env_int("DLRM_DEPLOY_SHORT_BAGS", 0),
+                          env_int("DLRM_DEPLOY_SHORT_ROWS", 0)};
   return k;
 }
 
@@ -152,11 +155,54 @@ ShortRule short_rule(const dd_config& c, const Plan& pl) {
   return {};
 }
 
-// What short_kernel is compiled for (ShortPolicies x dtypes): 512-byte rows fp32 only, and int8
-// never 8 bags a warp (its 8 bags' sums and biases spill at 64 registers).
-template <int DT, int RB, int K>
+// Bags of a few lookups (up to short_few's average): 8 rows a step (16 for 32-byte rows, whose 4
+// lane groups each need a row of a bag), as many bags a warp as 16 sums a lane allow (e: a lane's
+// elements of a row; fp32 rows of 128-256 bytes 8 bags, fp16 D 128, fp32 D 128 and int8 4). Small
+// steps leave shared memory for more warps and few zero-filled rows. H100, batch 32768, 12 tables,
+// ms, this shape against the older tiers' (docs/benchmarks.md): fp16 D 128 at 1 / 2 / 3 / 5 / 10
+// lookups 0.123 / 0.146 / 0.180 / 0.235 / 0.369 against 0.151 / 0.188 / 0.225 / 0.240 / 0.372;
+// fp32 D 128 at 1 / 2 / 3 0.148 / 0.210 / 0.268 against 0.179 / 0.221 / 0.270 (at 10 slower,
+// 0.694 against 0.688); fp32 D 64 at 1 / 3 0.079 / 0.138 against 0.094 / 0.154; fp32 D 32 at 1
+// 0.053 against 0.069; int8 at 1 lookup, D 32 / 64 / 128, 0.091 / 0.097 / 0.124 against 0.099 /
+// 0.111 / 0.160. Where it runs: rows of 128 bytes and more, int8 rows of 32-128 bytes (int8 D 256
+// would spill).
+struct ShortShape {
+  int bags = 0, rows = 0;
+};
+
+__host__ __device__ constexpr bool few_used(int dt, int rb) {
+  return dt == DD_INT8 ? rb >= 32 && rb <= 128 : rb >= 128;
+}
+
+__host__ __device__ constexpr ShortShape few_shape(int dt, int rb) {
+  const int cb = rb >= 128 ? rb / 32 : 4;  // short_kernel's bytes of a row a lane adds
+  const int e = cb / 4 * (dt == DD_FP32 ? 1 : dt == DD_INT8 ? 4 : 2);
+  const int bags = 16 / e < 8 ? 16 / e : 8;
+  const int groups = 32 / (rb / cb), rows = 8 / bags > groups ? 8 / bags : groups;  // rows of a bag a step
+  return {bags, bags * rows};
+}
+
+// The older tiers' rows a step for these bags a warp (ShortPolicies).
+__host__ __device__ constexpr int many_rows(int rb, int bags) {
+  return rb == 512 ? 8 : bags == 2 && rb >= 128 ? 16 : 32;
+}
+
+// Up to how many lookups a bag on average the few-lookups shape runs: 2, more where it was
+// measured faster (fp16 D 128 up to 12, fp32 D 128 up to 5, fp32 D 64 and int8 D 32 up to 3).
+int short_few(const dd_config& c, int rb) {
+  if (rb == 512) return 5;
+  if (rb == 256 && c.dtype != DD_INT8) return c.dtype == DD_FP32 ? 3 : 12;
+  return c.dtype == DD_INT8 && rb == 32 ? 3 : 2;
+}
+
+// What short_kernel is compiled for (ShortPolicies x dtypes): 512-byte rows fp32 only; int8 never
+// 8 bags a warp (its 8 bags' sums and biases spill at 64 registers); the few-lookups shapes only for
+// the dtypes that take them.
+template <int DT, int RB, int K, int N>
 constexpr bool short_compiled() {
-  return DT != DD_INT4 && (RB != 512 || DT == DD_FP32) && !(DT == DD_INT8 && K == 8);
+  if (DT == DD_INT4 || (RB == 512 && DT != DD_FP32)) return false;
+  if (N == many_rows(RB, K)) return !(DT == DD_INT8 && K == 8);
+  return few_used(DT, RB) && few_shape(DT, RB).bags == K && few_shape(DT, RB).rows == N;
 }
 
 // The rule's threshold, or DLRM_DEPLOY_SHORT's where set.
@@ -166,28 +212,32 @@ int short_threshold(const ShortRule& r) { return knobs().short_max == -1 ? r.max
 struct ShortPlan {
   int row_bytes = 0;
   int bags = 2;
+  int rows = 0;  // rows a step (0, from DLRM_DEPLOY_SHORT_BAGS alone: the first policy with those bags)
 };
 
-// Bags a warp, by row bytes and lookups a bag on average (avg_x4: 4 x the average). More bags a
-// warp, fewer rows of each a step (ShortPolicies): short bags keep more rows in flight. H100, batch
-// 32768, 12 tables, ms with 2 / 4 / 8 bags a warp (docs/benchmarks.md):
+// Bags a warp above short_few, by row bytes and lookups a bag on average (avg_x4: 4 x the
+// average). More bags a warp, fewer rows of each a step (ShortPolicies): short bags keep more rows
+// in flight. H100, batch 32768, 12 tables, ms with 2 / 4 / 8 bags a warp (docs/benchmarks.md):
 //  - 64 bytes and under: 8 up to 12 lookups (fp16 D 32 at 1 lookup 0.133 / 0.088 / 0.061, at 10
 //    0.156 / 0.139 / 0.124), then 4 (at 38: 0.107 with 4 against 0.127 with 8); always 4 for int8
 //    (D 32 at 5: 0.163 / 0.117 / 0.164, 8 spilling) and for 16-byte rows (a step's 8 lane groups
 //    need 8 rows of a bag); int8 D 64 above 48 lookups 2 (H200, at 56: 0.117 against 0.128 with 4).
-//  - 128 bytes: 8 up to 3 lookups but for int8 (fp16 D 64 at 1: 0.136 / 0.100 / 0.073), 4 up to
-//    12 (fp32 D 32 at 5: 0.142 / 0.112 / 0.140), then 2 (H100, 19 lookups, fp16 D 128: faster than
-//    4 bags of 8 rows).
-//  - 256 bytes: 8 up to 3 lookups but for int8 (fp32 D 64 at 1: 0.154 / 0.128 / 0.095), then 2 (at
-//    5: 0.207 / 0.213 / 0.219).
-//  - 512 bytes: 2.
-// Every choice has a compiled kernel (short_compiled: int8 never takes 8).
+//  - 128 bytes: 8 up to 3 lookups but for int8 (fp16 D 64 at 3: 0.096 against 0.106 with 8 bags of
+//    one row a step), 4 up to 12 (fp32 D 32 at 5: 0.142 / 0.112 / 0.140), then 2 (H100, 19
+//    lookups, fp16 D 128: faster than 4 bags of 8 rows).
+//  - 256 and 512 bytes: 2 (fp32 D 64 at 5: 0.207 / 0.213 / 0.219).
 int short_bags(const dd_config& c, int rb, int64_t avg_x4) {
   const bool int8 = c.dtype == DD_INT8, few = avg_x4 <= 3 * 4, some = avg_x4 <= 12 * 4;
   if (rb <= 64) return int8 ? (rb == 64 && avg_x4 > 48 * 4 ? 2 : 4) : rb == 16 || !some ? 4 : 8;
   if (rb == 128) return !int8 && few ? 8 : some ? 4 : 2;
-  if (rb == 256) return !int8 && few ? 8 : 2;
   return 2;
+}
+
+// The shape a call runs: the few-lookups shape up to short_few, else short_bags' bags.
+ShortShape short_shape(const dd_config& c, int rb, int64_t avg_x4) {
+  if (few_used(c.dtype, rb) && avg_x4 <= 4 * short_few(c, rb)) return few_shape(c.dtype, rb);
+  const int bags = short_bags(c, rb, avg_x4);
+  return {bags, many_rows(rb, bags)};
 }
 
 ShortPlan make_short_plan(const dd_config& c, const Plan& pl, const Lookups& lk, const DeviceInfo& dev,
@@ -202,7 +252,9 @@ ShortPlan make_short_plan(const dd_config& c, const Plan& pl, const Lookups& lk,
   const int64_t bags = (int64_t)c.num_tables * lk.batch;
   if (lookups > (int64_t)threshold * bags) return sp;
   sp.row_bytes = rule.row_bytes;
-  sp.bags = knobs().short_bags > 0 ? knobs().short_bags : short_bags(c, rule.row_bytes, lookups * 4 / bags);
+  const ShortShape shape = short_shape(c, rule.row_bytes, lookups * 4 / bags);
+  sp.bags = knobs().short_bags > 0 ? knobs().short_bags : shape.bags;
+  sp.rows = knobs().short_bags > 0 || knobs().short_rows > 0 ? knobs().short_rows : shape.rows;
   return sp;
 }
 

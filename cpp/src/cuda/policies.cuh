@@ -57,11 +57,14 @@ using WarpPolicies = PolicyList<WarpPolicy<16, 4>, WarpPolicy<8, 4>, WarpPolicy<
 // as 4 bags or 2 (H100, 19 lookups, split: 0.145 ms against 0.176 with 2 bags of 8 rows). 512-byte
 // rows (fp32 D 128): 2 bags of 4 rows a step (H100, 19 lookups: 0.632 ms against 0.659 with 8 rows
 // and 0.670 with one bag of 16). Bags of a few lookups: 4 or 8 bags of 8 or 4 rows (plan.cuh,
-// short_bags). short_compiled says which dtypes each is built for.
+// short_bags), and the last line's 8 rows a step (16 for 32-byte rows; plan.cuh, few_shape).
+// short_compiled says which dtypes each is built for.
 using ShortPolicies =
     PolicyList<ShortPolicy<16, 4, 32>, ShortPolicy<32, 4, 32>, ShortPolicy<32, 8, 32>, ShortPolicy<64, 2, 32>,
                ShortPolicy<64, 4, 32>, ShortPolicy<64, 8, 32>, ShortPolicy<128, 2, 16>, ShortPolicy<128, 4, 32>,
-               ShortPolicy<128, 8, 32>, ShortPolicy<256, 2, 16>, ShortPolicy<256, 8, 32>, ShortPolicy<512, 2, 8>>;
+               ShortPolicy<128, 8, 32>, ShortPolicy<256, 2, 16>, ShortPolicy<512, 2, 8>,
+               ShortPolicy<32, 4, 16>, ShortPolicy<64, 4, 8>, ShortPolicy<128, 4, 8>, ShortPolicy<128, 8, 8>,
+               ShortPolicy<256, 4, 8>, ShortPolicy<256, 8, 8>, ShortPolicy<512, 4, 8>>;
 
 }  // namespace
 }  // namespace dd

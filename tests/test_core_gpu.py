@@ -128,8 +128,8 @@ def test_short_bags_kernel(dtype, dim):
     and rows under 128 bytes each bag is summed in index order, so the result equals the CPU's bit
     for bit (warp_kernel's lane groups at fp16 D 128 would not). Bags of 0..40 lookups cross the row
     steps; bags of one lookup and of 0..2, 0..5 and 0..8 take more bags a warp and fewer rows a step
-    (plan.cuh, short_bags and few_shape); the odd batch leaves the last warp of a table one bag. int8 D 64 also takes 2 bags a warp (0..150 lookups),
-    and int8 the blob stored split_scales=1."""
+    (plan.cuh, short_bags and few_shape); the odd batch leaves the last warp of a table one bag.
+    int8 D 64 also takes 2 bags a warp (0..150 lookups), and int8 the blob stored split_scales=1."""
     if torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("short_kernel needs sm_80+")
     row_bytes = dim * {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}[dtype]

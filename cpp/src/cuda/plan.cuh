@@ -188,11 +188,17 @@ __host__ __device__ constexpr int many_rows(int rb, int bags) {
 }
 
 // Up to how many lookups a bag on average the few-lookups shape runs: 2, more where it was
-// measured faster (fp16 D 128 up to 12, fp32 D 128 up to 5, fp32 D 64 and int8 D 32 up to 3).
+// measured faster (fp16 D 128 up to 12, fp32 D 64 and D 128 up to 5, fp32 D 32 and int8 D 32 and
+// 128 up to 3). ms against the older tiers, H100: fp32 D 64 at 5 lookups 0.197 against 0.207, at
+// 10 slower (0.338 against 0.332); fp32 D 32 at 3 0.086 against 0.106; int8 D 128 at 3 0.178
+// against 0.195. H200: fp32 D 32 at 5 0.098 against 0.099; int8 D 128 at 5 0.190 against 0.193;
+// slower at 5: fp16 D 64 (0.117 against 0.113), int8 D 64 (0.151 against 0.124), int8 D 32 (0.123
+// against 0.113).
 int short_few(const dd_config& c, int rb) {
+  const bool fp32 = c.dtype == DD_FP32, int8 = c.dtype == DD_INT8;
   if (rb == 512) return 5;
-  if (rb == 256 && c.dtype != DD_INT8) return c.dtype == DD_FP32 ? 3 : 12;
-  return c.dtype == DD_INT8 && rb == 32 ? 3 : 2;
+  if (rb == 256 && !int8) return fp32 ? 5 : 12;
+  return (rb == 128 && (fp32 || int8)) || (int8 && rb == 32) ? 3 : 2;
 }
 
 // What short_kernel is compiled for (ShortPolicies x dtypes): 512-byte rows fp32 only; int8 never

@@ -157,15 +157,15 @@ ShortRule short_rule(const dd_config& c, const Plan& pl) {
 
 // Bags of a few lookups (up to short_few's average): 8 rows a step (16 for 32-byte rows, whose 4
 // lane groups each need a row of a bag), as many bags a warp as 16 sums a lane allow (e: a lane's
-// elements of a row; fp32 rows of 128-256 bytes 8 bags, fp16 D 128, fp32 D 128 and int8 4). Small
-// steps leave shared memory for more warps and few zero-filled rows. H100, batch 32768, 12 tables,
-// ms, this shape against the older tiers' (docs/benchmarks.md): fp16 D 128 at 1 / 2 / 3 / 5 / 10
-// lookups 0.123 / 0.146 / 0.180 / 0.235 / 0.369 against 0.151 / 0.188 / 0.225 / 0.240 / 0.372;
-// fp32 D 128 at 1 / 2 / 3 0.148 / 0.210 / 0.268 against 0.179 / 0.221 / 0.270 (at 10 slower,
-// 0.694 against 0.688); fp32 D 64 at 1 / 3 0.079 / 0.138 against 0.094 / 0.154; fp32 D 32 at 1
-// 0.053 against 0.069; int8 at 1 lookup, D 32 / 64 / 128, 0.091 / 0.097 / 0.124 against 0.099 /
-// 0.111 / 0.160. Where it runs: rows of 128 bytes and more, int8 rows of 32-128 bytes (int8 D 256
-// would spill).
+// elements of a row; 8 bags for fp32 and fp16 rows of 128 bytes and fp32 of 256, 4 for fp16 D 128,
+// fp32 D 128 and int8). Small steps leave shared memory for more warps and few zero-filled rows.
+// H100, batch 32768, 12 tables, ms, this shape against the older tiers' (docs/benchmarks.md):
+// fp16 D 128 at 1 / 2 / 3 / 5 / 10 lookups 0.123 / 0.146 / 0.180 / 0.235 / 0.369 against 0.151 /
+// 0.188 / 0.225 / 0.240 / 0.372; fp32 D 128 at 1 / 2 / 3 0.148 / 0.210 / 0.268 against 0.179 /
+// 0.221 / 0.270 (at 10 slower, 0.694 against 0.688); fp32 D 64 at 1 / 3 0.079 / 0.138 against
+// 0.094 / 0.154; fp32 D 32 at 1 0.053 against 0.069; int8 at 1 lookup, D 32 / 64 / 128, 0.091 /
+// 0.097 / 0.124 against 0.099 / 0.111 / 0.160. Where it runs: rows of 128 bytes and more, int8
+// rows of 32-128 bytes (int8 D 256 would spill).
 struct ShortShape {
   int bags = 0, rows = 0;
 };

@@ -11,6 +11,7 @@
 
 #include "../internal.h"
 #include "device.cuh"
+#include "policies.cuh"
 
 namespace dd {
 namespace {
@@ -175,7 +176,7 @@ __host__ __device__ constexpr bool few_used(int dt, int rb) {
 }
 
 __host__ __device__ constexpr ShortShape few_shape(int dt, int rb) {
-  const int cb = rb >= 128 ? rb / 32 : 4;  // short_kernel's bytes of a row a lane adds
+  const int cb = short_lane_bytes(rb);
   const int e = cb / 4 * (dt == DD_FP32 ? 1 : dt == DD_INT8 ? 4 : 2);
   const int bags = 16 / e < 8 ? 16 / e : 8;
   const int groups = 32 / (rb / cb), rows = 8 / bags > groups ? 8 / bags : groups;  // rows of a bag a step

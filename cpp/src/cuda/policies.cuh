@@ -36,6 +36,10 @@ struct WarpPolicy {
 };
 
 // ---- family 3 (short_kernel, auto for short bags): row bytes of elements, bags a warp, rows a step ----
+// short_kernel's bytes of a row a lane adds: whole columns of rows of 128 bytes and more; 4 under
+// that, where lane groups take a bag's rows in turn.
+__host__ __device__ constexpr int short_lane_bytes(int row_bytes) { return row_bytes >= 128 ? row_bytes / 32 : 4; }
+
 template <int RowBytes, int Bags, int Rows>
 struct ShortPolicy {
   static constexpr int kRowBytes = RowBytes;

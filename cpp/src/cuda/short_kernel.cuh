@@ -11,6 +11,7 @@
 #include "bag_io.cuh"
 #include "device_loads.cuh"
 #include "pdl.cuh"
+#include "policies.cuh"
 #include "warp_kernel.cuh"
 
 namespace dd {
@@ -46,7 +47,7 @@ template <int DT, typename IdxT, typename Policy>
 __global__ void __launch_bounds__(kShortBlock, short_min_blocks<Policy::kRowBytes, Policy::kRows>())
     short_kernel(const Params p) {
   constexpr int RB = Policy::kRowBytes, K = Policy::kBags, N = Policy::kRows, R = N / K;
-  constexpr int CB = RB >= 128 ? RB / 32 : 4;                             // bytes of a row a lane adds
+  constexpr int CB = short_lane_bytes(RB);                                // bytes of a row a lane adds
   constexpr int LR = RB / CB, G = 32 / LR;                                 // lanes a row, rows added at once
   constexpr int E = CB / 4 * Storage<DT>::kPerWord;                        // its elements
   static_assert(R % G == 0, "a step's rows of a bag split evenly among the lane groups");

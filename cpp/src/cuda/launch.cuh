@@ -50,13 +50,18 @@ int dispatch(PolicyList<Ps...>, Match&& match, Go&& go, char* msg, size_t len) {
   return rc;
 }
 
-// Whether ShortPolicies has a short_kernel compiled for DT with these row bytes and bags a warp
-// (else the call runs warp_kernel: DLRM_DEPLOY_SHORT_BAGS may ask for one it lacks).
+// Whether policy P is compiled for DT and is the short plan's (its rows a step 0: any).
+template <int DT, typename P>
+bool short_matches(const ShortPlan& sp) {
+  return short_compiled<DT, P::kRowBytes, P::kBags, P::kRows>() && P::kRowBytes == sp.row_bytes &&
+         P::kBags == sp.bags && (sp.rows == 0 || P::kRows == sp.rows);
+}
+
+// Whether ShortPolicies has the short plan's kernel for DT (else the call runs warp_kernel:
+// DLRM_DEPLOY_SHORT_BAGS and DLRM_DEPLOY_SHORT_ROWS may ask for one it lacks).
 template <int DT, typename... Ps>
-bool short_has(PolicyList<Ps...>, int row_bytes, int bags, int rows) {
-  return ((short_compiled<DT, Ps::kRowBytes, Ps::kBags, Ps::kRows>() && Ps::kRowBytes == row_bytes && Ps::kBags == bags &&
-           (rows == 0 || Ps::kRows == rows)) ||
-          ...);
+bool short_has(PolicyList<Ps...>, const ShortPlan& sp) {
+  return (short_matches<DT, Ps>(sp) || ...);
 }
 
 template <int DT, typename IdxT>
@@ -71,11 +76,8 @@ int launch_typed(const Params& p, const dd_config& c, const Plan& pl, const Devi
   const bool window = dd_uses_l2(&c) && c.hot_first && persist > 0 && d.max_window > 0 && knobs().l2_window != 0;
   if constexpr (DT != DD_INT4) {
     const ShortPlan sp = make_short_plan(c, pl, p.lk, dev, p.weights);
-    if (sp.row_bytes && short_has<DT>(ShortPolicies{}, sp.row_bytes, sp.bags, sp.rows)) {
-      auto match = [&](auto policy) {
-        using P = decltype(policy);
-        return P::kRowBytes == sp.row_bytes && P::kBags == sp.bags && (sp.rows == 0 || P::kRows == sp.rows);
-      };
+    if (sp.row_bytes && short_has<DT>(ShortPolicies{}, sp)) {
+      auto match = [&](auto policy) { return short_matches<DT, decltype(policy)>(sp); };
       auto go = [&](auto policy) {
         using P = decltype(policy);
         if constexpr (!short_compiled<DT, P::kRowBytes, P::kBags, P::kRows>()) {  // never matched (short_has)

@@ -137,11 +137,7 @@ __global__ void __launch_bounds__(kShortBlock, short_min_blocks<Policy::kRowByte
     for (int i = 0; i < K; ++i) {
       const int64_t n = __shfl_sync(kFull, (long long)len, i * R);
       add_biases<DT>(acc[i], bsum[i]);
-#pragma unroll
-      for (int o = LR; o < 32; o <<= 1) {  // G > 1: the lane groups' sums of alternate rows meet
-#pragma unroll
-        for (int e = 0; e < E; ++e) acc[i][e] += __shfl_xor_sync(kFull, acc[i][e], o);
-      }
+      sum_groups(acc[i], LR);  // G > 1: the lane groups' sums of alternate rows meet
       if (i < nb && g == i % G) {  // G > 1: each bag stored by one group
         if (p.mode == DD_MEAN) {
 #pragma unroll

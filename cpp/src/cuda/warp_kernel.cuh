@@ -63,17 +63,23 @@ __device__ __forceinline__ void group_part(const float (&acc)[E], int g, float (
   }
 }
 
-// A warp's end of a bag: the sums of its 32/gsize groups added up (lane i and i xor gsize, ...),
-// so that every group holds them; then each group stores its share of a lane's elements
-// col..col+E-1 (the mean applied): with G groups, group g the E/G elements from col + g*E/G, so
-// that a warp's stores cover the bag's output in whole sectors (store_run). Lanes whose columns
-// are past the row's end (active false) store nothing.
-template <int E, typename IdxT>
-__device__ __forceinline__ void finish_bag(const Params& p, float (&acc)[E], int gsize, int g, bool active,
-                                           const Bag<IdxT>& bg, int col) {
+// The sums of a warp's 32/gsize lane groups added up (lane i and i xor gsize, ...), so that every
+// group holds them.
+template <int E>
+__device__ __forceinline__ void sum_groups(float (&acc)[E], int gsize) {
 #pragma unroll
   for (int e = 0; e < E; ++e)
     for (int o = gsize; o < 32; o <<= 1) acc[e] += __shfl_xor_sync(kFull, acc[e], o);
+}
+
+// A warp's end of a bag: the sums of its lane groups added up (sum_groups); then each group stores
+// its share of a lane's elements col..col+E-1 (the mean applied): with G groups, group g the E/G
+// elements from col + g*E/G, so that a warp's stores cover the bag's output in whole sectors
+// (store_run). Lanes whose columns are past the row's end (active false) store nothing.
+template <int E, typename IdxT>
+__device__ __forceinline__ void finish_bag(const Params& p, float (&acc)[E], int gsize, int g, bool active,
+                                           const Bag<IdxT>& bg, int col) {
+  sum_groups(acc, gsize);
   if (!active) return;
   if (p.mode == DD_MEAN) {
     const float n = (float)(bg.end - bg.start);
